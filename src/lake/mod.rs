@@ -1,0 +1,24 @@
+//! The lake: one Delta Lake table per replicated Postgres table, on a local folder or S3.
+//!
+//! ```text
+//!  RecordBatch ─► LakeTable::write ─► RecordBatchWriter (Parquet, zstd, streamed to the store,
+//!                                      files rolled at the target size, partitioned by `date`)
+//!  LakeTable::commit(lsn) ─► one Delta commit: add actions + txn(app_id, version = lsn)
+//! ```
+//!
+//! Invariants:
+//! - Files become visible only through a Delta commit; a crash before the commit leaves
+//!   unreferenced files that readers never see (and `VACUUM` removes).
+//! - Every commit carries a `txn` action whose version is the commit LSN of the last source
+//!   transaction it contains. Reading it back on start is how pg2lake skips transactions
+//!   that are already in the lake, which makes replay after a crash exactly-once.
+//! - Commits are create-only puts of `_delta_log/N.json` (object_store `PutMode::Create`),
+//!   which local file systems and S3 (`If-None-Match`) provide without a lock service.
+
+mod layout;
+mod store;
+mod table;
+
+pub use layout::{app_id, table_location};
+pub use store::{Lake, LakeError, LakeOptions};
+pub use table::{CommitOutcome, LakeTable};

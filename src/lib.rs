@@ -1,0 +1,3 @@
+//! pg2lake
+pub mod lake;
+pub mod lsn;
