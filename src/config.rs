@@ -1,0 +1,2383 @@
+//! Configuration: a YAML file, `PG2LAKE__SECTION__KEY` environment overrides, defaults
+//! as named constants, and validation that names the key, the rule and the fix.
+//!
+//! ```text
+//!  file ──parse──► serde_yaml::Value ──merge PG2LAKE__* variables──► Value
+//!       ──deserialize (deny_unknown_fields, defaults)──► Config ──validate()──► Config
+//! ```
+//!
+//! Invariants:
+//! - A [`Config`] returned by [`Config::load`] or [`Config::from_yaml_str`] has passed
+//!   [`Config::validate`]: every `tables` entry parses, every period is non-zero, names
+//!   follow Postgres' rules, the lake URL has a supported scheme.
+//! - Every error is one line naming the key path (`flush.max_rows`), the file and line
+//!   when known, and the environment variable when the value came from one.
+//! - Secrets never print: [`Secret`] shows `***`, and the password inside `source.url`
+//!   is masked in `Debug`, `Serialize` and error messages.
+//!
+//! Environment overrides are merged into the YAML tree *before* deserializing, so that
+//! an unknown key in a variable is rejected exactly like one in the file. Values arrive
+//! as strings and become the YAML scalar they read as (`5000` a number, `true` a bool,
+//! `null` or an empty value unset); `tables` takes a comma list. When overrides apply,
+//! the merged tree is written back to YAML and read again, so that string settings
+//! accept number-looking values; a plain (unquoted) number-like string in the file such
+//! as `0x1F` is then read in its canonical form (`31`), so quote such strings.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_yaml::{Mapping, Value};
+
+/// Prefix of environment variables that override keys (`PG2LAKE__FLUSH__MAX_ROWS`).
+pub const ENV_PREFIX: &str = "PG2LAKE__";
+/// Separator between the sections of an override variable's name.
+pub const ENV_SEPARATOR: &str = "__";
+/// Default of `memory_budget`.
+pub const DEFAULT_MEMORY_BUDGET: ByteSize = ByteSize::mib(512);
+/// Default of `shutdown_timeout`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of `source.sslmode`.
+pub const DEFAULT_SSLMODE: SslModeConfig = SslModeConfig::Prefer;
+/// Default of `source.slot`.
+pub const DEFAULT_SLOT: &str = "pg2lake";
+/// Default of `source.publication`.
+pub const DEFAULT_PUBLICATION: &str = "pg2lake";
+/// Default of `source.status_interval`.
+pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// Default of `source.heartbeat_interval`.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+/// Default of `source.connect_timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `source.reconnect_max_backoff`.
+pub const DEFAULT_RECONNECT_MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Default of `lake.url`.
+pub const DEFAULT_LAKE_URL: &str = "./lake";
+/// Default of `lake.checkpoint_interval`.
+pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 100;
+/// Default of `lake.log_retention` (30 days, Delta's own default).
+pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// Default of `flush.max_rows`.
+pub const DEFAULT_FLUSH_MAX_ROWS: usize = 100_000;
+/// Default of `flush.max_bytes`.
+pub const DEFAULT_FLUSH_MAX_BYTES: ByteSize = ByteSize::mib(64);
+/// Default of `flush.max_interval`.
+pub const DEFAULT_FLUSH_MAX_INTERVAL: Duration = Duration::from_secs(10);
+/// Default of `metrics.listen`.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9187));
+/// `memory_budget` must be at least this many times `flush.max_bytes`: one batch being
+/// built, one being encoded to Parquet, and headroom for decoding and other tables.
+pub const MEMORY_BUDGET_FLUSH_FACTOR: u64 = 4;
+/// Longest Postgres identifier in bytes (NAMEDATALEN - 1); longer names are truncated
+/// by the server, so pg2lake rejects them instead of silently using another name.
+pub const MAX_IDENTIFIER_BYTES: usize = 63;
+/// The schema of a table named without one.
+pub const DEFAULT_SCHEMA: &str = "public";
+
+/// Keys whose environment override is a comma separated list.
+const LIST_KEYS: &[&str] = &["tables"];
+/// Sections that may be left empty (`flush:` with every key commented out).
+const SECTIONS: &[&str] = &["source", "lake", "flush", "metrics"];
+
+/// Errors from loading or validating the configuration. Each displays as one complete
+/// line (it already contains its cause's text), meant to be printed alone.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error(
+        "config error: cannot read config file {}: {source} (fix: pass an existing YAML file with --config or PG2LAKE_CONFIG)",
+        path.display()
+    )]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML.
+    #[error("config error{}: invalid YAML: {message}", place(.origin.as_deref(), *.line))]
+    Syntax {
+        /// The file, when read from one.
+        origin: Option<PathBuf>,
+        /// The 1-based line, when known.
+        line: Option<usize>,
+        /// The parser's message without its position.
+        message: String,
+        /// The parser error.
+        #[source]
+        source: serde_yaml::Error,
+    },
+    /// A key is unknown, or a value has the wrong type or form.
+    #[error(
+        "config error{}: {message}{}",
+        place(.origin.as_deref(), *.line),
+        set_by(.env_var.as_deref())
+    )]
+    Setting {
+        /// The file, when read from one.
+        origin: Option<PathBuf>,
+        /// The 1-based line, when known and the value came from the file.
+        line: Option<usize>,
+        /// The dotted key path (`lake.urll`), when known.
+        key: Option<String>,
+        /// What is wrong, naming the key.
+        message: String,
+        /// The environment variable that supplied the value, if one did.
+        env_var: Option<String>,
+        /// The deserializer's error, if it found the problem.
+        #[source]
+        source: Option<serde_yaml::Error>,
+    },
+    /// A setting breaks a rule checked by [`Config::validate`].
+    #[error(
+        "config error{}: {message}{}",
+        place(.origin.as_deref(), None),
+        set_by(.env_var.as_deref())
+    )]
+    Invalid {
+        /// The file, when read from one.
+        origin: Option<PathBuf>,
+        /// The dotted key path the rule is about.
+        field: String,
+        /// The rule and the fix, naming the key.
+        message: String,
+        /// The environment variable that supplied the value, if one did.
+        env_var: Option<String>,
+    },
+    /// A `PG2LAKE__` environment variable cannot be applied.
+    #[error("config error: environment variable {var}: {message}")]
+    Env {
+        /// The variable's name.
+        var: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// `source.password_file` could not be read.
+    #[error(
+        "config error{}: cannot read source.password_file {}: {source}",
+        place(.origin.as_deref(), None),
+        path.display()
+    )]
+    PasswordFile {
+        /// The config file, when read from one.
+        origin: Option<PathBuf>,
+        /// The password file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ConfigError {
+    /// The dotted key path the error is about, when it is about one key.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Setting { key, .. } => key.as_deref(),
+            ConfigError::Invalid { field, .. } => Some(field),
+            ConfigError::PasswordFile { .. } => Some("source.password_file"),
+            _ => None,
+        }
+    }
+
+    fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            origin: None,
+            field: field.to_owned(),
+            message: message.into(),
+            env_var: None,
+        }
+    }
+
+    /// Adds the file and, for a key set by an environment variable, the variable.
+    fn in_context(mut self, file: Option<&Path>, overrides: &[EnvOverride]) -> ConfigError {
+        let key = self.key().map(str::to_owned);
+        match &mut self {
+            ConfigError::Invalid {
+                origin, env_var, ..
+            } => {
+                *origin = file.map(Path::to_path_buf);
+                *env_var = key.and_then(|k| override_for(&k, overrides));
+            }
+            ConfigError::PasswordFile { origin, .. } => *origin = file.map(Path::to_path_buf),
+            _ => {}
+        }
+        self
+    }
+}
+
+/// ` in FILE:LINE`, ` in FILE`, ` at line LINE` or nothing.
+fn place(origin: Option<&Path>, line: Option<usize>) -> String {
+    match (origin, line) {
+        (Some(path), Some(line)) => format!(" in {}:{line}", path.display()),
+        (Some(path), None) => format!(" in {}", path.display()),
+        (None, Some(line)) => format!(" at line {line}"),
+        (None, None) => String::new(),
+    }
+}
+
+fn set_by(env_var: Option<&str>) -> String {
+    env_var.map_or_else(String::new, |var| format!(" (set by {var})"))
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The Postgres database to replicate from.
+    pub source: SourceConfig,
+    /// Tables to replicate: `schema.table`, `schema.*`, or `table` (in `public`).
+    pub tables: Vec<String>,
+    /// Where the Delta tables are written.
+    pub lake: LakeConfig,
+    /// When buffered changes are written out.
+    pub flush: FlushConfig,
+    /// Upper bound for buffered change data.
+    pub memory_budget: ByteSize,
+    /// How long a graceful shutdown may take before pg2lake stops anyway.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// The Prometheus and probe endpoint.
+    pub metrics: MetricsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            source: SourceConfig::default(),
+            tables: Vec::new(),
+            lake: LakeConfig::default(),
+            flush: FlushConfig::default(),
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+/// The source database and the replication settings.
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `postgres://user@host:port/dbname`; required. A password in it is honoured but
+    /// never printed.
+    #[serde(serialize_with = "serialize_redacted_url")]
+    pub url: String,
+    /// The password, preferably from `PG2LAKE__SOURCE__PASSWORD`.
+    pub password: Option<Secret>,
+    /// A file holding the password (e.g. a mounted Kubernetes secret).
+    pub password_file: Option<PathBuf>,
+    /// TLS mode, with libpq's meanings.
+    pub sslmode: SslModeConfig,
+    /// CA bundle for `verify-ca` / `verify-full`; the system roots when unset.
+    pub sslrootcert: Option<PathBuf>,
+    /// The logical replication slot.
+    pub slot: String,
+    /// The publication, created for the configured tables when missing.
+    pub publication: String,
+    /// Period of standby status updates (confirmed position) to the server.
+    #[serde(with = "duration")]
+    pub status_interval: Duration,
+    /// Period of `pg_logical_emit_message` heartbeats, which let the slot advance while
+    /// the replicated tables are idle.
+    #[serde(with = "duration")]
+    pub heartbeat_interval: Duration,
+    /// Timeout for establishing a connection.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Longest wait between reconnection attempts.
+    #[serde(with = "duration")]
+    pub reconnect_max_backoff: Duration,
+}
+
+impl SourceConfig {
+    /// `url` with any password replaced by `***`, for logs and messages.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            url: String::new(),
+            password: None,
+            password_file: None,
+            sslmode: DEFAULT_SSLMODE,
+            sslrootcert: None,
+            slot: DEFAULT_SLOT.to_owned(),
+            publication: DEFAULT_PUBLICATION.to_owned(),
+            status_interval: DEFAULT_STATUS_INTERVAL,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            reconnect_max_backoff: DEFAULT_RECONNECT_MAX_BACKOFF,
+        }
+    }
+}
+
+// By hand so that a password inside the URL never reaches a log line.
+impl fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceConfig")
+            .field("url", &self.redacted_url())
+            .field("password", &self.password)
+            .field("password_file", &self.password_file)
+            .field("sslmode", &self.sslmode)
+            .field("sslrootcert", &self.sslrootcert)
+            .field("slot", &self.slot)
+            .field("publication", &self.publication)
+            .field("status_interval", &self.status_interval)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect_max_backoff", &self.reconnect_max_backoff)
+            .finish()
+    }
+}
+
+fn serialize_redacted_url<S: Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&redact_url(url))
+}
+
+/// TLS mode of the source connections, as libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslModeConfig {
+    /// Plain TCP.
+    Disable,
+    /// TLS when the server offers it, without certificate checks.
+    #[default]
+    Prefer,
+    /// TLS required, without certificate checks.
+    Require,
+    /// TLS required, certificate chain checked.
+    VerifyCa,
+    /// TLS required, certificate chain and host name checked.
+    VerifyFull,
+}
+
+impl SslModeConfig {
+    /// The libpq spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslModeConfig::Disable => "disable",
+            SslModeConfig::Prefer => "prefer",
+            SslModeConfig::Require => "require",
+            SslModeConfig::VerifyCa => "verify-ca",
+            SslModeConfig::VerifyFull => "verify-full",
+        }
+    }
+}
+
+impl fmt::Display for SslModeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The lake: where and how Delta tables are written.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LakeConfig {
+    /// A local path, `file:///path`, or `s3://bucket/prefix`.
+    pub url: String,
+    /// Endpoint of an S3-compatible store (MinIO, R2, ...).
+    pub endpoint: Option<String>,
+    /// S3 region; from the AWS environment when unset.
+    pub region: Option<String>,
+    /// Allow a plain `http://` endpoint.
+    pub allow_http: bool,
+    /// Write a Delta checkpoint every this many commits.
+    pub checkpoint_interval: u64,
+    /// Delta's `delta.logRetentionDuration`: how long commit files are kept.
+    #[serde(with = "duration")]
+    pub log_retention: Duration,
+}
+
+impl Default for LakeConfig {
+    fn default() -> Self {
+        LakeConfig {
+            url: DEFAULT_LAKE_URL.to_owned(),
+            endpoint: None,
+            region: None,
+            allow_http: false,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            log_retention: DEFAULT_LOG_RETENTION,
+        }
+    }
+}
+
+/// When buffered changes of a table are written as a Parquet file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlushConfig {
+    /// Rows per file at most.
+    pub max_rows: usize,
+    /// Buffered bytes per file at most.
+    pub max_bytes: ByteSize,
+    /// Longest time a change waits before being flushed.
+    #[serde(with = "duration")]
+    pub max_interval: Duration,
+}
+
+impl Default for FlushConfig {
+    fn default() -> Self {
+        FlushConfig {
+            max_rows: DEFAULT_FLUSH_MAX_ROWS,
+            max_bytes: DEFAULT_FLUSH_MAX_BYTES,
+            max_interval: DEFAULT_FLUSH_MAX_INTERVAL,
+        }
+    }
+}
+
+/// The HTTP endpoint for `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address to listen on; `null` or `off` disables the endpoint.
+    #[serde(deserialize_with = "deserialize_listen")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: Some(DEFAULT_METRICS_LISTEN),
+        }
+    }
+}
+
+fn deserialize_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    d.deserialize_option(ListenVisitor)
+}
+
+/// Reads `metrics.listen` inside the visitor, so errors carry the key's path and line.
+struct ListenVisitor;
+
+impl<'de> Visitor<'de> for ListenVisitor {
+    type Value = Option<SocketAddr>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an address such as 0.0.0.0:9187, or off")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(ListenVisitor)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        parse_listen(Some(v)).map_err(E::custom)
+    }
+}
+
+/// Reads `metrics.listen`: `null`, `off`, `host:port`, `:port` or a bare port.
+fn parse_listen(raw: Option<&str>) -> Result<Option<SocketAddr>, String> {
+    let Some(raw) = raw.map(str::trim) else {
+        return Ok(None);
+    };
+    if raw.is_empty()
+        || ["off", "false", "none", "null"]
+            .iter()
+            .any(|w| raw.eq_ignore_ascii_case(w))
+    {
+        return Ok(None);
+    }
+    if let Ok(addr) = raw.parse::<SocketAddr>() {
+        return Ok(Some(addr));
+    }
+    if let Ok(port) = raw.strip_prefix(':').unwrap_or(raw).parse::<u16>() {
+        return Ok(Some(SocketAddr::V4(SocketAddrV4::new(
+            Ipv4Addr::UNSPECIFIED,
+            port,
+        ))));
+    }
+    Err(format!(
+        "{raw:?} is not a listen address (write e.g. 0.0.0.0:9187, 127.0.0.1:9187, :9187, or off)"
+    ))
+}
+
+/// A byte count, read from `1000`, `100kB`, `10MB` (decimal), `64MiB`, `1 GiB` (binary).
+/// Displays in binary units (`64MiB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// `n` bytes.
+    pub const fn b(n: u64) -> ByteSize {
+        ByteSize(n)
+    }
+    /// `n` KiB.
+    pub const fn kib(n: u64) -> ByteSize {
+        ByteSize(n << 10)
+    }
+    /// `n` MiB.
+    pub const fn mib(n: u64) -> ByteSize {
+        ByteSize(n << 20)
+    }
+    /// `n` GiB.
+    pub const fn gib(n: u64) -> ByteSize {
+        ByteSize(n << 30)
+    }
+    /// The number of bytes.
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+const BINARY_UNITS: [(&str, u64); 4] = [
+    ("TiB", 1 << 40),
+    ("GiB", 1 << 30),
+    ("MiB", 1 << 20),
+    ("KiB", 1 << 10),
+];
+
+/// Why a size did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input:?} is not a size: {reason} (write e.g. 1000, 100kB, 10MB, 64MiB or 1GiB)")]
+pub struct ByteSizeError {
+    /// The text that did not parse.
+    pub input: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl FromStr for ByteSize {
+    type Err = ByteSizeError;
+
+    fn from_str(input: &str) -> Result<ByteSize, ByteSizeError> {
+        let fail = |reason: String| ByteSizeError {
+            input: input.to_owned(),
+            reason,
+        };
+        let text = input.trim();
+        let split = text
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let multiplier: u128 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            "kib" | "ki" => 1 << 10,
+            "mib" | "mi" => 1 << 20,
+            "gib" | "gi" => 1 << 30,
+            "tib" | "ti" => 1 << 40,
+            other => {
+                return Err(fail(format!(
+                    "unknown unit {other:?} (units: B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+                )));
+            }
+        };
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if whole.is_empty() && fraction.is_empty() {
+            return Err(fail("no number".to_owned()));
+        }
+        if fraction.contains('.') || fraction.len() > 9 || whole.len() > 20 {
+            return Err(fail("not a number pg2lake can read".to_owned()));
+        }
+        // Exact integer arithmetic: "1.5GiB" is 1610612736 bytes, not a float near it.
+        let scale = 10u128.pow(u32::try_from(fraction.len()).unwrap_or(9));
+        let digits = |s: &str| {
+            if s.is_empty() {
+                Ok(0)
+            } else {
+                s.parse::<u128>()
+            }
+        };
+        let (Ok(whole), Ok(fraction)) = (digits(whole), digits(fraction)) else {
+            return Err(fail("not a number".to_owned()));
+        };
+        let Some(scaled) = whole
+            .checked_mul(scale)
+            .and_then(|w| w.checked_add(fraction))
+            .and_then(|v| v.checked_mul(multiplier))
+        else {
+            return Err(fail("too large".to_owned()));
+        };
+        if !scaled.is_multiple_of(scale) {
+            return Err(fail("not a whole number of bytes".to_owned()));
+        }
+        u64::try_from(scaled / scale)
+            .map(ByteSize)
+            .map_err(|_| fail("too large".to_owned()))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        if n == 0 {
+            return f.write_str("0B");
+        }
+        if let Some((unit, size)) = BINARY_UNITS
+            .iter()
+            .find(|(_, size)| n.is_multiple_of(*size))
+        {
+            return write!(f, "{}{unit}", n / size);
+        }
+        match BINARY_UNITS.iter().find(|(_, size)| n >= *size) {
+            // Only for display: an approximation is clearer than 10000000B.
+            Some((unit, size)) => write!(f, "{:.2}{unit}", n as f64 / *size as f64),
+            None => write!(f, "{n}B"),
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // Exact: the unit form when it is exact, else the plain byte count.
+        if self.0.is_multiple_of(1024) {
+            serializer.collect_str(self)
+        } else {
+            serializer.serialize_u64(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+        struct SizeVisitor;
+        impl Visitor<'_> for SizeVisitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size such as 64MiB or a number of bytes")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("{v} is not a size: it is negative")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(SizeVisitor)
+    }
+}
+
+/// Human-readable durations (`500ms`, `10s`, `30 days`) through `humantime`.
+mod duration {
+    use std::fmt;
+    use std::time::Duration;
+
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        d.deserialize_str(DurationVisitor)
+    }
+
+    // The check runs inside the visitor, while the deserializer still points at the
+    // value: serde_yaml then reports the key's own path and line, not its parent's.
+    struct DurationVisitor;
+
+    impl Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration such as 10s")
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
+            humantime::parse_duration(text.trim()).map_err(|err| {
+                E::custom(format!(
+                    "{text:?} is not a duration: {err} (write e.g. 500ms, 10s, 5min or 30 days)"
+                ))
+            })
+        }
+    }
+}
+
+/// A secret string that never prints itself: `Debug`, `Display` and `Serialize` all
+/// show `***`. Read it with [`Secret::expose`] only where it is sent.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(secret: impl Into<String>) -> Secret {
+        Secret(secret.into())
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(secret: String) -> Secret {
+        Secret(secret)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("***")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// A schema-qualified table name, as Postgres stores it (case preserved, unquoted).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TableName {
+    /// The schema (`nspname`).
+    pub schema: String,
+    /// The table (`relname`).
+    pub name: String,
+}
+
+impl TableName {
+    /// A table name from its two parts.
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> TableName {
+        TableName {
+            schema: schema.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Both parts double-quoted for SQL: `"public"."Order"`.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+/// `schema.name`, quoting a part only where Postgres would need it (`public."My Table"`).
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}.{}",
+            display_ident(&self.schema),
+            display_ident(&self.name)
+        )
+    }
+}
+
+/// One entry of `tables`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TablePattern {
+    /// One table.
+    Exact(TableName),
+    /// Every table of a schema (`public.*`), as found at start.
+    AllInSchema(String),
+}
+
+impl fmt::Display for TablePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TablePattern::Exact(table) => table.fmt(f),
+            TablePattern::AllInSchema(schema) => write!(f, "{}.*", display_ident(schema)),
+        }
+    }
+}
+
+/// Why a `tables` entry did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TableNameError(String);
+
+/// Parses like Postgres: unquoted identifiers fold to lower case, `"Quoted"` ones keep
+/// their case (and `""` for a quote); a bare name is in `public`; `schema.*` is every
+/// table of the schema.
+impl FromStr for TablePattern {
+    type Err = TableNameError;
+
+    fn from_str(input: &str) -> Result<TablePattern, TableNameError> {
+        let mut rest = input.trim();
+        if rest.is_empty() {
+            return Err(TableNameError("it is empty".to_owned()));
+        }
+        let mut parts = Vec::new();
+        loop {
+            let (part, after) = next_name_part(rest)?;
+            parts.push(part);
+            if after.is_empty() {
+                break;
+            }
+            rest = after.strip_prefix('.').ok_or_else(|| {
+                TableNameError(format!(
+                    "unexpected {after:?} after a name (quote names with special characters)"
+                ))
+            })?;
+        }
+        match parts.as_slice() {
+            [NamePart::Ident(name)] => Ok(TablePattern::Exact(TableName::new(DEFAULT_SCHEMA, name.clone()))),
+            [NamePart::Ident(schema), NamePart::Ident(name)] => {
+                Ok(TablePattern::Exact(TableName::new(schema.clone(), name.clone())))
+            }
+            [NamePart::Ident(schema), NamePart::Star] => Ok(TablePattern::AllInSchema(schema.clone())),
+            [NamePart::Star] => Err(TableNameError(
+                "a bare * is not allowed (write schema.*, e.g. public.*)".to_owned(),
+            )),
+            [_, _] => Err(TableNameError("only the table part may be *, as in public.*".to_owned())),
+            _ => Err(TableNameError(
+                "it has more than two parts (write schema.table; the database comes from source.url)".to_owned(),
+            )),
+        }
+    }
+}
+
+enum NamePart {
+    Ident(String),
+    Star,
+}
+
+/// Reads one identifier (or `*`) from the front of `s`; returns it and the rest.
+fn next_name_part(s: &str) -> Result<(NamePart, &str), TableNameError> {
+    if let Some(mut rest) = s.strip_prefix('"') {
+        let mut ident = String::new();
+        loop {
+            let Some(quote) = rest.find('"') else {
+                return Err(TableNameError("a quoted name is not closed".to_owned()));
+            };
+            ident.push_str(&rest[..quote]);
+            let after = &rest[quote + 1..];
+            match after.strip_prefix('"') {
+                Some(more) => {
+                    ident.push('"');
+                    rest = more;
+                }
+                None => {
+                    check_ident_len(&ident)?;
+                    if ident.is_empty() {
+                        return Err(TableNameError("a quoted name is empty".to_owned()));
+                    }
+                    return Ok((NamePart::Ident(ident), after));
+                }
+            }
+        }
+    }
+    let end = s.find('.').unwrap_or(s.len());
+    let (raw, after) = s.split_at(end);
+    if raw == "*" {
+        return Ok((NamePart::Star, after));
+    }
+    let mut chars = raw.chars();
+    let plain = chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
+        && chars.all(|c| c.is_alphanumeric() || c == '_' || c == '$');
+    if !plain {
+        return Err(TableNameError(if raw.is_empty() {
+            "a name part is empty".to_owned()
+        } else {
+            format!("{raw:?} is not a plain identifier (quote it, e.g. '\"{raw}\"')")
+        }));
+    }
+    // Postgres folds unquoted identifiers to lower case (ASCII only, as in UTF-8 databases).
+    let ident = raw.to_ascii_lowercase();
+    check_ident_len(&ident)?;
+    Ok((NamePart::Ident(ident), after))
+}
+
+fn check_ident_len(ident: &str) -> Result<(), TableNameError> {
+    if ident.len() > MAX_IDENTIFIER_BYTES {
+        return Err(TableNameError(format!(
+            "{ident:?} is longer than {MAX_IDENTIFIER_BYTES} bytes, which Postgres would truncate"
+        )));
+    }
+    Ok(())
+}
+
+/// `"ident"` with embedded quotes doubled.
+fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// The identifier as written in SQL: bare when that reads back the same, else quoted.
+fn display_ident(ident: &str) -> String {
+    let mut chars = ident.chars();
+    let bare = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+    if bare {
+        ident.to_owned()
+    } else {
+        quote_ident(ident)
+    }
+}
+
+/// `url` with the password part of its user info replaced by `***`. Deliberately
+/// eager: everything between the first `:` of the user info and the *last* `@` is
+/// masked, so an unescaped `@`, `/` or `#` in a password cannot leak it; at worst the
+/// host is masked too.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let Some(at) = rest.rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}***{}",
+            &url[..scheme_end],
+            &rest[..=colon],
+            &rest[at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
+/// The password in a `postgres://user:password@host/db` URL, percent-decoded; the user
+/// info ends at the first `@` before any `/`, as libpq reads it.
+fn url_password(url: &str) -> Option<String> {
+    let rest = &url[url.find("://")? + 3..];
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    let userinfo = &authority[..authority.find('@')?];
+    let (_, password) = userinfo.split_once(':')?;
+    Some(percent_decode(password))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, hex) {
+            (b'%', Some(decoded)) => {
+                out.push(decoded);
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// The environment variable that overrides a dotted key: `flush.max_rows` →
+/// `PG2LAKE__FLUSH__MAX_ROWS`.
+pub fn env_var_name(key: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        key.replace('.', ENV_SEPARATOR).to_ascii_uppercase()
+    )
+}
+
+/// One applied environment override, kept to name the variable in errors.
+#[derive(Debug)]
+struct EnvOverride {
+    key: String,
+    var: String,
+}
+
+/// The variable that set `key` or a section containing it.
+fn override_for(key: &str, overrides: &[EnvOverride]) -> Option<String> {
+    overrides
+        .iter()
+        .find(|o| {
+            key.strip_prefix(o.key.as_str()).is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with('.') || rest.starts_with('[')
+            })
+        })
+        .map(|o| o.var.clone())
+}
+
+/// An environment value as the YAML scalar it reads as. Only canonical numbers become
+/// numbers, so that `007` stays the string it was meant to be.
+fn env_scalar(raw: &str) -> Value {
+    match raw {
+        "" | "null" | "~" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        _ => {}
+    }
+    if let Ok(v) = raw.parse::<u64>()
+        && v.to_string() == raw
+    {
+        return Value::from(v);
+    }
+    if let Ok(v) = raw.parse::<i64>()
+        && v.to_string() == raw
+    {
+        return Value::from(v);
+    }
+    Value::String(raw.to_owned())
+}
+
+/// Applies `PG2LAKE__*` variables to the YAML tree, in name order.
+fn merge_env(
+    root: &mut Mapping,
+    env: &[(String, String)],
+) -> Result<Vec<EnvOverride>, ConfigError> {
+    let mut vars: Vec<&(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    vars.sort();
+    let mut applied = Vec::with_capacity(vars.len());
+    for (var, raw) in vars {
+        let env_error = |message: String| ConfigError::Env {
+            var: var.clone(),
+            message,
+        };
+        let segments: Vec<String> = var[ENV_PREFIX.len()..]
+            .split(ENV_SEPARATOR)
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if segments.iter().any(String::is_empty) {
+            return Err(env_error(
+                "expected PG2LAKE__KEY or PG2LAKE__SECTION__KEY, e.g. PG2LAKE__FLUSH__MAX_ROWS"
+                    .to_owned(),
+            ));
+        }
+        let key = segments.join(".");
+        let value = if LIST_KEYS.contains(&key.as_str()) {
+            Value::Sequence(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(|item| Value::String(item.to_owned()))
+                    .collect(),
+            )
+        } else {
+            env_scalar(raw)
+        };
+        insert_path(root, &segments, value, "").map_err(env_error)?;
+        applied.push(EnvOverride {
+            key,
+            var: var.clone(),
+        });
+    }
+    Ok(applied)
+}
+
+fn insert_path(
+    map: &mut Mapping,
+    segments: &[String],
+    value: Value,
+    parent: &str,
+) -> Result<(), String> {
+    let Some((first, rest)) = segments.split_first() else {
+        return Ok(());
+    };
+    let key = Value::String(first.clone());
+    if rest.is_empty() {
+        map.insert(key, value);
+        return Ok(());
+    }
+    let path = if parent.is_empty() {
+        first.clone()
+    } else {
+        format!("{parent}.{first}")
+    };
+    if map.get(&key).is_none_or(Value::is_null) {
+        map.insert(key.clone(), Value::Mapping(Mapping::new()));
+    }
+    match map.get_mut(&key) {
+        Some(Value::Mapping(section)) => insert_path(section, rest, value, &path),
+        _ => Err(format!(
+            "{path} is not a section, so it has no key {}",
+            rest.join(".")
+        )),
+    }
+}
+
+/// A deserializer error rephrased around the key path (`unknown key lake.urll
+/// (expected one of: url, ...)`), with the file line when it is meaningful.
+fn setting_error(
+    err: serde_yaml::Error,
+    origin: Option<&Path>,
+    with_line: bool,
+    overrides: &[EnvOverride],
+) -> ConfigError {
+    let (text, line) = strip_location(&err);
+    let (key, message) = describe(&text);
+    let env_var = key.as_deref().and_then(|k| override_for(k, overrides));
+    ConfigError::Setting {
+        origin: origin.map(Path::to_path_buf),
+        line: line.filter(|_| with_line && env_var.is_none()),
+        key,
+        message,
+        env_var,
+        source: Some(err),
+    }
+}
+
+/// serde_yaml's message without ` at line L column C`, and the line.
+fn strip_location(err: &serde_yaml::Error) -> (String, Option<usize>) {
+    let text = err.to_string();
+    // serde_yaml reports document-level errors at index 0, which is not a real position.
+    match err.location().filter(|l| l.index() > 0) {
+        Some(loc) => {
+            let suffix = format!(" at line {} column {}", loc.line(), loc.column());
+            (text.replacen(&suffix, "", 1), Some(loc.line()))
+        }
+        None => (text, None),
+    }
+}
+
+/// Splits serde_yaml's `path: message` and rephrases serde's common messages.
+fn describe(text: &str) -> (Option<String>, String) {
+    let (path, msg) = match text.split_once(": ") {
+        Some((p, m)) if !p.is_empty() && !p.contains(char::is_whitespace) && !p.contains('`') => {
+            (Some(p), m)
+        }
+        _ => (None, text),
+    };
+    let join = |field: &str| path.map_or_else(|| field.to_owned(), |p| format!("{p}.{field}"));
+    if let Some((field, expected)) = msg
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.split_once('`'))
+    {
+        let key = join(field);
+        let names = backticked(expected);
+        let message = if names.is_empty() {
+            format!("unknown key {key}")
+        } else {
+            format!("unknown key {key} (expected one of: {})", names.join(", "))
+        };
+        return (Some(key), message);
+    }
+    if let Some((value, expected)) = msg
+        .strip_prefix("unknown variant `")
+        .and_then(|r| r.split_once('`'))
+    {
+        let key = path.unwrap_or("value").to_owned();
+        let message = format!(
+            "{key}: unknown value {value:?} (expected one of: {})",
+            backticked(expected).join(", ")
+        );
+        return (Some(key), message);
+    }
+    if let Some((field, _)) = msg
+        .strip_prefix("missing field `")
+        .and_then(|r| r.split_once('`'))
+    {
+        let key = join(field);
+        return (Some(key.clone()), format!("{key} is required"));
+    }
+    match path {
+        Some(p) => (Some(p.to_owned()), format!("{p}: {msg}")),
+        None => (None, msg.to_owned()),
+    }
+}
+
+/// The `names` inside backticks of serde's "expected one of `a`, `b`".
+fn backticked(text: &str) -> Vec<&str> {
+    text.split('`').skip(1).step_by(2).collect()
+}
+
+fn top_level_not_mapping(origin: Option<&Path>) -> ConfigError {
+    ConfigError::Setting {
+        origin: origin.map(Path::to_path_buf),
+        line: None,
+        key: None,
+        message: "the top level must be a mapping of settings (source, tables, lake, flush, memory_budget, shutdown_timeout, metrics)".to_owned(),
+        env_var: None,
+        source: None,
+    }
+}
+
+/// File text + environment → validated config; `origin` names the file in errors.
+fn parse(
+    yaml: &str,
+    env: &[(String, String)],
+    origin: Option<&Path>,
+) -> Result<Config, ConfigError> {
+    let tree: Value = serde_yaml::from_str(yaml).map_err(|source| {
+        let (message, line) = strip_location(&source);
+        ConfigError::Syntax {
+            origin: origin.map(Path::to_path_buf),
+            line,
+            message,
+            source,
+        }
+    })?;
+    let mut root = match tree {
+        Value::Null => Mapping::new(),
+        Value::Mapping(m) => m,
+        _ => return Err(top_level_not_mapping(origin)),
+    };
+    let mut modified = false;
+    for section in SECTIONS {
+        if root.get(*section).is_some_and(Value::is_null) {
+            root.remove(*section);
+            modified = true;
+        }
+    }
+    let overrides = merge_env(&mut root, env)?;
+    modified |= !overrides.is_empty();
+
+    let config = if modified {
+        let merged = serde_yaml::to_string(&Value::Mapping(root)).map_err(|source| {
+            ConfigError::Setting {
+                origin: origin.map(Path::to_path_buf),
+                line: None,
+                key: None,
+                message: format!("cannot merge the environment overrides: {source}"),
+                env_var: None,
+                source: Some(source),
+            }
+        })?;
+        match serde_yaml::from_str::<Config>(&merged) {
+            Ok(config) => config,
+            Err(err) => {
+                let merged_err = setting_error(err, origin, false, &overrides);
+                // Not from a variable: the same problem read from the file itself has a
+                // line number worth showing.
+                if let ConfigError::Setting {
+                    env_var: None,
+                    message,
+                    ..
+                } = &merged_err
+                    && let Err(file_err) = serde_yaml::from_str::<Config>(yaml)
+                {
+                    let file_err = setting_error(file_err, origin, true, &[]);
+                    if matches!(&file_err, ConfigError::Setting { message: m, .. } if m == message)
+                    {
+                        return Err(file_err);
+                    }
+                }
+                return Err(merged_err);
+            }
+        }
+    } else {
+        serde_yaml::from_str::<Config>(yaml).map_err(|err| setting_error(err, origin, true, &[]))?
+    };
+    config
+        .validate()
+        .map_err(|e| e.in_context(origin, &overrides))?;
+    Ok(config)
+}
+
+/// The `PG2LAKE__*` variables of this process.
+fn process_env() -> Result<Vec<(String, String)>, ConfigError> {
+    let mut vars = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let Some(name) = name.to_str().filter(|n| n.starts_with(ENV_PREFIX)) else {
+            continue;
+        };
+        let value = value.into_string().map_err(|_| ConfigError::Env {
+            var: name.to_owned(),
+            message: "the value is not valid UTF-8".to_owned(),
+        })?;
+        vars.push((name.to_owned(), value));
+    }
+    Ok(vars)
+}
+
+fn check_nonzero(field: &str, value: Duration, example: &str) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{field} must be greater than 0 (e.g. {example})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Why a lake URL is not usable, if it is not.
+fn lake_url_problem(url: &str) -> Option<String> {
+    let url = url.trim();
+    if url.is_empty() {
+        return Some("is empty".to_owned());
+    }
+    let scheme = url
+        .split_once("://")
+        .map(|(s, rest)| (s.to_ascii_lowercase(), rest))
+        .filter(|(s, _)| {
+            s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        });
+    match scheme {
+        None => None,
+        Some((s, rest)) if s == "file" => (!rest.starts_with('/')).then(|| {
+            "is a file:// URL without an absolute path (write file:///absolute/path)".to_owned()
+        }),
+        Some((s, rest)) if s == "s3" => rest
+            .split('/')
+            .next()
+            .is_none_or(str::is_empty)
+            .then(|| "has no bucket (write s3://bucket/prefix)".to_owned()),
+        Some((s, _)) => Some(format!("has the unsupported scheme {s}://")),
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies `PG2LAKE__*` environment overrides and validates; also
+    /// checks that `source.password_file`, when set, is readable.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let yaml = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = parse(&yaml, &process_env()?, Some(path))?;
+        config
+            .source_password()
+            .map_err(|e| e.in_context(Some(path), &[]))?;
+        Ok(config)
+    }
+
+    /// Parses YAML text with the given environment (only `PG2LAKE__*` entries are
+    /// used) and validates it. Pure: no file or process environment is read.
+    pub fn from_yaml_str(yaml: &str, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        parse(yaml, env, None)
+    }
+
+    /// Checks the rules that types cannot express; the first broken one is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let source = &self.source;
+        if source.url.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "source.url",
+                "source.url is required (e.g. postgres://replicator@db:5432/app)",
+            ));
+        }
+        if !["postgres://", "postgresql://"]
+            .iter()
+            .any(|p| source.url.starts_with(p))
+        {
+            return Err(ConfigError::invalid(
+                "source.url",
+                format!(
+                    "source.url {:?} must be a postgres:// or postgresql:// URL (e.g. postgres://replicator@db:5432/app)",
+                    source.redacted_url()
+                ),
+            ));
+        }
+        if source.password.is_some() && source.password_file.is_some() {
+            return Err(ConfigError::invalid(
+                "source.password_file",
+                "source.password and source.password_file are both set (fix: keep only one)",
+            ));
+        }
+        // ReplicationSlotValidateName: lower-case letters, digits and underscores.
+        let slot_ok = !source.slot.is_empty()
+            && source.slot.len() <= MAX_IDENTIFIER_BYTES
+            && source
+                .slot
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !slot_ok {
+            return Err(ConfigError::invalid(
+                "source.slot",
+                format!(
+                    "source.slot {:?} must be lowercase letters, digits and underscores (at most {MAX_IDENTIFIER_BYTES})",
+                    source.slot
+                ),
+            ));
+        }
+        if source.publication.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "source.publication",
+                "source.publication must not be empty (e.g. pg2lake)",
+            ));
+        }
+        if source.publication.len() > MAX_IDENTIFIER_BYTES {
+            return Err(ConfigError::invalid(
+                "source.publication",
+                format!(
+                    "source.publication {:?} is longer than {MAX_IDENTIFIER_BYTES} bytes, which Postgres would truncate",
+                    source.publication
+                ),
+            ));
+        }
+        check_nonzero("source.status_interval", source.status_interval, "10s")?;
+        check_nonzero(
+            "source.heartbeat_interval",
+            source.heartbeat_interval,
+            "30s",
+        )?;
+        check_nonzero("source.connect_timeout", source.connect_timeout, "10s")?;
+        check_nonzero(
+            "source.reconnect_max_backoff",
+            source.reconnect_max_backoff,
+            "30s",
+        )?;
+
+        if self.tables.is_empty() {
+            return Err(ConfigError::invalid(
+                "tables",
+                "tables must list at least one table (e.g. [public.orders] or [public.*])",
+            ));
+        }
+        for (i, entry) in self.tables.iter().enumerate() {
+            if let Err(err) = entry.parse::<TablePattern>() {
+                return Err(ConfigError::invalid(
+                    "tables",
+                    format!("tables[{i}] {entry:?} is not a table name: {err}"),
+                ));
+            }
+        }
+
+        let lake = &self.lake;
+        if let Some(problem) = lake_url_problem(&lake.url) {
+            return Err(ConfigError::invalid(
+                "lake.url",
+                format!(
+                    "lake.url {:?} {problem}; it must be a local path, file:///absolute/path or s3://bucket/prefix",
+                    lake.url
+                ),
+            ));
+        }
+        if let Some(endpoint) = &lake.endpoint {
+            let lower = endpoint.to_ascii_lowercase();
+            if !lower.starts_with("http://") && !lower.starts_with("https://") {
+                return Err(ConfigError::invalid(
+                    "lake.endpoint",
+                    format!("lake.endpoint {endpoint:?} must start with https:// or http://"),
+                ));
+            }
+            if lower.starts_with("http://") && !lake.allow_http {
+                return Err(ConfigError::invalid(
+                    "lake.endpoint",
+                    format!(
+                        "lake.endpoint {endpoint:?} is plain http (fix: set lake.allow_http: true, or use https)"
+                    ),
+                ));
+            }
+        }
+        if lake.checkpoint_interval < 1 {
+            return Err(ConfigError::invalid(
+                "lake.checkpoint_interval",
+                "lake.checkpoint_interval must be at least 1 (e.g. 100)",
+            ));
+        }
+        check_nonzero("lake.log_retention", lake.log_retention, "30 days")?;
+
+        let flush = &self.flush;
+        if flush.max_rows < 1 {
+            return Err(ConfigError::invalid(
+                "flush.max_rows",
+                "flush.max_rows must be at least 1 (e.g. 100000)",
+            ));
+        }
+        if flush.max_bytes.0 < 1 {
+            return Err(ConfigError::invalid(
+                "flush.max_bytes",
+                "flush.max_bytes must be at least 1 byte (e.g. 64MiB)",
+            ));
+        }
+        check_nonzero("flush.max_interval", flush.max_interval, "10s")?;
+        let needed = flush.max_bytes.0.saturating_mul(MEMORY_BUDGET_FLUSH_FACTOR);
+        if self.memory_budget.0 < needed {
+            return Err(ConfigError::invalid(
+                "memory_budget",
+                format!(
+                    "memory_budget ({}) must be at least {MEMORY_BUDGET_FLUSH_FACTOR} x flush.max_bytes ({}) = {} (one batch building, one encoding, headroom for decoding; fix: raise memory_budget or lower flush.max_bytes)",
+                    self.memory_budget,
+                    flush.max_bytes,
+                    ByteSize(needed)
+                ),
+            ));
+        }
+        check_nonzero("shutdown_timeout", self.shutdown_timeout, "30s")?;
+        Ok(())
+    }
+
+    /// The parsed `tables` entries, in order. Entries that do not parse are skipped;
+    /// [`Config::validate`] rejects them, so a loaded config has none.
+    pub fn table_patterns(&self) -> Vec<TablePattern> {
+        self.tables.iter().filter_map(|t| t.parse().ok()).collect()
+    }
+
+    /// The source password: `source.password`, else the contents of
+    /// `source.password_file` without its trailing line break, else the password in
+    /// `source.url`; `None` when there is none (trust or certificate auth).
+    pub fn source_password(&self) -> Result<Option<Secret>, ConfigError> {
+        if let Some(password) = &self.source.password {
+            return Ok(Some(password.clone()));
+        }
+        if let Some(path) = &self.source.password_file {
+            let contents =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::PasswordFile {
+                    origin: None,
+                    path: path.clone(),
+                    source,
+                })?;
+            let password = contents.trim_end_matches(['\n', '\r']);
+            if password.is_empty() {
+                return Err(ConfigError::invalid(
+                    "source.password_file",
+                    format!("source.password_file {} is empty", path.display()),
+                ));
+            }
+            return Ok(Some(Secret::new(password)));
+        }
+        Ok(url_password(&self.source.url)
+            .filter(|p| !p.is_empty())
+            .map(Secret::new))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str =
+        "source:\n  url: postgres://replicator@db:5432/app\ntables: [public.orders]\n";
+    const EXAMPLE: &str = include_str!("../config/pg2lake.example.yaml");
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn with_env(vars: &[(&str, &str)]) -> Config {
+        Config::from_yaml_str(MINIMAL, &env(vars)).unwrap()
+    }
+
+    fn error(yaml: &str, vars: &[(&str, &str)]) -> String {
+        Config::from_yaml_str(yaml, &env(vars))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_yaml_str(MINIMAL, &[]).unwrap();
+        assert_eq!(c.source.url, "postgres://replicator@db:5432/app");
+        assert_eq!(c.source.password, None);
+        assert_eq!(c.source.sslmode, SslModeConfig::Prefer);
+        assert_eq!(c.source.slot, "pg2lake");
+        assert_eq!(c.source.publication, "pg2lake");
+        assert_eq!(c.source.status_interval, Duration::from_secs(10));
+        assert_eq!(c.source.heartbeat_interval, Duration::from_secs(30));
+        assert_eq!(c.source.connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.source.reconnect_max_backoff, Duration::from_secs(30));
+        assert_eq!(c.lake, LakeConfig::default());
+        assert_eq!(c.lake.url, "./lake");
+        assert_eq!(c.lake.checkpoint_interval, 100);
+        assert_eq!(c.lake.log_retention, Duration::from_secs(30 * 86_400));
+        assert!(!c.lake.allow_http);
+        assert_eq!(c.flush.max_rows, 100_000);
+        assert_eq!(c.flush.max_bytes, ByteSize(64 * 1024 * 1024));
+        assert_eq!(c.flush.max_interval, Duration::from_secs(10));
+        assert_eq!(c.memory_budget, ByteSize(512 * 1024 * 1024));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(c.metrics.listen, Some("0.0.0.0:9187".parse().unwrap()));
+        let expected = Config {
+            source: SourceConfig {
+                url: c.source.url.clone(),
+                ..SourceConfig::default()
+            },
+            tables: vec!["public.orders".to_owned()],
+            ..Config::default()
+        };
+        assert_eq!(c, expected);
+    }
+
+    #[test]
+    fn empty_sections_mean_defaults() {
+        let c = Config::from_yaml_str(&format!("{MINIMAL}flush:\nlake:\nmetrics:\n"), &[]).unwrap();
+        assert_eq!(c.flush, FlushConfig::default());
+        assert_eq!(c.metrics, MetricsConfig::default());
+    }
+
+    #[test]
+    fn full_config() {
+        let yaml = r#"
+source:
+  url: postgresql://replicator@db.internal:6432/shop?application_name=x
+  password: "s3cret"
+  sslmode: verify-full
+  sslrootcert: /etc/ssl/ca.pem
+  slot: shop_lake
+  publication: Shop Pub
+  status_interval: 500ms
+  heartbeat_interval: 1min
+  connect_timeout: 3s
+  reconnect_max_backoff: 2m
+tables: [public.orders, "sales.*", customers, 'public."Mixed Case"']
+lake:
+  url: s3://bucket/prefix
+  endpoint: http://minio:9000
+  region: eu-west-1
+  allow_http: true
+  checkpoint_interval: 10
+  log_retention: 7 days
+flush:
+  max_rows: 5000
+  max_bytes: 8 MiB
+  max_interval: 2s
+memory_budget: 1GiB
+shutdown_timeout: 1m 30s
+metrics:
+  listen: 127.0.0.1:9000
+"#;
+        let c = Config::from_yaml_str(yaml, &[]).unwrap();
+        assert_eq!(
+            c.source.password.as_ref().map(Secret::expose),
+            Some("s3cret")
+        );
+        assert_eq!(c.source.sslmode, SslModeConfig::VerifyFull);
+        assert_eq!(c.source.sslrootcert, Some(PathBuf::from("/etc/ssl/ca.pem")));
+        assert_eq!(c.source.slot, "shop_lake");
+        assert_eq!(c.source.publication, "Shop Pub");
+        assert_eq!(c.source.status_interval, Duration::from_millis(500));
+        assert_eq!(c.source.heartbeat_interval, Duration::from_secs(60));
+        assert_eq!(c.source.reconnect_max_backoff, Duration::from_secs(120));
+        assert_eq!(c.lake.url, "s3://bucket/prefix");
+        assert_eq!(c.lake.endpoint.as_deref(), Some("http://minio:9000"));
+        assert_eq!(c.lake.region.as_deref(), Some("eu-west-1"));
+        assert!(c.lake.allow_http);
+        assert_eq!(c.lake.checkpoint_interval, 10);
+        assert_eq!(c.lake.log_retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.flush.max_rows, 5000);
+        assert_eq!(c.flush.max_bytes, ByteSize::mib(8));
+        assert_eq!(c.flush.max_interval, Duration::from_secs(2));
+        assert_eq!(c.memory_budget, ByteSize::gib(1));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(90));
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(
+            c.table_patterns(),
+            vec![
+                TablePattern::Exact(TableName::new("public", "orders")),
+                TablePattern::AllInSchema("sales".to_owned()),
+                TablePattern::Exact(TableName::new("public", "customers")),
+                TablePattern::Exact(TableName::new("public", "Mixed Case")),
+            ]
+        );
+    }
+
+    #[test]
+    fn example_file_loads_and_validates() {
+        let c = Config::from_yaml_str(EXAMPLE, &[]).unwrap();
+        assert_eq!(
+            c.flush,
+            FlushConfig::default(),
+            "the example shows the defaults"
+        );
+        assert_eq!(c.lake, LakeConfig::default());
+        assert_eq!(c.memory_budget, DEFAULT_MEMORY_BUDGET);
+        assert_eq!(c.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
+        assert_eq!(c.metrics, MetricsConfig::default());
+    }
+
+    /// Every key path of `value`, dotted.
+    fn key_paths(value: &Value, prefix: &str, out: &mut Vec<String>) {
+        if let Value::Mapping(map) = value {
+            for (k, v) in map {
+                let k = k.as_str().unwrap();
+                let path = if prefix.is_empty() {
+                    k.to_owned()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                key_paths(v, &path, out);
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn example_file_documents_every_key_and_its_variable() {
+        // Optional keys appear commented out as `#key: value`; uncomment them.
+        let uncommented: String = EXAMPLE
+            .lines()
+            .map(|line| {
+                let trimmed = line.trim_start();
+                let indent = &line[..line.len() - trimmed.len()];
+                match trimmed.strip_prefix('#') {
+                    Some(rest)
+                        if rest.starts_with(|c: char| c.is_ascii_lowercase())
+                            && rest.contains(':') =>
+                    {
+                        format!("{indent}{rest}\n")
+                    }
+                    _ => format!("{line}\n"),
+                }
+            })
+            .collect();
+        let documented: Value = serde_yaml::from_str(&uncommented).unwrap();
+        // deny_unknown_fields: no stale key in the example.
+        serde_yaml::from_value::<Config>(documented.clone()).unwrap();
+        let mut documented_keys = Vec::new();
+        key_paths(&documented, "", &mut documented_keys);
+        let mut all_keys = Vec::new();
+        key_paths(
+            &serde_yaml::to_value(Config::default()).unwrap(),
+            "",
+            &mut all_keys,
+        );
+        for key in &all_keys {
+            assert!(documented_keys.contains(key), "example lacks {key}");
+            let var = env_var_name(key);
+            assert!(EXAMPLE.contains(&var), "example does not name {var}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_every_kind() {
+        let c = with_env(&[
+            ("PG2LAKE__SOURCE__URL", "postgres://other@h/db"),
+            ("PG2LAKE__SOURCE__PASSWORD", "hunter2"),
+            ("PG2LAKE__SOURCE__SSLMODE", "verify-ca"),
+            ("PG2LAKE__SOURCE__SSLROOTCERT", "/ca.pem"),
+            ("PG2LAKE__SOURCE__STATUS_INTERVAL", "500ms"),
+            ("PG2LAKE__TABLES", "public.a, public.b,,"),
+            ("PG2LAKE__LAKE__URL", "s3://b/p"),
+            ("PG2LAKE__LAKE__ALLOW_HTTP", "true"),
+            ("PG2LAKE__LAKE__CHECKPOINT_INTERVAL", "7"),
+            ("PG2LAKE__LAKE__LOG_RETENTION", "2 days"),
+            ("PG2LAKE__FLUSH__MAX_ROWS", "5000"),
+            ("PG2LAKE__FLUSH__MAX_BYTES", "1000"),
+            ("PG2LAKE__MEMORY_BUDGET", "1GiB"),
+            ("PG2LAKE__SHUTDOWN_TIMEOUT", "5s"),
+            ("PG2LAKE__METRICS__LISTEN", ":9999"),
+            ("PG2LAKE_CONFIG", "/not/an/override"),
+            ("PATH", "/usr/bin"),
+        ]);
+        assert_eq!(c.source.url, "postgres://other@h/db");
+        assert_eq!(
+            c.source.password.as_ref().map(Secret::expose),
+            Some("hunter2")
+        );
+        assert_eq!(c.source.sslmode, SslModeConfig::VerifyCa);
+        assert_eq!(c.source.sslrootcert, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(c.source.status_interval, Duration::from_millis(500));
+        assert_eq!(c.tables, ["public.a", "public.b"]);
+        assert_eq!(c.lake.url, "s3://b/p");
+        assert!(c.lake.allow_http);
+        assert_eq!(c.lake.checkpoint_interval, 7);
+        assert_eq!(c.lake.log_retention, Duration::from_secs(2 * 86_400));
+        assert_eq!(c.flush.max_rows, 5000);
+        assert_eq!(c.flush.max_bytes, ByteSize(1000));
+        assert_eq!(c.memory_budget, ByteSize::gib(1));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(c.metrics.listen, Some("0.0.0.0:9999".parse().unwrap()));
+    }
+
+    #[test]
+    fn env_strings_are_kept_exactly() {
+        for password in [
+            "123456",
+            "007",
+            "true",
+            "a #b",
+            "- x",
+            "key: value",
+            "[1]",
+            "1e3",
+            " padded ",
+        ] {
+            let c = with_env(&[("PG2LAKE__SOURCE__PASSWORD", password)]);
+            assert_eq!(
+                c.source.password.as_ref().map(Secret::expose),
+                Some(password),
+                "{password:?}"
+            );
+        }
+        assert_eq!(
+            with_env(&[("PG2LAKE__SOURCE__SLOT", "123")]).source.slot,
+            "123"
+        );
+    }
+
+    #[test]
+    fn env_null_and_off_unset_optional_keys() {
+        let yaml = format!("{MINIMAL}lake:\n  region: eu-west-1\n");
+        let c = Config::from_yaml_str(&yaml, &env(&[("PG2LAKE__LAKE__REGION", "")])).unwrap();
+        assert_eq!(c.lake.region, None);
+        for off in ["off", "null", ""] {
+            assert_eq!(
+                with_env(&[("PG2LAKE__METRICS__LISTEN", off)])
+                    .metrics
+                    .listen,
+                None,
+                "{off:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn env_wins_over_file_and_creates_sections() {
+        let yaml = format!("{MINIMAL}flush:\n  max_rows: 10\n");
+        let c = Config::from_yaml_str(&yaml, &env(&[("PG2LAKE__FLUSH__MAX_ROWS", "20")])).unwrap();
+        assert_eq!(c.flush.max_rows, 20);
+        let c = Config::from_yaml_str(
+            "tables: [t]\n",
+            &env(&[
+                ("PG2LAKE__SOURCE__URL", "postgres://u@h/d"),
+                ("pg2lake__flush__max_rows", "3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.source.url, "postgres://u@h/d");
+        assert_eq!(
+            c.flush.max_rows, 100_000,
+            "only upper-case PG2LAKE__ names are read"
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_file_names_path_and_choices() {
+        let yaml =
+            "source:\n  url: postgres://localhost/db\ntables: [public.t]\nlake:\n  urll: ./x\n";
+        let err = Config::from_yaml_str(yaml, &[]).unwrap_err();
+        assert_eq!(err.key(), Some("lake.urll"));
+        assert_eq!(
+            err.to_string(),
+            "config error at line 5: unknown key lake.urll (expected one of: url, endpoint, region, allow_http, checkpoint_interval, log_retention)"
+        );
+        let top = error(&format!("{MINIMAL}sorce: {{}}\n"), &[]);
+        assert!(
+            top.contains("unknown key sorce (expected one of: source, tables, lake,"),
+            "{top}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_env_names_the_variable() {
+        let err = error(MINIMAL, &[("PG2LAKE__LAKE__URLL", "./x")]);
+        assert!(
+            err.contains("unknown key lake.urll (expected one of: url,"),
+            "{err}"
+        );
+        assert!(err.ends_with("(set by PG2LAKE__LAKE__URLL)"), "{err}");
+        let err = error(MINIMAL, &[("PG2LAKE__NOPE", "1")]);
+        assert!(
+            err.contains("unknown key nope") && err.contains("PG2LAKE__NOPE"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn malformed_env_names_are_errors() {
+        let err = error(MINIMAL, &[("PG2LAKE__TABLES__X", "1")]);
+        assert!(
+            err.contains("PG2LAKE__TABLES__X: tables is not a section"),
+            "{err}"
+        );
+        let err = error(MINIMAL, &[("PG2LAKE__FLUSH____MAX_ROWS", "1")]);
+        assert!(
+            err.contains("PG2LAKE__FLUSH____MAX_ROWS") && err.contains("PG2LAKE__SECTION__KEY"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let err = error(&format!("{MINIMAL}flush:\n  max_rows: many\n"), &[]);
+        assert!(
+            err.starts_with("config error at line 5: flush.max_rows: invalid type"),
+            "{err}"
+        );
+        let err = error(MINIMAL, &[("PG2LAKE__FLUSH__MAX_ROWS", "many")]);
+        assert!(
+            err.contains("flush.max_rows: invalid type")
+                && err.ends_with("(set by PG2LAKE__FLUSH__MAX_ROWS)"),
+            "{err}"
+        );
+        let err = error(&format!("{MINIMAL}memory_budget: 1 parsec\n"), &[]);
+        assert!(
+            err.contains("memory_budget: \"1 parsec\" is not a size: unknown unit"),
+            "{err}"
+        );
+        let err = error(&format!("{MINIMAL}shutdown_timeout: 10\n"), &[]);
+        assert!(
+            err.starts_with("config error at line 4: shutdown_timeout: \"10\" is not a duration"),
+            "{err}"
+        );
+        let err = error(&format!("{MINIMAL}flush:\n  max_interval: soon\n"), &[]);
+        assert!(
+            err.starts_with(
+                "config error at line 5: flush.max_interval: \"soon\" is not a duration"
+            ),
+            "{err}"
+        );
+        let err = error(&format!("{MINIMAL}metrics:\n  listen: nowhere\n"), &[]);
+        assert!(
+            err.starts_with(
+                "config error at line 5: metrics.listen: \"nowhere\" is not a listen address"
+            ),
+            "{err}"
+        );
+        let err = error(&format!("{MINIMAL}lake:\n  allow_http: maybe\n"), &[]);
+        assert!(err.contains("lake.allow_http: invalid type"), "{err}");
+        let err = error(MINIMAL, &[("PG2LAKE__SOURCE__SSLMODE", "sometimes")]);
+        assert!(
+            err.contains("source.sslmode: unknown value \"sometimes\" (expected one of: disable, prefer, require, verify-ca, verify-full)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn file_errors_keep_their_line_when_env_is_set() {
+        let yaml = format!("{MINIMAL}flush:\n  max_rows: many\n");
+        let err = error(&yaml, &[("PG2LAKE__LAKE__URL", "./x")]);
+        assert!(
+            err.starts_with("config error at line 5: flush.max_rows"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_and_non_mappings() {
+        let err = error("source: [\n", &[]);
+        assert!(
+            err.starts_with("config error at line 2: invalid YAML: "),
+            "{err}"
+        );
+        let err = error("- a\n- b\n", &[]);
+        assert!(err.contains("the top level must be a mapping"), "{err}");
+    }
+
+    #[test]
+    fn each_validation_rule() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "source:\n  slot: x\ntables: [t]\n",
+                "source.url",
+                "source.url is required",
+            ),
+            (
+                "source:\n  url: mysql://h/db\ntables: [t]\n",
+                "source.url",
+                "must be a postgres:// or postgresql:// URL",
+            ),
+            (
+                "source:\n  url: postgres://h/db\n  password: x\n  password_file: /p\ntables: [t]\n",
+                "source.password_file",
+                "source.password and source.password_file are both set",
+            ),
+            (
+                "source:\n  url: postgres://h/db\n  slot: Bad-Name\ntables: [t]\n",
+                "source.slot",
+                "source.slot \"Bad-Name\" must be lowercase letters, digits and underscores (at most 63)",
+            ),
+            (
+                "source:\n  url: postgres://h/db\n  slot: ''\ntables: [t]\n",
+                "source.slot",
+                "must be lowercase",
+            ),
+            (
+                "source:\n  url: postgres://h/db\n  publication: ''\ntables: [t]\n",
+                "source.publication",
+                "must not be empty",
+            ),
+            (
+                "source:\n  url: postgres://h/db\n  status_interval: 0s\ntables: [t]\n",
+                "source.status_interval",
+                "greater than 0",
+            ),
+            (
+                "source:\n  url: postgres://h/db\n  heartbeat_interval: 0s\ntables: [t]\n",
+                "source.heartbeat_interval",
+                "greater than 0",
+            ),
+            (
+                "source:\n  url: postgres://h/db\n  connect_timeout: 0s\ntables: [t]\n",
+                "source.connect_timeout",
+                "greater than 0",
+            ),
+            (
+                "source:\n  url: postgres://h/db\n  reconnect_max_backoff: 0s\ntables: [t]\n",
+                "source.reconnect_max_backoff",
+                "greater than 0",
+            ),
+            (
+                "source:\n  url: postgres://h/db\n",
+                "tables",
+                "tables must list at least one table",
+            ),
+            (
+                "source:\n  url: postgres://h/db\ntables: ['a.b.c']\n",
+                "tables",
+                "tables[0] \"a.b.c\" is not a table name",
+            ),
+            (
+                "source:\n  url: postgres://h/db\ntables: [t, 'bad-name']\n",
+                "tables",
+                "tables[1] \"bad-name\"",
+            ),
+            (
+                "source:\n  url: postgres://h/db\ntables: [t]\nlake:\n  url: gs://b/p\n",
+                "lake.url",
+                "unsupported scheme gs://",
+            ),
+            (
+                "source:\n  url: postgres://h/db\ntables: [t]\nlake:\n  url: ''\n",
+                "lake.url",
+                "is empty",
+            ),
+            (
+                "source:\n  url: postgres://h/db\ntables: [t]\nlake:\n  url: s3://\n",
+                "lake.url",
+                "has no bucket",
+            ),
+            (
+                "source:\n  url: postgres://h/db\ntables: [t]\nlake:\n  url: file://rel\n",
+                "lake.url",
+                "absolute path",
+            ),
+            (
+                "source:\n  url: postgres://h/db\ntables: [t]\nlake:\n  url: s3://b\n  endpoint: minio:9000\n",
+                "lake.endpoint",
+                "must start with https:// or http://",
+            ),
+            (
+                "source:\n  url: postgres://h/db\ntables: [t]\nlake:\n  url: s3://b\n  endpoint: http://minio:9000\n",
+                "lake.endpoint",
+                "set lake.allow_http: true",
+            ),
+            (
+                "source:\n  url: postgres://h/db\ntables: [t]\nlake:\n  checkpoint_interval: 0\n",
+                "lake.checkpoint_interval",
+                "lake.checkpoint_interval must be at least 1",
+            ),
+            (
+                "source:\n  url: postgres://h/db\ntables: [t]\nlake:\n  log_retention: 0s\n",
+                "lake.log_retention",
+                "greater than 0",
+            ),
+            (
+                "source:\n  url: postgres://h/db\ntables: [t]\nflush:\n  max_rows: 0\n",
+                "flush.max_rows",
+                "flush.max_rows must be at least 1",
+            ),
+            (
+                "source:\n  url: postgres://h/db\ntables: [t]\nflush:\n  max_bytes: 0\n",
+                "flush.max_bytes",
+                "at least 1 byte",
+            ),
+            (
+                "source:\n  url: postgres://h/db\ntables: [t]\nflush:\n  max_interval: 0s\n",
+                "flush.max_interval",
+                "greater than 0",
+            ),
+            (
+                "source:\n  url: postgres://h/db\ntables: [t]\nflush:\n  max_bytes: 64MiB\nmemory_budget: 200MiB\n",
+                "memory_budget",
+                "memory_budget (200MiB) must be at least 4 x flush.max_bytes (64MiB) = 256MiB",
+            ),
+            (
+                "source:\n  url: postgres://h/db\ntables: [t]\nshutdown_timeout: 0s\n",
+                "shutdown_timeout",
+                "greater than 0",
+            ),
+        ];
+        for (yaml, field, needle) in cases {
+            let err = Config::from_yaml_str(yaml, &[]).unwrap_err();
+            assert_eq!(err.key(), Some(*field), "{yaml}");
+            let text = err.to_string();
+            assert!(text.starts_with("config error: "), "{text}");
+            assert!(text.contains(needle), "{text:?} should contain {needle:?}");
+        }
+        let err = error(
+            "source:\n  url: postgres://h/db\ntables: [t]\n",
+            &[("PG2LAKE__FLUSH__MAX_ROWS", "0")],
+        );
+        assert!(
+            err.ends_with("must be at least 1 (e.g. 100000) (set by PG2LAKE__FLUSH__MAX_ROWS)"),
+            "{err}"
+        );
+        let ok = "source:\n  url: postgres://h/db\ntables: [t]\nlake:\n  url: s3://b\n  endpoint: http://m:9000\n  allow_http: true\n";
+        Config::from_yaml_str(ok, &[]).unwrap();
+        for url in [
+            "./lake",
+            "/var/lake",
+            "lake",
+            "file:///var/lake",
+            "s3://bucket",
+            "S3://bucket/a/b",
+        ] {
+            assert_eq!(lake_url_problem(url), None, "{url}");
+        }
+    }
+
+    #[test]
+    fn byte_sizes() {
+        let cases = [
+            ("1000", 1000),
+            ("64MiB", 64 << 20),
+            ("512 MiB", 512 << 20),
+            ("1GiB", 1 << 30),
+            ("100kB", 100_000),
+            ("100KB", 100_000),
+            ("10MB", 10_000_000),
+            ("2TB", 2_000_000_000_000),
+            ("1.5GiB", 3 << 29),
+            ("0.5KiB", 512),
+            ("4Ki", 4096),
+            ("7B", 7),
+            (" 3 mib ", 3 << 20),
+        ];
+        for (text, bytes) in cases {
+            assert_eq!(text.parse::<ByteSize>(), Ok(ByteSize(bytes)), "{text}");
+        }
+        for bad in [
+            "",
+            "MiB",
+            "1.2.3MiB",
+            "-1",
+            "1 parsec",
+            "0.5B",
+            "99999999999TiB",
+            "1e3",
+        ] {
+            assert!(bad.parse::<ByteSize>().is_err(), "{bad:?}");
+        }
+        assert_eq!(ByteSize::mib(64).to_string(), "64MiB");
+        assert_eq!(ByteSize::gib(1).to_string(), "1GiB");
+        assert_eq!(ByteSize(0).to_string(), "0B");
+        assert_eq!(ByteSize(1000).to_string(), "1000B");
+        assert_eq!(ByteSize(1536).to_string(), "1.50KiB");
+        assert_eq!(ByteSize(10_000_000).to_string(), "9.54MiB");
+        let from_int: ByteSize = serde_yaml::from_str("4096").unwrap();
+        assert_eq!(from_int, ByteSize::kib(4));
+        assert!(serde_yaml::from_str::<ByteSize>("-5").is_err());
+        assert_eq!(
+            serde_yaml::to_string(&ByteSize(1000)).unwrap().trim(),
+            "1000"
+        );
+        assert_eq!(
+            serde_yaml::to_string(&ByteSize::mib(3)).unwrap().trim(),
+            "3MiB"
+        );
+    }
+
+    #[test]
+    fn durations_read_like_humans_write_them() {
+        for (text, secs) in [
+            ("30 days", 30 * 86_400),
+            ("30days", 30 * 86_400),
+            ("1h 30m", 5400),
+            ("10s", 10),
+        ] {
+            let c = with_env(&[("PG2LAKE__SHUTDOWN_TIMEOUT", text)]);
+            assert_eq!(c.shutdown_timeout, Duration::from_secs(secs), "{text}");
+        }
+    }
+
+    #[test]
+    fn metrics_listen_forms() {
+        let addr = |s: &str| parse_listen(Some(s));
+        assert_eq!(addr("0.0.0.0:9187"), Ok(Some(DEFAULT_METRICS_LISTEN)));
+        assert_eq!(addr(":9187"), Ok(Some(DEFAULT_METRICS_LISTEN)));
+        assert_eq!(addr("9187"), Ok(Some(DEFAULT_METRICS_LISTEN)));
+        assert_eq!(addr("[::1]:80"), Ok(Some("[::1]:80".parse().unwrap())));
+        assert_eq!(addr("OFF"), Ok(None));
+        assert_eq!(parse_listen(None), Ok(None));
+        assert!(addr("localhost:x").is_err());
+        let yaml = format!("{MINIMAL}metrics:\n  listen: null\n");
+        assert_eq!(
+            Config::from_yaml_str(&yaml, &[]).unwrap().metrics.listen,
+            None
+        );
+        let yaml = format!("{MINIMAL}metrics:\n  listen: off\n");
+        assert_eq!(
+            Config::from_yaml_str(&yaml, &[]).unwrap().metrics.listen,
+            None
+        );
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let secret = Secret::new("hunter2");
+        assert_eq!(format!("{secret}"), "***");
+        assert_eq!(format!("{secret:?}"), "***");
+        assert_eq!(secret.expose(), "hunter2");
+        let yaml =
+            "source:\n  url: postgres://u:urlpass%21@h/db\n  password: hunter2\ntables: [t]\n";
+        let c = Config::from_yaml_str(yaml, &[]).unwrap();
+        for shown in [
+            format!("{c:?}"),
+            format!("{c:#?}"),
+            serde_yaml::to_string(&c).unwrap(),
+        ] {
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("urlpass"),
+                "{shown}"
+            );
+            assert!(shown.contains("postgres://u:***@h/db"), "{shown}");
+        }
+        let err = error("source:\n  url: mysql://u:urlpass@h/db\ntables: [t]\n", &[]);
+        assert!(
+            !err.contains("urlpass") && err.contains("mysql://u:***@h/db"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn url_redaction() {
+        assert_eq!(
+            redact_url("postgres://u:p@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("postgres://h:5432/db"), "postgres://h:5432/db");
+        assert_eq!(
+            redact_url("postgres://u:p#a/s@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p@h/db?x=a@b"),
+            "postgres://u:***@b"
+        );
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn source_password_precedence() {
+        let mut c = with_env(&[]);
+        assert_eq!(c.source_password().unwrap(), None);
+        c.source.url = "postgres://u:p%40ss%2Fw@h/db".to_owned();
+        assert_eq!(c.source_password().unwrap().unwrap().expose(), "p@ss/w");
+        let file =
+            std::env::temp_dir().join(format!("pg2lake-config-test-pw-{}", std::process::id()));
+        std::fs::write(&file, "from-file\n").unwrap();
+        c.source.password_file = Some(file.clone());
+        assert_eq!(c.source_password().unwrap().unwrap().expose(), "from-file");
+        c.source.password = Some(Secret::new("direct"));
+        assert_eq!(c.source_password().unwrap().unwrap().expose(), "direct");
+        std::fs::write(&file, "\n").unwrap();
+        c.source.password = None;
+        assert!(
+            c.source_password()
+                .unwrap_err()
+                .to_string()
+                .contains("is empty")
+        );
+        std::fs::remove_file(&file).unwrap();
+        let err = c.source_password().unwrap_err();
+        assert!(matches!(err, ConfigError::PasswordFile { .. }));
+        assert!(
+            err.to_string().contains("cannot read source.password_file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn load_reads_the_file_and_names_a_missing_one() {
+        let err = Config::load(Path::new("/nonexistent/pg2lake.yaml")).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+        let text = err.to_string();
+        assert!(
+            text.contains("/nonexistent/pg2lake.yaml") && text.contains("--config"),
+            "{text}"
+        );
+
+        let dir = std::env::temp_dir().join(format!("pg2lake-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pg2lake.yaml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        assert_eq!(Config::load(&path).unwrap().tables, ["public.orders"]);
+        std::fs::write(&path, format!("{MINIMAL}flush:\n  max_rowz: 1\n")).unwrap();
+        let text = Config::load(&path).unwrap_err().to_string();
+        assert_eq!(
+            text,
+            format!(
+                "config error in {}:5: unknown key flush.max_rowz (expected one of: max_rows, max_bytes, max_interval)",
+                path.display()
+            )
+        );
+        std::fs::write(&path, format!("{MINIMAL}flush:\n  max_rows: 0\n")).unwrap();
+        let text = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            text.starts_with(&format!(
+                "config error in {}: flush.max_rows",
+                path.display()
+            )),
+            "{text}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn table_patterns_parse_like_postgres() {
+        let exact = |s: &str, n: &str| TablePattern::Exact(TableName::new(s, n));
+        let cases = [
+            ("public.orders", exact("public", "orders")),
+            ("orders", exact("public", "orders")),
+            ("Sales.Orders", exact("sales", "orders")),
+            ("public.*", TablePattern::AllInSchema("public".to_owned())),
+            (
+                "\"My Schema\".*",
+                TablePattern::AllInSchema("My Schema".to_owned()),
+            ),
+            ("public.\"My Table\"", exact("public", "My Table")),
+            ("\"a\"\"b\".\"c.d\"", exact("a\"b", "c.d")),
+            (" public.t_1$ ", exact("public", "t_1$")),
+            ("_x.été", exact("_x", "été")),
+        ];
+        for (text, pattern) in &cases {
+            assert_eq!(text.parse::<TablePattern>().as_ref(), Ok(pattern), "{text}");
+        }
+        for bad in [
+            "", "*", "*.t", "a.b.c", "public.", ".t", "\"open", "\"\".t", "my-table", "1abc",
+            "a .b",
+        ] {
+            assert!(bad.parse::<TablePattern>().is_err(), "{bad:?}");
+        }
+        assert!(
+            format!("public.{}", "x".repeat(64))
+                .parse::<TablePattern>()
+                .is_err()
+        );
+        assert!(
+            format!("public.{}", "x".repeat(63))
+                .parse::<TablePattern>()
+                .is_ok()
+        );
+        let mixed = TableName::new("public", "My \"T\"");
+        assert_eq!(mixed.to_string(), "public.\"My \"\"T\"\"\"");
+        assert_eq!(mixed.quoted(), "\"public\".\"My \"\"T\"\"\"");
+        assert_eq!(TableName::new("public", "nope").to_string(), "public.nope");
+        assert_eq!(
+            TablePattern::AllInSchema("S".to_owned()).to_string(),
+            "\"S\".*"
+        );
+        // Display reads back to the same pattern.
+        for (text, _) in cases {
+            let pattern: TablePattern = text.parse().unwrap();
+            assert_eq!(pattern.to_string().parse::<TablePattern>(), Ok(pattern));
+        }
+    }
+
+    #[test]
+    fn env_var_names() {
+        assert_eq!(env_var_name("flush.max_rows"), "PG2LAKE__FLUSH__MAX_ROWS");
+        assert_eq!(env_var_name("memory_budget"), "PG2LAKE__MEMORY_BUDGET");
+    }
+}
