@@ -1,1 +1,95 @@
-fn main() {}
+//! The `pg2lake` binary: command line → config → telemetry → runtime.
+//!
+//! Exit codes: 0 success (a clean stop on SIGTERM/SIGINT included), 1 runtime failure,
+//! 2 bad usage or configuration. Every failure ends with one `error: …` line on stderr.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use pg2lake::cli::{Cli, Command};
+use pg2lake::config::Config;
+use pg2lake::{commands, pipeline, telemetry};
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for bad usage or configuration (clap uses it for usage errors too).
+const EXIT_CONFIG: u8 = 2;
+/// Exit code for a runtime failure.
+const EXIT_RUNTIME: u8 = 1;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.command.config_path()) {
+        Ok(config) => Arc::new(config),
+        Err(err) => return fail(EXIT_CONFIG, &err),
+    };
+    if let Err(err) = telemetry::init_logging(cli.log_format, &cli.log_level) {
+        return fail(EXIT_CONFIG, &err);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("pg2lake")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(EXIT_RUNTIME, &err),
+    };
+    let result = runtime.block_on(dispatch(cli.command, config));
+    // Don't wait for blocking tasks (a stuck object-store upload) once the work is done.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "pg2lake failed");
+            fail(err.exit_code(), &err)
+        }
+    }
+}
+
+async fn dispatch(command: Command, config: Arc<Config>) -> Result<(), commands::CommandError> {
+    match command {
+        Command::Run { .. } => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            let timeout = config.shutdown_timeout;
+            let stopped = shutdown.clone();
+            let mut run = std::pin::pin!(pipeline::run(config, shutdown));
+            tokio::select! {
+                biased;
+                result = &mut run => Ok(result?),
+                () = async {
+                    stopped.cancelled().await;
+                    tokio::time::sleep(timeout).await;
+                } => Err(commands::CommandError::ShutdownTimeout(timeout)),
+            }
+        }
+        Command::Snapshot { .. } => Err(commands::CommandError::NotAvailable("snapshot")),
+        Command::Check { .. } => commands::check(&config).await,
+        Command::Status { json, .. } => commands::status(&config, json).await,
+    }
+}
+
+/// Cancels `token` on SIGTERM (Kubernetes stopping the pod) or SIGINT (Ctrl-C).
+async fn cancel_on_signal(token: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = terminate => tracing::info!("received SIGTERM; stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT; stopping"),
+    }
+    token.cancel();
+}
+
+fn fail(code: u8, err: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("error: {err}");
+    ExitCode::from(code)
+}

@@ -11,8 +11,7 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use deltalake_core::logstore::{
-    LogStore, LogStoreFactory, ObjectStoreRef, StorageConfig, default_logstore,
-    logstore_factories,
+    LogStore, LogStoreFactory, ObjectStoreRef, StorageConfig, default_logstore, logstore_factories,
 };
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
@@ -37,6 +36,8 @@ pub struct LakeOptions {
     pub log_retention: Duration,
     /// Parquet files roll over at about this size.
     pub target_file_size: u64,
+    /// Parquet files are sealed once they hold this many rows.
+    pub target_file_rows: usize,
 }
 
 /// Errors from setting up or reaching the lake.
@@ -204,6 +205,14 @@ impl Lake {
             .map_err(|e| LakeError::delta(location, e))
     }
 
+    /// Whether a Delta table exists at `location`.
+    pub async fn table_exists(&self, location: &Url) -> Result<bool, LakeError> {
+        self.log_store(location)?
+            .is_delta_table_location()
+            .await
+            .map_err(|e| LakeError::delta(location, e))
+    }
+
     /// Proves the lake is reachable and writable, and that create-only puts are atomic:
     /// writes a probe object twice with `PutMode::Create` (the second must be refused),
     /// then deletes it. Touches no table.
@@ -268,7 +277,9 @@ fn lake_root_url(raw: &str) -> Result<Url, LakeError> {
         }
     };
     if url.scheme() == "s3" && url.host_str().is_none_or(str::is_empty) {
-        return Err(invalid("an s3 url needs a bucket: s3://bucket/prefix".into()));
+        return Err(invalid(
+            "an s3 url needs a bucket: s3://bucket/prefix".into(),
+        ));
     }
     let mut url = url;
     let trimmed = url.path().trim_end_matches('/').to_owned();
@@ -372,6 +383,7 @@ mod tests {
             checkpoint_interval: 100,
             log_retention: Duration::from_secs(86400),
             target_file_size: 1 << 20,
+            target_file_rows: 1000,
         })
         .unwrap();
         lake.check_writable().await.unwrap();

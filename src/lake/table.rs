@@ -7,7 +7,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake_core::kernel::{Action, StructType, Transaction};
+use deltalake_core::kernel::{Action, Add, StructType, Transaction};
 use deltalake_core::operations::create::CreateBuilder;
 use deltalake_core::protocol::{DeltaOperation, SaveMode};
 use deltalake_core::writer::{DeltaWriter, RecordBatchWriter};
@@ -52,7 +52,12 @@ pub struct LakeTable {
     writer: RecordBatchWriter,
     app_id: String,
     committed: Option<Lsn>,
+    /// Files sealed since the last commit, waiting for it.
+    sealed: Vec<Add>,
+    /// Rows in the files still open in the writer.
+    open_rows: usize,
     pending_rows: usize,
+    target_file_rows: usize,
     checkpoint_interval: u64,
 }
 
@@ -88,13 +93,12 @@ impl LakeTable {
             table.load().await.map_err(delta_err)?;
             check_schema(&location, &table, &arrow_schema)?;
         } else {
-            let delta_schema: StructType = arrow_schema
-                .as_ref()
-                .try_into_kernel()
-                .map_err(|e: arrow::error::ArrowError| LakeError::SchemaMismatch {
+            let delta_schema: StructType = arrow_schema.as_ref().try_into_kernel().map_err(
+                |e: arrow::error::ArrowError| LakeError::SchemaMismatch {
                     table: location.to_string(),
                     reason: e.to_string(),
-                })?;
+                },
+            )?;
             let options = lake.options();
             table = CreateBuilder::new()
                 .with_log_store(log_store.clone())
@@ -128,7 +132,10 @@ impl LakeTable {
             writer,
             app_id: app_id.to_owned(),
             committed,
+            sealed: Vec::new(),
+            open_rows: 0,
             pending_rows: 0,
+            target_file_rows: lake.options().target_file_rows.max(1),
             checkpoint_interval: lake.options().checkpoint_interval.max(1),
         })
     }
@@ -155,7 +162,9 @@ impl LakeTable {
     }
 
     /// Streams `batch` into the table's open Parquet files (one per `date` partition).
-    /// Nothing is visible to readers until [`LakeTable::commit`].
+    /// Files are sealed once they hold `target_file_rows` rows (or reach the target
+    /// size), which frees their buffers; nothing is visible to readers until
+    /// [`LakeTable::commit`].
     pub async fn write(&mut self, batch: RecordBatch) -> Result<(), LakeError> {
         let rows = batch.num_rows();
         if rows == 0 {
@@ -166,6 +175,21 @@ impl LakeTable {
             .await
             .map_err(|e| LakeError::delta(&self.location, e))?;
         self.pending_rows += rows;
+        self.open_rows += rows;
+        if self.open_rows >= self.target_file_rows {
+            self.seal().await?;
+        }
+        Ok(())
+    }
+
+    async fn seal(&mut self) -> Result<(), LakeError> {
+        let adds = self
+            .writer
+            .flush()
+            .await
+            .map_err(|e| LakeError::delta(&self.location, e))?;
+        self.sealed.extend(adds);
+        self.open_rows = 0;
         Ok(())
     }
 
@@ -179,12 +203,8 @@ impl LakeTable {
         if self.pending_rows == 0 {
             return Ok(CommitOutcome::NothingToCommit);
         }
-        let adds = self
-            .writer
-            .flush()
-            .await
-            .map_err(|e| LakeError::delta(&self.location, e))?;
-        let actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
+        self.seal().await?;
+        let actions: Vec<Action> = self.sealed.drain(..).map(Action::Add).collect();
         let result = self.commit_actions(actions, lsn).await;
         match result {
             Ok(version) => {
@@ -218,7 +238,7 @@ impl LakeTable {
         let next_version = snapshot.version() + 1;
         // Log cleanup lists the whole _delta_log: run it only with the checkpoints the
         // post-commit hook writes (every `checkpoint_interval` versions), not per commit.
-        let checkpoint_due = (next_version as u64 + 1).is_multiple_of(self.checkpoint_interval);
+        let checkpoint_due = (next_version + 1).is_multiple_of(self.checkpoint_interval);
         let txn = Transaction::new_with_last_update(
             &self.app_id,
             lsn.as_i64(),
@@ -255,6 +275,8 @@ impl LakeTable {
     /// Drops everything written since the last commit (the files stay unreferenced).
     pub fn abandon_pending(&mut self) {
         self.writer.reset();
+        self.sealed.clear();
+        self.open_rows = 0;
         self.pending_rows = 0;
     }
 }
@@ -283,7 +305,9 @@ async fn read_committed_lsn(
     table: &DeltaTable,
     app_id: &str,
 ) -> Result<Option<Lsn>, LakeError> {
-    let snapshot = table.snapshot().map_err(|e| LakeError::delta(location, e))?;
+    let snapshot = table
+        .snapshot()
+        .map_err(|e| LakeError::delta(location, e))?;
     let version = snapshot
         .transaction_version(table.log_store().as_ref(), app_id)
         .await
@@ -304,7 +328,9 @@ fn check_schema(location: &Url, table: &DeltaTable, wanted: &SchemaRef) -> Resul
         table: location.to_string(),
         reason,
     };
-    let snapshot = table.snapshot().map_err(|e| LakeError::delta(location, e))?;
+    let snapshot = table
+        .snapshot()
+        .map_err(|e| LakeError::delta(location, e))?;
     let existing: HashMap<String, _> = snapshot
         .schema()
         .fields()
@@ -329,7 +355,6 @@ fn check_schema(location: &Url, table: &DeltaTable, wanted: &SchemaRef) -> Resul
     }
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -371,6 +396,7 @@ mod tests {
             checkpoint_interval: 2,
             log_retention: Duration::from_secs(3600),
             target_file_size: 1 << 20,
+            target_file_rows: 2,
         })
         .unwrap()
     }
@@ -383,7 +409,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(table.committed_lsn(), None);
-        assert_eq!(table.commit(Lsn(5)).await.unwrap(), CommitOutcome::NothingToCommit);
+        assert_eq!(
+            table.commit(Lsn(5)).await.unwrap(),
+            CommitOutcome::NothingToCommit
+        );
         table.write(batch(&[1, 2], 20_000)).await.unwrap();
         table.write(batch(&[3], 20_001)).await.unwrap();
         let outcome = table.commit(Lsn(100)).await.unwrap();
@@ -394,7 +423,11 @@ mod tests {
             CommitOutcome::Committed { version: 2 }
         );
         // Version 1 (0-based count 2) was due for a checkpoint with interval 2.
-        assert!(dir.path().join("public/t/_delta_log/_last_checkpoint").exists());
+        assert!(
+            dir.path()
+                .join("public/t/_delta_log/_last_checkpoint")
+                .exists()
+        );
         assert!(dir.path().join("public/t/date=2024-10-04").exists());
 
         let reopened = LakeTable::open(&lake, "public", "t", schema(), "pg2lake:s")
@@ -417,26 +450,40 @@ mod tests {
             .unwrap();
         table.write(batch(&[1], 20_000)).await.unwrap();
         table.abandon_pending();
-        assert_eq!(table.commit(Lsn(1)).await.unwrap(), CommitOutcome::NothingToCommit);
+        assert_eq!(
+            table.commit(Lsn(1)).await.unwrap(),
+            CommitOutcome::NothingToCommit
+        );
         table.write(batch(&[2], 20_000)).await.unwrap();
         table.commit(Lsn(2)).await.unwrap();
-        let snapshot = table.table.snapshot().unwrap();
         let files: Vec<_> = table.table.get_file_uris().unwrap().collect();
         assert_eq!(files.len(), 1, "{files:?}");
-        assert_eq!(snapshot.version(), 1);
+        // Three rows with target_file_rows 2: two sealed files, one commit.
+        table.write(batch(&[3, 4], 20_000)).await.unwrap();
+        table.write(batch(&[5], 20_000)).await.unwrap();
+        assert_eq!(
+            table.commit(Lsn(3)).await.unwrap(),
+            CommitOutcome::Committed { version: 2 }
+        );
+        let files: Vec<_> = table.table.get_file_uris().unwrap().collect();
+        assert_eq!(files.len(), 3, "{files:?}");
     }
 
     #[tokio::test]
     async fn schema_mismatch_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let lake = lake(dir.path());
-        LakeTable::open(&lake, "public", "t", schema(), "a").await.unwrap();
+        LakeTable::open(&lake, "public", "t", schema(), "a")
+            .await
+            .unwrap();
         let other = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Utf8, true),
             Field::new("_op", DataType::Utf8, false),
             Field::new("date", DataType::Date32, false),
         ]));
-        let err = LakeTable::open(&lake, "public", "t", other, "a").await.unwrap_err();
+        let err = LakeTable::open(&lake, "public", "t", other, "a")
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("column id"), "{err}");
     }
 }

@@ -1,0 +1,477 @@
+//! Applying decoded pgoutput messages to the lake tables.
+//!
+//! ```text
+//!  Begin ─► Relation* ─► Insert/Update/Delete/Truncate* ─► Commit
+//!             │                 │ skip if the table already holds this transaction
+//!             ▼                 ▼ (its committed LSN ≥ the transaction's commit LSN)
+//!        relation map      TableBatch (Arrow builders) ── chunk full ──► LakeTable::write
+//!                                                                     (Parquet, not yet visible)
+//!  Commit ─► flush policy (rows, bytes, age) ─► LakeTable::commit(commit LSN) per table
+//!                                             ─► confirmable = the transaction's end LSN
+//! ```
+//!
+//! Invariants:
+//! - Lake commits happen only between source transactions, so a reader never sees part
+//!   of one; a transaction larger than a chunk is written as several files first.
+//! - `confirmable` is the end LSN of the last source transaction whose changes are all
+//!   committed (or that touched no replicated table while nothing else was pending).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::batch::{ChangeMeta, Op, TableBatch};
+use crate::lake::{LakeError, LakeTable};
+use crate::lsn::Lsn;
+use crate::pg::pgoutput::{self, LogicalMessage, OldTuple, Relation, RelationColumn, TupleValue};
+use crate::schema::TableSchema;
+
+/// Rows per Arrow chunk handed to the Parquet writer: bounded memory per table.
+const CHUNK_ROWS: usize = 8192;
+/// Bytes per Arrow chunk handed to the Parquet writer.
+const CHUNK_BYTES: usize = 8 * 1024 * 1024;
+
+/// When buffered changes are committed to the lake.
+#[derive(Debug, Clone, Copy)]
+pub struct FlushPolicy {
+    /// Commit once this many changes are pending.
+    pub max_rows: usize,
+    /// Commit once about this many bytes of changes are pending.
+    pub max_bytes: usize,
+    /// Commit pending changes at least this often.
+    pub max_interval: Duration,
+}
+
+/// Errors while applying changes.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A change referenced a relation id that no Relation message announced.
+    #[error("pgoutput change for unknown relation id {0} (protocol violation)")]
+    UnknownRelation(u32),
+    /// A change arrived outside Begin … Commit.
+    #[error("pgoutput {0} message outside a transaction (protocol violation)")]
+    OutsideTransaction(&'static str),
+    /// A replicated table's columns changed.
+    #[error(
+        "table {table} changed its columns (ALTER TABLE) while replicating: {detail}; schema evolution is not supported yet (fix: restore the previous columns, or move the table's lake folder away and restart to re-create it)"
+    )]
+    SchemaChanged {
+        /// The table.
+        table: String,
+        /// What changed.
+        detail: String,
+    },
+    /// A value could not be converted.
+    #[error(transparent)]
+    Batch(#[from] crate::batch::BatchError),
+    /// The lake failed.
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+}
+
+impl ApplyError {
+    /// Whether a new session may succeed where this one failed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApplyError::Lake(err) => err.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// One replicated table: its schema, the rows not yet handed to the writer, the lake table.
+pub struct ReplicatedTable {
+    schema: Arc<TableSchema>,
+    batch: TableBatch,
+    lake: LakeTable,
+    /// Rows handed to the lake writer since its last commit.
+    written: usize,
+}
+
+impl ReplicatedTable {
+    /// Pairs a table schema with its opened lake table.
+    pub fn new(schema: Arc<TableSchema>, lake: LakeTable) -> Self {
+        ReplicatedTable {
+            batch: TableBatch::new(schema.clone()),
+            schema,
+            lake,
+            written: 0,
+        }
+    }
+
+    fn qualified_name(&self) -> String {
+        format!("{}.{}", self.schema.namespace, self.schema.name)
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.batch.is_empty() || self.written > 0
+    }
+
+    async fn write_chunk(&mut self) -> Result<(), ApplyError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let rows = self.batch.len();
+        let chunk = self.batch.finish()?;
+        self.lake.write(chunk).await?;
+        self.written += rows;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Transaction {
+    commit_lsn: Lsn,
+    commit_ts_micros: i64,
+    xid: u32,
+    seq: i64,
+}
+
+/// What one committed flush did, for logs and metrics.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FlushReport {
+    /// Tables that got a new Delta version.
+    pub tables: usize,
+    /// Rows committed.
+    pub rows: usize,
+}
+
+/// The apply state of one replication session.
+pub struct Applier {
+    tables: Vec<ReplicatedTable>,
+    by_name: HashMap<(String, String), usize>,
+    by_relation: HashMap<u32, Option<usize>>,
+    policy: FlushPolicy,
+    txn: Option<Transaction>,
+    /// Last source transaction fully applied: (commit LSN, end LSN).
+    last_commit: Option<(Lsn, Lsn)>,
+    pending_rows: usize,
+    pending_bytes: usize,
+    pending_since: Option<Instant>,
+    confirmable: Lsn,
+}
+
+impl Applier {
+    /// Starts applying into `tables`; nothing before `start` is confirmable.
+    pub fn new(tables: Vec<ReplicatedTable>, policy: FlushPolicy, start: Lsn) -> Self {
+        let by_name = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| ((t.schema.namespace.clone(), t.schema.name.clone()), i))
+            .collect();
+        Applier {
+            tables,
+            by_name,
+            by_relation: HashMap::new(),
+            policy,
+            txn: None,
+            last_commit: None,
+            pending_rows: 0,
+            pending_bytes: 0,
+            pending_since: None,
+            confirmable: start,
+        }
+    }
+
+    /// Whether a source transaction is open (between Begin and Commit).
+    pub fn in_transaction(&self) -> bool {
+        self.txn.is_some()
+    }
+
+    /// Whether changes are buffered or written but not yet committed.
+    pub fn has_pending(&self) -> bool {
+        self.pending_rows > 0 || self.tables.iter().any(ReplicatedTable::has_pending)
+    }
+
+    /// The highest LSN that may be confirmed to Postgres now.
+    pub fn confirmable(&self) -> Lsn {
+        self.confirmable
+    }
+
+    /// Records that the server has sent everything up to `wal_end` (a keepalive). When no
+    /// transaction is open and nothing is pending, that position holds nothing pg2lake
+    /// still owes the lake, so it becomes confirmable: this keeps the slot advancing
+    /// while only unreplicated tables (or other databases) are written.
+    pub fn idle_position(&mut self, wal_end: Lsn) {
+        if !self.in_transaction() && !self.has_pending() {
+            self.confirmable = self.confirmable.max(wal_end);
+        }
+    }
+
+    /// The per-table committed LSNs, for logs.
+    pub fn table_positions(&self) -> impl Iterator<Item = (String, Option<Lsn>)> + '_ {
+        self.tables
+            .iter()
+            .map(|t| (t.qualified_name(), t.lake.committed_lsn()))
+    }
+
+    /// Whether the flush policy asks for a commit now (only ever between transactions).
+    pub fn flush_due(&self, now: Instant) -> bool {
+        if self.in_transaction() || !self.has_pending() {
+            return false;
+        }
+        self.pending_rows >= self.policy.max_rows
+            || self.pending_bytes >= self.policy.max_bytes
+            || self
+                .pending_since
+                .is_some_and(|since| now.duration_since(since) >= self.policy.max_interval)
+    }
+
+    /// Applies one decoded message. Returns `true` when the message completed a
+    /// transaction (a Commit), the point where a flush may happen.
+    pub async fn apply(&mut self, message: LogicalMessage) -> Result<bool, ApplyError> {
+        match message {
+            LogicalMessage::Begin(begin) => {
+                self.txn = Some(Transaction {
+                    commit_lsn: begin.final_lsn,
+                    commit_ts_micros: pgoutput::pg_epoch_micros_to_unix_micros(begin.commit_ts),
+                    xid: begin.xid,
+                    seq: 0,
+                });
+                Ok(false)
+            }
+            LogicalMessage::Commit(commit) => {
+                self.txn = None;
+                self.last_commit = Some((commit.commit_lsn, commit.end_lsn));
+                if !self.has_pending() {
+                    // Nothing of ours is in flight: this transaction touched no replicated
+                    // table (or only ones that already hold it), so its end is durable.
+                    self.confirmable = self.confirmable.max(commit.end_lsn);
+                }
+                Ok(true)
+            }
+            LogicalMessage::Relation(relation) => {
+                self.on_relation(&relation)?;
+                Ok(false)
+            }
+            LogicalMessage::Insert(insert) => {
+                self.on_row(insert.relation_id, Op::Insert, &insert.new, None)
+                    .await?;
+                Ok(false)
+            }
+            LogicalMessage::Update(update) => {
+                // A key tuple is sent only when the update changed the replica identity
+                // key: the row under the old key is gone, so the change log says so
+                // first (as Debezium does), and folding by key stays correct.
+                if let Some(OldTuple::Key(old_key)) = &update.old {
+                    self.on_row(update.relation_id, Op::Delete, old_key, None)
+                        .await?;
+                }
+                let old = match &update.old {
+                    Some(OldTuple::Full(values)) => Some(values.as_slice()),
+                    _ => None,
+                };
+                self.on_row(update.relation_id, Op::Update, &update.new, old)
+                    .await?;
+                Ok(false)
+            }
+            LogicalMessage::Delete(delete) => {
+                let values = match &delete.old {
+                    OldTuple::Key(values) | OldTuple::Full(values) => values,
+                };
+                self.on_row(delete.relation_id, Op::Delete, values, None)
+                    .await?;
+                Ok(false)
+            }
+            LogicalMessage::Truncate(truncate) => {
+                for relation_id in truncate.relation_ids {
+                    if let Some((index, meta)) = self.change_target(relation_id, Op::Truncate)? {
+                        let table = &mut self.tables[index];
+                        table.batch.push_truncate(&meta);
+                        self.note_pending(index, 0);
+                    }
+                }
+                Ok(false)
+            }
+            LogicalMessage::Origin(_) | LogicalMessage::Type(_) | LogicalMessage::Message(_) => {
+                Ok(false)
+            }
+        }
+    }
+
+    fn on_relation(&mut self, relation: &Relation) -> Result<(), ApplyError> {
+        let key = (relation.namespace.clone(), relation.name.clone());
+        let index = self.by_name.get(&key).copied();
+        if let Some(i) = index {
+            let table = &self.tables[i];
+            if let Some(detail) = column_difference(&table.schema, &relation.columns) {
+                return Err(ApplyError::SchemaChanged {
+                    table: table.qualified_name(),
+                    detail,
+                });
+            }
+        }
+        self.by_relation.insert(relation.id, index);
+        Ok(())
+    }
+
+    /// Where a change of `relation_id` goes, or `None` when it is not replicated or the
+    /// lake table already holds this transaction (a replay after restart).
+    fn change_target(
+        &mut self,
+        relation_id: u32,
+        op: Op,
+    ) -> Result<Option<(usize, ChangeMeta)>, ApplyError> {
+        let txn = self
+            .txn
+            .as_mut()
+            .ok_or(ApplyError::OutsideTransaction(op_name(op)))?;
+        // The ordinal counts every change of the transaction, replicated or not, so it
+        // is the same on every replay of it.
+        txn.seq += 1;
+        let index = match self.by_relation.get(&relation_id) {
+            Some(index) => *index,
+            None => return Err(ApplyError::UnknownRelation(relation_id)),
+        };
+        let Some(index) = index else {
+            return Ok(None);
+        };
+        if self.tables[index]
+            .lake
+            .committed_lsn()
+            .is_some_and(|committed| committed >= txn.commit_lsn)
+        {
+            return Ok(None);
+        }
+        Ok(Some((
+            index,
+            ChangeMeta {
+                op,
+                lsn: txn.commit_lsn,
+                seq: txn.seq,
+                commit_ts_micros: txn.commit_ts_micros,
+                xid: Some(txn.xid),
+            },
+        )))
+    }
+
+    async fn on_row(
+        &mut self,
+        relation_id: u32,
+        op: Op,
+        values: &[TupleValue],
+        old: Option<&[TupleValue]>,
+    ) -> Result<(), ApplyError> {
+        let Some((index, meta)) = self.change_target(relation_id, op)? else {
+            return Ok(());
+        };
+        let table = &mut self.tables[index];
+        let before = table.batch.approx_bytes();
+        match old {
+            // REPLICA IDENTITY FULL sends the old row: an unchanged TOAST value that the
+            // new tuple leaves out is the old one, so fill it in rather than report it.
+            Some(old)
+                if values
+                    .iter()
+                    .any(|v| matches!(v, TupleValue::UnchangedToast)) =>
+            {
+                let merged: Vec<TupleValue> = values
+                    .iter()
+                    .zip(
+                        old.iter()
+                            .chain(std::iter::repeat(&TupleValue::UnchangedToast)),
+                    )
+                    .map(|(new, old)| match new {
+                        TupleValue::UnchangedToast => old.clone(),
+                        other => other.clone(),
+                    })
+                    .collect();
+                table.batch.push(&meta, &merged)?;
+            }
+            _ => table.batch.push(&meta, values)?,
+        }
+        let added = table.batch.approx_bytes().saturating_sub(before);
+        self.note_pending(index, added);
+        let table = &mut self.tables[index];
+        if table.batch.len() >= CHUNK_ROWS || table.batch.approx_bytes() >= CHUNK_BYTES {
+            table.write_chunk().await?;
+        }
+        Ok(())
+    }
+
+    fn note_pending(&mut self, _index: usize, bytes: usize) {
+        self.pending_rows += 1;
+        self.pending_bytes += bytes;
+        self.pending_since.get_or_insert_with(Instant::now);
+    }
+
+    /// Commits everything pending, one Delta version per table that has changes, each
+    /// recording the commit LSN of the last applied source transaction. Must be called
+    /// between transactions. Returns what was committed; afterwards the end LSN of that
+    /// transaction is confirmable.
+    pub async fn flush(&mut self) -> Result<FlushReport, ApplyError> {
+        debug_assert!(!self.in_transaction(), "flush inside a source transaction");
+        let Some((commit_lsn, end_lsn)) = self.last_commit else {
+            return Ok(FlushReport::default());
+        };
+        let mut report = FlushReport::default();
+        for table in &mut self.tables {
+            if !table.has_pending() {
+                continue;
+            }
+            table.write_chunk().await?;
+            let rows = table.written;
+            let outcome = table.lake.commit(commit_lsn).await?;
+            table.written = 0;
+            tracing::debug!(table = %table.qualified_name(), lsn = %commit_lsn, rows, ?outcome, "committed to the lake");
+            report.tables += 1;
+            report.rows += rows;
+        }
+        self.pending_rows = 0;
+        self.pending_bytes = 0;
+        self.pending_since = None;
+        self.confirmable = self.confirmable.max(end_lsn);
+        Ok(report)
+    }
+
+    /// Drops everything not yet committed (a shutdown inside a transaction): the source
+    /// replays it from the slot next time, and the lake never references the files.
+    pub fn abandon(&mut self) {
+        for table in &mut self.tables {
+            if table.has_pending() {
+                // Finish the Arrow builders to empty them; the chunk is discarded.
+                let _ = table.batch.finish();
+                table.lake.abandon_pending();
+                table.written = 0;
+            }
+        }
+        self.pending_rows = 0;
+        self.pending_bytes = 0;
+        self.pending_since = None;
+        self.txn = None;
+    }
+}
+
+fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Read => "Read",
+        Op::Insert => "Insert",
+        Op::Update => "Update",
+        Op::Delete => "Delete",
+        Op::Truncate => "Truncate",
+    }
+}
+
+/// `None` when a Relation message describes the same columns (names, types, typmods)
+/// as the schema the lake table was opened with; otherwise what differs.
+fn column_difference(schema: &TableSchema, columns: &[RelationColumn]) -> Option<String> {
+    let ours: Vec<(&str, u32, i32)> = schema
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.type_oid, c.type_modifier))
+        .collect();
+    let theirs: Vec<(&str, u32, i32)> = columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.type_oid, c.type_modifier))
+        .collect();
+    if ours == theirs {
+        return None;
+    }
+    let names = |cols: &[(&str, u32, i32)]| {
+        cols.iter()
+            .map(|(n, oid, typmod)| format!("{n}:{oid}/{typmod}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Some(format!("was ({}), now ({})", names(&ours), names(&theirs)))
+}

@@ -1,0 +1,234 @@
+//! The short-lived commands: `check` (preflight) and `status` (slot lag, lake position),
+//! and the error type `main` maps to exit codes.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::lake::{self, Lake, LakeTable};
+use crate::pg::catalog;
+use crate::pg::connect;
+use crate::pipeline::{self, PipelineError};
+use crate::schema::TableSchema;
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// Replication or one of its steps failed.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// `run` did not finish within `shutdown_timeout` after a stop signal.
+    #[error(
+        "pg2lake did not stop within shutdown_timeout ({0:?}) (fix: raise shutdown_timeout, or look for a slow object store)"
+    )]
+    ShutdownTimeout(Duration),
+    /// The command is not built yet.
+    #[error("pg2lake {0} is not available in this version")]
+    NotAvailable(&'static str),
+    /// `check` found problems.
+    #[error("{0} preflight check(s) failed; see the list above")]
+    CheckFailed(usize),
+}
+
+impl CommandError {
+    /// The process exit code: 2 for usage, 1 for everything at run time.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CommandError::NotAvailable(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// One line of `check` output.
+struct CheckLine {
+    ok: bool,
+    what: String,
+    fix: Option<String>,
+}
+
+/// `pg2lake check`: connects, checks the settings replication depends on and the lake,
+/// prints ✓/✗ per item with the fix for each ✗. Writes nothing but a probe object in
+/// the lake (deleted again).
+pub async fn check(config: &Config) -> Result<(), CommandError> {
+    let mut lines = Vec::new();
+    let result = run_checks(config, &mut lines).await;
+    for line in &lines {
+        let mark = if line.ok { "✓" } else { "✗" };
+        match &line.fix {
+            Some(fix) if !line.ok => println!("{mark} {}\n    fix: {fix}", line.what),
+            _ => println!("{mark} {}", line.what),
+        }
+    }
+    if let Err(err) = result {
+        println!("✗ {err}");
+        return Err(CommandError::CheckFailed(
+            lines.iter().filter(|l| !l.ok).count() + 1,
+        ));
+    }
+    let failed = lines.iter().filter(|l| !l.ok).count();
+    if failed > 0 {
+        return Err(CommandError::CheckFailed(failed));
+    }
+    Ok(())
+}
+
+async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), PipelineError> {
+    let params = connect::params(config)?;
+    let client = connect::sql(&params).await?;
+    lines.push(CheckLine {
+        ok: true,
+        what: format!("connected to postgres at {}", params.target()),
+        fix: None,
+    });
+    match catalog::check_server(&client).await {
+        Ok(settings) => lines.push(CheckLine {
+            ok: true,
+            what: format!(
+                "postgres {}, wal_level logical, role {} may replicate",
+                settings.version, settings.role
+            ),
+            fix: None,
+        }),
+        Err(err) => lines.push(CheckLine {
+            ok: false,
+            what: err.to_string(),
+            fix: None,
+        }),
+    }
+    let tables = catalog::resolve_tables(&client, &config.table_patterns()).await?;
+    for table in &tables {
+        let identity = catalog::replica_identity(&client, table).await?;
+        lines.push(CheckLine {
+            ok: identity.captures_updates(),
+            what: format!("table {table}: replica identity {}", identity.describe()),
+            fix: (!identity.captures_updates()).then(|| {
+                format!(
+                    "ALTER TABLE {} REPLICA IDENTITY FULL; (or add a primary key)",
+                    table.quoted()
+                )
+            }),
+        });
+    }
+    let lake = Lake::open(pipeline::lake_options(config))?;
+    match lake.check_writable().await {
+        Ok(()) => lines.push(CheckLine {
+            ok: true,
+            what: format!(
+                "lake {} is writable with atomic create-only puts",
+                lake.root()
+            ),
+            fix: None,
+        }),
+        Err(err) => lines.push(CheckLine {
+            ok: false,
+            what: err.to_string(),
+            fix: None,
+        }),
+    }
+    Ok(())
+}
+
+/// The `status --json` document.
+#[derive(Debug, Serialize)]
+struct Status {
+    slot: String,
+    slot_exists: bool,
+    slot_active: bool,
+    confirmed_flush_lsn: Option<String>,
+    current_wal_lsn: String,
+    lag_bytes: Option<u64>,
+    tables: Vec<TableStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct TableStatus {
+    table: String,
+    lake_version: Option<i64>,
+    committed_lsn: Option<String>,
+}
+
+/// `pg2lake status`: the slot's lag behind the server and each table's lake position.
+pub async fn status(config: &Config, json: bool) -> Result<(), CommandError> {
+    let status = collect_status(config).await?;
+    if json {
+        match serde_json::to_string_pretty(&status) {
+            Ok(text) => println!("{text}"),
+            Err(err) => tracing::error!(error = %err, "cannot render status"),
+        }
+        return Ok(());
+    }
+    println!(
+        "slot {}: {}",
+        status.slot,
+        match (status.slot_exists, status.slot_active) {
+            (false, _) => "missing".to_owned(),
+            (true, active) => format!(
+                "{}, confirmed {} of {}, lag {} bytes",
+                if active { "active" } else { "inactive" },
+                status.confirmed_flush_lsn.as_deref().unwrap_or("-"),
+                status.current_wal_lsn,
+                status.lag_bytes.map_or("-".to_owned(), |b| b.to_string())
+            ),
+        }
+    );
+    println!("{:<40} {:>10} {:>20}", "table", "version", "committed lsn");
+    for table in &status.tables {
+        println!(
+            "{:<40} {:>10} {:>20}",
+            table.table,
+            table.lake_version.map_or("-".to_owned(), |v| v.to_string()),
+            table.committed_lsn.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+async fn collect_status(config: &Config) -> Result<Status, PipelineError> {
+    let params = connect::params(config)?;
+    let client = connect::sql(&params).await?;
+    let slot = catalog::slot_info(&client, &config.source.slot).await?;
+    let current = catalog::current_wal_lsn(&client).await?;
+    let tables = catalog::resolve_tables(&client, &config.table_patterns()).await?;
+    let lake = Lake::open(pipeline::lake_options(config))?;
+    let app_id = lake::app_id(&config.source.slot);
+    let mut table_status = Vec::with_capacity(tables.len());
+    for table in &tables {
+        let location = lake::table_location(lake.root(), &table.schema, &table.name);
+        let opened = if lake.table_exists(&location).await? {
+            let columns = catalog::table_columns(&client, table).await?;
+            let schema = TableSchema::new(&table.schema, &table.name, &columns)?;
+            Some(
+                LakeTable::open(
+                    &lake,
+                    &table.schema,
+                    &table.name,
+                    schema.arrow.clone(),
+                    &app_id,
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
+        table_status.push(TableStatus {
+            table: table.to_string(),
+            lake_version: opened.as_ref().and_then(LakeTable::version),
+            committed_lsn: opened
+                .as_ref()
+                .and_then(LakeTable::committed_lsn)
+                .map(|l| l.to_string()),
+        });
+    }
+    let confirmed = slot.as_ref().and_then(|s| s.confirmed_flush_lsn);
+    Ok(Status {
+        slot: config.source.slot.clone(),
+        slot_exists: slot.is_some(),
+        slot_active: slot.as_ref().is_some_and(|s| s.active_pid.is_some()),
+        confirmed_flush_lsn: confirmed.map(|l| l.to_string()),
+        current_wal_lsn: current.to_string(),
+        lag_bytes: confirmed.map(|c| current.0.saturating_sub(c.0)),
+        tables: table_status,
+    })
+}

@@ -1,0 +1,477 @@
+//! Catalog work over a normal connection: server settings, the configured tables and
+//! their columns, the publication, the slot, and heartbeats.
+//!
+//! Everything here is plain SQL through tokio-postgres; the replication connection
+//! (see [`super::replication`]) is used only for the walsender commands.
+
+use tokio_postgres::Client;
+
+use crate::config::{TableName, TablePattern};
+use crate::lsn::Lsn;
+use crate::pg::pgoutput::RelationColumn;
+
+/// The prefix of pg2lake's heartbeat messages (`pg_logical_emit_message`).
+pub const HEARTBEAT_PREFIX: &str = "pg2lake_heartbeat";
+
+/// Errors from catalog queries and the checks built on them.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// A query failed.
+    #[error("{what}: {source}")]
+    Query {
+        /// What pg2lake was doing.
+        what: String,
+        /// The Postgres error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The server is not configured for logical decoding.
+    #[error(
+        "postgres wal_level is {actual}, logical replication needs logical (fix: ALTER SYSTEM SET wal_level = logical; then restart postgres)"
+    )]
+    WalLevel {
+        /// The current wal_level.
+        actual: String,
+    },
+    /// The role lacks the REPLICATION attribute.
+    #[error(
+        "role {role} lacks the REPLICATION attribute (fix: ALTER ROLE {role} WITH REPLICATION; or use a role that has it)"
+    )]
+    NoReplicationPrivilege {
+        /// The role pg2lake connects as.
+        role: String,
+    },
+    /// A configured table does not exist.
+    #[error("table {table} from the tables setting does not exist in the source database")]
+    TableMissing {
+        /// The table.
+        table: String,
+    },
+    /// No table matched the configuration.
+    #[error(
+        "no table matches the tables setting {patterns} (fix: create the tables or correct the setting)"
+    )]
+    NoTables {
+        /// The configured patterns.
+        patterns: String,
+    },
+    /// The server is too old.
+    #[error("postgres {version} is too old: pg2lake needs PostgreSQL 14 or newer")]
+    ServerTooOld {
+        /// The server_version.
+        version: String,
+    },
+}
+
+impl CatalogError {
+    fn query(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> CatalogError {
+        let what = what.into();
+        move |source| CatalogError::Query { what, source }
+    }
+
+    /// Whether retrying later may succeed: a lost or refused connection is transient;
+    /// missing privileges, settings and tables need a human.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CatalogError::Query { source, .. } => {
+                source.is_closed()
+                    || source.as_db_error().is_none()
+                    || source.code().is_some_and(|c| {
+                        let code = c.code();
+                        code.starts_with("08")
+                            || code.starts_with("57P")
+                            || code == "53300"
+                            || code == "55006"
+                            || code == "40001"
+                            || code == "40P01"
+                    })
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Server settings relevant to logical replication.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// `server_version_num`, e.g. 150004.
+    pub version_num: i32,
+    /// `server_version`, human readable.
+    pub version: String,
+    /// `wal_level`.
+    pub wal_level: String,
+    /// The role connected.
+    pub role: String,
+    /// Whether that role may start walsenders (REPLICATION or superuser).
+    pub can_replicate: bool,
+}
+
+/// Reads the settings and checks the ones that would stop replication before it starts.
+pub async fn check_server(client: &Client) -> Result<ServerSettings, CatalogError> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int, current_setting('server_version'), \
+             current_setting('wal_level'), current_user::text, \
+             (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)",
+            &[],
+        )
+        .await
+        .map_err(CatalogError::query("reading server settings"))?;
+    let settings = ServerSettings {
+        version_num: row.get(0),
+        version: row.get(1),
+        wal_level: row.get(2),
+        role: row.get(3),
+        can_replicate: row.get::<_, Option<bool>>(4).unwrap_or(false),
+    };
+    if settings.version_num < 140_000 {
+        return Err(CatalogError::ServerTooOld {
+            version: settings.version,
+        });
+    }
+    if settings.wal_level != "logical" {
+        return Err(CatalogError::WalLevel {
+            actual: settings.wal_level,
+        });
+    }
+    if !settings.can_replicate {
+        return Err(CatalogError::NoReplicationPrivilege {
+            role: settings.role,
+        });
+    }
+    Ok(settings)
+}
+
+/// Resolves the configured names and `schema.*` patterns to existing ordinary and
+/// partitioned tables (partitions themselves are replicated through their root),
+/// sorted and without duplicates.
+pub async fn resolve_tables(
+    client: &Client,
+    patterns: &[TablePattern],
+) -> Result<Vec<TableName>, CatalogError> {
+    let mut tables = Vec::new();
+    for pattern in patterns {
+        match pattern {
+            TablePattern::Exact(table) => {
+                let found = client
+                    .query_opt(
+                        "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                        &[&table.schema, &table.name],
+                    )
+                    .await
+                    .map_err(CatalogError::query("looking up configured tables"))?;
+                if found.is_none() {
+                    return Err(CatalogError::TableMissing {
+                        table: table.to_string(),
+                    });
+                }
+                tables.push(table.clone());
+            }
+            TablePattern::AllInSchema(schema) => {
+                let rows = client
+                    .query(
+                        "SELECT c.relname::text FROM pg_class c \
+                         JOIN pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') \
+                         AND NOT c.relispartition ORDER BY 1",
+                        &[schema],
+                    )
+                    .await
+                    .map_err(CatalogError::query("listing tables of a schema"))?;
+                tables.extend(rows.iter().map(|row| TableName {
+                    schema: schema.clone(),
+                    name: row.get(0),
+                }));
+            }
+        }
+    }
+    tables.sort();
+    tables.dedup();
+    if tables.is_empty() {
+        return Err(CatalogError::NoTables {
+            patterns: patterns
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    Ok(tables)
+}
+
+/// The columns of a table as a pgoutput Relation message would describe them: in
+/// attribute order, dropped and system columns left out, `is_key` set for the columns
+/// of the replica identity (all columns under REPLICA IDENTITY FULL).
+pub async fn table_columns(
+    client: &Client,
+    table: &TableName,
+) -> Result<Vec<RelationColumn>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, a.atttypid::oid, a.atttypmod, \
+               CASE c.relreplident \
+                 WHEN 'f' THEN true \
+                 WHEN 'n' THEN false \
+                 WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid \
+                                       AND i.indisprimary AND a.attnum = ANY(i.indkey)) \
+                 ELSE EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid \
+                              AND i.indisreplident AND a.attnum = ANY(i.indkey)) \
+               END \
+             FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
+               AND a.attgenerated = '' \
+             ORDER BY a.attnum",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(CatalogError::query(format!(
+            "reading the columns of {table}"
+        )))?;
+    if rows.is_empty() {
+        return Err(CatalogError::TableMissing {
+            table: table.to_string(),
+        });
+    }
+    Ok(rows
+        .iter()
+        .map(|row| RelationColumn {
+            name: row.get(0),
+            type_oid: row.get(1),
+            type_modifier: row.get(2),
+            is_key: row.get(3),
+        })
+        .collect())
+}
+
+/// A table's replica identity: which old values Postgres logs for updates and deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaIdentity {
+    /// The primary key (`has_primary_key` false: nothing identifies rows).
+    Default {
+        /// Whether the table has a primary key.
+        has_primary_key: bool,
+    },
+    /// A unique index chosen with `REPLICA IDENTITY USING INDEX`.
+    Index,
+    /// The whole old row.
+    Full,
+    /// Nothing: Postgres refuses updates and deletes on published tables.
+    Nothing,
+}
+
+impl ReplicaIdentity {
+    /// Whether updates and deletes of the table can be captured.
+    pub fn captures_updates(self) -> bool {
+        !matches!(
+            self,
+            ReplicaIdentity::Nothing
+                | ReplicaIdentity::Default {
+                    has_primary_key: false
+                }
+        )
+    }
+
+    /// A short description for `check` and logs.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ReplicaIdentity::Default {
+                has_primary_key: true,
+            } => "default (primary key)",
+            ReplicaIdentity::Default {
+                has_primary_key: false,
+            } => "default without a primary key: updates and deletes cannot be captured",
+            ReplicaIdentity::Index => "index",
+            ReplicaIdentity::Full => "full",
+            ReplicaIdentity::Nothing => "nothing: updates and deletes cannot be captured",
+        }
+    }
+}
+
+/// Reads a table's replica identity.
+pub async fn replica_identity(
+    client: &Client,
+    table: &TableName,
+) -> Result<ReplicaIdentity, CatalogError> {
+    let row = client
+        .query_opt(
+            "SELECT c.relreplident::text, \
+               EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(CatalogError::query(format!(
+            "reading the replica identity of {table}"
+        )))?
+        .ok_or_else(|| CatalogError::TableMissing {
+            table: table.to_string(),
+        })?;
+    let kind: String = row.get(0);
+    Ok(match kind.as_str() {
+        "f" => ReplicaIdentity::Full,
+        "n" => ReplicaIdentity::Nothing,
+        "i" => ReplicaIdentity::Index,
+        _ => ReplicaIdentity::Default {
+            has_primary_key: row.get(1),
+        },
+    })
+}
+
+/// Creates the publication for `tables` when missing, or sets its table list to exactly
+/// `tables` when it differs (a publication `FOR ALL TABLES` is left alone). Partitioned
+/// tables are published through their root.
+pub async fn ensure_publication(
+    client: &Client,
+    publication: &str,
+    tables: &[TableName],
+) -> Result<(), CatalogError> {
+    let existing = client
+        .query_opt(
+            "SELECT puballtables, pubviaroot FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(CatalogError::query("reading the publication"))?;
+    let list = tables
+        .iter()
+        .map(TableName::quoted)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let name = quote_ident(publication);
+    match existing {
+        None => {
+            let sql = format!(
+                "CREATE PUBLICATION {name} FOR TABLE {list} WITH (publish_via_partition_root = true)"
+            );
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(CatalogError::query(format!(
+                    "creating publication {publication} (fix: grant CREATE on the database and ownership of the tables, or create the publication yourself)"
+                )))?;
+            tracing::info!(publication, tables = tables.len(), "created publication");
+        }
+        Some(row) if row.get::<_, bool>(0) => {
+            tracing::info!(
+                publication,
+                "publication is FOR ALL TABLES; leaving it as is"
+            );
+        }
+        Some(row) => {
+            let published = client
+                .query(
+                    "SELECT schemaname::text, tablename::text FROM pg_publication_tables \
+                     WHERE pubname = $1 ORDER BY 1, 2",
+                    &[&publication],
+                )
+                .await
+                .map_err(CatalogError::query("reading the publication's tables"))?;
+            let mut published: Vec<TableName> = published
+                .iter()
+                .map(|r| TableName {
+                    schema: r.get(0),
+                    name: r.get(1),
+                })
+                .collect();
+            published.sort();
+            let via_root: bool = row.get(1);
+            if published != tables || !via_root {
+                let sql = format!(
+                    "ALTER PUBLICATION {name} SET TABLE {list}; \
+                     ALTER PUBLICATION {name} SET (publish_via_partition_root = true)"
+                );
+                client
+                    .batch_execute(&sql)
+                    .await
+                    .map_err(CatalogError::query(format!(
+                        "updating publication {publication} to the configured tables (fix: make pg2lake's role own the publication, or update it yourself)"
+                    )))?;
+                tracing::info!(
+                    publication,
+                    tables = tables.len(),
+                    "updated publication tables"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The state of a replication slot in `pg_replication_slots`.
+#[derive(Debug, Clone)]
+pub struct SlotInfo {
+    /// The output plugin.
+    pub plugin: Option<String>,
+    /// The database the slot belongs to.
+    pub database: Option<String>,
+    /// The walsender process currently using the slot, if any.
+    pub active_pid: Option<i32>,
+    /// Position up to which the consumer confirmed.
+    pub confirmed_flush_lsn: Option<Lsn>,
+    /// Oldest WAL the slot retains.
+    pub restart_lsn: Option<Lsn>,
+}
+
+/// Reads a slot, `None` when it does not exist.
+pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, CatalogError> {
+    let row = client
+        .query_opt(
+            "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text, \
+             restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(CatalogError::query("reading the replication slot"))?;
+    Ok(row.map(|row| SlotInfo {
+        plugin: row.get(0),
+        database: row.get(1),
+        active_pid: row.get(2),
+        confirmed_flush_lsn: row.get::<_, Option<String>>(3).and_then(|s| s.parse().ok()),
+        restart_lsn: row.get::<_, Option<String>>(4).and_then(|s| s.parse().ok()),
+    }))
+}
+
+/// Writes a transactional logical decoding message into the WAL. Its commit reaches
+/// the slot like any transaction, so the slot's position can advance even when the
+/// only writes on the server are to other databases or unpublished tables.
+pub async fn emit_heartbeat(client: &Client) -> Result<Lsn, CatalogError> {
+    let row = client
+        .query_one(
+            "SELECT pg_logical_emit_message(true, $1, '')::text",
+            &[&HEARTBEAT_PREFIX],
+        )
+        .await
+        .map_err(CatalogError::query("emitting a heartbeat message"))?;
+    let lsn: String = row.get(0);
+    Ok(lsn.parse().unwrap_or_default())
+}
+
+/// The server's current WAL insert position.
+pub async fn current_wal_lsn(client: &Client) -> Result<Lsn, CatalogError> {
+    let row = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(CatalogError::query("reading the current WAL position"))?;
+    let lsn: String = row.get(0);
+    Ok(lsn.parse().unwrap_or_default())
+}
+
+/// Quotes an SQL identifier the way `quote_ident` does.
+pub fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_identifiers() {
+        assert_eq!(quote_ident("orders"), "\"orders\"");
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+    }
+}

@@ -1,0 +1,6 @@
+//! Everything that talks to PostgreSQL.
+
+pub mod catalog;
+pub mod connect;
+pub mod pgoutput;
+pub mod replication;

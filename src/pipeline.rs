@@ -1,0 +1,406 @@
+//! The apply loop of `pg2lake run`: decode → batch → commit → confirm.
+//!
+//! ```text
+//!  run ─► session ─► preflight (settings, tables, publication, lake) ─► slot ─► stream
+//!   ▲        │                                                               │
+//!   │        └─ transient error (network, Postgres restart, store outage) ◄──┘
+//!   └──────── backoff, then a fresh session that replays from the slot
+//! ```
+//!
+//! A session keeps nothing that is not in the lake or in the slot, so any failure is
+//! handled the same way: drop everything, reconnect, resume from the slot's confirmed
+//! position and skip per table what its Delta log already holds. This one retry layer is
+//! what makes kill -9, Postgres restarts, network cuts and object-store errors safe.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::time::MissedTickBehavior;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::{Applier, ApplyError, FlushPolicy, ReplicatedTable};
+use crate::config::Config;
+use crate::lake::{self, Lake, LakeError, LakeOptions, LakeTable};
+use crate::lsn::Lsn;
+use crate::pg::catalog::{self, CatalogError};
+use crate::pg::connect::{self, ConnectError};
+use crate::pg::pgoutput::{self, DecodeError};
+use crate::pg::replication::{
+    ReplicationClient, ReplicationError, ReplicationMessage, ReplicationStream, SlotSnapshot,
+    StandbyStatus,
+};
+use crate::progress::Progress;
+use crate::schema::{SchemaError, TableSchema};
+
+/// First wait before reconnecting after a transient failure; doubles up to the maximum.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// How often a slot held by another process is checked again.
+const SLOT_BUSY_RECHECK: Duration = Duration::from_secs(5);
+/// Upper bound on how often the flush policy's age rule is checked.
+const FLUSH_CHECK_MAX_PERIOD: Duration = Duration::from_secs(1);
+
+/// Why replication stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Connecting over a normal connection failed.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// A catalog query or check failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The replication connection failed.
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    /// A pgoutput message could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// A table's schema cannot be mapped.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// Applying changes failed.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// The lake failed.
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    /// The slot exists but cannot be used by this configuration.
+    #[error("replication slot {slot} {problem} (fix: {fix})")]
+    SlotUnusable {
+        /// The slot.
+        slot: String,
+        /// What is wrong.
+        problem: String,
+        /// What to do.
+        fix: String,
+    },
+    /// The server ended the replication stream.
+    #[error("postgres ended the replication stream")]
+    StreamEnded,
+}
+
+impl PipelineError {
+    /// Whether a new session may succeed: network and server restarts, an object store
+    /// outage. Configuration, privileges and data problems need a human.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PipelineError::Connect(e) => e.is_transient(),
+            PipelineError::Catalog(e) => e.is_transient(),
+            PipelineError::Replication(e) => e.is_transient(),
+            PipelineError::Apply(e) => e.is_transient(),
+            PipelineError::Lake(e) => e.is_transient(),
+            PipelineError::StreamEnded => true,
+            PipelineError::Decode(_)
+            | PipelineError::Schema(_)
+            | PipelineError::SlotUnusable { .. } => false,
+        }
+    }
+}
+
+/// The lake settings of a configuration.
+pub fn lake_options(config: &Config) -> LakeOptions {
+    LakeOptions {
+        url: config.lake.url.clone(),
+        endpoint: config.lake.endpoint.clone(),
+        region: config.lake.region.clone(),
+        allow_http: config.lake.allow_http,
+        checkpoint_interval: config.lake.checkpoint_interval,
+        log_retention: config.lake.log_retention,
+        target_file_size: config.flush.max_bytes.0,
+        target_file_rows: config.flush.max_rows,
+    }
+}
+
+fn flush_policy(config: &Config) -> FlushPolicy {
+    FlushPolicy {
+        max_rows: config.flush.max_rows,
+        max_bytes: usize::try_from(config.flush.max_bytes.0).unwrap_or(usize::MAX),
+        max_interval: config.flush.max_interval,
+    }
+}
+
+/// Runs replication until `shutdown` is cancelled, reconnecting after transient failures.
+///
+/// Failures before the first stream started are returned at once: a wrong password or an
+/// unreachable server at start-up is a configuration problem the operator should see
+/// (and Kubernetes restarts the pod with its own backoff). Once streaming, a transient
+/// failure is retried with exponential backoff up to `source.reconnect_max_backoff`.
+pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> Result<(), PipelineError> {
+    let mut streamed = false;
+    let mut backoff = INITIAL_BACKOFF;
+    loop {
+        let before = streamed;
+        match session(&config, &shutdown, &mut streamed).await {
+            Ok(()) => return Ok(()),
+            Err(err) if err.is_transient() && streamed => {
+                if !before {
+                    backoff = INITIAL_BACKOFF;
+                }
+                tracing::warn!(error = %err, retry_in = ?backoff, "replication session failed; reconnecting");
+                tokio::select! {
+                    biased;
+                    // Shutdown first: a stopping service must not sit out a backoff.
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(config.source.reconnect_max_backoff);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// One connection's worth of replication: preflight, slot, stream until shutdown or error.
+/// Sets `streamed` once the server accepted START_REPLICATION.
+async fn session(
+    config: &Config,
+    shutdown: &CancellationToken,
+    streamed: &mut bool,
+) -> Result<(), PipelineError> {
+    let params = connect::params(config)?;
+    let client = connect::sql(&params).await?;
+    // Everything that can be checked without writing is checked first, so bad settings
+    // leave no publication, slot or lake folder behind.
+    catalog::check_server(&client).await?;
+    let tables = catalog::resolve_tables(&client, &config.table_patterns()).await?;
+    let lake = Lake::open(lake_options(config))?;
+    lake.check_writable().await?;
+    catalog::ensure_publication(&client, &config.source.publication, &tables).await?;
+    let app_id = lake::app_id(&config.source.slot);
+    let mut replicated = Vec::with_capacity(tables.len());
+    for table in &tables {
+        let columns = catalog::table_columns(&client, table).await?;
+        let schema = Arc::new(TableSchema::new(&table.schema, &table.name, &columns)?);
+        let lake_table = LakeTable::open(
+            &lake,
+            &table.schema,
+            &table.name,
+            schema.arrow.clone(),
+            &app_id,
+        )
+        .await?;
+        replicated.push(ReplicatedTable::new(schema, lake_table));
+    }
+
+    let mut replication = ReplicationClient::connect(&params).await?;
+    let Some(start) = prepare_slot(config, &client, &mut replication, shutdown).await? else {
+        return Ok(());
+    };
+    let mut stream = replication
+        .start_logical_replication(
+            &config.source.slot,
+            Lsn::ZERO,
+            std::slice::from_ref(&config.source.publication),
+            true,
+        )
+        .await?;
+    *streamed = true;
+    let mut applier = Applier::new(replicated, flush_policy(config), start);
+    for (table, committed) in applier.table_positions() {
+        tracing::info!(table, committed_lsn = ?committed.map(|l| l.to_string()), "replicating table");
+    }
+    tracing::info!(slot = %config.source.slot, start_lsn = %start, tables = tables.len(), "streaming changes");
+    stream_changes(config, &client, &mut stream, &mut applier, start, shutdown).await
+}
+
+/// Makes sure the slot exists, belongs to this database and plugin, and is free.
+/// Returns the position streaming resumes from, or `None` if shutdown came first.
+async fn prepare_slot(
+    config: &Config,
+    client: &Client,
+    replication: &mut ReplicationClient,
+    shutdown: &CancellationToken,
+) -> Result<Option<Lsn>, PipelineError> {
+    let slot = &config.source.slot;
+    loop {
+        match catalog::slot_info(client, slot).await? {
+            None => {
+                let created = replication
+                    .create_logical_slot(slot, SlotSnapshot::NoExport)
+                    .await?;
+                tracing::info!(slot, consistent_point = %created.consistent_point, "created replication slot");
+                return Ok(Some(created.consistent_point));
+            }
+            Some(info) => {
+                if info.plugin.as_deref() != Some("pgoutput") {
+                    return Err(PipelineError::SlotUnusable {
+                        slot: slot.clone(),
+                        problem: format!(
+                            "uses output plugin {:?}, not pgoutput",
+                            info.plugin.unwrap_or_default()
+                        ),
+                        fix: "drop it or set source.slot to another name".into(),
+                    });
+                }
+                let database: Option<String> = client
+                    .query_one("SELECT current_database()::text", &[])
+                    .await
+                    .ok()
+                    .map(|row| row.get(0));
+                if info.database.is_some() && info.database != database {
+                    return Err(PipelineError::SlotUnusable {
+                        slot: slot.clone(),
+                        problem: format!(
+                            "belongs to database {:?}, not {:?}",
+                            info.database.unwrap_or_default(),
+                            database.unwrap_or_default()
+                        ),
+                        fix: "set source.slot to a slot of this database".into(),
+                    });
+                }
+                if let Some(pid) = info.active_pid {
+                    // Another consumer (an old pod still terminating, or a second
+                    // deployment) holds the slot. Fighting over it would make both fail;
+                    // waiting is right during a rollout and visible otherwise.
+                    tracing::warn!(
+                        slot,
+                        active_pid = pid,
+                        "replication slot is in use by another process; waiting for it to be released"
+                    );
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => return Ok(None),
+                        () = tokio::time::sleep(SLOT_BUSY_RECHECK) => continue,
+                    }
+                }
+                return Ok(Some(info.confirmed_flush_lsn.unwrap_or_default()));
+            }
+        }
+    }
+}
+
+/// The select loop: timers, then the stream; see each arm for why it has its priority.
+async fn stream_changes(
+    config: &Config,
+    client: &Client,
+    stream: &mut ReplicationStream,
+    applier: &mut Applier,
+    start: Lsn,
+    shutdown: &CancellationToken,
+) -> Result<(), PipelineError> {
+    let mut progress = Progress::new(start);
+    let mut status_tick = tokio::time::interval(config.source.status_interval);
+    status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let flush_period =
+        (config.flush.max_interval / 4).clamp(Duration::from_millis(50), FLUSH_CHECK_MAX_PERIOD);
+    let mut flush_tick = tokio::time::interval(flush_period);
+    flush_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut heartbeat_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + config.source.heartbeat_interval,
+        config.source.heartbeat_interval,
+    );
+    heartbeat_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+    loop {
+        tokio::select! {
+            biased;
+            // Shutdown first, so SIGTERM is honoured even while changes keep arriving.
+            () = shutdown.cancelled() => {
+                return stop(stream, applier, &mut progress).await;
+            }
+            // Status updates before the stream: under a steady stream the stream arm is
+            // always ready, and a walsender that hears nothing for wal_sender_timeout
+            // drops the connection.
+            _ = status_tick.tick() => {
+                // When idle, ask for a keepalive: its position is confirmable, so the slot
+                // keeps up with WAL written by other databases and unpublished tables.
+                let idle = !applier.in_transaction() && !applier.has_pending();
+                send_status(stream, &progress, idle).await?;
+            }
+            // The age rule of the flush policy; cheap when nothing is due.
+            _ = flush_tick.tick() => {
+                if applier.flush_due(Instant::now()) {
+                    flush(stream, applier, &mut progress).await?;
+                }
+            }
+            // Heartbeats keep the slot moving when the only WAL is from other databases.
+            _ = heartbeat_tick.tick() => {
+                let lsn = catalog::emit_heartbeat(client).await?;
+                tracing::debug!(lsn = %lsn, "emitted heartbeat");
+            }
+            message = stream.next() => {
+                match message? {
+                    None => return Err(PipelineError::StreamEnded),
+                    Some(ReplicationMessage::XLogData { wal_start, data, .. }) => {
+                        progress.receive(wal_start);
+                        let message = pgoutput::decode(data)?;
+                        let completed = applier.apply(message).await?;
+                        if completed {
+                            if applier.flush_due(Instant::now()) {
+                                flush(stream, applier, &mut progress).await?;
+                            } else {
+                                progress.confirm(applier.confirmable());
+                            }
+                        }
+                    }
+                    Some(ReplicationMessage::PrimaryKeepalive { wal_end, reply_requested, .. }) => {
+                        progress.receive(wal_end);
+                        applier.idle_position(wal_end);
+                        progress.confirm(applier.confirmable());
+                        if reply_requested {
+                            // The walsender asks because wal_sender_timeout is near.
+                            send_status(stream, &progress, false).await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Commits what is pending and tells Postgres the new durable position at once, so the
+/// server can recycle WAL without waiting for the next status tick.
+async fn flush(
+    stream: &mut ReplicationStream,
+    applier: &mut Applier,
+    progress: &mut Progress,
+) -> Result<(), PipelineError> {
+    let started = Instant::now();
+    let report = applier.flush().await?;
+    // Only now, after the lake commit, may the position be confirmed.
+    progress.confirm(applier.confirmable());
+    tracing::info!(
+        tables = report.tables,
+        rows = report.rows,
+        lsn = %progress.confirmed(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "committed changes to the lake"
+    );
+    send_status(stream, progress, false).await
+}
+
+/// Graceful stop: commit what is complete, confirm it, leave the rest to the slot.
+async fn stop(
+    stream: &mut ReplicationStream,
+    applier: &mut Applier,
+    progress: &mut Progress,
+) -> Result<(), PipelineError> {
+    if applier.in_transaction() {
+        // A half-received source transaction cannot be committed, and the files written
+        // so far mix it with complete ones: drop all of it; the slot replays it.
+        tracing::info!("stopping inside a source transaction; it will be replayed on restart");
+        applier.abandon();
+    } else if applier.has_pending() {
+        flush(stream, applier, progress).await?;
+    }
+    progress.confirm(applier.confirmable());
+    send_status(stream, progress, false).await?;
+    tracing::info!(confirmed_lsn = %progress.confirmed(), "replication stopped");
+    Ok(())
+}
+
+async fn send_status(
+    stream: &mut ReplicationStream,
+    progress: &Progress,
+    reply_requested: bool,
+) -> Result<(), PipelineError> {
+    stream
+        .send_status_update(StandbyStatus {
+            write: progress.received(),
+            flush: progress.confirmed(),
+            apply: progress.confirmed(),
+            reply_requested,
+        })
+        .await?;
+    Ok(())
+}
