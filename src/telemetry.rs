@@ -59,14 +59,24 @@ pub enum TelemetryError {
     },
 }
 
-/// The filter: `rust_log` when set and non-empty, else `level`.
+/// Directives put before `--log-level`: the Delta libraries log every snapshot load and
+/// commit at info, hundreds of lines a minute that would drown pg2lake's own. `RUST_LOG`
+/// replaces them too, so `RUST_LOG=debug` shows everything.
+const QUIET_DEPENDENCIES: &str = "buoyant_kernel=warn,delta_kernel=warn,deltalake_core=warn";
+
+/// The filter: `rust_log` when set and non-empty, else `level` with
+/// [`QUIET_DEPENDENCIES`].
 pub fn filter(level: &str, rust_log: Option<&str>) -> Result<EnvFilter, TelemetryError> {
-    let (origin, value) = match rust_log.map(str::trim).filter(|v| !v.is_empty()) {
-        Some(value) => (RUST_LOG, value),
-        None => ("--log-level", level.trim()),
+    let (origin, value, directives) = match rust_log.map(str::trim).filter(|v| !v.is_empty()) {
+        Some(value) => (RUST_LOG, value, value.to_owned()),
+        None => (
+            "--log-level",
+            level.trim(),
+            format!("{QUIET_DEPENDENCIES},{}", level.trim()),
+        ),
     };
     EnvFilter::builder()
-        .parse(value)
+        .parse(directives)
         .map_err(|source| TelemetryError::Filter {
             origin,
             value: value.to_owned(),
@@ -118,8 +128,16 @@ mod tests {
 
     #[test]
     fn rust_log_wins_over_the_flag() {
-        assert_eq!(filter("info", None).unwrap().to_string(), "info");
-        assert_eq!(filter("info", Some("")).unwrap().to_string(), "info");
+        let quiet_info = format!("{QUIET_DEPENDENCIES},info");
+        let parsed = |text: &str| text.parse::<EnvFilter>().unwrap().to_string();
+        assert_eq!(
+            filter("info", None).unwrap().to_string(),
+            parsed(&quiet_info)
+        );
+        assert_eq!(
+            filter("info", Some("")).unwrap().to_string(),
+            parsed(&quiet_info)
+        );
         assert_eq!(
             filter("info", Some("pg2lake=debug")).unwrap().to_string(),
             "pg2lake=debug"

@@ -467,7 +467,7 @@ pub struct ReplicationStream {
 
 impl ReplicationStream {
     /// The next XLogData or keepalive; `None` once the server ended the stream cleanly
-    /// (CopyDone).
+    /// (CopyDone, or CommandComplete from a walsender that stops with the server).
     ///
     /// Cancellation safe: it may be one arm of `tokio::select!` beside timers; a cancelled
     /// call loses no data (the read buffer belongs to the stream). A keepalive with
@@ -480,7 +480,9 @@ impl ReplicationStream {
             Backend::Message(Message::CopyData(body)) => {
                 parse_copy_data(body.into_bytes()).map(Some)
             }
-            Backend::Message(Message::CopyDone) => {
+            // A walsender that is shutting down (the server is stopping) ends with
+            // CommandComplete alone, without CopyDone: both mean the stream is over.
+            Backend::Message(Message::CopyDone | Message::CommandComplete(_)) => {
                 self.ended = true;
                 Ok(None)
             }
