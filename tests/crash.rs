@@ -1,0 +1,163 @@
+//! kill -9 at arbitrary points while changes stream in, restart, repeat: the lake's change
+//! log folded to current state equals the source, and no change appears twice.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use support::lake::{assert_no_duplicates, fold, wait_caught_up};
+use support::service::{ConfigFile, Service, config_yaml};
+use support::{PgServer, read_delta};
+
+/// A deterministic xorshift generator: the load is reproducible from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Writes random multi-statement transactions (inserts, updates, deletes over 2,000 keys,
+/// across two tables) until `stop` is set. Returns how many transactions committed.
+async fn load(client: tokio_postgres::Client, stop: Arc<AtomicBool>, seed: u64) -> u64 {
+    let mut rng = Rng(seed);
+    let mut committed = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let mut sql = String::from("BEGIN;");
+        for _ in 0..1 + rng.below(20) {
+            let id = rng.below(2000);
+            let table = if rng.below(4) == 0 {
+                "ledger"
+            } else {
+                "accounts"
+            };
+            match rng.below(3) {
+                0 => sql.push_str(&format!(
+                    "INSERT INTO {table} VALUES ({id}, {}, 'n{}') ON CONFLICT (id) DO UPDATE SET balance = EXCLUDED.balance;",
+                    rng.below(1_000_000),
+                    rng.next()
+                )),
+                1 => sql.push_str(&format!(
+                    "UPDATE {table} SET balance = balance + 1, note = 'u{}' WHERE id = {id};",
+                    rng.next()
+                )),
+                _ => sql.push_str(&format!("DELETE FROM {table} WHERE id = {id};")),
+            }
+        }
+        // Now and then a transaction that never happened.
+        let rollback = rng.below(10) == 0;
+        sql.push_str(if rollback { "ROLLBACK;" } else { "COMMIT;" });
+        client.batch_execute(&sql).await.expect("load transaction");
+        if !rollback {
+            committed += 1;
+        }
+    }
+    committed
+}
+
+async fn assert_lake_equals_source(
+    client: &tokio_postgres::Client,
+    lake: &std::path::Path,
+    table: &str,
+) {
+    let rows = read_delta(&lake.join("public").join(table).display().to_string(), &[]).rows;
+    assert_no_duplicates(&rows);
+    let state = fold(rows, "id");
+    let source = client
+        .query(
+            &format!("SELECT id, balance, note FROM {table} ORDER BY id"),
+            &[],
+        )
+        .await
+        .expect("read the source table");
+    assert_eq!(
+        state.len(),
+        source.len(),
+        "{table}: row count of the folded lake"
+    );
+    for row in &source {
+        let id: i32 = row.get(0);
+        let balance: i64 = row.get(1);
+        let note: String = row.get(2);
+        let lake_row = state
+            .get(&json!(id).to_string())
+            .unwrap_or_else(|| panic!("{table}: row {id} missing in the lake"));
+        assert_eq!(
+            lake_row["balance"],
+            json!(balance),
+            "{table}: balance of {id}"
+        );
+        assert_eq!(lake_row["note"], json!(note), "{table}: note of {id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_load_then_restart_is_exactly_once() {
+    let pg = PgServer::start();
+    let url = pg.create_database("bank").await;
+    let db = pg.connect("bank").await;
+    db.batch_execute(
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text NOT NULL);
+         CREATE TABLE ledger (id int PRIMARY KEY, balance bigint NOT NULL, note text NOT NULL);",
+    )
+    .await
+    .unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    // Small flushes: many commits, so kills land between, during and after them.
+    let config = ConfigFile::new(
+        &config_yaml(
+            &url,
+            "crash",
+            &["public.accounts", "public.ledger"],
+            &lake.path().display().to_string(),
+            "",
+        )
+        .replace(
+            "flush:\n  max_interval: 200ms\n",
+            "flush:\n  max_interval: 100ms\n  max_rows: 300\n",
+        ),
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = tokio::spawn(load(
+        pg.connect("bank").await,
+        stop.clone(),
+        0x9E37_79B9_7F4A_7C15,
+    ));
+
+    let mut rng = Rng(42);
+    for round in 0..5 {
+        let mut service = Service::start(&config, &[]);
+        let alive = Duration::from_millis(800 + rng.below(1500));
+        tokio::time::sleep(alive).await;
+        assert!(
+            service.is_running(),
+            "round {round}: pg2lake died:\n{}",
+            service.log()
+        );
+        service.kill9();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let committed = loader.await.unwrap();
+    assert!(
+        committed > 50,
+        "the load committed only {committed} transactions"
+    );
+
+    let mut service = Service::start(&config, &[]);
+    wait_caught_up(&db, "crash", Duration::from_secs(120)).await;
+    assert_lake_equals_source(&db, lake.path(), "accounts").await;
+    assert_lake_equals_source(&db, lake.path(), "ledger").await;
+    assert!(service.stop(Duration::from_secs(30)).success());
+}

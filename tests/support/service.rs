@@ -1,0 +1,187 @@
+//! Running the pg2lake binary the way an operator does: a config file, a child process,
+//! SIGTERM to stop it, SIGKILL to crash it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::pg2lake_bin;
+
+/// A config file in a temp dir, written from YAML text.
+pub struct ConfigFile {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl ConfigFile {
+    /// Writes `yaml` to a fresh temp file.
+    pub fn new(yaml: &str) -> ConfigFile {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("pg2lake.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        ConfigFile { _dir: dir, path }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The YAML of a config replicating `tables` from `url` into `lake_url`, flushing fast.
+pub fn config_yaml(url: &str, slot: &str, tables: &[&str], lake_url: &str, extra: &str) -> String {
+    let tables = tables
+        .iter()
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "source:\n  url: {url}\n  slot: {slot}\n  publication: {slot}\n  status_interval: 1s\n  heartbeat_interval: 2s\n\
+         tables: [{tables}]\nlake:\n  url: {lake_url}\n{extra}\
+         flush:\n  max_interval: 200ms\nmetrics:\n  listen: null\n"
+    )
+}
+
+/// A running `pg2lake run` process.
+pub struct Service {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Service {
+    /// Starts `pg2lake <command> --config <config>`, logging to a file beside the config.
+    pub fn start(config: &ConfigFile, envs: &[(String, String)]) -> Service {
+        let log = config
+            .path()
+            .with_file_name(format!("pg2lake-{}.log", std::process::id()));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = Command::new(pg2lake_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(config.path())
+            .arg("--log-format")
+            .arg("json")
+            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "pg2lake=debug,info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log file"))
+            .stderr(log_file)
+            .spawn()
+            .expect("start pg2lake");
+        Service {
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    /// The log written so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Peak resident memory of the process so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().expect("try_wait").is_none(),
+            None => false,
+        }
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit status.
+    pub fn stop(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("service already stopped");
+        signal(child.id(), "TERM");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "pg2lake did not stop within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: a crash at whatever point the process is.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            if std::thread::panicking() {
+                eprintln!("--- pg2lake log ---\n{}", self.log());
+            }
+        }
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// Runs `pg2lake <args…>` to completion with a timeout, capturing its output.
+pub fn run_command(args: &[&str], envs: &[(String, String)], timeout: Duration) -> Output {
+    let mut child = Command::new(pg2lake_bin())
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pg2lake");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "pg2lake {args:?} did not finish within {timeout:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
