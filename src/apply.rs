@@ -10,6 +10,11 @@
 //!                                             ─► confirmable = the transaction's end LSN
 //! ```
 //!
+//! A Relation message that changes a table's columns (ALTER TABLE) is applied in place
+//! (see `schema::evolve`): rows buffered with the old layout go to the writer first, and
+//! a grown layout is staged as a Delta `metaData` action that lands with the table's next
+//! data commit, together with those rows, the new ones and the `txn`.
+//!
 //! Invariants:
 //! - Lake commits happen only between source transactions, so a reader never sees part
 //!   of one; a transaction larger than a chunk is written as several files first.
@@ -23,8 +28,8 @@ use std::time::{Duration, Instant};
 use crate::batch::{ChangeMeta, Op, TableBatch};
 use crate::lake::{LakeError, LakeTable};
 use crate::lsn::Lsn;
-use crate::pg::pgoutput::{self, LogicalMessage, OldTuple, Relation, RelationColumn, TupleValue};
-use crate::schema::TableSchema;
+use crate::pg::pgoutput::{self, LogicalMessage, OldTuple, Relation, TupleValue};
+use crate::schema::{Evolution, SchemaError, TableSchema};
 
 /// Rows per Arrow chunk handed to the Parquet writer: bounded memory per table.
 const CHUNK_ROWS: usize = 8192;
@@ -51,16 +56,9 @@ pub enum ApplyError {
     /// A change arrived outside Begin … Commit.
     #[error("pgoutput {0} message outside a transaction (protocol violation)")]
     OutsideTransaction(&'static str),
-    /// A replicated table's columns changed.
-    #[error(
-        "table {table} changed its columns (ALTER TABLE) while replicating: {detail}; schema evolution is not supported yet (fix: restore the previous columns, or move the table's lake folder away and restart to re-create it)"
-    )]
-    SchemaChanged {
-        /// The table.
-        table: String,
-        /// What changed.
-        detail: String,
-    },
+    /// A replicated table's columns changed in a way its lake table cannot follow.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
     /// A value could not be converted.
     #[error(transparent)]
     Batch(#[from] crate::batch::BatchError),
@@ -105,6 +103,31 @@ impl ReplicatedTable {
 
     fn has_pending(&self) -> bool {
         !self.batch.is_empty() || self.written > 0
+    }
+
+    /// Switches to the schema a Relation message (or the catalog) describes: rows
+    /// buffered with the old one go to the lake writer first, and a grown layout is
+    /// staged in the lake table for its next commit.
+    pub async fn evolve(&mut self, evolution: Evolution) -> Result<(), ApplyError> {
+        if evolution.schema.same_source(&self.schema) {
+            return Ok(());
+        }
+        self.write_chunk().await?;
+        if evolution.layout_changed() {
+            self.lake.evolve(evolution.schema.arrow.clone()).await?;
+        }
+        if evolution.is_visible() {
+            tracing::info!(
+                table = %self.qualified_name(),
+                added = ?evolution.added,
+                dropped = ?evolution.dropped,
+                retyped = ?evolution.retyped,
+                "table schema changed"
+            );
+        }
+        self.schema = Arc::new(evolution.schema);
+        self.batch = TableBatch::new(self.schema.clone());
+        Ok(())
     }
 
     async fn write_chunk(&mut self) -> Result<(), ApplyError> {
@@ -241,7 +264,7 @@ impl Applier {
                 Ok(true)
             }
             LogicalMessage::Relation(relation) => {
-                self.on_relation(&relation)?;
+                self.on_relation(&relation).await?;
                 Ok(false)
             }
             LogicalMessage::Insert(insert) => {
@@ -289,17 +312,17 @@ impl Applier {
         }
     }
 
-    fn on_relation(&mut self, relation: &Relation) -> Result<(), ApplyError> {
+    /// pgoutput sends a Relation message before a relation's first change in a session
+    /// and again after every change to its definition, describing the columns of the
+    /// changes that follow. On replay after a restart these are the columns as they were
+    /// then, which the union layout holds already.
+    async fn on_relation(&mut self, relation: &Relation) -> Result<(), ApplyError> {
         let key = (relation.namespace.clone(), relation.name.clone());
         let index = self.by_name.get(&key).copied();
         if let Some(i) = index {
-            let table = &self.tables[i];
-            if let Some(detail) = column_difference(&table.schema, &relation.columns) {
-                return Err(ApplyError::SchemaChanged {
-                    table: table.qualified_name(),
-                    detail,
-                });
-            }
+            let table = &mut self.tables[i];
+            let evolution = table.schema.evolve(&relation.columns)?;
+            table.evolve(evolution).await?;
         }
         self.by_relation.insert(relation.id, index);
         Ok(())
@@ -450,28 +473,4 @@ fn op_name(op: Op) -> &'static str {
         Op::Delete => "Delete",
         Op::Truncate => "Truncate",
     }
-}
-
-/// `None` when a Relation message describes the same columns (names, types, typmods)
-/// as the schema the lake table was opened with; otherwise what differs.
-fn column_difference(schema: &TableSchema, columns: &[RelationColumn]) -> Option<String> {
-    let ours: Vec<(&str, u32, i32)> = schema
-        .columns
-        .iter()
-        .map(|c| (c.name.as_str(), c.type_oid, c.type_modifier))
-        .collect();
-    let theirs: Vec<(&str, u32, i32)> = columns
-        .iter()
-        .map(|c| (c.name.as_str(), c.type_oid, c.type_modifier))
-        .collect();
-    if ours == theirs {
-        return None;
-    }
-    let names = |cols: &[(&str, u32, i32)]| {
-        cols.iter()
-            .map(|(n, oid, typmod)| format!("{n}:{oid}/{typmod}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    Some(format!("was ({}), now ({})", names(&ours), names(&theirs)))
 }

@@ -412,7 +412,11 @@ impl Column {
 /// The rows of one table not yet handed to the lake writer, in Arrow builders.
 pub struct TableBatch {
     schema: Arc<TableSchema>,
+    /// One builder per lake source column (`schema.columns`).
     columns: Vec<Column>,
+    /// Per lake source column, the position of its value in a change tuple; `None` for
+    /// a column the source no longer has (always null).
+    tuple_positions: Vec<Option<usize>>,
     op: StringBuilder,
     lsn: Int64Builder,
     seq: Int64Builder,
@@ -442,8 +446,15 @@ impl TableBatch {
             .iter()
             .map(|c| Column::new(c.conversion))
             .collect();
+        let mut tuple_positions = vec![None; schema.columns.len()];
+        for (position, &column) in schema.tuple_columns.iter().enumerate() {
+            if let Some(slot) = tuple_positions.get_mut(column) {
+                *slot = Some(position);
+            }
+        }
         TableBatch {
             columns,
+            tuple_positions,
             op: StringBuilder::new(),
             lsn: Int64Builder::new(),
             seq: Int64Builder::new(),
@@ -477,36 +488,39 @@ impl TableBatch {
         self.bytes
     }
 
-    /// Adds one change; `values` holds one entry per source column, in column order.
+    /// Adds one change; `values` holds one entry per column of the source's current
+    /// layout (`schema.tuple_columns`), in attribute order. Lake columns the source no
+    /// longer has are null.
     ///
     /// Atomic: on error nothing is added. An `UnchangedToast` value becomes a null and its
     /// column is named in `_unchanged`.
     pub fn push(&mut self, meta: &ChangeMeta, values: &[TupleValue]) -> Result<(), BatchError> {
-        if values.len() != self.columns.len() {
+        if values.len() != self.schema.tuple_columns.len() {
             return Err(BatchError::ColumnCount {
                 table: self.schema.qualified_name(),
-                expected: self.columns.len(),
+                expected: self.schema.tuple_columns.len(),
                 got: values.len(),
             });
         }
+        let value_of = |position: Option<usize>| position.and_then(|p| values.get(p));
 
         // Stage: parse every value; nothing is appended yet.
         let mut bytes = META_ROW_BYTES;
         let mut any_unchanged = false;
-        for ((column, source), value) in self
+        for ((column, source), &position) in self
             .columns
             .iter_mut()
             .zip(&self.schema.columns)
-            .zip(values)
+            .zip(&self.tuple_positions)
         {
-            let text = match value {
-                TupleValue::Null => None,
-                TupleValue::UnchangedToast => {
+            let text = match value_of(position) {
+                None | Some(TupleValue::Null) => None,
+                Some(TupleValue::UnchangedToast) => {
                     any_unchanged = true;
                     None
                 }
-                TupleValue::Text(text) => Some(text.as_ref()),
-                TupleValue::Binary(_) => {
+                Some(TupleValue::Text(text)) => Some(text.as_ref()),
+                Some(TupleValue::Binary(_)) => {
                     return Err(BatchError::BinaryFormat {
                         table: self.schema.qualified_name(),
                         column: source.name.clone(),
@@ -520,14 +534,15 @@ impl TableBatch {
         }
 
         // Commit: append the staged values; nothing below can fail.
-        for (column, value) in self.columns.iter_mut().zip(values) {
-            column.commit(text_of(value));
+        for (column, &position) in self.columns.iter_mut().zip(&self.tuple_positions) {
+            column.commit(value_of(position).and_then(text_of));
         }
         if any_unchanged {
-            for (source, value) in self.schema.columns.iter().zip(values) {
+            for (&index, value) in self.schema.tuple_columns.iter().zip(values) {
                 if matches!(value, TupleValue::UnchangedToast) {
-                    self.unchanged.values().append_value(&source.name);
-                    bytes += source.name.len() + OFFSET_BYTES;
+                    let name = &self.schema.columns[index].name;
+                    self.unchanged.values().append_value(name);
+                    bytes += name.len() + OFFSET_BYTES;
                 }
             }
         }
@@ -1508,6 +1523,66 @@ mod tests {
         assert!(batch.approx_bytes() >= one + 10_000);
         batch.push_truncate(&meta(Op::Truncate));
         assert!(batch.approx_bytes() > one + 10_000 + META_ROW_BYTES);
+    }
+
+    #[test]
+    fn values_land_in_their_lake_columns_after_the_source_evolved() {
+        let columns = |spec: &[(&str, u32)]| -> Vec<RelationColumn> {
+            spec.iter()
+                .map(|&(name, type_oid)| RelationColumn {
+                    is_key: false,
+                    name: name.to_owned(),
+                    type_oid,
+                    type_modifier: -1,
+                })
+                .collect()
+        };
+        let base = table(&[("id", oid::INT4, -1), ("old", oid::TEXT, -1)]);
+        // `old` dropped, `added` added: the tuple is (id, added); the lake (id, old, added).
+        let evolved = base
+            .evolve(&columns(&[("id", oid::INT4), ("added", oid::INT8)]))
+            .unwrap()
+            .schema;
+        let mut batch = TableBatch::new(Arc::new(evolved));
+        batch
+            .push(&meta(Op::Insert), &[text("7"), TupleValue::UnchangedToast])
+            .unwrap();
+        batch
+            .push(&meta(Op::Insert), &[text("8"), text("80")])
+            .unwrap();
+        let err = batch
+            .push(&meta(Op::Insert), &[text("9"), text("x"), text("y")])
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            BatchError::ColumnCount {
+                expected: 2,
+                got: 3,
+                ..
+            }
+        ));
+        let out = batch.finish().unwrap();
+        let names: Vec<&str> = out
+            .schema_ref()
+            .fields()
+            .iter()
+            .take(3)
+            .map(|f| f.name().as_str())
+            .collect();
+        assert_eq!(names, ["id", "old", "added"]);
+        let id = out.column(0).as_primitive::<Int32Type>();
+        assert_eq!((id.value(0), id.value(1)), (7, 8));
+        assert_eq!(out.column(1).null_count(), 2, "a dropped column is null");
+        let added = out.column(2).as_primitive::<Int64Type>();
+        assert!(added.is_null(0));
+        assert_eq!(added.value(1), 80);
+        let unchanged = out.column_by_name("_unchanged").unwrap().as_list::<i32>();
+        assert_eq!(
+            unchanged.value(0).as_string::<i32>().value(0),
+            "added",
+            "an unchanged TOAST value is named by its lake column"
+        );
+        assert!(unchanged.is_null(1));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::lake::{self, Lake, LakeError, LakeOptions, LakeTable};
 use crate::lsn::Lsn;
 use crate::pg::catalog::{self, CatalogError};
 use crate::pg::connect::{self, ConnectError};
-use crate::pg::pgoutput::{self, DecodeError};
+use crate::pg::pgoutput::{self, DecodeError, RelationColumn};
 use crate::pg::replication::{
     ReplicationClient, ReplicationError, ReplicationMessage, ReplicationStream, SlotSnapshot,
     StandbyStatus,
@@ -170,16 +170,7 @@ async fn session(
     let mut replicated = Vec::with_capacity(tables.len());
     for table in &tables {
         let columns = catalog::table_columns(&client, table).await?;
-        let schema = Arc::new(TableSchema::new(&table.schema, &table.name, &columns)?);
-        let lake_table = LakeTable::open(
-            &lake,
-            &table.schema,
-            &table.name,
-            schema.arrow.clone(),
-            &app_id,
-        )
-        .await?;
-        replicated.push(ReplicatedTable::new(schema, lake_table));
+        replicated.push(open_table(&lake, &table.schema, &table.name, &columns, &app_id).await?);
     }
 
     let mut replication = ReplicationClient::connect(&params).await?;
@@ -201,6 +192,27 @@ async fn session(
     }
     tracing::info!(slot = %config.source.slot, start_lsn = %start, tables = tables.len(), "streaming changes");
     stream_changes(config, &client, &mut stream, &mut applier, start, shutdown).await
+}
+
+/// Opens (or creates) the lake table of `namespace.name` and reconciles its layout with
+/// the source's current `columns`: columns added while pg2lake was not running join the
+/// lake layout (committed with the table's next data), dropped ones stay in it, and an
+/// incompatible type change stops here, before anything is written.
+async fn open_table(
+    lake: &Lake,
+    namespace: &str,
+    name: &str,
+    columns: &[RelationColumn],
+    app_id: &str,
+) -> Result<ReplicatedTable, PipelineError> {
+    // Names the lake cannot hold fail here even when the lake table exists already.
+    let source = TableSchema::new(namespace, name, columns)?;
+    let lake_table = LakeTable::open(lake, namespace, name, source.arrow.clone(), app_id).await?;
+    let known = TableSchema::from_lake(namespace, name, &*lake_table.arrow_schema()?)?;
+    let evolution = known.evolve(columns)?;
+    let mut table = ReplicatedTable::new(Arc::new(known), lake_table);
+    table.evolve(evolution).await?;
+    Ok(table)
 }
 
 /// Makes sure the slot exists, belongs to this database and plugin, and is free.

@@ -1,13 +1,28 @@
 //! One Delta table: open or create it, stream record batches into Parquet files, commit
 //! them with the `txn` action that records how far the source has been applied.
+//!
+//! Schema changes ([`LakeTable::evolve`]) are staged and committed *with* the next data
+//! commit, so the log never shows a layout before the rows that need it:
+//!
+//! ```text
+//!  write(old layout) ─► evolve(new layout) ─► write(new layout) ─► commit(lsn)
+//!    files A            seal A; stage metaData;    files B           one version: metaData
+//!                       new writer for B                             (+ protocol) + add A, B + txn
+//! ```
+//!
+//! Files A keep the old layout; that is valid because every source column is nullable
+//! and readers resolve Parquet columns by name, reading the missing ones as null.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake_core::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
 use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake_core::kernel::{Action, Add, StructType, Transaction};
+use deltalake_core::kernel::{
+    Action, Add, Metadata, MetadataExt, Protocol, StructType, Transaction, contains_timestampntz,
+};
 use deltalake_core::operations::create::CreateBuilder;
 use deltalake_core::protocol::{DeltaOperation, SaveMode};
 use deltalake_core::writer::{DeltaWriter, RecordBatchWriter};
@@ -54,11 +69,22 @@ pub struct LakeTable {
     committed: Option<Lsn>,
     /// Files sealed since the last commit, waiting for it.
     sealed: Vec<Add>,
+    /// A schema change waiting for the next data commit, and the layout it describes.
+    staged_schema: Option<StagedSchema>,
+    target_file_size: u64,
     /// Rows in the files still open in the writer.
     open_rows: usize,
     pending_rows: usize,
     target_file_rows: usize,
     checkpoint_interval: u64,
+}
+
+/// The actions of a schema change not yet committed.
+struct StagedSchema {
+    arrow: SchemaRef,
+    metadata: Metadata,
+    /// A protocol upgrade the new columns need (timestamp without time zone).
+    protocol: Option<Protocol>,
 }
 
 impl std::fmt::Debug for LakeTable {
@@ -73,7 +99,9 @@ impl std::fmt::Debug for LakeTable {
 
 impl LakeTable {
     /// Opens the Delta table of `schema.table`, creating it with `arrow_schema` when the
-    /// lake has none, and reads back the last LSN this app (slot) committed to it.
+    /// lake has none, and reads back the last LSN this app (slot) committed to it. An
+    /// existing table keeps its own layout ([`LakeTable::arrow_schema`]); reconciling it
+    /// with the source is [`crate::schema::TableSchema::evolve`]'s job.
     pub async fn open(
         lake: &Lake,
         namespace: &str,
@@ -91,7 +119,6 @@ impl LakeTable {
             .map_err(delta_err)?;
         if exists {
             table.load().await.map_err(delta_err)?;
-            check_schema(&location, &table, &arrow_schema)?;
         } else {
             let delta_schema: StructType = arrow_schema.as_ref().try_into_kernel().map_err(
                 |e: arrow::error::ArrowError| LakeError::SchemaMismatch {
@@ -133,6 +160,8 @@ impl LakeTable {
             app_id: app_id.to_owned(),
             committed,
             sealed: Vec::new(),
+            staged_schema: None,
+            target_file_size: lake.options().target_file_size,
             open_rows: 0,
             pending_rows: 0,
             target_file_rows: lake.options().target_file_rows.max(1),
@@ -161,6 +190,85 @@ impl LakeTable {
         self.pending_rows
     }
 
+    /// The table's layout as Arrow: a staged schema change if there is one, else the
+    /// committed schema.
+    pub fn arrow_schema(&self) -> Result<SchemaRef, LakeError> {
+        if let Some(staged) = &self.staged_schema {
+            return Ok(staged.arrow.clone());
+        }
+        let snapshot = self
+            .table
+            .snapshot()
+            .map_err(|e| LakeError::delta(&self.location, e))?;
+        let schema: Schema = snapshot.schema().as_ref().try_into_arrow().map_err(
+            |e: arrow::error::ArrowError| LakeError::SchemaMismatch {
+                table: self.location.to_string(),
+                reason: e.to_string(),
+            },
+        )?;
+        Ok(Arc::new(schema))
+    }
+
+    /// Changes the table's layout to `arrow_schema` from the next commit on: files
+    /// written so far are sealed with the old layout, a `metaData` action with the new
+    /// schema (same table id, configuration and partition columns) is staged for the next
+    /// data commit, and later writes use the new layout. `arrow_schema` must keep every
+    /// column of the old one with its type (the lake layout only grows).
+    pub async fn evolve(&mut self, arrow_schema: SchemaRef) -> Result<(), LakeError> {
+        let location = self.location.clone();
+        let mismatch = |reason: String| LakeError::SchemaMismatch {
+            table: location.to_string(),
+            reason,
+        };
+        let delta_schema: StructType = arrow_schema
+            .as_ref()
+            .try_into_kernel()
+            .map_err(|e: arrow::error::ArrowError| mismatch(e.to_string()))?;
+        self.seal().await?;
+        let delta_err = |e: deltalake_core::DeltaTableError| LakeError::delta(&location, e);
+        let snapshot = self.table.snapshot().map_err(delta_err)?;
+        let metadata = snapshot
+            .metadata()
+            .clone()
+            .with_schema(&delta_schema)
+            .map_err(|e| delta_err(e.into()))?;
+        let protocol = upgraded_protocol(snapshot.protocol(), &delta_schema, &metadata)
+            .map_err(|e| mismatch(format!("cannot upgrade the table protocol: {e}")))?;
+        let configuration = metadata.configuration().clone();
+        self.writer = self.writer_for(&delta_schema, configuration).await?;
+        self.staged_schema = Some(StagedSchema {
+            arrow: arrow_schema,
+            metadata,
+            protocol,
+        });
+        Ok(())
+    }
+
+    /// A writer for a layout that is not committed yet.
+    ///
+    /// `RecordBatchWriter` takes its schema from a loaded table, and deltalake-core offers
+    /// no way to build one from a schema and an object store directly. So the staged
+    /// layout is created as a throwaway in-memory table (same columns, partitioning and
+    /// configuration) whose loaded state is paired with this table's log store: the
+    /// writer then encodes the new layout and writes into this table's folder.
+    async fn writer_for(
+        &self,
+        schema: &StructType,
+        configuration: HashMap<String, String>,
+    ) -> Result<RecordBatchWriter, LakeError> {
+        let delta_err = |e| LakeError::delta(&self.location, e);
+        let staged = CreateBuilder::new()
+            .with_log_store(DeltaTable::new_in_memory().log_store())
+            .with_columns(schema.fields().cloned())
+            .with_partition_columns([PARTITION_COLUMN])
+            .with_configuration(configuration.into_iter().map(|(k, v)| (k, Some(v))))
+            .await
+            .map_err(delta_err)?;
+        let mut shadow = DeltaTable::new(self.table.log_store());
+        shadow.state = staged.state;
+        new_writer(&self.location, &shadow, self.target_file_size)
+    }
+
     /// Streams `batch` into the table's open Parquet files (one per `date` partition).
     /// Files are sealed once they hold `target_file_rows` rows (or reach the target
     /// size), which frees their buffers; nothing is visible to readers until
@@ -169,6 +277,26 @@ impl LakeTable {
         let rows = batch.num_rows();
         if rows == 0 {
             return Ok(());
+        }
+        // The writer projects a batch onto its own schema by name and, on a partitioned
+        // table, drops columns it does not know: a layout that was not evolved first would
+        // lose values silently. Refuse instead.
+        let expected = self.writer.arrow_schema();
+        let same_names = expected.fields().len() == batch.num_columns()
+            && expected
+                .fields()
+                .iter()
+                .zip(batch.schema_ref().fields())
+                .all(|(a, b)| a.name() == b.name());
+        if !same_names {
+            return Err(LakeError::SchemaMismatch {
+                table: self.location.to_string(),
+                reason: format!(
+                    "rows with columns {:?} do not match the table's layout {:?}",
+                    field_names(batch.schema_ref()),
+                    field_names(&expected)
+                ),
+            });
         }
         self.writer
             .write(batch)
@@ -195,7 +323,7 @@ impl LakeTable {
 
     /// Seals the files written since the last commit and commits them as one Delta
     /// version whose `txn` action records `lsn`, the commit LSN of the last source
-    /// transaction they contain.
+    /// transaction they contain. A staged schema change goes into the same version.
     ///
     /// If the store reports that the version already exists and the log shows our own
     /// `txn` at `lsn` or beyond, the earlier attempt landed and this is not an error.
@@ -204,12 +332,22 @@ impl LakeTable {
             return Ok(CommitOutcome::NothingToCommit);
         }
         self.seal().await?;
-        let actions: Vec<Action> = self.sealed.drain(..).map(Action::Add).collect();
+        let mut actions: Vec<Action> = Vec::with_capacity(self.sealed.len() + 2);
+        if let Some(staged) = &self.staged_schema {
+            actions.push(Action::Metadata(staged.metadata.clone()));
+            if let Some(protocol) = &staged.protocol {
+                actions.push(Action::Protocol(protocol.clone()));
+            }
+        }
+        actions.extend(self.sealed.drain(..).map(Action::Add));
         let result = self.commit_actions(actions, lsn).await;
         match result {
             Ok(version) => {
                 self.committed = Some(lsn);
                 self.pending_rows = 0;
+                if let Some(staged) = self.staged_schema.take() {
+                    tracing::debug!(table = %self.location, version, columns = ?field_names(&staged.arrow), "committed schema change");
+                }
                 Ok(CommitOutcome::Committed { version })
             }
             Err(err) => {
@@ -222,6 +360,8 @@ impl LakeTable {
                 if now.is_some_and(|c| c >= lsn) {
                     self.committed = now;
                     self.pending_rows = 0;
+                    // The staged metaData action was part of the version that landed.
+                    self.staged_schema = None;
                     Ok(CommitOutcome::AlreadyCommitted)
                 } else {
                     self.pending_rows = 0;
@@ -272,7 +412,8 @@ impl LakeTable {
         Ok(version)
     }
 
-    /// Drops everything written since the last commit (the files stay unreferenced).
+    /// Drops everything written since the last commit (the files stay unreferenced). A
+    /// staged schema change stays staged: the writer already uses its layout.
     pub fn abandon_pending(&mut self) {
         self.writer.reset();
         self.sealed.clear();
@@ -322,38 +463,59 @@ async fn read_committed_lsn(
     }
 }
 
-/// An existing table must hold every column pg2lake writes, with the same types.
-fn check_schema(location: &Url, table: &DeltaTable, wanted: &SchemaRef) -> Result<(), LakeError> {
-    let mismatch = |reason: String| LakeError::SchemaMismatch {
-        table: location.to_string(),
-        reason,
+fn field_names(schema: &SchemaRef) -> Vec<&str> {
+    schema.fields().iter().map(|f| f.name().as_str()).collect()
+}
+
+/// The protocol a table needs once its schema is `schema`, when `current` does not
+/// suffice: a timestamp-without-time-zone column needs the `timestampNtz` reader and
+/// writer feature (as `CreateBuilder` sets for a new table). `None` when nothing changes.
+///
+/// Mirrors deltalake-core's own upgrade (its `ProtocolExt` is crate-private): table
+/// features need reader version 3 and writer version 7, and a legacy writer version 2
+/// table's `appendOnly` becomes an explicit feature. `invariants` is not listed: pg2lake
+/// never sets column invariants, and this writer build cannot enforce them.
+fn upgraded_protocol(
+    current: &Protocol,
+    schema: &StructType,
+    metadata: &Metadata,
+) -> Result<Option<Protocol>, serde_json::Error> {
+    const NTZ: &str = "timestampNtz";
+    if !contains_timestampntz(schema.fields()) {
+        return Ok(None);
+    }
+    let mut value = serde_json::to_value(current)?;
+    let has = |value: &serde_json::Value, key: &str| {
+        value[key]
+            .as_array()
+            .is_some_and(|features| features.iter().any(|f| f == NTZ))
     };
-    let snapshot = table
-        .snapshot()
-        .map_err(|e| LakeError::delta(location, e))?;
-    let existing: HashMap<String, _> = snapshot
-        .schema()
-        .fields()
-        .map(|f| (f.name().clone(), f.data_type().clone()))
-        .collect();
-    let wanted_delta: StructType = wanted
-        .as_ref()
-        .try_into_kernel()
-        .map_err(|e: arrow::error::ArrowError| mismatch(e.to_string()))?;
-    for field in wanted_delta.fields() {
-        match existing.get(field.name()) {
-            None => return Err(mismatch(format!("column {} is missing", field.name()))),
-            Some(t) if t != field.data_type() => {
-                return Err(mismatch(format!(
-                    "column {} is {t} in the lake but {} in postgres",
-                    field.name(),
-                    field.data_type()
-                )));
-            }
-            Some(_) => {}
+    if has(&value, "readerFeatures") && has(&value, "writerFeatures") {
+        return Ok(None);
+    }
+    let features = |value: &serde_json::Value, key: &str| -> Vec<serde_json::Value> {
+        value[key].as_array().cloned().unwrap_or_default()
+    };
+    let mut reader = features(&value, "readerFeatures");
+    let mut writer = features(&value, "writerFeatures");
+    let legacy_writer = current.min_writer_version() < 7;
+    let append_only = metadata
+        .configuration()
+        .get("delta.appendOnly")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if legacy_writer && current.min_writer_version() >= 2 && append_only {
+        writer.push(serde_json::json!("appendOnly"));
+    }
+    for list in [&mut reader, &mut writer] {
+        if !list.iter().any(|f| f == NTZ) {
+            list.push(serde_json::json!(NTZ));
         }
     }
-    Ok(())
+    value["minReaderVersion"] = serde_json::json!(3);
+    value["minWriterVersion"] = serde_json::json!(7);
+    value["readerFeatures"] = serde_json::Value::Array(reader);
+    value["writerFeatures"] = serde_json::Value::Array(writer);
+    serde_json::from_value(value).map(Some)
 }
 
 #[cfg(test)]
@@ -469,21 +631,167 @@ mod tests {
         assert_eq!(files.len(), 3, "{files:?}");
     }
 
-    #[tokio::test]
-    async fn schema_mismatch_is_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = lake(dir.path());
-        LakeTable::open(&lake, "public", "t", schema(), "a")
-            .await
-            .unwrap();
-        let other = Arc::new(Schema::new(vec![
-            Field::new("id", DataType::Utf8, true),
+    fn evolved_schema(extra: DataType) -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("extra", extra, true),
             Field::new("_op", DataType::Utf8, false),
             Field::new("date", DataType::Date32, false),
-        ]));
-        let err = LakeTable::open(&lake, "public", "t", other, "a")
+        ]))
+    }
+
+    fn evolved_batch(ids: &[i64], day: i32) -> RecordBatch {
+        RecordBatch::try_new(
+            evolved_schema(DataType::Utf8),
+            vec![
+                Arc::new(Int64Array::from(ids.to_vec())),
+                Arc::new(StringArray::from(vec!["x"; ids.len()])),
+                Arc::new(StringArray::from(vec!["c"; ids.len()])),
+                Arc::new(Date32Array::from(vec![day; ids.len()])),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn log_entry(dir: &std::path::Path, version: u64) -> String {
+        std::fs::read_to_string(
+            dir.join("public/t/_delta_log")
+                .join(format!("{version:020}.json")),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_schema_change_is_committed_with_the_next_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = lake(dir.path());
+        let mut table = LakeTable::open(&lake, "public", "t", schema(), "a")
             .await
-            .unwrap_err();
-        assert!(err.to_string().contains("column id"), "{err}");
+            .unwrap();
+        // One old-layout file is open when the layout changes.
+        table.write(batch(&[1], 20_000)).await.unwrap();
+        table.evolve(evolved_schema(DataType::Utf8)).await.unwrap();
+        assert_eq!(table.version(), Some(0), "nothing is committed yet");
+        assert_eq!(
+            table.arrow_schema().unwrap(),
+            evolved_schema(DataType::Utf8)
+        );
+        // Old-layout rows after the change would lose nothing silently: they are refused.
+        let err = table.write(batch(&[2], 20_000)).await.unwrap_err();
+        assert!(err.to_string().contains("do not match"), "{err}");
+        table.write(evolved_batch(&[3], 20_000)).await.unwrap();
+        assert_eq!(
+            table.commit(Lsn(10)).await.unwrap(),
+            CommitOutcome::Committed { version: 1 }
+        );
+        let entry = log_entry(dir.path(), 1);
+        for action in ["\"metaData\"", "\"add\"", "\"txn\""] {
+            assert!(entry.contains(action), "{action} in {entry}");
+        }
+        assert_eq!(entry.matches("\"add\"").count(), 2, "{entry}");
+        assert!(!entry.contains("\"protocol\""), "{entry}");
+        let metadata = |table: &LakeTable| table.table.snapshot().unwrap().metadata().clone();
+        let before = metadata(&table);
+
+        let reopened = LakeTable::open(&lake, "public", "t", schema(), "a")
+            .await
+            .unwrap();
+        assert_eq!(reopened.committed_lsn(), Some(Lsn(10)));
+        assert_eq!(
+            reopened.arrow_schema().unwrap(),
+            evolved_schema(DataType::Utf8)
+        );
+        let after = metadata(&reopened);
+        assert_eq!(after.id(), before.id(), "same table id");
+        assert_eq!(after.partition_columns(), &["date".to_owned()]);
+        assert_eq!(
+            after
+                .configuration()
+                .get("delta.appendOnly")
+                .map(String::as_str),
+            Some("true"),
+            "configuration kept"
+        );
+        let files: Vec<_> = reopened.table.get_file_uris().unwrap().collect();
+        assert_eq!(files.len(), 2, "{files:?}");
+    }
+
+    #[tokio::test]
+    async fn a_staged_schema_change_waits_for_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = lake(dir.path());
+        let mut table = LakeTable::open(&lake, "public", "t", schema(), "a")
+            .await
+            .unwrap();
+        table.evolve(evolved_schema(DataType::Utf8)).await.unwrap();
+        assert_eq!(
+            table.commit(Lsn(5)).await.unwrap(),
+            CommitOutcome::NothingToCommit
+        );
+        assert_eq!(table.version(), Some(0));
+        table.abandon_pending();
+        table.write(evolved_batch(&[1], 20_000)).await.unwrap();
+        assert_eq!(
+            table.commit(Lsn(6)).await.unwrap(),
+            CommitOutcome::Committed { version: 1 }
+        );
+        assert!(log_entry(dir.path(), 1).contains("\"metaData\""));
+        // Committed once: the next commit carries data only.
+        table.write(evolved_batch(&[2], 20_000)).await.unwrap();
+        table.commit(Lsn(7)).await.unwrap();
+        assert!(!log_entry(dir.path(), 2).contains("\"metaData\""));
+    }
+
+    #[tokio::test]
+    async fn a_timestamp_without_time_zone_column_upgrades_the_protocol() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = lake(dir.path());
+        let mut table = LakeTable::open(&lake, "public", "t", schema(), "a")
+            .await
+            .unwrap();
+        let ntz = DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None);
+        table.evolve(evolved_schema(ntz.clone())).await.unwrap();
+        let rows = RecordBatch::try_new(
+            evolved_schema(ntz.clone()),
+            vec![
+                Arc::new(Int64Array::from(vec![1])),
+                Arc::new(arrow::array::TimestampMicrosecondArray::from(vec![
+                    1_000_000,
+                ])),
+                Arc::new(StringArray::from(vec!["c"])),
+                Arc::new(Date32Array::from(vec![20_000])),
+            ],
+        )
+        .unwrap();
+        table.write(rows.clone()).await.unwrap();
+        table.commit(Lsn(1)).await.unwrap();
+        assert!(log_entry(dir.path(), 1).contains("\"protocol\""));
+        let mut reopened = LakeTable::open(&lake, "public", "t", schema(), "a")
+            .await
+            .unwrap();
+        let protocol = reopened.table.snapshot().unwrap().protocol().clone();
+        let json = serde_json::to_value(&protocol).unwrap();
+        assert_eq!(json["minReaderVersion"], 3, "{json}");
+        assert_eq!(json["minWriterVersion"], 7, "{json}");
+        for key in ["readerFeatures", "writerFeatures"] {
+            assert!(
+                json[key]
+                    .as_array()
+                    .unwrap()
+                    .contains(&serde_json::json!("timestampNtz")),
+                "{json}"
+            );
+        }
+        assert!(
+            json["writerFeatures"]
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!("appendOnly")),
+            "{json}"
+        );
+        // deltalake-core accepts the upgraded table for writing.
+        reopened.write(rows).await.unwrap();
+        reopened.commit(Lsn(2)).await.unwrap();
+        assert_eq!(reopened.version(), Some(2));
     }
 }

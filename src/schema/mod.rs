@@ -18,8 +18,14 @@
 //!   a truncate none); metadata columns follow them in a fixed order.
 //! - Arrow field metadata stays empty: the Delta writer compares schemas field by field,
 //!   so the Postgres OID and typmod live in [`SourceColumn`] instead.
+//! - The lake layout only grows: [`evolve`] keeps every column a table ever had (see there
+//!   for ADD / DROP / RENAME / type changes), so files written with any earlier layout stay
+//!   readable by column name.
 
-use std::collections::HashSet;
+mod evolve;
+
+pub use evolve::Evolution;
+
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -144,6 +150,32 @@ pub enum SchemaError {
         /// The reserved names.
         reserved: String,
     },
+    /// A column changed to a type whose Arrow (Delta) type differs from its lake column's.
+    #[error(
+        "table {table} column {column} changed type from {old} to {new}, which its lake column cannot hold (fix: change the column back to {old_pg}, or add a new column of the new type instead of changing this one, or move the table's lake folder away and restart to re-create it)"
+    )]
+    IncompatibleType {
+        /// The table, `schema.name`.
+        table: String,
+        /// The column.
+        column: String,
+        /// The previous type, Postgres and lake form, e.g. `int4 (lake type integer)`.
+        old: String,
+        /// The new type in the same form.
+        new: String,
+        /// The previous Postgres type alone, for the fix.
+        old_pg: String,
+    },
+    /// An existing lake table has columns pg2lake cannot write.
+    #[error(
+        "delta table of {table} has a schema pg2lake cannot write to: {reason} (fix: point lake.url at a fresh location or move that table's folder away)"
+    )]
+    LakeLayout {
+        /// The table, `schema.name`.
+        table: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// Two source columns differ only in case, which Delta treats as the same column.
     #[error(
         "table {table} has columns {first:?} and {second:?} that differ only in letter case; Delta column names are case-insensitive (fix: rename one of them)"
@@ -222,6 +254,50 @@ impl Conversion {
             // text, varchar, bpchar, name, uuid, json, jsonb, xml and every type not
             // listed above: Postgres's text output, which loses nothing.
             _ => Conversion::Text,
+        }
+    }
+
+    /// The conversion whose Arrow type is `data_type`: the inverse of
+    /// [`Conversion::data_type`] (which is one-to-one), used for lake columns that the
+    /// source no longer has. `None` for types pg2lake never writes.
+    pub fn for_arrow(data_type: &DataType) -> Option<Conversion> {
+        Some(match data_type {
+            DataType::Boolean => Conversion::Bool,
+            DataType::Int16 => Conversion::Int16,
+            DataType::Int32 => Conversion::Int32,
+            DataType::Int64 => Conversion::Int64,
+            DataType::Float32 => Conversion::Float32,
+            DataType::Float64 => Conversion::Float64,
+            DataType::Decimal128(precision, scale) => Conversion::Decimal {
+                precision: *precision,
+                scale: *scale,
+            },
+            DataType::Utf8 => Conversion::Text,
+            DataType::Binary => Conversion::Bytea,
+            DataType::Date32 => Conversion::Date,
+            DataType::Timestamp(TimeUnit::Microsecond, None) => Conversion::Timestamp,
+            DataType::Timestamp(TimeUnit::Microsecond, Some(tz)) if tz.as_ref() == "UTC" => {
+                Conversion::TimestampTz
+            }
+            _ => return None,
+        })
+    }
+
+    /// The Delta type name of the lake column, for messages (`integer`, `string` …).
+    pub fn lake_type_name(self) -> String {
+        match self {
+            Conversion::Bool => "boolean".into(),
+            Conversion::Int16 => "short".into(),
+            Conversion::Int32 => "integer".into(),
+            Conversion::Int64 => "long".into(),
+            Conversion::Float32 => "float".into(),
+            Conversion::Float64 => "double".into(),
+            Conversion::Decimal { precision, scale } => format!("decimal({precision},{scale})"),
+            Conversion::Text => "string".into(),
+            Conversion::Bytea => "binary".into(),
+            Conversion::Date => "date".into(),
+            Conversion::Timestamp => "timestamp_ntz".into(),
+            Conversion::TimestampTz => "timestamp".into(),
         }
     }
 
@@ -323,7 +399,8 @@ fn utc_timestamp() -> DataType {
 pub struct SourceColumn {
     /// The column name, as in Postgres.
     pub name: String,
-    /// The OID of the column's data type.
+    /// The OID of the column's data type; [`UNKNOWN_TYPE`] for a lake column whose
+    /// Postgres type this run has not seen (one the source dropped before it started).
     pub type_oid: u32,
     /// The type modifier (`atttypmod`), -1 when none.
     pub type_modifier: i32,
@@ -335,10 +412,40 @@ pub struct SourceColumn {
     pub data_type: DataType,
 }
 
+/// The `type_oid` of a column known only from the lake (Postgres never uses OID 0).
+pub const UNKNOWN_TYPE: u32 = 0;
+
 impl SourceColumn {
+    fn new(column: &RelationColumn) -> SourceColumn {
+        let conversion = Conversion::for_type(column.type_oid, column.type_modifier);
+        SourceColumn {
+            name: column.name.clone(),
+            type_oid: column.type_oid,
+            type_modifier: column.type_modifier,
+            is_key: column.is_key,
+            conversion,
+            data_type: conversion.data_type(),
+        }
+    }
+
     /// The Postgres type for messages, e.g. `numeric(12,2)`.
     pub fn pg_type(&self) -> String {
+        if self.type_oid == UNKNOWN_TYPE {
+            return format!("a {} column", self.conversion.lake_type_name());
+        }
         pg_type_name(self.type_oid, self.type_modifier)
+    }
+
+    /// Postgres and lake type for messages, e.g. `int4 (lake type integer)`.
+    pub fn type_description(&self) -> String {
+        if self.type_oid == UNKNOWN_TYPE {
+            return format!("lake type {}", self.conversion.lake_type_name());
+        }
+        format!(
+            "{} (lake type {})",
+            self.pg_type(),
+            self.conversion.lake_type_name()
+        )
     }
 }
 
@@ -349,68 +456,32 @@ pub struct TableSchema {
     pub namespace: String,
     /// The table name.
     pub name: String,
-    /// The source columns, in attribute order.
+    /// Every source column the lake table holds, in first-seen order: the current ones
+    /// and those the source dropped or renamed (null in newer rows).
     pub columns: Vec<SourceColumn>,
-    /// The Arrow schema of the lake rows (source columns, then [`META_COLUMNS`]).
+    /// For each value of a change tuple (the source's current attribute order), the
+    /// index of its column in `columns`.
+    pub tuple_columns: Vec<usize>,
+    /// The Arrow schema of the lake rows (`columns`, then [`META_COLUMNS`]).
     pub arrow: SchemaRef,
 }
 
 impl TableSchema {
-    /// Types the columns of `namespace.name` and builds the lake row schema.
+    /// Types the columns of `namespace.name` and builds the lake row schema of a new
+    /// lake table (no earlier columns).
     pub fn new(
         namespace: &str,
         name: &str,
         columns: &[RelationColumn],
     ) -> Result<TableSchema, SchemaError> {
-        let table = || format!("{namespace}.{name}");
-        // Delta resolves column names case-insensitively, so collisions are checked that way.
-        let mut seen: HashSet<String> = HashSet::with_capacity(columns.len());
-        let mut source = Vec::with_capacity(columns.len());
-        for column in columns {
-            if META_COLUMNS
-                .iter()
-                .any(|meta| meta.eq_ignore_ascii_case(&column.name))
-            {
-                return Err(SchemaError::ReservedColumn {
-                    table: table(),
-                    column: column.name.clone(),
-                    reserved: META_COLUMNS.join(", "),
-                });
-            }
-            if !seen.insert(column.name.to_ascii_lowercase()) {
-                let first = source
-                    .iter()
-                    .find(|c: &&SourceColumn| c.name.eq_ignore_ascii_case(&column.name))
-                    .map(|c| c.name.clone())
-                    .unwrap_or_default();
-                return Err(SchemaError::DuplicateColumn {
-                    table: table(),
-                    first,
-                    second: column.name.clone(),
-                });
-            }
-            let conversion = Conversion::for_type(column.type_oid, column.type_modifier);
-            source.push(SourceColumn {
-                name: column.name.clone(),
-                type_oid: column.type_oid,
-                type_modifier: column.type_modifier,
-                is_key: column.is_key,
-                conversion,
-                data_type: conversion.data_type(),
-            });
-        }
-
-        let mut fields: Vec<Field> = source
-            .iter()
-            .map(|c| Field::new(&c.name, c.data_type.clone(), true))
-            .collect();
-        fields.extend(meta_fields());
-        Ok(TableSchema {
+        let empty = TableSchema {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
-            columns: source,
-            arrow: Arc::new(Schema::new(fields)),
-        })
+            columns: Vec::new(),
+            tuple_columns: Vec::new(),
+            arrow: lake_arrow_schema(&[]),
+        };
+        Ok(empty.evolve(columns)?.schema)
     }
 
     /// `namespace.name`, for messages.
@@ -427,6 +498,17 @@ impl TableSchema {
                 .zip(&other.columns)
                 .all(|(a, b)| a.name == b.name && a.data_type == b.data_type)
     }
+}
+
+/// The Arrow schema of lake rows with these source columns: all nullable, then the
+/// metadata columns.
+fn lake_arrow_schema(columns: &[SourceColumn]) -> SchemaRef {
+    let mut fields: Vec<Field> = columns
+        .iter()
+        .map(|c| Field::new(&c.name, c.data_type.clone(), true))
+        .collect();
+    fields.extend(meta_fields());
+    Arc::new(Schema::new(fields))
 }
 
 /// The element field of the `_unchanged` list.
