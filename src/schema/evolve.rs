@@ -176,7 +176,11 @@ impl TableSchema {
                             column: column.name.clone(),
                             old: known.type_description(),
                             new: incoming.type_description(),
-                            old_pg: known.pg_type(),
+                            old_pg: if known.type_oid == UNKNOWN_TYPE {
+                                "its previous type".to_owned()
+                            } else {
+                                known.pg_type()
+                            },
                         });
                     }
                     if known.type_oid != UNKNOWN_TYPE

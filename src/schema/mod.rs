@@ -431,7 +431,7 @@ impl SourceColumn {
     /// The Postgres type for messages, e.g. `numeric(12,2)`.
     pub fn pg_type(&self) -> String {
         if self.type_oid == UNKNOWN_TYPE {
-            return format!("a {} column", self.conversion.lake_type_name());
+            return format!("unknown (lake type {})", self.conversion.lake_type_name());
         }
         pg_type_name(self.type_oid, self.type_modifier)
     }
