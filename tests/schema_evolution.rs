@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::lake::{Row, assert_no_duplicates, fold, op, wait_caught_up};
 use support::service::{ConfigFile, Service, config_yaml, run_command};
-use support::{PgServer, read_delta, read_delta_at};
+use support::{PgServer, S3Server, read_delta, read_delta_at};
 
 const CATCH_UP: Duration = Duration::from_secs(60);
 const STOP: Duration = Duration::from_secs(30);
@@ -469,4 +469,57 @@ async fn kill_9_around_schema_changes_is_exactly_once() {
     }
     assert_state(read.rows, &expected, "after kill -9 rounds");
     assert!(service.stop(STOP).success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_column_added_mid_transaction_lands_in_an_s3_lake() {
+    let s3 = S3Server::start();
+    let pg = PgServer::start();
+    let url = pg.create_database("s3evolve").await;
+    let db = pg.connect("s3evolve").await;
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
+        .await
+        .expect("create table");
+    let lake_url = format!("s3://{}/lake", s3.bucket);
+    let config = ConfigFile::new(&config_yaml(
+        &url,
+        "s3evolve",
+        &["public.t"],
+        &lake_url,
+        &format!(
+            "  endpoint: {}\n  region: us-east-1\n  allow_http: true\n",
+            s3.endpoint
+        ),
+    ));
+    let credentials = vec![
+        ("AWS_ACCESS_KEY_ID".to_owned(), "test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY".to_owned(), "test".to_owned()),
+    ];
+    let mut service = Service::start(&config, &credentials);
+    support::wait_until(Duration::from_secs(30), "streaming", || {
+        service.log().contains("streaming changes")
+    });
+    // Old-layout rows are written and pending when the layout grows: both kinds of files
+    // go into the same Delta version, written through the S3 store.
+    db.batch_execute(
+        "BEGIN;
+         INSERT INTO t SELECT g, g FROM generate_series(1, 50) g;
+         ALTER TABLE t ADD COLUMN note text;
+         INSERT INTO t SELECT g, g, 'n' || g FROM generate_series(51, 100) g;
+         COMMIT;",
+    )
+    .await
+    .expect("alter mid-transaction");
+    wait_caught_up(&db, "s3evolve", CATCH_UP).await;
+    let read = read_delta(&format!("{lake_url}/public/t"), &s3.storage_options());
+    assert_eq!(
+        read.version, 1,
+        "one Delta version for the source transaction"
+    );
+    assert!(read.columns().contains(&"note"));
+    let state = fold(read.rows, "id");
+    assert_eq!(state.len(), 100);
+    assert_eq!(state["7"]["note"], Value::Null);
+    assert_eq!(state["77"]["note"], json!("n77"));
+    assert!(service.stop(STOP).success(), "{}", service.log());
 }
