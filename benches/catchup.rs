@@ -1,0 +1,202 @@
+//! Catch-up throughput: how fast pg2lake drains a backlog of queued single-row
+//! transactions into a local-folder lake, beside `pg_recvlogical` draining the same WAL
+//! (same plugin, same publication) to /dev/null in the same run.
+//!
+//! ```text
+//! cargo bench --bench catchup                      # 1,000,000 changes
+//! BENCH_CHANGES=200000 cargo bench --bench catchup # a quicker run
+//! ```
+//!
+//! Both consumers start from slots created before the load, so each decodes exactly the
+//! same backlog: half single-row INSERT transactions, half single-row UPDATE
+//! transactions. They run one after the other, never at once (the machine has two
+//! cores). The lake is then counted with the `deltalake` Python package, so the number
+//! reported is of rows an independent reader sees, not of rows pg2lake believes it
+//! wrote. The result is printed as changes per second and as a ratio against
+//! `pg_recvlogical`, the floor set by Postgres' own decoding.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::service::{ConfigFile, Service, config_yaml};
+use support::{PgOptions, PgServer, venv_python};
+
+/// Changes queued when `BENCH_CHANGES` is unset.
+const DEFAULT_CHANGES: u64 = 1_000_000;
+/// Slot and publication of pg2lake (config_yaml names the publication after the slot).
+const SLOT: &str = "bench";
+/// Slot `pg_recvlogical` reads.
+const RECV_SLOT: &str = "bench_recv";
+/// Longest either consumer may take to drain the backlog.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
+
+fn main() {
+    // `cargo bench` passes `--bench`; any filter argument is ignored (one benchmark).
+    let changes: u64 = std::env::var("BENCH_CHANGES")
+        .ok()
+        .map(|v| v.parse().expect("BENCH_CHANGES is a number"))
+        .unwrap_or(DEFAULT_CHANGES);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    runtime.block_on(run(changes));
+}
+
+async fn run(changes: u64) {
+    // The load, not the consumers, is what synchronous_commit=off speeds up.
+    let pg = PgServer::start_with(PgOptions {
+        conf: vec![
+            "synchronous_commit = off".into(),
+            "max_wal_size = '4GB'".into(),
+        ],
+        ..PgOptions::default()
+    });
+    let url = pg.create_database("bench").await;
+    let db = pg.connect("bench").await;
+    db.batch_execute(
+        "CREATE TABLE items (id bigint PRIMARY KEY, qty int NOT NULL, note text, at timestamptz NOT NULL);
+         CREATE PROCEDURE load(n bigint) LANGUAGE plpgsql AS $$
+         BEGIN
+           FOR i IN 1..n / 2 LOOP
+             INSERT INTO items VALUES (i, 1, 'item ' || i, now());
+             COMMIT;
+           END LOOP;
+           FOR i IN 1..n - n / 2 LOOP
+             UPDATE items SET qty = qty + 1, at = now() WHERE id = (i - 1) % (n / 2) + 1;
+             COMMIT;
+           END LOOP;
+         END $$;",
+    )
+    .await
+    .expect("schema");
+
+    // A first short run creates pg2lake's publication and slot; the second slot is for
+    // pg_recvlogical. Both now hold the WAL of the load that follows.
+    let lake = tempfile::tempdir().expect("lake dir");
+    let lake_url = lake.path().display().to_string();
+    let yaml = config_yaml(&url, SLOT, &["public.items"], &lake_url, "")
+        .replace("flush:\n  max_interval: 200ms\n", "");
+    let config = ConfigFile::new(&yaml);
+    let mut service = Service::start(&config, &[]);
+    support::wait_until(Duration::from_secs(60), "pg2lake streaming", || {
+        service.log().contains("streaming changes")
+    });
+    assert!(service.stop(Duration::from_secs(60)).success());
+    db.batch_execute(&format!(
+        "SELECT pg_create_logical_replication_slot('{RECV_SLOT}', 'pgoutput')"
+    ))
+    .await
+    .expect("pg_recvlogical slot");
+
+    let started = Instant::now();
+    db.batch_execute(&format!("CALL load({changes})"))
+        .await
+        .expect("load");
+    let load = started.elapsed();
+    let end_lsn: String = db
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .expect("end lsn")
+        .get(0);
+    println!(
+        "queued {changes} single-row transactions in {:.1}s; backlog ends at {end_lsn}",
+        load.as_secs_f64()
+    );
+
+    let recv = drain_with_pg_recvlogical(&pg, &url, &end_lsn);
+    let (lake_time, peak_rss) = drain_with_pg2lake(&db, &config, &end_lsn).await;
+    let rows = count_lake_rows(&lake.path().join("public/items"));
+    assert_eq!(
+        rows, changes,
+        "the lake holds one row per queued change (read with the deltalake package)"
+    );
+
+    let rate = |d: Duration| changes as f64 / d.as_secs_f64();
+    println!(
+        "pg_recvlogical to /dev/null: {:>8.1}s {:>10.0} changes/s",
+        recv.as_secs_f64(),
+        rate(recv)
+    );
+    println!(
+        "pg2lake to a local lake:     {:>8.1}s {:>10.0} changes/s  peak RSS {} MiB",
+        lake_time.as_secs_f64(),
+        rate(lake_time),
+        peak_rss >> 20
+    );
+    println!(
+        "ratio pg2lake / pg_recvlogical throughput: {:.2}",
+        rate(lake_time) / rate(recv)
+    );
+}
+
+/// Runs `pg_recvlogical` on its own slot until it reaches `end_lsn`; returns the time.
+fn drain_with_pg_recvlogical(pg: &PgServer, url: &str, end_lsn: &str) -> Duration {
+    let started = Instant::now();
+    let status = Command::new(pg.bin_dir().join("pg_recvlogical"))
+        .args(["--dbname", url, "--slot", RECV_SLOT, "--start", "--no-loop"])
+        .args(["--option", "proto_version=1"])
+        .args(["--option", &format!("publication_names={SLOT}")])
+        .args(["--endpos", end_lsn, "--file", "/dev/null"])
+        .status()
+        .expect("run pg_recvlogical");
+    let elapsed = started.elapsed();
+    assert!(status.success(), "pg_recvlogical failed: {status}");
+    elapsed
+}
+
+/// Starts pg2lake and waits until its slot has confirmed `end_lsn`, which it does only
+/// once every change up to there is committed in the lake. Returns the time and peak RSS.
+async fn drain_with_pg2lake(
+    db: &tokio_postgres::Client,
+    config: &ConfigFile,
+    end_lsn: &str,
+) -> (Duration, u64) {
+    let started = Instant::now();
+    let mut service = Service::start(config, &[]);
+    let deadline = started + DRAIN_TIMEOUT;
+    loop {
+        let done: bool = db
+            .query_one(
+                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
+                &[&end_lsn, &SLOT],
+            )
+            .await
+            .expect("slot position")
+            .get(0);
+        if done {
+            break;
+        }
+        assert!(
+            service.is_running(),
+            "pg2lake exited; log:\n{}",
+            service.log()
+        );
+        assert!(Instant::now() < deadline, "pg2lake did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed();
+    let peak = service.peak_rss();
+    assert!(service.stop(Duration::from_secs(60)).success());
+    (elapsed, peak)
+}
+
+/// Rows in the Delta table at `path`, counted by the `deltalake` Python package.
+fn count_lake_rows(path: &std::path::Path) -> u64 {
+    let script = "import sys\nfrom deltalake import DeltaTable\n\
+                  print(DeltaTable(sys.argv[1]).to_pyarrow_dataset().count_rows())";
+    let out = Command::new(venv_python())
+        .args(["-c", script])
+        .arg(path)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "count rows: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("row count")
+}
