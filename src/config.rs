@@ -33,6 +33,8 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_yaml::{Mapping, Value};
 
+pub use crate::pg::replication::SslMode;
+
 /// Prefix of environment variables that override keys (`PG2LAKE__FLUSH__MAX_ROWS`).
 pub const ENV_PREFIX: &str = "PG2LAKE__";
 /// Separator between the sections of an override variable's name.
@@ -42,7 +44,7 @@ pub const DEFAULT_MEMORY_BUDGET: ByteSize = ByteSize::mib(512);
 /// Default of `shutdown_timeout`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default of `source.sslmode`.
-pub const DEFAULT_SSLMODE: SslModeConfig = SslModeConfig::Prefer;
+pub const DEFAULT_SSLMODE: SslMode = SslMode::Prefer;
 /// Default of `source.slot`.
 pub const DEFAULT_SLOT: &str = "pg2lake";
 /// Default of `source.publication`.
@@ -274,7 +276,7 @@ pub struct SourceConfig {
     /// A file holding the password (e.g. a mounted Kubernetes secret).
     pub password_file: Option<PathBuf>,
     /// TLS mode, with libpq's meanings.
-    pub sslmode: SslModeConfig,
+    pub sslmode: SslMode,
     /// CA bundle for `verify-ca` / `verify-full`; the system roots when unset.
     pub sslrootcert: Option<PathBuf>,
     /// The logical replication slot.
@@ -342,42 +344,6 @@ impl fmt::Debug for SourceConfig {
 
 fn serialize_redacted_url<S: Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&redact_url(url))
-}
-
-/// TLS mode of the source connections, as libpq's `sslmode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SslModeConfig {
-    /// Plain TCP.
-    Disable,
-    /// TLS when the server offers it, without certificate checks.
-    #[default]
-    Prefer,
-    /// TLS required, without certificate checks.
-    Require,
-    /// TLS required, certificate chain checked.
-    VerifyCa,
-    /// TLS required, certificate chain and host name checked.
-    VerifyFull,
-}
-
-impl SslModeConfig {
-    /// The libpq spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SslModeConfig::Disable => "disable",
-            SslModeConfig::Prefer => "prefer",
-            SslModeConfig::Require => "require",
-            SslModeConfig::VerifyCa => "verify-ca",
-            SslModeConfig::VerifyFull => "verify-full",
-        }
-    }
-}
-
-impl fmt::Display for SslModeConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// The lake: where and how Delta tables are written.
@@ -1578,7 +1544,7 @@ mod tests {
         let c = Config::from_yaml_str(MINIMAL, &[]).unwrap();
         assert_eq!(c.source.url, "postgres://replicator@db:5432/app");
         assert_eq!(c.source.password, None);
-        assert_eq!(c.source.sslmode, SslModeConfig::Prefer);
+        assert_eq!(c.source.sslmode, SslMode::Prefer);
         assert_eq!(c.source.slot, "pg2lake");
         assert_eq!(c.source.publication, "pg2lake");
         assert_eq!(c.source.status_interval, Duration::from_secs(10));
@@ -1650,7 +1616,7 @@ metrics:
             c.source.password.as_ref().map(Secret::expose),
             Some("s3cret")
         );
-        assert_eq!(c.source.sslmode, SslModeConfig::VerifyFull);
+        assert_eq!(c.source.sslmode, SslMode::VerifyFull);
         assert_eq!(c.source.sslrootcert, Some(PathBuf::from("/etc/ssl/ca.pem")));
         assert_eq!(c.source.slot, "shop_lake");
         assert_eq!(c.source.publication, "Shop Pub");
@@ -1773,7 +1739,7 @@ metrics:
             c.source.password.as_ref().map(Secret::expose),
             Some("hunter2")
         );
-        assert_eq!(c.source.sslmode, SslModeConfig::VerifyCa);
+        assert_eq!(c.source.sslmode, SslMode::VerifyCa);
         assert_eq!(c.source.sslrootcert, Some(PathBuf::from("/ca.pem")));
         assert_eq!(c.source.status_interval, Duration::from_millis(500));
         assert_eq!(c.tables, ["public.a", "public.b"]);

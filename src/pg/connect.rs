@@ -4,7 +4,7 @@
 use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres::{Client, NoTls};
 
-use crate::config::{Config, ConfigError, SslModeConfig};
+use crate::config::{Config, ConfigError};
 use crate::pg::replication::{self, ConnectParams, Host, ReplicationError, SslMode};
 
 /// Errors while opening a normal connection.
@@ -52,13 +52,7 @@ pub fn params(config: &Config) -> Result<ConnectParams, ConnectError> {
     if let Some(password) = config.source_password()? {
         params.password = Some(password.expose().to_owned());
     }
-    params.sslmode = match config.source.sslmode {
-        SslModeConfig::Disable => SslMode::Disable,
-        SslModeConfig::Prefer => SslMode::Prefer,
-        SslModeConfig::Require => SslMode::Require,
-        SslModeConfig::VerifyCa => SslMode::VerifyCa,
-        SslModeConfig::VerifyFull => SslMode::VerifyFull,
-    };
+    params.sslmode = config.source.sslmode;
     if let Some(root) = &config.source.sslrootcert {
         params.sslrootcert = Some(root.clone());
     }

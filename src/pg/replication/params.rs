@@ -70,8 +70,10 @@ impl fmt::Display for Host {
     }
 }
 
-/// Whether and how to use TLS, with libpq's meaning of each mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Whether and how to use TLS, with libpq's meaning of each mode. Also the config's
+/// `source.sslmode`, spelled as libpq spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum SslMode {
     /// Never use TLS.
     Disable,
