@@ -26,6 +26,9 @@ pub enum CommandError {
     /// The command is not built yet.
     #[error("pg2lake {0} is not available in this version")]
     NotAvailable(&'static str),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
     /// `check` found problems.
     #[error("{0} preflight check(s) failed; see the list above")]
     CheckFailed(usize),

@@ -8,6 +8,7 @@ use tokio_postgres::Client;
 
 use crate::config::{TableName, TablePattern};
 use crate::lsn::Lsn;
+use crate::metrics::{ServerPosition, SlotHealth};
 use crate::pg::pgoutput::RelationColumn;
 
 /// The prefix of pg2lake's heartbeat messages (`pg_logical_emit_message`).
@@ -448,6 +449,34 @@ pub async fn emit_heartbeat(client: &Client) -> Result<Lsn, CatalogError> {
         .map_err(CatalogError::query("emitting a heartbeat message"))?;
     let lsn: String = row.get(0);
     Ok(lsn.parse().unwrap_or_default())
+}
+
+/// The server's WAL position and the health columns of `slot` (`None` when missing),
+/// read in one statement so retained WAL and lag are measured against the same point.
+pub async fn server_position(client: &Client, slot: &str) -> Result<ServerPosition, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT pg_current_wal_lsn()::text, s.active, s.restart_lsn::text, s.wal_status, \
+             s.safe_wal_size FROM (SELECT 1) AS one \
+             LEFT JOIN pg_replication_slots s ON s.slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(CatalogError::query("reading the replication slot's health"))?;
+    let Some(row) = rows.first() else {
+        return Ok(ServerPosition::default());
+    };
+    let current: String = row.get(0);
+    let active: Option<bool> = row.get(1);
+    Ok(ServerPosition {
+        current: current.parse().unwrap_or_default(),
+        slot: active.map(|active| SlotHealth {
+            active,
+            restart_lsn: row.get::<_, Option<String>>(2).and_then(|s| s.parse().ok()),
+            wal_status: row.get(3),
+            safe_wal_size: row.get(4),
+        }),
+    })
 }
 
 /// The server's current WAL insert position.
