@@ -246,11 +246,6 @@ impl Applier {
         self.pending_bytes
     }
 
-    /// The qualified names of the replicated tables.
-    pub fn table_names(&self) -> impl Iterator<Item = String> + '_ {
-        self.tables.iter().map(ReplicatedTable::qualified_name)
-    }
-
     /// The per-table committed LSNs, for logs.
     pub fn table_positions(&self) -> impl Iterator<Item = (String, Option<Lsn>)> + '_ {
         self.tables

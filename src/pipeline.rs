@@ -184,6 +184,10 @@ async fn session(
     // leave no publication, slot or lake folder behind.
     catalog::check_server(&client).await?;
     let tables = catalog::resolve_tables(&client, &config.table_patterns()).await?;
+    for table in &tables {
+        // Zero-valued series from the start, so dashboards and rate() have a baseline.
+        metrics::global().register_table(&format!("{}.{}", table.schema, table.name));
+    }
     let lake = Lake::open(lake_options(config))?;
     lake.check_writable().await?;
     catalog::ensure_publication(&client, &config.source.publication, &tables).await?;
@@ -208,9 +212,6 @@ async fn session(
         .await?;
     *streamed = true;
     let mut applier = Applier::new(replicated, flush_policy(config), start);
-    for table in applier.table_names() {
-        metrics::global().register_table(&table);
-    }
     if let Some(lsn) = applier.table_positions().filter_map(|(_, lsn)| lsn).max() {
         metrics::global()
             .committed_lsn
