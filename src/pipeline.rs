@@ -335,6 +335,8 @@ async fn stream_changes(
         config.source.heartbeat_interval,
     );
     heartbeat_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Positions first: the lag is measured against them.
+    record_loop(&progress, applier);
     refresh_server_metrics(config, client).await;
 
     loop {
