@@ -145,6 +145,8 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> Result<(),
         let before = streamed;
         let result = session(&config, &shutdown, &mut streamed).await;
         metrics::global().health.set_streaming(false);
+        // Our walsender is gone with the session; the next slot poll says otherwise.
+        metrics::global().slot_active.set(0);
         if let Err(err) = &result {
             metrics::global().record_error(err.metric_kind());
         }
