@@ -46,6 +46,9 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
+step "deploy files: hadolint, kubernetes-validate, metric names (scripts/check_deploy.py)"
+"$PG2LAKE_VENV/bin/python" scripts/check_deploy.py
+
 # Doc tests first: nextest does not run them, and the runner's summary should be the
 # last thing printed.
 step "cargo test --doc"

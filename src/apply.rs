@@ -26,8 +26,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::batch::{ChangeMeta, Op, TableBatch};
-use crate::lake::{LakeError, LakeTable};
+use crate::lake::{CommitOutcome, LakeError, LakeTable};
 use crate::lsn::Lsn;
+use crate::metrics::{self, TableCommit};
 use crate::pg::pgoutput::{self, LogicalMessage, OldTuple, Relation, TupleValue};
 use crate::schema::{Evolution, SchemaError, TableSchema};
 
@@ -84,6 +85,8 @@ pub struct ReplicatedTable {
     lake: LakeTable,
     /// Rows handed to the lake writer since its last commit.
     written: usize,
+    /// Changes per op since the last commit (`metrics::OPS` order), for metrics.
+    op_counts: [u64; 4],
 }
 
 impl ReplicatedTable {
@@ -94,6 +97,7 @@ impl ReplicatedTable {
             schema,
             lake,
             written: 0,
+            op_counts: [0; 4],
         }
     }
 
@@ -171,6 +175,10 @@ pub struct Applier {
     pending_rows: usize,
     pending_bytes: usize,
     pending_since: Option<Instant>,
+    /// Commit time (Unix µs) of the first pending change: what the lag is measured from.
+    pending_commit_micros: Option<i64>,
+    /// Commit LSN of the last flush that committed something.
+    last_flushed: Option<Lsn>,
     confirmable: Lsn,
 }
 
@@ -192,6 +200,8 @@ impl Applier {
             pending_rows: 0,
             pending_bytes: 0,
             pending_since: None,
+            pending_commit_micros: None,
+            last_flushed: None,
             confirmable: start,
         }
     }
@@ -219,6 +229,21 @@ impl Applier {
         if !self.in_transaction() && !self.has_pending() {
             self.confirmable = self.confirmable.max(wal_end);
         }
+    }
+
+    /// Commit LSN of the last source transaction committed to the lake in this session.
+    pub fn last_commit_lsn(&self) -> Option<Lsn> {
+        self.last_flushed
+    }
+
+    /// Commit time (Unix µs) of the oldest source change not yet committed to the lake.
+    pub fn oldest_pending_commit_micros(&self) -> Option<i64> {
+        self.pending_commit_micros
+    }
+
+    /// Approximate bytes of change data buffered and not yet committed.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
     }
 
     /// The per-table committed LSNs, for logs.
@@ -301,7 +326,7 @@ impl Applier {
                     if let Some((index, meta)) = self.change_target(relation_id, Op::Truncate)? {
                         let table = &mut self.tables[index];
                         table.batch.push_truncate(&meta);
-                        self.note_pending(index, 0);
+                        self.note_pending(index, &meta, 0);
                     }
                 }
                 Ok(false)
@@ -404,7 +429,7 @@ impl Applier {
             _ => table.batch.push(&meta, values)?,
         }
         let added = table.batch.approx_bytes().saturating_sub(before);
-        self.note_pending(index, added);
+        self.note_pending(index, &meta, added);
         let table = &mut self.tables[index];
         if table.batch.len() >= CHUNK_ROWS || table.batch.approx_bytes() >= CHUNK_BYTES {
             table.write_chunk().await?;
@@ -412,7 +437,13 @@ impl Applier {
         Ok(())
     }
 
-    fn note_pending(&mut self, _index: usize, bytes: usize) {
+    fn note_pending(&mut self, index: usize, meta: &ChangeMeta, bytes: usize) {
+        // Counted here in a plain array; the metric is updated once per commit.
+        if let Some(slot) = op_index(meta.op) {
+            self.tables[index].op_counts[slot] += 1;
+        }
+        self.pending_commit_micros
+            .get_or_insert(meta.commit_ts_micros);
         self.pending_rows += 1;
         self.pending_bytes += bytes;
         self.pending_since.get_or_insert_with(Instant::now);
@@ -435,6 +466,20 @@ impl Applier {
             table.write_chunk().await?;
             let rows = table.written;
             let outcome = table.lake.commit(commit_lsn).await?;
+            let (files, bytes) = match outcome {
+                CommitOutcome::Committed { .. } => table.lake.last_commit_files(),
+                _ => (0, 0),
+            };
+            metrics::global().record_commit(
+                &table.qualified_name(),
+                &TableCommit {
+                    changes: table.op_counts,
+                    rows: rows as u64,
+                    files,
+                    bytes,
+                },
+            );
+            table.op_counts = [0; 4];
             table.written = 0;
             tracing::debug!(table = %table.qualified_name(), lsn = %commit_lsn, rows, ?outcome, "committed to the lake");
             report.tables += 1;
@@ -443,6 +488,10 @@ impl Applier {
         self.pending_rows = 0;
         self.pending_bytes = 0;
         self.pending_since = None;
+        self.pending_commit_micros = None;
+        if report.tables > 0 {
+            self.last_flushed = Some(commit_lsn);
+        }
         self.confirmable = self.confirmable.max(end_lsn);
         Ok(report)
     }
@@ -456,12 +505,25 @@ impl Applier {
                 let _ = table.batch.finish();
                 table.lake.abandon_pending();
                 table.written = 0;
+                table.op_counts = [0; 4];
             }
         }
         self.pending_rows = 0;
         self.pending_bytes = 0;
         self.pending_since = None;
+        self.pending_commit_micros = None;
         self.txn = None;
+    }
+}
+
+/// Where `op` counts in `metrics::OPS`; snapshot reads are not changes.
+fn op_index(op: Op) -> Option<usize> {
+    match op {
+        Op::Read => None,
+        Op::Insert => Some(0),
+        Op::Update => Some(1),
+        Op::Delete => Some(2),
+        Op::Truncate => Some(3),
     }
 }
 

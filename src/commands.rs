@@ -26,6 +26,9 @@ pub enum CommandError {
     /// The command is not built yet.
     #[error("pg2lake {0} is not available in this version")]
     NotAvailable(&'static str),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
     /// `check` found problems.
     #[error("{0} preflight check(s) failed; see the list above")]
     CheckFailed(usize),
@@ -97,6 +100,11 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
             fix: None,
         }),
     }
+    capacity_lines(
+        &catalog::replication_capacity(&client, &config.source.slot).await?,
+        &config.source.slot,
+        lines,
+    );
     let tables = catalog::resolve_tables(&client, &config.table_patterns()).await?;
     for table in &tables {
         let identity = catalog::replica_identity(&client, table).await?;
@@ -130,6 +138,53 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
     Ok(())
 }
 
+/// The slot and walsender headroom, and the WAL a slot may retain.
+fn capacity_lines(capacity: &catalog::ReplicationCapacity, slot: &str, lines: &mut Vec<CheckLine>) {
+    lines.push(CheckLine {
+        ok: capacity.slot_room(),
+        what: format!(
+            "replication slots: {} of max_replication_slots {} in use{}",
+            capacity.slots_used,
+            capacity.max_slots,
+            if capacity.slot_exists {
+                format!(", slot {slot} exists")
+            } else {
+                format!(", slot {slot} will be created")
+            }
+        ),
+        fix: Some(format!(
+            "raise max_replication_slots (now {}; needs a restart) or drop an unused slot",
+            capacity.max_slots
+        )),
+    });
+    lines.push(CheckLine {
+        ok: capacity.sender_room(),
+        what: format!(
+            "wal senders: {} of max_wal_senders {} in use",
+            capacity.wal_senders_used, capacity.max_wal_senders
+        ),
+        fix: Some(format!(
+            "raise max_wal_senders (now {}; needs a restart)",
+            capacity.max_wal_senders
+        )),
+    });
+    // Not a failure either way, but the operator should know which risk they carry:
+    // unlimited retention can fill the server's disk while pg2lake is down; a limit
+    // can invalidate the slot, which then needs a new snapshot.
+    lines.push(CheckLine {
+        ok: true,
+        what: if capacity.max_slot_wal_keep_size_mb < 0 {
+            "max_slot_wal_keep_size is unlimited: while pg2lake is stopped the slot retains WAL until the disk fills (alert on pg2lake_slot_retained_wal_bytes)".to_owned()
+        } else {
+            format!(
+                "max_slot_wal_keep_size is {}MB: a slot further behind is invalidated and needs a new snapshot",
+                capacity.max_slot_wal_keep_size_mb
+            )
+        },
+        fix: None,
+    });
+}
+
 /// The `status --json` document.
 #[derive(Debug, Serialize)]
 struct Status {
@@ -139,6 +194,8 @@ struct Status {
     confirmed_flush_lsn: Option<String>,
     current_wal_lsn: String,
     lag_bytes: Option<u64>,
+    /// `pg_stat_replication.replay_lag` of the slot's walsender; `None` when inactive.
+    lag_seconds: Option<f64>,
     tables: Vec<TableStatus>,
 }
 
@@ -165,11 +222,14 @@ pub async fn status(config: &Config, json: bool) -> Result<(), CommandError> {
         match (status.slot_exists, status.slot_active) {
             (false, _) => "missing".to_owned(),
             (true, active) => format!(
-                "{}, confirmed {} of {}, lag {} bytes",
+                "{}, confirmed {} of {}, lag {} bytes, {}",
                 if active { "active" } else { "inactive" },
                 status.confirmed_flush_lsn.as_deref().unwrap_or("-"),
                 status.current_wal_lsn,
-                status.lag_bytes.map_or("-".to_owned(), |b| b.to_string())
+                status.lag_bytes.map_or("-".to_owned(), |b| b.to_string()),
+                status
+                    .lag_seconds
+                    .map_or("no walsender".to_owned(), |s| format!("{s:.1}s behind"))
             ),
         }
     );
@@ -190,6 +250,7 @@ async fn collect_status(config: &Config) -> Result<Status, PipelineError> {
     let client = connect::sql(&params).await?;
     let slot = catalog::slot_info(&client, &config.source.slot).await?;
     let current = catalog::current_wal_lsn(&client).await?;
+    let lag_seconds = catalog::slot_lag_seconds(&client, &config.source.slot).await?;
     let tables = catalog::resolve_tables(&client, &config.table_patterns()).await?;
     let lake = Lake::open(pipeline::lake_options(config))?;
     let app_id = lake::app_id(&config.source.slot);
@@ -229,6 +290,7 @@ async fn collect_status(config: &Config) -> Result<Status, PipelineError> {
         confirmed_flush_lsn: confirmed.map(|l| l.to_string()),
         current_wal_lsn: current.to_string(),
         lag_bytes: confirmed.map(|c| current.0.saturating_sub(c.0)),
+        lag_seconds,
         tables: table_status,
     })
 }

@@ -69,6 +69,8 @@ pub const DEFAULT_FLUSH_MAX_ROWS: usize = 100_000;
 pub const DEFAULT_FLUSH_MAX_BYTES: ByteSize = ByteSize::mib(64);
 /// Default of `flush.max_interval`.
 pub const DEFAULT_FLUSH_MAX_INTERVAL: Duration = Duration::from_secs(10);
+/// Default of `metrics.ready_max_lag`.
+pub const DEFAULT_READY_MAX_LAG: Duration = Duration::from_secs(5 * 60);
 /// Default of `metrics.listen`.
 pub const DEFAULT_METRICS_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9187));
@@ -408,12 +410,19 @@ pub struct MetricsConfig {
     /// Address to listen on; `null` or `off` disables the endpoint.
     #[serde(deserialize_with = "deserialize_listen")]
     pub listen: Option<SocketAddr>,
+    /// Label throughput metrics by table; off collapses them into `table="_all"`.
+    pub per_table_labels: bool,
+    /// `/readyz` fails while `pg2lake_replication_lag_seconds` is above this.
+    #[serde(with = "duration")]
+    pub ready_max_lag: Duration,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             listen: Some(DEFAULT_METRICS_LISTEN),
+            per_table_labels: true,
+            ready_max_lag: DEFAULT_READY_MAX_LAG,
         }
     }
 }
@@ -1464,6 +1473,7 @@ impl Config {
             ));
         }
         check_nonzero("flush.max_interval", flush.max_interval, "10s")?;
+        check_nonzero("metrics.ready_max_lag", self.metrics.ready_max_lag, "5m")?;
         let needed = flush.max_bytes.0.saturating_mul(MEMORY_BUDGET_FLUSH_FACTOR);
         if self.memory_budget.0 < needed {
             return Err(ConfigError::invalid(

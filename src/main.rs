@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::Parser;
 use pg2lake::cli::{Cli, Command};
 use pg2lake::config::Config;
-use pg2lake::{commands, pipeline, telemetry};
+use pg2lake::{commands, http, pipeline, telemetry};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for bad usage or configuration (clap uses it for usage errors too).
@@ -51,6 +51,7 @@ async fn dispatch(command: Command, config: Arc<Config>) -> Result<(), commands:
         Command::Run { .. } => {
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
+            start_metrics_endpoint(&config, &shutdown).await?;
             let timeout = config.shutdown_timeout;
             let stopped = shutdown.clone();
             let mut run = std::pin::pin!(pipeline::run(config, shutdown));
@@ -67,6 +68,22 @@ async fn dispatch(command: Command, config: Arc<Config>) -> Result<(), commands:
         Command::Check { .. } => commands::check(&config).await,
         Command::Status { json, .. } => commands::status(&config, json).await,
     }
+}
+
+/// Sets up the metrics and, when `metrics.listen` is set, serves them with the probes.
+async fn start_metrics_endpoint(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<(), commands::CommandError> {
+    let metrics = pg2lake::metrics::global();
+    metrics.configure(config.metrics.per_table_labels, config.memory_budget.0);
+    if let Some(addr) = config.metrics.listen {
+        let listener = http::bind(addr).await?;
+        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+        let limits = http::ProbeLimits::from_config(config);
+        tokio::spawn(http::serve(listener, limits, shutdown.clone()));
+    }
+    Ok(())
 }
 
 /// Cancels `token` on SIGTERM (Kubernetes stopping the pod) or SIGINT (Ctrl-C).

@@ -23,6 +23,7 @@ use crate::apply::{Applier, ApplyError, FlushPolicy, ReplicatedTable};
 use crate::config::Config;
 use crate::lake::{self, Lake, LakeError, LakeOptions, LakeTable};
 use crate::lsn::Lsn;
+use crate::metrics;
 use crate::pg::catalog::{self, CatalogError};
 use crate::pg::connect::{self, ConnectError};
 use crate::pg::pgoutput::{self, DecodeError, RelationColumn};
@@ -95,6 +96,18 @@ impl PipelineError {
             | PipelineError::SlotUnusable { .. } => false,
         }
     }
+
+    /// The `kind` label of `pg2lake_errors_total` for this error.
+    pub fn metric_kind(&self) -> &'static str {
+        match self {
+            PipelineError::Lake(_) | PipelineError::Apply(ApplyError::Lake(_)) => "object_store",
+            PipelineError::Connect(_)
+            | PipelineError::Catalog(_)
+            | PipelineError::Replication(_)
+            | PipelineError::StreamEnded => "postgres",
+            _ => "data",
+        }
+    }
 }
 
 /// The lake settings of a configuration.
@@ -130,9 +143,19 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> Result<(),
     let mut backoff = INITIAL_BACKOFF;
     loop {
         let before = streamed;
-        match session(&config, &shutdown, &mut streamed).await {
+        let result = session(&config, &shutdown, &mut streamed).await;
+        metrics::global().health.set_streaming(false);
+        // Our walsender is gone with the session; the next slot poll says otherwise.
+        metrics::global().slot_active.set(0);
+        if let Err(err) = &result {
+            metrics::global().record_error(err.metric_kind());
+        }
+        match result {
             Ok(()) => return Ok(()),
             Err(err) if err.is_transient() && streamed => {
+                metrics::global().reconnects.inc();
+                // The backoff is bounded by reconnect_max_backoff, which /healthz allows for.
+                metrics::global().health.tick();
                 if !before {
                     backoff = INITIAL_BACKOFF;
                 }
@@ -163,6 +186,10 @@ async fn session(
     // leave no publication, slot or lake folder behind.
     catalog::check_server(&client).await?;
     let tables = catalog::resolve_tables(&client, &config.table_patterns()).await?;
+    for table in &tables {
+        // Zero-valued series from the start, so dashboards and rate() have a baseline.
+        metrics::global().register_table(&format!("{}.{}", table.schema, table.name));
+    }
     let lake = Lake::open(lake_options(config))?;
     lake.check_writable().await?;
     catalog::ensure_publication(&client, &config.source.publication, &tables).await?;
@@ -187,6 +214,12 @@ async fn session(
         .await?;
     *streamed = true;
     let mut applier = Applier::new(replicated, flush_policy(config), start);
+    if let Some(lsn) = applier.table_positions().filter_map(|(_, lsn)| lsn).max() {
+        metrics::global()
+            .committed_lsn
+            .set(i64::try_from(lsn.0).unwrap_or(i64::MAX));
+    }
+    metrics::global().health.set_streaming(true);
     for (table, committed) in applier.table_positions() {
         tracing::info!(table, committed_lsn = ?committed.map(|l| l.to_string()), "replicating table");
     }
@@ -225,6 +258,8 @@ async fn prepare_slot(
 ) -> Result<Option<Lsn>, PipelineError> {
     let slot = &config.source.slot;
     loop {
+        // Waiting for a busy slot is a live process, not a stuck one.
+        metrics::global().health.tick();
         match catalog::slot_info(client, slot).await? {
             None => {
                 let created = replication
@@ -302,6 +337,9 @@ async fn stream_changes(
         config.source.heartbeat_interval,
     );
     heartbeat_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Positions first: the lag is measured against them.
+    record_loop(&progress, applier);
+    refresh_server_metrics(config, client).await;
 
     loop {
         tokio::select! {
@@ -318,9 +356,11 @@ async fn stream_changes(
                 // keeps up with WAL written by other databases and unpublished tables.
                 let idle = !applier.in_transaction() && !applier.has_pending();
                 send_status(stream, &progress, idle).await?;
+                record_loop(&progress, applier);
             }
             // The age rule of the flush policy; cheap when nothing is due.
             _ = flush_tick.tick() => {
+                metrics::global().health.tick();
                 if applier.flush_due(Instant::now()) {
                     flush(stream, applier, &mut progress).await?;
                 }
@@ -329,6 +369,7 @@ async fn stream_changes(
             _ = heartbeat_tick.tick() => {
                 let lsn = catalog::emit_heartbeat(client).await?;
                 tracing::debug!(lsn = %lsn, "emitted heartbeat");
+                refresh_server_metrics(config, client).await;
             }
             message = stream.next() => {
                 match message? {
@@ -371,6 +412,13 @@ async fn flush(
     let report = applier.flush().await?;
     // Only now, after the lake commit, may the position be confirmed.
     progress.confirm(applier.confirmable());
+    let m = metrics::global();
+    m.flush_duration.observe(started.elapsed().as_secs_f64());
+    if let Some(lsn) = applier.last_commit_lsn() {
+        m.committed_lsn
+            .set(i64::try_from(lsn.0).unwrap_or(i64::MAX));
+    }
+    record_loop(progress, applier);
     tracing::info!(
         tables = report.tables,
         rows = report.rows,
@@ -399,6 +447,29 @@ async fn stop(
     send_status(stream, progress, false).await?;
     tracing::info!(confirmed_lsn = %progress.confirmed(), "replication stopped");
     Ok(())
+}
+
+/// Updates the per-tick metrics and marks the loop as turning (`/healthz`).
+fn record_loop(progress: &Progress, applier: &Applier) {
+    let m = metrics::global();
+    m.health.tick();
+    m.set_positions(progress.received(), progress.confirmed());
+    m.set_lag_from(applier.oldest_pending_commit_micros());
+    m.memory_buffered_bytes
+        .set(i64::try_from(applier.pending_bytes()).unwrap_or(i64::MAX));
+}
+
+/// Reads the server's WAL position and the slot's health for the lag and slot metrics.
+/// A failure here only costs a stale metric: the heartbeat on the same connection
+/// reports a broken connection as the session error.
+async fn refresh_server_metrics(config: &Config, client: &Client) {
+    match catalog::server_position(client, &config.source.slot).await {
+        Ok(position) => metrics::global().set_server(&position),
+        Err(err) => {
+            metrics::global().record_error("postgres");
+            tracing::warn!(error = %err, "cannot read the replication slot's health");
+        }
+    }
 }
 
 async fn send_status(

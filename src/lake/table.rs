@@ -69,6 +69,8 @@ pub struct LakeTable {
     committed: Option<Lsn>,
     /// Files sealed since the last commit, waiting for it.
     sealed: Vec<Add>,
+    /// Number and total size of the files the last commit added, for metrics.
+    last_commit_files: (u64, u64),
     /// A schema change waiting for the next data commit, and the layout it describes.
     staged_schema: Option<StagedSchema>,
     target_file_size: u64,
@@ -160,6 +162,7 @@ impl LakeTable {
             app_id: app_id.to_owned(),
             committed,
             sealed: Vec::new(),
+            last_commit_files: (0, 0),
             staged_schema: None,
             target_file_size: lake.options().target_file_size,
             open_rows: 0,
@@ -339,6 +342,13 @@ impl LakeTable {
                 actions.push(Action::Protocol(protocol.clone()));
             }
         }
+        self.last_commit_files = (
+            self.sealed.len() as u64,
+            self.sealed
+                .iter()
+                .map(|add| u64::try_from(add.size).unwrap_or(0))
+                .sum(),
+        );
         actions.extend(self.sealed.drain(..).map(Action::Add));
         let result = self.commit_actions(actions, lsn).await;
         match result {
@@ -410,6 +420,11 @@ impl LakeTable {
         let version = i64::try_from(finalized.version()).unwrap_or(i64::MAX);
         self.table.state = Some(finalized.snapshot());
         Ok(version)
+    }
+
+    /// Number and total bytes of the Parquet files the last commit added.
+    pub fn last_commit_files(&self) -> (u64, u64) {
+        self.last_commit_files
     }
 
     /// Drops everything written since the last commit (the files stay unreferenced). A

@@ -8,6 +8,7 @@ use tokio_postgres::Client;
 
 use crate::config::{TableName, TablePattern};
 use crate::lsn::Lsn;
+use crate::metrics::{ServerPosition, SlotHealth};
 use crate::pg::pgoutput::RelationColumn;
 
 /// The prefix of pg2lake's heartbeat messages (`pg_logical_emit_message`).
@@ -448,6 +449,108 @@ pub async fn emit_heartbeat(client: &Client) -> Result<Lsn, CatalogError> {
         .map_err(CatalogError::query("emitting a heartbeat message"))?;
     let lsn: String = row.get(0);
     Ok(lsn.parse().unwrap_or_default())
+}
+
+/// How much room the server has for one more replication consumer, and how much WAL a
+/// slot may hold back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationCapacity {
+    /// `max_replication_slots`.
+    pub max_slots: i32,
+    /// Slots that exist now.
+    pub slots_used: i64,
+    /// Whether the configured slot is one of them (it needs no new room).
+    pub slot_exists: bool,
+    /// `max_wal_senders`.
+    pub max_wal_senders: i32,
+    /// Walsenders running now.
+    pub wal_senders_used: i64,
+    /// `max_slot_wal_keep_size` in MB; -1 means a slot may retain WAL without limit.
+    pub max_slot_wal_keep_size_mb: i64,
+}
+
+impl ReplicationCapacity {
+    /// Whether the slot exists or one more can be created.
+    pub fn slot_room(&self) -> bool {
+        self.slot_exists || self.slots_used < i64::from(self.max_slots)
+    }
+
+    /// Whether one more walsender can start.
+    pub fn sender_room(&self) -> bool {
+        self.wal_senders_used < i64::from(self.max_wal_senders)
+    }
+}
+
+/// Reads the slot and walsender limits and their use.
+pub async fn replication_capacity(
+    client: &Client,
+    slot: &str,
+) -> Result<ReplicationCapacity, CatalogError> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('max_replication_slots')::int, \
+             (SELECT count(*) FROM pg_replication_slots), \
+             EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1), \
+             current_setting('max_wal_senders')::int, \
+             (SELECT count(*) FROM pg_stat_replication), \
+             CASE WHEN current_setting('max_slot_wal_keep_size') = '-1' THEN -1::bigint \
+               ELSE pg_size_bytes(current_setting('max_slot_wal_keep_size')) / 1048576 END",
+            &[&slot],
+        )
+        .await
+        .map_err(CatalogError::query("reading replication limits"))?;
+    Ok(ReplicationCapacity {
+        max_slots: row.get(0),
+        slots_used: row.get(1),
+        slot_exists: row.get(2),
+        max_wal_senders: row.get(3),
+        wal_senders_used: row.get(4),
+        max_slot_wal_keep_size_mb: row.get(5),
+    })
+}
+
+/// How far behind the walsender of `slot` reports its consumer (`pg_stat_replication
+/// .replay_lag`, the time from WAL flush to pg2lake's confirmation), in seconds; `None`
+/// when no walsender streams the slot, 0 when caught up.
+pub async fn slot_lag_seconds(client: &Client, slot: &str) -> Result<Option<f64>, CatalogError> {
+    let row = client
+        .query_opt(
+            "SELECT COALESCE(EXTRACT(epoch FROM r.replay_lag)::float8, 0) \
+             FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid \
+             WHERE s.slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(CatalogError::query("reading the replication lag"))?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+/// The server's WAL position and the health columns of `slot` (`None` when missing),
+/// read in one statement so retained WAL and lag are measured against the same point.
+pub async fn server_position(client: &Client, slot: &str) -> Result<ServerPosition, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT pg_current_wal_lsn()::text, s.active, s.restart_lsn::text, s.wal_status, \
+             s.safe_wal_size FROM (SELECT 1) AS one \
+             LEFT JOIN pg_replication_slots s ON s.slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(CatalogError::query("reading the replication slot's health"))?;
+    let Some(row) = rows.first() else {
+        return Ok(ServerPosition::default());
+    };
+    let current: String = row.get(0);
+    let active: Option<bool> = row.get(1);
+    Ok(ServerPosition {
+        current: current.parse().unwrap_or_default(),
+        slot: active.map(|active| SlotHealth {
+            active,
+            restart_lsn: row.get::<_, Option<String>>(2).and_then(|s| s.parse().ok()),
+            wal_status: row.get(3),
+            safe_wal_size: row.get(4),
+        }),
+    })
 }
 
 /// The server's current WAL insert position.
