@@ -66,7 +66,7 @@ impl Service {
             .arg("--log-format")
             .arg("json")
             .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RUST_LOG", "pg2lake=debug,info")
+            .env("RUST_LOG", "warn,pg2lake=debug")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log file"))
             .stderr(log_file)
