@@ -27,11 +27,12 @@ use crate::pg::catalog::{self, CatalogError};
 use crate::pg::connect::{self, ConnectError};
 use crate::pg::pgoutput::{self, DecodeError, RelationColumn};
 use crate::pg::replication::{
-    ReplicationClient, ReplicationError, ReplicationMessage, ReplicationStream, SlotSnapshot,
-    StandbyStatus,
+    CreatedSlot, ReplicationClient, ReplicationError, ReplicationMessage, ReplicationStream,
+    SlotSnapshot, StandbyStatus,
 };
 use crate::progress::Progress;
 use crate::schema::{SchemaError, TableSchema};
+use crate::snapshot::{self, SnapshotError, SnapshotPoint};
 
 /// First wait before reconnecting after a transient failure; doubles up to the maximum.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
@@ -64,6 +65,9 @@ pub enum PipelineError {
     /// The lake failed.
     #[error(transparent)]
     Lake(#[from] LakeError),
+    /// The initial snapshot failed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     /// The slot exists but cannot be used by this configuration.
     #[error("replication slot {slot} {problem} (fix: {fix})")]
     SlotUnusable {
@@ -89,6 +93,7 @@ impl PipelineError {
             PipelineError::Replication(e) => e.is_transient(),
             PipelineError::Apply(e) => e.is_transient(),
             PipelineError::Lake(e) => e.is_transient(),
+            PipelineError::Snapshot(e) => e.is_transient(),
             PipelineError::StreamEnded => true,
             PipelineError::Decode(_)
             | PipelineError::Schema(_)
@@ -167,15 +172,49 @@ async fn session(
     lake.check_writable().await?;
     catalog::ensure_publication(&client, &config.source.publication, &tables).await?;
     let app_id = lake::app_id(&config.source.slot);
-    let mut replicated = Vec::with_capacity(tables.len());
-    for table in &tables {
-        let columns = catalog::table_columns(&client, table).await?;
-        replicated.push(open_table(&lake, &table.schema, &table.name, &columns, &app_id).await?);
-    }
+    let mut replicated = open_tables(&client, &lake, &tables, &app_id).await?;
+    let unloaded = snapshot::unloaded(&replicated);
+    snapshot::check_readable(&client, &replicated, &unloaded).await?;
 
     let mut replication = ReplicationClient::connect(&params).await?;
-    let Some(start) = prepare_slot(config, &client, &mut replication, shutdown).await? else {
+    let Some(slot) = prepare_slot(config, &client, &mut replication, shutdown).await? else {
         return Ok(());
+    };
+    let start = match slot {
+        // The slot's own exported snapshot is valid only while `replication` stays idle,
+        // so the copy happens here, before START_REPLICATION is sent on it.
+        SlotReady::Created(created) => {
+            if !unloaded.is_empty() {
+                let point = SnapshotPoint::of_slot(&created);
+                let copy = snapshot::copy_tables(&params, &point, &mut replicated, &unloaded);
+                tokio::select! {
+                    biased;
+                    // Nothing of an unfinished snapshot is committed: the next start
+                    // copies those tables again.
+                    () = shutdown.cancelled() => return Ok(()),
+                    result = copy => { result?; }
+                }
+            }
+            created.consistent_point
+        }
+        // The slot is older than these tables' (missing) lake state: copy them at a
+        // temporary slot's consistent point and keep the slot, whose confirmed position is
+        // before it, so the tables already loaded lose nothing they still have to stream.
+        SlotReady::Existing(position) => {
+            if !unloaded.is_empty() {
+                let (exporter, created) = snapshot::temporary_export(&params).await?;
+                let point = SnapshotPoint::of_slot(&created);
+                let copy = snapshot::copy_tables(&params, &point, &mut replicated, &unloaded);
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return Ok(()),
+                    result = copy => { result?; }
+                }
+                // Closing the connection drops the temporary slot.
+                drop(exporter);
+            }
+            position
+        }
     };
     let mut stream = replication
         .start_logical_replication(
@@ -194,11 +233,33 @@ async fn session(
     stream_changes(config, &client, &mut stream, &mut applier, start, shutdown).await
 }
 
+/// Opens (or creates) the lake table of every table in `tables`; see [`open_table`].
+pub(crate) async fn open_tables(
+    client: &Client,
+    lake: &Lake,
+    tables: &[crate::config::TableName],
+    app_id: &str,
+) -> Result<Vec<ReplicatedTable>, PipelineError> {
+    let mut replicated = Vec::with_capacity(tables.len());
+    for table in tables {
+        let columns = catalog::table_columns(client, table).await?;
+        replicated.push(open_table(lake, &table.schema, &table.name, &columns, app_id).await?);
+    }
+    Ok(replicated)
+}
+
+/// Where streaming starts: an existing slot's position, or a slot just created whose
+/// exported snapshot is still valid.
+enum SlotReady {
+    Existing(Lsn),
+    Created(CreatedSlot),
+}
+
 /// Opens (or creates) the lake table of `namespace.name` and reconciles its layout with
 /// the source's current `columns`: columns added while pg2lake was not running join the
 /// lake layout (committed with the table's next data), dropped ones stay in it, and an
 /// incompatible type change stops here, before anything is written.
-async fn open_table(
+pub(crate) async fn open_table(
     lake: &Lake,
     namespace: &str,
     name: &str,
@@ -216,22 +277,23 @@ async fn open_table(
 }
 
 /// Makes sure the slot exists, belongs to this database and plugin, and is free.
-/// Returns the position streaming resumes from, or `None` if shutdown came first.
+/// A slot created here exports its snapshot, which stays valid until `replication` runs
+/// its next command. Returns `None` if shutdown came first.
 async fn prepare_slot(
     config: &Config,
     client: &Client,
     replication: &mut ReplicationClient,
     shutdown: &CancellationToken,
-) -> Result<Option<Lsn>, PipelineError> {
+) -> Result<Option<SlotReady>, PipelineError> {
     let slot = &config.source.slot;
     loop {
         match catalog::slot_info(client, slot).await? {
             None => {
                 let created = replication
-                    .create_logical_slot(slot, SlotSnapshot::NoExport)
+                    .create_logical_slot(slot, SlotSnapshot::Export)
                     .await?;
                 tracing::info!(slot, consistent_point = %created.consistent_point, "created replication slot");
-                return Ok(Some(created.consistent_point));
+                return Ok(Some(SlotReady::Created(created)));
             }
             Some(info) => {
                 if info.plugin.as_deref() != Some("pgoutput") {
@@ -275,7 +337,9 @@ async fn prepare_slot(
                         () = tokio::time::sleep(SLOT_BUSY_RECHECK) => continue,
                     }
                 }
-                return Ok(Some(info.confirmed_flush_lsn.unwrap_or_default()));
+                return Ok(Some(SlotReady::Existing(
+                    info.confirmed_flush_lsn.unwrap_or_default(),
+                )));
             }
         }
     }
