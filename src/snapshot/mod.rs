@@ -25,6 +25,7 @@
 //!   table loses the changes it still has to stream.
 //! - Memory is bounded: rows go to the writer in chunks, files are sealed as they fill.
 
+pub mod command;
 pub mod copy;
 
 use std::time::{Duration, Instant};
