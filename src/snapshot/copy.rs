@@ -168,7 +168,7 @@ mod tests {
         assert_eq!(parse_field(b"\\\\x00ff").unwrap(), text(b"\\x00ff"));
         assert_eq!(
             parse_field(b"\\101\\7\\x41\\x4a!").unwrap(),
-            text(b"AA\x07AJ!")
+            text(b"A\x07AJ!")
         );
         // A backslash before an ordinary character stands for that character.
         assert_eq!(parse_field(b"\\N2").unwrap(), text(b"N2"));
