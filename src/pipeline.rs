@@ -1,11 +1,15 @@
 //! The apply loop of `pg2lake run`: decode → batch → commit → confirm.
 //!
 //! ```text
-//!  run ─► session ─► preflight (settings, tables, publication, lake) ─► slot ─► stream
-//!   ▲        │                                                               │
-//!   │        └─ transient error (network, Postgres restart, store outage) ◄──┘
+//!  run ─► session ─► preflight (settings, tables, publication, lake) ─► slot ─► snapshot ─► stream
+//!   ▲        │                                                                                │
+//!   │        └─ transient error (network, Postgres restart, store outage) ◄───────────────────┘
 //!   └──────── backoff, then a fresh session that replays from the slot
 //! ```
+//!
+//! The snapshot step copies the tables that have nothing committed in the lake yet (see
+//! `snapshot`): with a slot created in this session, at the slot's own exported snapshot;
+//! with an existing slot, at a temporary slot's.
 //!
 //! A session keeps nothing that is not in the lake or in the slot, so any failure is
 //! handled the same way: drop everything, reconnect, resume from the slot's confirmed
@@ -27,8 +31,8 @@ use crate::pg::catalog::{self, CatalogError};
 use crate::pg::connect::{self, ConnectError};
 use crate::pg::pgoutput::{self, DecodeError, RelationColumn};
 use crate::pg::replication::{
-    CreatedSlot, ReplicationClient, ReplicationError, ReplicationMessage, ReplicationStream,
-    SlotSnapshot, StandbyStatus,
+    ConnectParams, CreatedSlot, ReplicationClient, ReplicationError, ReplicationMessage,
+    ReplicationStream, SlotSnapshot, StandbyStatus,
 };
 use crate::progress::Progress;
 use crate::schema::{SchemaError, TableSchema};
@@ -184,15 +188,20 @@ async fn session(
         // The slot's own exported snapshot is valid only while `replication` stays idle,
         // so the copy happens here, before START_REPLICATION is sent on it.
         SlotReady::Created(created) => {
-            if !unloaded.is_empty() {
+            if unloaded.is_empty() {
+                // Every table holds changes up to an older slot's position; what happened
+                // between it and this new slot was never decoded.
+                tracing::warn!(
+                    slot = %config.source.slot,
+                    consistent_point = %created.consistent_point,
+                    "created a new slot for tables already in the lake: changes made while no slot existed are not in the lake (delete a table's lake folder to load it again)"
+                );
+            } else {
                 let point = SnapshotPoint::of_slot(&created);
-                let copy = snapshot::copy_tables(&params, &point, &mut replicated, &unloaded);
-                tokio::select! {
-                    biased;
-                    // Nothing of an unfinished snapshot is committed: the next start
-                    // copies those tables again.
-                    () = shutdown.cancelled() => return Ok(()),
-                    result = copy => { result?; }
+                if !copy_unless_stopped(&params, &point, &mut replicated, &unloaded, shutdown)
+                    .await?
+                {
+                    return Ok(());
                 }
             }
             created.consistent_point
@@ -204,11 +213,10 @@ async fn session(
             if !unloaded.is_empty() {
                 let (exporter, created) = snapshot::temporary_export(&params).await?;
                 let point = SnapshotPoint::of_slot(&created);
-                let copy = snapshot::copy_tables(&params, &point, &mut replicated, &unloaded);
-                tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => return Ok(()),
-                    result = copy => { result?; }
+                if !copy_unless_stopped(&params, &point, &mut replicated, &unloaded, shutdown)
+                    .await?
+                {
+                    return Ok(());
                 }
                 // Closing the connection drops the temporary slot.
                 drop(exporter);
@@ -246,6 +254,26 @@ pub(crate) async fn open_tables(
         replicated.push(open_table(lake, &table.schema, &table.name, &columns, app_id).await?);
     }
     Ok(replicated)
+}
+
+/// Copies `tables[unloaded]` at `point`; `false` when shutdown came first. Nothing of an
+/// unfinished copy is committed, so the next start copies those tables again.
+async fn copy_unless_stopped(
+    params: &ConnectParams,
+    point: &SnapshotPoint,
+    tables: &mut [ReplicatedTable],
+    unloaded: &[usize],
+    shutdown: &CancellationToken,
+) -> Result<bool, PipelineError> {
+    tokio::select! {
+        biased;
+        // Shutdown first: a stop must not wait for a table copy that may take hours.
+        () = shutdown.cancelled() => Ok(false),
+        result = snapshot::copy_tables(params, point, tables, unloaded) => {
+            result?;
+            Ok(true)
+        }
+    }
 }
 
 /// Where streaming starts: an existing slot's position, or a slot just created whose
