@@ -191,6 +191,10 @@ async fn run_snapshots_existing_rows_and_hands_off_exactly_under_writes() {
 
     let items = lake_rows(lake.path(), "items");
     let reads: Vec<&Row> = items.iter().filter(|r| op(r) == "r").collect();
+    assert!(
+        items.iter().any(|r| op(r) != "r"),
+        "the load wrote changes after the snapshot's position"
+    );
     assert!(!reads.is_empty(), "snapshot rows are `r`");
     let snapshot_lsn = lsn(reads[0]);
     assert!(
@@ -429,7 +433,8 @@ async fn kill_9_during_snapshot_then_rerun_is_exact() {
         &lake.path().display().to_string(),
         "",
     ));
-    let log = lake.path().with_extension("snapshot.log");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("snapshot.log");
     let mut child = spawn_snapshot(&config, &log);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     support::wait_until(Duration::from_secs(60), "big's copy started", || {

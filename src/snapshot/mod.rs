@@ -373,3 +373,22 @@ async fn copy_table(
         elapsed,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_snapshot_sits_just_before_the_consistent_point() {
+        let created = CreatedSlot {
+            slot_name: "s".into(),
+            consistent_point: Lsn(0x1_0000_0028),
+            snapshot_name: Some("00000003-00000002-1".into()),
+        };
+        let point = SnapshotPoint::of_slot(&created);
+        // A transaction whose commit record starts at the consistent point is streamed,
+        // so the tables' position must not cover it.
+        assert_eq!(point.lsn, Lsn(0x1_0000_0027));
+        assert_eq!(point.name.as_deref(), Some("00000003-00000002-1"));
+    }
+}
