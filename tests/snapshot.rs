@@ -561,3 +561,69 @@ async fn an_unreadable_table_is_a_one_line_error_and_leaves_no_slot() {
         assert_eq!(slot_count(&db).await, 0, "{command}: no slot created");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_the_snapshot_of_run_stops_cleanly_and_restart_completes() {
+    let pg = PgServer::start();
+    let url = pg.create_database("shop").await;
+    let db = pg.connect("shop").await;
+    db.batch_execute(
+        "CREATE TABLE big (id int PRIMARY KEY, qty int, note text);
+         INSERT INTO big SELECT g, g % 1000, repeat('y', 20) || g FROM generate_series(1, 300000) g;
+         ANALYZE big;",
+    )
+    .await
+    .expect("create tables");
+    let lake = tempfile::tempdir().expect("tempdir");
+    let config = ConfigFile::new(&config_yaml(
+        &url,
+        "stopped",
+        &["public.big"],
+        &lake.path().display().to_string(),
+        "",
+    ));
+    let mut service = Service::start(&config, &[]);
+    support::wait_until(Duration::from_secs(60), "big's copy started", || {
+        service.log().contains("snapshot of table started")
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !service.log().contains("snapshot of table committed"),
+        "the copy finished before the stop; make the table bigger"
+    );
+    let status = service.stop(STOP);
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        service.log()
+    );
+    let big = try_read_delta(&lake_table(lake.path(), "big"), &[]);
+    assert!(
+        big.is_none_or(|b| b.rows.is_empty()),
+        "half a table is visible"
+    );
+    assert_eq!(
+        slot_count(&db).await,
+        1,
+        "the slot stays; no temporary slot is left"
+    );
+
+    db.batch_execute("DELETE FROM big WHERE id <= 1000; UPDATE big SET qty = -1 WHERE id = 2000;")
+        .await
+        .expect("changes while stopped");
+    let mut service = Service::start(&config, &[]);
+    support::wait_until(Duration::from_secs(120), "streaming started", || {
+        service.log().contains("streaming changes")
+    });
+    db.batch_execute("INSERT INTO big VALUES (300001, 1, 'new')")
+        .await
+        .expect("change while running");
+    wait_caught_up(&db, "stopped", CATCH_UP).await;
+    assert_items_equal(&db, lake.path(), "big").await;
+    let log = service.log();
+    assert!(
+        log.contains("created temporary slot for the snapshot"),
+        "{log}"
+    );
+    assert!(service.stop(STOP).success());
+}

@@ -286,7 +286,7 @@ async fn copy_table(
         .map(|row| row.get::<_, f64>(0))
         .filter(|&r| r >= 0.0);
     let estimated_rows = estimate.map(|r| r as u64);
-    tracing::info!(table = %name, ?estimated_rows, "snapshot of table started");
+    tracing::info!(table = %name, estimated_rows, "snapshot of table started");
     let started = Instant::now();
     // The SELECT form also reads partitioned tables, which plain COPY TO refuses.
     let sql = format!(
@@ -332,7 +332,9 @@ async fn copy_table(
             tracing::info!(
                 table = %name,
                 rows,
-                ?estimated_rows,
+                estimated_rows,
+                // An estimate from the planner statistics: it may pass 100.
+                percent = estimated_rows.filter(|&e| e > 0).map(|e| rows * 100 / e),
                 bytes,
                 elapsed_s = started.elapsed().as_secs(),
                 "snapshot progress"
