@@ -105,6 +105,21 @@ impl ReplicatedTable {
         format!("{}.{}", self.schema.namespace, self.schema.name)
     }
 
+    /// The table's current schema (source columns and lake layout).
+    pub fn schema(&self) -> &Arc<TableSchema> {
+        &self.schema
+    }
+
+    /// The lake table, for the initial snapshot, which writes and commits it directly.
+    pub fn lake_mut(&mut self) -> &mut LakeTable {
+        &mut self.lake
+    }
+
+    /// The highest source commit LSN committed to this table, if any.
+    pub fn committed_lsn(&self) -> Option<Lsn> {
+        self.lake.committed_lsn()
+    }
+
     fn has_pending(&self) -> bool {
         !self.batch.is_empty() || self.written > 0
     }

@@ -3,8 +3,9 @@
 //! ```text
 //!  PostgreSQL ──walsender (pgoutput)──► pg::replication ─► pg::pgoutput::decode
 //!      │                                                         │ LogicalMessage
-//!      └── normal connection (pg::connect, pg::catalog):          ▼
-//!          settings, tables, publication, slot, heartbeats    apply::Applier
+//!      ├── normal connection (pg::connect, pg::catalog):          ▼
+//!      │   settings, tables, publication, slot, heartbeats    apply::Applier
+//!      └── snapshot: COPY at the slot's exported snapshot ──► batch::TableBatch (`_op` r)
 //!                                                                 │ per table: batch::TableBatch
 //!                                                                 ▼ (Arrow builders, schema::TableSchema)
 //!                                                  lake::LakeTable: Parquet files ─► Delta commit
@@ -28,4 +29,5 @@ pub mod pg;
 pub mod pipeline;
 pub mod progress;
 pub mod schema;
+pub mod snapshot;
 pub mod telemetry;

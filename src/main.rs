@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::Parser;
 use pg2lake::cli::{Cli, Command};
 use pg2lake::config::Config;
-use pg2lake::{commands, http, pipeline, telemetry};
+use pg2lake::{commands, http, pipeline, snapshot, telemetry};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for bad usage or configuration (clap uses it for usage errors too).
@@ -64,7 +64,7 @@ async fn dispatch(command: Command, config: Arc<Config>) -> Result<(), commands:
                 } => Err(commands::CommandError::ShutdownTimeout(timeout)),
             }
         }
-        Command::Snapshot { .. } => Err(commands::CommandError::NotAvailable("snapshot")),
+        Command::Snapshot { no_slot, .. } => Ok(snapshot::command::run(&config, no_slot).await?),
         Command::Check { .. } => commands::check(&config).await,
         Command::Status { json, .. } => commands::status(&config, json).await,
     }

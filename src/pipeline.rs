@@ -1,11 +1,15 @@
 //! The apply loop of `pg2lake run`: decode → batch → commit → confirm.
 //!
 //! ```text
-//!  run ─► session ─► preflight (settings, tables, publication, lake) ─► slot ─► stream
-//!   ▲        │                                                               │
-//!   │        └─ transient error (network, Postgres restart, store outage) ◄──┘
+//!  run ─► session ─► preflight (settings, tables, publication, lake) ─► slot ─► snapshot ─► stream
+//!   ▲        │                                                                                │
+//!   │        └─ transient error (network, Postgres restart, store outage) ◄───────────────────┘
 //!   └──────── backoff, then a fresh session that replays from the slot
 //! ```
+//!
+//! The snapshot step copies the tables that have nothing committed in the lake yet (see
+//! `snapshot`): with a slot created in this session, at the slot's own exported snapshot;
+//! with an existing slot, at a temporary slot's.
 //!
 //! A session keeps nothing that is not in the lake or in the slot, so any failure is
 //! handled the same way: drop everything, reconnect, resume from the slot's confirmed
@@ -28,11 +32,12 @@ use crate::pg::catalog::{self, CatalogError};
 use crate::pg::connect::{self, ConnectError};
 use crate::pg::pgoutput::{self, DecodeError, RelationColumn};
 use crate::pg::replication::{
-    ReplicationClient, ReplicationError, ReplicationMessage, ReplicationStream, SlotSnapshot,
-    StandbyStatus,
+    ConnectParams, CreatedSlot, ReplicationClient, ReplicationError, ReplicationMessage,
+    ReplicationStream, SlotSnapshot, StandbyStatus,
 };
 use crate::progress::Progress;
 use crate::schema::{SchemaError, TableSchema};
+use crate::snapshot::{self, SnapshotError, SnapshotPoint};
 
 /// First wait before reconnecting after a transient failure; doubles up to the maximum.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
@@ -65,6 +70,9 @@ pub enum PipelineError {
     /// The lake failed.
     #[error(transparent)]
     Lake(#[from] LakeError),
+    /// The initial snapshot failed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     /// The slot exists but cannot be used by this configuration.
     #[error("replication slot {slot} {problem} (fix: {fix})")]
     SlotUnusable {
@@ -90,6 +98,7 @@ impl PipelineError {
             PipelineError::Replication(e) => e.is_transient(),
             PipelineError::Apply(e) => e.is_transient(),
             PipelineError::Lake(e) => e.is_transient(),
+            PipelineError::Snapshot(e) => e.is_transient(),
             PipelineError::StreamEnded => true,
             PipelineError::Decode(_)
             | PipelineError::Schema(_)
@@ -194,15 +203,53 @@ async fn session(
     lake.check_writable().await?;
     catalog::ensure_publication(&client, &config.source.publication, &tables).await?;
     let app_id = lake::app_id(&config.source.slot);
-    let mut replicated = Vec::with_capacity(tables.len());
-    for table in &tables {
-        let columns = catalog::table_columns(&client, table).await?;
-        replicated.push(open_table(&lake, &table.schema, &table.name, &columns, &app_id).await?);
-    }
+    let mut replicated = open_tables(&client, &lake, &tables, &app_id).await?;
+    let unloaded = snapshot::unloaded(&replicated);
+    snapshot::check_readable(&client, &replicated, &unloaded).await?;
 
     let mut replication = ReplicationClient::connect(&params).await?;
-    let Some(start) = prepare_slot(config, &client, &mut replication, shutdown).await? else {
+    let Some(slot) = prepare_slot(config, &client, &mut replication, shutdown).await? else {
         return Ok(());
+    };
+    let start = match slot {
+        // The slot's own exported snapshot is valid only while `replication` stays idle,
+        // so the copy happens here, before START_REPLICATION is sent on it.
+        SlotReady::Created(created) => {
+            if unloaded.is_empty() {
+                // Every table holds changes up to an older slot's position; what happened
+                // between it and this new slot was never decoded.
+                tracing::warn!(
+                    slot = %config.source.slot,
+                    consistent_point = %created.consistent_point,
+                    "created a new slot for tables already in the lake: changes made while no slot existed are not in the lake (delete a table's lake folder to load it again)"
+                );
+            } else {
+                let point = SnapshotPoint::of_slot(&created);
+                if !copy_unless_stopped(&params, &point, &mut replicated, &unloaded, shutdown)
+                    .await?
+                {
+                    return Ok(());
+                }
+            }
+            created.consistent_point
+        }
+        // The slot is older than these tables' (missing) lake state: copy them at a
+        // temporary slot's consistent point and keep the slot, whose confirmed position is
+        // before it, so the tables already loaded lose nothing they still have to stream.
+        SlotReady::Existing(position) => {
+            if !unloaded.is_empty() {
+                let (exporter, created) = snapshot::temporary_export(&params).await?;
+                let point = SnapshotPoint::of_slot(&created);
+                if !copy_unless_stopped(&params, &point, &mut replicated, &unloaded, shutdown)
+                    .await?
+                {
+                    return Ok(());
+                }
+                // Closing the connection drops the temporary slot.
+                drop(exporter);
+            }
+            position
+        }
     };
     let mut stream = replication
         .start_logical_replication(
@@ -227,11 +274,53 @@ async fn session(
     stream_changes(config, &client, &mut stream, &mut applier, start, shutdown).await
 }
 
+/// Opens (or creates) the lake table of every table in `tables`; see [`open_table`].
+pub(crate) async fn open_tables(
+    client: &Client,
+    lake: &Lake,
+    tables: &[crate::config::TableName],
+    app_id: &str,
+) -> Result<Vec<ReplicatedTable>, PipelineError> {
+    let mut replicated = Vec::with_capacity(tables.len());
+    for table in tables {
+        let columns = catalog::table_columns(client, table).await?;
+        replicated.push(open_table(lake, &table.schema, &table.name, &columns, app_id).await?);
+    }
+    Ok(replicated)
+}
+
+/// Copies `tables[unloaded]` at `point`; `false` when shutdown came first. Nothing of an
+/// unfinished copy is committed, so the next start copies those tables again.
+async fn copy_unless_stopped(
+    params: &ConnectParams,
+    point: &SnapshotPoint,
+    tables: &mut [ReplicatedTable],
+    unloaded: &[usize],
+    shutdown: &CancellationToken,
+) -> Result<bool, PipelineError> {
+    tokio::select! {
+        biased;
+        // Shutdown first: a stop must not wait for a table copy that may take hours.
+        () = shutdown.cancelled() => Ok(false),
+        result = snapshot::copy_tables(params, point, tables, unloaded) => {
+            result?;
+            Ok(true)
+        }
+    }
+}
+
+/// Where streaming starts: an existing slot's position, or a slot just created whose
+/// exported snapshot is still valid.
+enum SlotReady {
+    Existing(Lsn),
+    Created(CreatedSlot),
+}
+
 /// Opens (or creates) the lake table of `namespace.name` and reconciles its layout with
 /// the source's current `columns`: columns added while pg2lake was not running join the
 /// lake layout (committed with the table's next data), dropped ones stay in it, and an
 /// incompatible type change stops here, before anything is written.
-async fn open_table(
+pub(crate) async fn open_table(
     lake: &Lake,
     namespace: &str,
     name: &str,
@@ -249,13 +338,14 @@ async fn open_table(
 }
 
 /// Makes sure the slot exists, belongs to this database and plugin, and is free.
-/// Returns the position streaming resumes from, or `None` if shutdown came first.
+/// A slot created here exports its snapshot, which stays valid until `replication` runs
+/// its next command. Returns `None` if shutdown came first.
 async fn prepare_slot(
     config: &Config,
     client: &Client,
     replication: &mut ReplicationClient,
     shutdown: &CancellationToken,
-) -> Result<Option<Lsn>, PipelineError> {
+) -> Result<Option<SlotReady>, PipelineError> {
     let slot = &config.source.slot;
     loop {
         // Waiting for a busy slot is a live process, not a stuck one.
@@ -263,10 +353,10 @@ async fn prepare_slot(
         match catalog::slot_info(client, slot).await? {
             None => {
                 let created = replication
-                    .create_logical_slot(slot, SlotSnapshot::NoExport)
+                    .create_logical_slot(slot, SlotSnapshot::Export)
                     .await?;
                 tracing::info!(slot, consistent_point = %created.consistent_point, "created replication slot");
-                return Ok(Some(created.consistent_point));
+                return Ok(Some(SlotReady::Created(created)));
             }
             Some(info) => {
                 if info.plugin.as_deref() != Some("pgoutput") {
@@ -310,7 +400,9 @@ async fn prepare_slot(
                         () = tokio::time::sleep(SLOT_BUSY_RECHECK) => continue,
                     }
                 }
-                return Ok(Some(info.confirmed_flush_lsn.unwrap_or_default()));
+                return Ok(Some(SlotReady::Existing(
+                    info.confirmed_flush_lsn.unwrap_or_default(),
+                )));
             }
         }
     }

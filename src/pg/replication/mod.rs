@@ -322,8 +322,27 @@ impl ReplicationClient {
         slot: &str,
         snapshot: SlotSnapshot,
     ) -> Result<CreatedSlot, ReplicationError> {
+        self.create_slot(slot, snapshot, false).await
+    }
+
+    /// Creates a temporary logical slot for pgoutput: Postgres drops it when this
+    /// connection closes. Used for its exported snapshot and consistent point only.
+    pub async fn create_temporary_logical_slot(
+        &mut self,
+        slot: &str,
+        snapshot: SlotSnapshot,
+    ) -> Result<CreatedSlot, ReplicationError> {
+        self.create_slot(slot, snapshot, true).await
+    }
+
+    async fn create_slot(
+        &mut self,
+        slot: &str,
+        snapshot: SlotSnapshot,
+        temporary: bool,
+    ) -> Result<CreatedSlot, ReplicationError> {
         validate_slot_name(slot)?;
-        let sql = create_slot_command(slot, snapshot, self.server_major_version());
+        let sql = create_slot_command(slot, snapshot, temporary, self.server_major_version());
         let rows = self.simple_query(&sql).await?;
         let row = single_row(rows, "CREATE_REPLICATION_SLOT", 2)?;
         Ok(CreatedSlot {
@@ -390,15 +409,21 @@ fn validate_slot_name(slot: &str) -> Result<(), ReplicationError> {
     }
 }
 
-fn create_slot_command(slot: &str, snapshot: SlotSnapshot, major: Option<u32>) -> String {
+fn create_slot_command(
+    slot: &str,
+    snapshot: SlotSnapshot,
+    temporary: bool,
+    major: Option<u32>,
+) -> String {
     let slot = quote_ident(slot);
+    let temporary = if temporary { " TEMPORARY" } else { "" };
     if major.is_some_and(|v| v < 15) {
         let keyword = match snapshot {
             SlotSnapshot::NoExport => "NOEXPORT_SNAPSHOT",
             SlotSnapshot::Export => "EXPORT_SNAPSHOT",
             SlotSnapshot::Use => "USE_SNAPSHOT",
         };
-        return format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput {keyword}");
+        return format!("CREATE_REPLICATION_SLOT {slot}{temporary} LOGICAL pgoutput {keyword}");
     }
     let action = match snapshot {
         SlotSnapshot::NoExport => "nothing",
@@ -406,7 +431,7 @@ fn create_slot_command(slot: &str, snapshot: SlotSnapshot, major: Option<u32>) -
         SlotSnapshot::Use => "use",
     };
     format!(
-        "CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput (SNAPSHOT {})",
+        "CREATE_REPLICATION_SLOT {slot}{temporary} LOGICAL pgoutput (SNAPSHOT {})",
         quote_literal(action)
     )
 }
@@ -609,16 +634,24 @@ mod tests {
     #[test]
     fn builds_slot_commands() {
         assert_eq!(
-            create_slot_command("pg2lake", SlotSnapshot::NoExport, Some(15)),
+            create_slot_command("pg2lake", SlotSnapshot::NoExport, false, Some(15)),
             "CREATE_REPLICATION_SLOT \"pg2lake\" LOGICAL pgoutput (SNAPSHOT 'nothing')"
         );
         assert_eq!(
-            create_slot_command("a_1", SlotSnapshot::Export, None),
+            create_slot_command("a_1", SlotSnapshot::Export, false, None),
             "CREATE_REPLICATION_SLOT \"a_1\" LOGICAL pgoutput (SNAPSHOT 'export')"
         );
         assert_eq!(
-            create_slot_command("s", SlotSnapshot::Use, Some(14)),
+            create_slot_command("s", SlotSnapshot::Use, false, Some(14)),
             "CREATE_REPLICATION_SLOT \"s\" LOGICAL pgoutput USE_SNAPSHOT"
+        );
+        assert_eq!(
+            create_slot_command("t", SlotSnapshot::Export, true, Some(16)),
+            "CREATE_REPLICATION_SLOT \"t\" TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')"
+        );
+        assert_eq!(
+            create_slot_command("t", SlotSnapshot::Export, true, Some(14)),
+            "CREATE_REPLICATION_SLOT \"t\" TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT"
         );
     }
 

@@ -1,0 +1,121 @@
+//! `pg2lake snapshot`: the initial load as a one-shot command.
+//!
+//! ```text
+//!  slot missing  ─► create it, exporting its snapshot ─► copy ─► exit 0 (slot kept: a later
+//!                                                                `pg2lake run` streams from it)
+//!  slot exists   ─► temporary slot's snapshot ─► copy the tables not yet loaded
+//!  --no-slot     ─► temporary slot's snapshot ─► copy; no slot and no publication left
+//! ```
+//!
+//! A `--no-slot` copy is a point-in-time export that no slot can continue: its `txn`
+//! is recorded under its own app id (`pg2lake:<slot>:no-slot`), so a later `pg2lake run`
+//! does not take it for a streamable position and loads the table again.
+
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::lake::{self, Lake};
+use crate::pg::catalog;
+use crate::pg::connect;
+use crate::pg::replication::{ReplicationClient, SlotSnapshot};
+use crate::pipeline::{self, PipelineError};
+
+use super::{SnapshotPoint, TableReport};
+
+/// What the summary prints for one configured table.
+enum Line {
+    Copied(TableReport),
+    Skipped { table: String, lsn: String },
+}
+
+/// Runs the one-shot snapshot and prints its summary to stdout.
+pub async fn run(config: &Config, no_slot: bool) -> Result<(), PipelineError> {
+    let started = Instant::now();
+    let params = connect::params(config)?;
+    let client = connect::sql(&params).await?;
+    catalog::check_server(&client).await?;
+    let tables = catalog::resolve_tables(&client, &config.table_patterns()).await?;
+    let lake = Lake::open(pipeline::lake_options(config))?;
+    lake.check_writable().await?;
+    let slot = &config.source.slot;
+    let app_id = if no_slot {
+        format!("{}:no-slot", lake::app_id(slot))
+    } else {
+        // The slot that will stream these tables needs them in its publication.
+        catalog::ensure_publication(&client, &config.source.publication, &tables).await?;
+        lake::app_id(slot)
+    };
+    let mut replicated = pipeline::open_tables(&client, &lake, &tables, &app_id).await?;
+    let unloaded = super::unloaded(&replicated);
+    let mut lines = Vec::new();
+    for table in &replicated {
+        if let Some(lsn) = table.committed_lsn() {
+            let name = table.schema().qualified_name();
+            tracing::info!(table = %name, committed_lsn = %lsn, "table is already in the lake; skipping");
+            lines.push(Line::Skipped {
+                table: name,
+                lsn: lsn.to_string(),
+            });
+        }
+    }
+    super::check_readable(&client, &replicated, &unloaded).await?;
+
+    let mut headline = "nothing to copy: every table is in the lake".to_owned();
+    if !unloaded.is_empty() {
+        let existing = catalog::slot_info(&client, slot).await?;
+        // The exporting connection must stay open and idle until the copy is done.
+        let (exporter, created, kept) = if no_slot || existing.is_some() {
+            let (exporter, created) = super::temporary_export(&params).await?;
+            (exporter, created, existing.is_some())
+        } else {
+            let mut replication = ReplicationClient::connect(&params).await?;
+            let created = replication
+                .create_logical_slot(slot, SlotSnapshot::Export)
+                .await?;
+            tracing::info!(slot, consistent_point = %created.consistent_point, "created replication slot");
+            (replication, created, true)
+        };
+        let point = SnapshotPoint::of_slot(&created);
+        let reports = super::copy_tables(&params, &point, &mut replicated, &unloaded).await?;
+        drop(exporter);
+        lines.extend(reports.into_iter().map(Line::Copied));
+        headline = if kept {
+            format!(
+                "snapshot at {}; slot {slot} kept for pg2lake run",
+                point.lsn
+            )
+        } else {
+            format!("snapshot at {}; no slot left behind", point.lsn)
+        };
+    }
+    print_summary(&headline, &lines, started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn print_summary(headline: &str, lines: &[Line], seconds: f64) {
+    println!("{headline}");
+    println!(
+        "{:<40} {:>12} {:>14} {:>9}",
+        "table", "rows", "bytes", "seconds"
+    );
+    let (mut rows, mut bytes) = (0u64, 0u64);
+    for line in lines {
+        match line {
+            Line::Copied(report) => {
+                rows += report.rows;
+                bytes += report.bytes;
+                println!(
+                    "{:<40} {:>12} {:>14} {:>9.2}",
+                    report.table,
+                    report.rows,
+                    report.bytes,
+                    report.elapsed.as_secs_f64()
+                );
+            }
+            Line::Skipped { table, lsn } => {
+                println!("{table:<40} skipped: already in the lake up to {lsn}");
+            }
+        }
+    }
+    println!("{:<40} {rows:>12} {bytes:>14} {seconds:>9.2}", "total");
+}

@@ -1,0 +1,400 @@
+//! The initial load: copy tables new to the lake as of a slot's exported snapshot, so
+//! streaming from that slot continues with nothing missing and nothing doubled.
+//!
+//! ```text
+//!  replication conn: CREATE_REPLICATION_SLOT … (SNAPSHOT 'export') ─► consistent point C,
+//!                    snapshot name S          (then idle: S is valid until its next command)
+//!  sql conn:  BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT S
+//!             per table: COPY (SELECT cols FROM t) TO STDOUT ─► copy::parse_row ─► TableBatch
+//!                        ─► LakeTable::write (chunks) ─► ONE commit, txn version = C - 1
+//!  replication conn: START_REPLICATION from C; a table skips transactions ≤ C - 1
+//! ```
+//!
+//! Why C - 1 and not C: Postgres streams a transaction from a new slot when its commit
+//! record starts at or after the consistent point, and the exported snapshot holds every
+//! transaction that committed before it. A commit record may start exactly at C, so the
+//! snapshot's position is the LSN just before it: the usual rule "skip transactions at
+//! or below the table's committed LSN" then drops exactly what the snapshot holds.
+//! Snapshot rows carry the same `_lsn`, so they sort before every streamed change.
+//!
+//! Invariants:
+//! - A table's snapshot is committed as one Delta version at its end: a killed snapshot
+//!   leaves no visible rows, and the table (no committed `txn`) is copied again next time.
+//! - A table that is committed keeps its position; tables copied later use the consistent
+//!   point of a temporary slot, so an existing slot is never dropped and no other
+//!   table loses the changes it still has to stream.
+//! - Memory is bounded: rows go to the writer in chunks, files are sealed as they fill.
+
+pub mod command;
+pub mod copy;
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio_postgres::Client;
+
+use crate::apply::ReplicatedTable;
+use crate::batch::{BatchError, ChangeMeta, Op, TableBatch};
+use crate::lake::{CommitOutcome, LakeError};
+use crate::lsn::Lsn;
+use crate::metrics;
+use crate::pg::catalog::quote_ident;
+use crate::pg::connect::{self, ConnectError};
+use crate::pg::replication::{
+    ConnectParams, CreatedSlot, ReplicationClient, ReplicationError, SlotSnapshot,
+};
+
+use copy::{CopyFormatError, RowSplitter};
+
+/// Rows per Arrow chunk handed to the Parquet writer (as the streaming path).
+const CHUNK_ROWS: usize = 8192;
+/// Bytes per Arrow chunk handed to the Parquet writer.
+const CHUNK_BYTES: usize = 8 * 1024 * 1024;
+/// How often a table's copy reports its progress.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Why a snapshot failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The snapshot connection could not be opened.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The replication connection that exports the snapshot failed.
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    /// The role may not read a table that needs a snapshot.
+    #[error(
+        "role {role} cannot read table {table} for its initial snapshot (fix: GRANT SELECT ON {table} TO {role}; or remove the table from the tables setting)"
+    )]
+    NotReadable {
+        /// The table, quoted.
+        table: String,
+        /// The role pg2lake connects as.
+        role: String,
+    },
+    /// A query of the snapshot failed.
+    #[error("snapshot of {table}: {what}: {source}")]
+    Query {
+        /// The table (or `*` for the snapshot transaction).
+        table: String,
+        /// What pg2lake was doing.
+        what: &'static str,
+        /// The Postgres error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// COPY sent a row pg2lake cannot parse.
+    #[error("snapshot of {table}: {source}")]
+    Format {
+        /// The table.
+        table: String,
+        /// What is wrong with the row.
+        #[source]
+        source: CopyFormatError,
+    },
+    /// A value could not be converted to its lake type.
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    /// The lake failed.
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+}
+
+impl SnapshotError {
+    /// Whether a new attempt may succeed: a lost connection or an object-store outage.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SnapshotError::Connect(e) => e.is_transient(),
+            SnapshotError::Replication(e) => e.is_transient(),
+            SnapshotError::Lake(e) => e.is_transient(),
+            SnapshotError::Query { source, .. } => {
+                source.is_closed() || source.as_db_error().is_none()
+            }
+            SnapshotError::NotReadable { .. }
+            | SnapshotError::Format { .. }
+            | SnapshotError::Batch(_) => false,
+        }
+    }
+
+    fn query(table: &str, what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        let table = table.to_owned();
+        move |source| SnapshotError::Query {
+            table,
+            what,
+            source,
+        }
+    }
+}
+
+/// A consistent point of the source to copy at.
+#[derive(Debug, Clone)]
+pub struct SnapshotPoint {
+    /// The exported snapshot to import; `None` copies in a fresh snapshot of its own.
+    pub name: Option<String>,
+    /// The position every copied row and the tables' `txn` record.
+    pub lsn: Lsn,
+}
+
+impl SnapshotPoint {
+    /// The snapshot a slot exported: its position is just before the consistent point
+    /// (see the module docs for why).
+    pub fn of_slot(created: &CreatedSlot) -> SnapshotPoint {
+        SnapshotPoint {
+            name: created.snapshot_name.clone(),
+            lsn: Lsn(created.consistent_point.0.saturating_sub(1)),
+        }
+    }
+}
+
+/// What copying one table did.
+#[derive(Debug, Clone)]
+pub struct TableReport {
+    /// The table, `schema.name`.
+    pub table: String,
+    /// Rows copied.
+    pub rows: u64,
+    /// Bytes of COPY text received.
+    pub bytes: u64,
+    /// Wall time of the copy and its commit.
+    pub elapsed: Duration,
+}
+
+/// The tables whose lake table holds nothing committed by this slot: they need a copy.
+pub fn unloaded(tables: &[ReplicatedTable]) -> Vec<usize> {
+    tables
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.committed_lsn().is_none())
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Fails with a one-line error naming the first of `tables` the role cannot SELECT,
+/// before any slot is created or anything is written.
+pub async fn check_readable(
+    client: &Client,
+    tables: &[ReplicatedTable],
+    indices: &[usize],
+) -> Result<(), SnapshotError> {
+    for &i in indices {
+        let schema = tables[i].schema();
+        let quoted = format!(
+            "{}.{}",
+            quote_ident(&schema.namespace),
+            quote_ident(&schema.name)
+        );
+        let row = client
+            .query_one(
+                "SELECT has_table_privilege($1, 'SELECT'), current_user::text",
+                &[&quoted],
+            )
+            .await
+            .map_err(SnapshotError::query(
+                &schema.qualified_name(),
+                "checking privileges",
+            ))?;
+        if !row.get::<_, bool>(0) {
+            return Err(SnapshotError::NotReadable {
+                table: quoted,
+                role: row.get(1),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Creates a temporary slot on a new replication connection and returns both: the
+/// connection must stay open and idle while its exported snapshot is in use, and
+/// closing it drops the slot.
+pub async fn temporary_export(
+    params: &ConnectParams,
+) -> Result<(ReplicationClient, CreatedSlot), SnapshotError> {
+    let mut replication = ReplicationClient::connect(params).await?;
+    // The walsender's pid is unique on the server while the connection lives.
+    let name = format!(
+        "pg2lake_snapshot_{}",
+        replication.backend_pid().unwrap_or(0)
+    );
+    let created = replication
+        .create_temporary_logical_slot(&name, SlotSnapshot::Export)
+        .await?;
+    tracing::info!(slot = %name, consistent_point = %created.consistent_point, "created temporary slot for the snapshot");
+    Ok((replication, created))
+}
+
+/// Copies `tables[indices]` as of `point`, each committed as one Delta version whose
+/// `txn` is `point.lsn`. The exporting connection must stay idle until this returns.
+pub async fn copy_tables(
+    params: &ConnectParams,
+    point: &SnapshotPoint,
+    tables: &mut [ReplicatedTable],
+    indices: &[usize],
+) -> Result<Vec<TableReport>, SnapshotError> {
+    let client = connect::sql(params).await?;
+    let err = |what| SnapshotError::query("*", what);
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(err("starting the snapshot transaction"))?;
+    if let Some(name) = &point.name {
+        client
+            .batch_execute(&format!(
+                "SET TRANSACTION SNAPSHOT '{}'",
+                name.replace('\'', "''")
+            ))
+            .await
+            .map_err(err("importing the exported snapshot"))?;
+    }
+    let commit_ts_micros: i64 = client
+        .query_one("SELECT (extract(epoch FROM now()) * 1000000)::int8", &[])
+        .await
+        .map_err(err("reading the snapshot time"))?
+        .get(0);
+    tracing::info!(lsn = %point.lsn, tables = indices.len(), "snapshot started");
+    let mut reports = Vec::with_capacity(indices.len());
+    for &i in indices {
+        reports.push(copy_table(&client, &mut tables[i], point.lsn, commit_ts_micros).await?);
+    }
+    // Read only: nothing to commit, and ending it releases the snapshot at once.
+    client
+        .batch_execute("ROLLBACK")
+        .await
+        .map_err(err("ending the snapshot transaction"))?;
+    Ok(reports)
+}
+
+async fn copy_table(
+    client: &Client,
+    table: &mut ReplicatedTable,
+    lsn: Lsn,
+    commit_ts_micros: i64,
+) -> Result<TableReport, SnapshotError> {
+    let schema = table.schema().clone();
+    let name = schema.qualified_name();
+    let columns: Vec<String> = schema
+        .tuple_columns
+        .iter()
+        .map(|&c| quote_ident(&schema.columns[c].name))
+        .collect();
+    let estimate: Option<f64> = client
+        .query_opt(
+            "SELECT c.reltuples::float8 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&schema.namespace, &schema.name],
+        )
+        .await
+        .map_err(SnapshotError::query(&name, "reading the row estimate"))?
+        .map(|row| row.get::<_, f64>(0))
+        .filter(|&r| r >= 0.0);
+    let estimated_rows = estimate.map(|r| r as u64);
+    tracing::info!(table = %name, estimated_rows, "snapshot of table started");
+    let started = Instant::now();
+    // The SELECT form also reads partitioned tables, which plain COPY TO refuses.
+    let sql = format!(
+        "COPY (SELECT {} FROM {}.{}) TO STDOUT",
+        columns.join(", "),
+        quote_ident(&schema.namespace),
+        quote_ident(&schema.name)
+    );
+    let stream = client
+        .copy_out(&sql)
+        .await
+        .map_err(SnapshotError::query(&name, "starting COPY"))?;
+    let mut stream = std::pin::pin!(stream);
+    let mut batch = TableBatch::new(schema.clone());
+    let mut splitter = RowSplitter::default();
+    let (mut rows, mut bytes) = (0u64, 0u64);
+    let mut next_progress = started + PROGRESS_INTERVAL;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(SnapshotError::query(&name, "reading COPY data"))?;
+        bytes += chunk.len() as u64;
+        for row in splitter.push(&chunk) {
+            let values =
+                copy::parse_row(&row, columns.len()).map_err(|source| SnapshotError::Format {
+                    table: name.clone(),
+                    source,
+                })?;
+            rows += 1;
+            let meta = ChangeMeta {
+                op: Op::Read,
+                lsn,
+                seq: i64::try_from(rows).unwrap_or(i64::MAX),
+                commit_ts_micros,
+                xid: None,
+            };
+            batch.push(&meta, &values)?;
+            if batch.len() >= CHUNK_ROWS || batch.approx_bytes() >= CHUNK_BYTES {
+                let chunk = batch.finish()?;
+                table.lake_mut().write(chunk).await?;
+                // A copy of a large table takes hours: it is the loop turning, and
+                // /healthz must not have the pod restarted in the middle of it.
+                metrics::global().health.tick();
+            }
+        }
+        if Instant::now() >= next_progress {
+            next_progress = Instant::now() + PROGRESS_INTERVAL;
+            tracing::info!(
+                table = %name,
+                rows,
+                estimated_rows,
+                // An estimate from the planner statistics: it may pass 100.
+                percent = estimated_rows.filter(|&e| e > 0).map(|e| rows * 100 / e),
+                bytes,
+                elapsed_s = started.elapsed().as_secs(),
+                "snapshot progress"
+            );
+        }
+    }
+    if splitter.has_partial_row() {
+        return Err(SnapshotError::Format {
+            table: name,
+            source: CopyFormatError("the COPY stream ended inside a row".into()),
+        });
+    }
+    if !batch.is_empty() {
+        let chunk = batch.finish()?;
+        table.lake_mut().write(chunk).await?;
+    }
+    // An empty table commits nothing and stays unloaded: copying it again next time is
+    // cheap, and a version without rows would only add noise to the table's history.
+    let outcome = table.lake_mut().commit(lsn).await?;
+    let elapsed = started.elapsed();
+    let version = match outcome {
+        CommitOutcome::Committed { version } => Some(version),
+        _ => None,
+    };
+    tracing::info!(
+        table = %name,
+        rows,
+        bytes,
+        lsn = %lsn,
+        ?version,
+        elapsed_ms = elapsed.as_millis() as u64,
+        "snapshot of table committed"
+    );
+    Ok(TableReport {
+        table: name,
+        rows,
+        bytes,
+        elapsed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_snapshot_sits_just_before_the_consistent_point() {
+        let created = CreatedSlot {
+            slot_name: "s".into(),
+            consistent_point: Lsn(0x1_0000_0028),
+            snapshot_name: Some("00000003-00000002-1".into()),
+        };
+        let point = SnapshotPoint::of_slot(&created);
+        // A transaction whose commit record starts at the consistent point is streamed,
+        // so the tables' position must not cover it.
+        assert_eq!(point.lsn, Lsn(0x1_0000_0027));
+        assert_eq!(point.name.as_deref(), Some("00000003-00000002-1"));
+    }
+}
