@@ -150,7 +150,7 @@ pg2lake_failed() {
 }
 
 # Changes made once the slot exists are streamed (ops c/u/d/t). Rows that existed before
-# would need the initial snapshot, which `pg2lake run` does not take yet.
+# are copied by the initial load when pg2lake starts; this demo streams everything.
 deadline=$((SECONDS + WAIT_SECONDS))
 until [ "$(psql_demo -d demo -At -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$SLOT'")" = 1 ]; do
     kill -0 "$PG2LAKE_PID" 2>/dev/null || pg2lake_failed "pg2lake exited before creating its replication slot"
