@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::service::{ConfigFile, Service, config_yaml};
-use support::{PgOptions, PgServer, venv_python};
+use support::{PgOptions, PgServer};
 
 /// Changes queued when `BENCH_CHANGES` is unset.
 const DEFAULT_CHANGES: u64 = 1_000_000;
@@ -106,7 +106,7 @@ async fn run(changes: u64) {
 
     let recv = drain_with_pg_recvlogical(&pg, &url, &end_lsn);
     let (lake_time, peak_rss) = drain_with_pg2lake(&db, &config, &end_lsn).await;
-    let rows = count_lake_rows(&lake.path().join("public/items"));
+    let rows = support::count_delta_rows(&lake.path().join("public/items"));
     assert_eq!(
         rows, changes,
         "the lake holds one row per queued change (read with the deltalake package)"
@@ -179,24 +179,4 @@ async fn drain_with_pg2lake(
     let peak = service.peak_rss();
     assert!(service.stop(Duration::from_secs(60)).success());
     (elapsed, peak)
-}
-
-/// Rows in the Delta table at `path`, counted by the `deltalake` Python package.
-fn count_lake_rows(path: &std::path::Path) -> u64 {
-    let script = "import sys\nfrom deltalake import DeltaTable\n\
-                  print(DeltaTable(sys.argv[1]).to_pyarrow_dataset().count_rows())";
-    let out = Command::new(venv_python())
-        .args(["-c", script])
-        .arg(path)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "count rows: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("row count")
 }

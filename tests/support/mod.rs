@@ -956,3 +956,24 @@ pub fn delta_txn_version(
     .unwrap_or_else(|| panic!("no Delta table at {table_uri}"))["txn"][app_id]
         .as_i64()
 }
+
+/// Rows in the Delta table at `path`, counted by the `deltalake` Python package (no rows
+/// are read into this process: fit for tables of millions of rows).
+pub fn count_delta_rows(path: &Path) -> u64 {
+    let script = "import sys\nfrom deltalake import DeltaTable\n\
+                  print(DeltaTable(sys.argv[1]).to_pyarrow_dataset().count_rows())";
+    let out = Command::new(venv_python())
+        .args(["-c", script])
+        .arg(path)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "count rows: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("row count")
+}
