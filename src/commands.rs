@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, TableName};
 use crate::lake::{self, Lake, LakeTable};
 use crate::pg::catalog;
 use crate::pg::connect;
@@ -119,6 +119,19 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
             }),
         });
     }
+    for table in &tables {
+        let (readable, role) = catalog::can_select(&client, table).await?;
+        lines.push(CheckLine {
+            ok: readable,
+            what: format!("table {table}: role {role} may SELECT it (initial load)"),
+            fix: (!readable).then(|| format!("GRANT SELECT ON {} TO {role};", table.quoted())),
+        });
+    }
+    lines.push(publication_line(
+        catalog::publication(&client, &config.source.publication).await?,
+        &config.source.publication,
+        &tables,
+    ));
     let lake = Lake::open(pipeline::lake_options(config))?;
     match lake.check_writable().await {
         Ok(()) => lines.push(CheckLine {
@@ -293,4 +306,39 @@ async fn collect_status(config: &Config) -> Result<Status, PipelineError> {
         lag_seconds,
         tables: table_status,
     })
+}
+
+/// Whether the publication publishes the configured tables. A missing or different one
+/// is not a failure: `run` creates or updates it, which needs CREATE on the database and
+/// ownership of the tables.
+fn publication_line(
+    existing: Option<catalog::Publication>,
+    name: &str,
+    tables: &[TableName],
+) -> CheckLine {
+    let what = match &existing {
+        None => format!("publication {name} does not exist yet: run creates it"),
+        Some(p) if p.all_tables => format!("publication {name} is FOR ALL TABLES"),
+        Some(p) if p.matches(tables) => {
+            format!(
+                "publication {name} publishes the {} configured tables",
+                tables.len()
+            )
+        }
+        Some(p) => format!(
+            "publication {name} publishes {} tables ({}) but the config names {}: run updates it",
+            p.tables.len(),
+            p.tables
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            tables.len()
+        ),
+    };
+    CheckLine {
+        ok: true,
+        what,
+        fix: None,
+    }
 }

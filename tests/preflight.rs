@@ -77,6 +77,60 @@ async fn check_reports_slot_headroom_and_wal_retention() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn check_reports_select_privilege_and_publication_contents() {
+    let pg = PgServer::start();
+    let url = pg.create_database("app").await;
+    let db = pg.connect("app").await;
+    db.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY);
+         CREATE PUBLICATION s FOR TABLE t WITH (publish_via_partition_root = true);
+         CREATE ROLE reader LOGIN REPLICATION; GRANT SELECT ON t TO reader;",
+    )
+    .await
+    .expect("schema, publication and role");
+    let lake = tempfile::tempdir().expect("lake dir");
+    let reader_url = url.replacen("postgres@", "reader@", 1);
+    let config = ConfigFile::new(&config_yaml(
+        &reader_url,
+        "s",
+        &["public.t", "public.u"],
+        &lake.path().display().to_string(),
+        "",
+    ));
+
+    let out = pg2lake("check", &config, &[]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("✓ table public.t: role reader may SELECT it"),
+        "{text}"
+    );
+    assert!(
+        text.contains("✗ table public.u: role reader may SELECT it"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fix: GRANT SELECT ON \"public\".\"u\" TO reader;"),
+        "{text}"
+    );
+    assert!(
+        text.contains("publication s publishes 1 tables (public.t) but the config names 2"),
+        "{text}"
+    );
+
+    db.batch_execute("GRANT SELECT ON u TO reader; ALTER PUBLICATION s ADD TABLE u;")
+        .await
+        .expect("grant and publish");
+    let out = pg2lake("check", &config, &[]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("✓ publication s publishes the 2 configured tables"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn status_reports_lag_seconds_while_streaming() {
     let pg = PgServer::start();
     let url = pg.create_database("app").await;

@@ -322,28 +322,93 @@ pub async fn replica_identity(
     })
 }
 
-/// Creates the publication for `tables` when missing, or sets its table list to exactly
-/// `tables` when it differs (a publication `FOR ALL TABLES` is left alone). Partitioned
-/// tables are published through their root.
-pub async fn ensure_publication(
+/// An existing publication as `pg_publication` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    /// `FOR ALL TABLES`.
+    pub all_tables: bool,
+    /// `publish_via_partition_root`.
+    pub via_root: bool,
+    /// The published tables, sorted (partitions of a published root are not listed).
+    pub tables: Vec<TableName>,
+}
+
+impl Publication {
+    /// Whether it publishes exactly `tables` (sorted) the way pg2lake needs.
+    pub fn matches(&self, tables: &[TableName]) -> bool {
+        self.all_tables || (self.tables == tables && self.via_root)
+    }
+}
+
+/// Reads a publication, `None` when it does not exist.
+pub async fn publication(
     client: &Client,
     publication: &str,
-    tables: &[TableName],
-) -> Result<(), CatalogError> {
-    let existing = client
+) -> Result<Option<Publication>, CatalogError> {
+    let Some(row) = client
         .query_opt(
             "SELECT puballtables, pubviaroot FROM pg_publication WHERE pubname = $1",
             &[&publication],
         )
         .await
-        .map_err(CatalogError::query("reading the publication"))?;
+        .map_err(CatalogError::query("reading the publication"))?
+    else {
+        return Ok(None);
+    };
+    let published = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables \
+             WHERE pubname = $1 ORDER BY 1, 2",
+            &[&publication],
+        )
+        .await
+        .map_err(CatalogError::query("reading the publication's tables"))?;
+    let mut tables: Vec<TableName> = published
+        .iter()
+        .map(|r| TableName {
+            schema: r.get(0),
+            name: r.get(1),
+        })
+        .collect();
+    tables.sort();
+    Ok(Some(Publication {
+        all_tables: row.get(0),
+        via_root: row.get(1),
+        tables,
+    }))
+}
+
+/// Whether the connected role may SELECT `table` (what the initial load needs), and the
+/// role's name.
+pub async fn can_select(
+    client: &Client,
+    table: &TableName,
+) -> Result<(bool, String), CatalogError> {
+    let row = client
+        .query_one(
+            "SELECT has_table_privilege($1, 'SELECT'), current_user::text",
+            &[&table.quoted()],
+        )
+        .await
+        .map_err(CatalogError::query("checking privileges"))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Creates the publication for `tables` when missing, or sets its table list to exactly
+/// `tables` when it differs (a publication `FOR ALL TABLES` is left alone). Partitioned
+/// tables are published through their root.
+pub async fn ensure_publication(
+    client: &Client,
+    publication_name: &str,
+    tables: &[TableName],
+) -> Result<(), CatalogError> {
     let list = tables
         .iter()
         .map(TableName::quoted)
         .collect::<Vec<_>>()
         .join(", ");
-    let name = quote_ident(publication);
-    match existing {
+    let name = quote_ident(publication_name);
+    match publication(client, publication_name).await? {
         None => {
             let sql = format!(
                 "CREATE PUBLICATION {name} FOR TABLE {list} WITH (publish_via_partition_root = true)"
@@ -352,52 +417,38 @@ pub async fn ensure_publication(
                 .batch_execute(&sql)
                 .await
                 .map_err(CatalogError::query(format!(
-                    "creating publication {publication} (fix: grant CREATE on the database and ownership of the tables, or create the publication yourself)"
+                    "creating publication {publication_name} (fix: grant CREATE on the database and ownership of the tables, or create the publication yourself)"
                 )))?;
-            tracing::info!(publication, tables = tables.len(), "created publication");
-        }
-        Some(row) if row.get::<_, bool>(0) => {
             tracing::info!(
-                publication,
+                publication = publication_name,
+                tables = tables.len(),
+                "created publication"
+            );
+        }
+        Some(existing) if existing.all_tables => {
+            tracing::info!(
+                publication = publication_name,
                 "publication is FOR ALL TABLES; leaving it as is"
             );
         }
-        Some(row) => {
-            let published = client
-                .query(
-                    "SELECT schemaname::text, tablename::text FROM pg_publication_tables \
-                     WHERE pubname = $1 ORDER BY 1, 2",
-                    &[&publication],
-                )
+        Some(existing) if !existing.matches(tables) => {
+            let sql = format!(
+                "ALTER PUBLICATION {name} SET TABLE {list}; \
+                 ALTER PUBLICATION {name} SET (publish_via_partition_root = true)"
+            );
+            client
+                .batch_execute(&sql)
                 .await
-                .map_err(CatalogError::query("reading the publication's tables"))?;
-            let mut published: Vec<TableName> = published
-                .iter()
-                .map(|r| TableName {
-                    schema: r.get(0),
-                    name: r.get(1),
-                })
-                .collect();
-            published.sort();
-            let via_root: bool = row.get(1);
-            if published != tables || !via_root {
-                let sql = format!(
-                    "ALTER PUBLICATION {name} SET TABLE {list}; \
-                     ALTER PUBLICATION {name} SET (publish_via_partition_root = true)"
-                );
-                client
-                    .batch_execute(&sql)
-                    .await
-                    .map_err(CatalogError::query(format!(
-                        "updating publication {publication} to the configured tables (fix: make pg2lake's role own the publication, or update it yourself)"
-                    )))?;
-                tracing::info!(
-                    publication,
-                    tables = tables.len(),
-                    "updated publication tables"
-                );
-            }
+                .map_err(CatalogError::query(format!(
+                    "updating publication {publication_name} to the configured tables (fix: make pg2lake's role own the publication, or update it yourself)"
+                )))?;
+            tracing::info!(
+                publication = publication_name,
+                tables = tables.len(),
+                "updated publication tables"
+            );
         }
+        Some(_) => {}
     }
     Ok(())
 }
