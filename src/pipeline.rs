@@ -198,6 +198,15 @@ async fn session(
     for table in &tables {
         // Zero-valued series from the start, so dashboards and rate() have a baseline.
         metrics::global().register_table(&format!("{}.{}", table.schema, table.name));
+        let identity = catalog::replica_identity(&client, table).await?;
+        if !identity.captures_updates() {
+            tracing::warn!(
+                table = %table,
+                replica_identity = identity.describe(),
+                fix = %format!("ALTER TABLE {} REPLICA IDENTITY FULL; (or add a primary key)", table.quoted()),
+                "updates and deletes of this table cannot be captured"
+            );
+        }
     }
     let lake = Lake::open(lake_options(config))?;
     lake.check_writable().await?;

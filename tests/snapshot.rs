@@ -225,6 +225,11 @@ async fn run_snapshots_existing_rows_and_hands_off_exactly_under_writes() {
     assert_eq!(empty.len(), 1, "{empty:?}");
     assert_eq!((op(&empty[0]), &empty[0]["v"]), ("c", &json!("late")));
     let nopk = lake_rows(lake.path(), "nopk");
+    let warned = service.log().lines().any(|line| {
+        line.contains("updates and deletes of this table cannot be captured")
+            && line.contains("public.nopk")
+    });
+    assert!(warned, "a table without a primary key is flagged at start");
     assert_eq!(nopk.iter().filter(|r| op(r) == "r").count(), 500);
     assert_eq!(nopk.iter().filter(|r| op(r) == "c").count(), 1);
     assert!(
