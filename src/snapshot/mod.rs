@@ -35,10 +35,11 @@ use tokio_postgres::Client;
 
 use crate::apply::ReplicatedTable;
 use crate::batch::{BatchError, ChangeMeta, Op, TableBatch};
+use crate::config::TableName;
 use crate::lake::{CommitOutcome, LakeError};
 use crate::lsn::Lsn;
 use crate::metrics;
-use crate::pg::catalog::quote_ident;
+use crate::pg::catalog::{self, CatalogError, quote_ident};
 use crate::pg::connect::{self, ConnectError};
 use crate::pg::replication::{
     ConnectParams, CreatedSlot, ReplicationClient, ReplicationError, SlotSnapshot,
@@ -62,6 +63,9 @@ pub enum SnapshotError {
     /// The replication connection that exports the snapshot failed.
     #[error(transparent)]
     Replication(#[from] ReplicationError),
+    /// A catalog query failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
     /// The role may not read a table that needs a snapshot.
     #[error(
         "role {role} cannot read table {table} for its initial snapshot (fix: GRANT SELECT ON {table} TO {role}; or remove the table from the tables setting)"
@@ -107,6 +111,7 @@ impl SnapshotError {
             SnapshotError::Connect(e) => e.is_transient(),
             SnapshotError::Replication(e) => e.is_transient(),
             SnapshotError::Lake(e) => e.is_transient(),
+            SnapshotError::Catalog(e) => e.is_transient(),
             SnapshotError::Query { source, .. } => {
                 source.is_closed() || source.as_db_error().is_none()
             }
@@ -178,25 +183,15 @@ pub async fn check_readable(
 ) -> Result<(), SnapshotError> {
     for &i in indices {
         let schema = tables[i].schema();
-        let quoted = format!(
-            "{}.{}",
-            quote_ident(&schema.namespace),
-            quote_ident(&schema.name)
-        );
-        let row = client
-            .query_one(
-                "SELECT has_table_privilege($1, 'SELECT'), current_user::text",
-                &[&quoted],
-            )
-            .await
-            .map_err(SnapshotError::query(
-                &schema.qualified_name(),
-                "checking privileges",
-            ))?;
-        if !row.get::<_, bool>(0) {
+        let table = TableName {
+            schema: schema.namespace.clone(),
+            name: schema.name.clone(),
+        };
+        let (readable, role) = catalog::can_select(client, &table).await?;
+        if !readable {
             return Err(SnapshotError::NotReadable {
-                table: quoted,
-                role: row.get(1),
+                table: table.quoted(),
+                role,
             });
         }
     }
