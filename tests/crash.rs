@@ -157,9 +157,7 @@ async fn kill_9_during_load_then_restart_is_exactly_once() {
     // The slot must exist before the load starts: a change committed before it would
     // never be streamed.
     let mut first = Service::start(&config, &[]);
-    support::wait_until(Duration::from_secs(60), "slot created", || {
-        first.log().contains("streaming changes")
-    });
+    first.wait_streaming(Duration::from_secs(60));
     assert!(first.stop(Duration::from_secs(30)).success());
 
     let stop = Arc::new(AtomicBool::new(false));

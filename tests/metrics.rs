@@ -286,9 +286,7 @@ async fn per_table_labels_off_reports_all_tables_as_one() {
     );
     let config = ConfigFile::new(&with_metrics(&yaml, port, "  per_table_labels: false\n"));
     let mut service = Service::start(&config, &[]);
-    wait_until(PROBE_FOLLOWS, "streaming", || {
-        service.log().contains("streaming changes")
-    });
+    service.wait_streaming(PROBE_FOLLOWS);
     db.batch_execute("INSERT INTO a VALUES (1), (2); INSERT INTO b VALUES (1);")
         .await
         .expect("changes");

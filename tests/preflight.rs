@@ -147,9 +147,7 @@ async fn status_reports_lag_seconds_while_streaming() {
         "",
     ));
     let mut service = Service::start(&config, &[]);
-    wait_until(TIMEOUT, "streaming", || {
-        service.log().contains("streaming changes")
-    });
+    service.wait_streaming(TIMEOUT);
     db.batch_execute("INSERT INTO t VALUES (1)")
         .await
         .expect("insert");

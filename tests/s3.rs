@@ -35,9 +35,7 @@ async fn streams_into_an_s3_lake() {
         ("AWS_SECRET_ACCESS_KEY".to_owned(), "test".to_owned()),
     ];
     let mut service = Service::start(&config, &credentials);
-    support::wait_until(Duration::from_secs(30), "streaming", || {
-        service.log().contains("streaming changes")
-    });
+    service.wait_streaming(Duration::from_secs(30));
     for batch in 0..5 {
         db.batch_execute(&format!(
             "INSERT INTO orders SELECT g, g * 1.25, 'b{batch}' FROM generate_series({}, {}) g;

@@ -116,9 +116,7 @@ async fn add_drop_and_retype_columns_while_writes_continue() {
     let table = lake_table(lake.path(), "items");
     let config = config(&url, "evolve", "items", lake.path());
     let mut service = Service::start(&config, &[]);
-    support::wait_until(Duration::from_secs(30), "streaming", || {
-        service.log().contains("streaming changes")
-    });
+    service.wait_streaming(Duration::from_secs(30));
     db.batch_execute(
         "INSERT INTO items SELECT g, g, 'c' || g, 'old' || g FROM generate_series(21, 40) g",
     )
@@ -293,9 +291,7 @@ async fn columns_added_while_stopped_appear_after_restart() {
     let table = lake_table(lake.path(), "t");
     let config = config(&url, "offline", "t", lake.path());
     let mut service = Service::start(&config, &[]);
-    support::wait_until(Duration::from_secs(30), "streaming", || {
-        service.log().contains("streaming changes")
-    });
+    service.wait_streaming(Duration::from_secs(30));
     db.batch_execute("INSERT INTO t VALUES (1, 10)")
         .await
         .expect("insert");
@@ -359,9 +355,7 @@ async fn an_incompatible_type_change_stops_with_a_clear_error() {
     let table = lake_table(lake.path(), "orders");
     let config = config(&url, "retype", "orders", lake.path());
     let mut service = Service::start(&config, &[]);
-    support::wait_until(Duration::from_secs(30), "streaming", || {
-        service.log().contains("streaming changes")
-    });
+    service.wait_streaming(Duration::from_secs(30));
     db.batch_execute("INSERT INTO orders VALUES (1, 5)")
         .await
         .expect("insert");
@@ -431,9 +425,7 @@ async fn kill_9_around_schema_changes_is_exactly_once() {
     let config = config(&url, "crashddl", "log", lake.path());
     // The slot must exist before the load starts: rows from before it are not streamed.
     let mut first = Service::start(&config, &[]);
-    support::wait_until(Duration::from_secs(30), "streaming", || {
-        first.log().contains("streaming changes")
-    });
+    first.wait_streaming(Duration::from_secs(30));
     let stop = Arc::new(AtomicBool::new(false));
     let loader = tokio::spawn(load_with_ddl(pg.connect("crashddl").await, stop.clone()));
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -496,9 +488,7 @@ async fn a_column_added_mid_transaction_lands_in_an_s3_lake() {
         ("AWS_SECRET_ACCESS_KEY".to_owned(), "test".to_owned()),
     ];
     let mut service = Service::start(&config, &credentials);
-    support::wait_until(Duration::from_secs(30), "streaming", || {
-        service.log().contains("streaming changes")
-    });
+    service.wait_streaming(Duration::from_secs(30));
     // Old-layout rows are written and pending when the layout grows: both kinds of files
     // go into the same Delta version, written through the S3 store.
     db.batch_execute(

@@ -168,9 +168,7 @@ async fn run_snapshots_existing_rows_and_hands_off_exactly_under_writes() {
     let loader = tokio::spawn(write_load(pg.connect("shop").await, stop.clone(), 25_000));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut service = Service::start(&config, &[]);
-    support::wait_until(Duration::from_secs(60), "streaming started", || {
-        service.log().contains("streaming changes")
-    });
+    service.wait_streaming(Duration::from_secs(60));
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     let committed = loader.await.expect("loader");
@@ -338,9 +336,7 @@ async fn snapshot_command_then_run_misses_and_doubles_nothing() {
     );
 
     let mut service = Service::start(&config, &[]);
-    support::wait_until(Duration::from_secs(60), "streaming started", || {
-        service.log().contains("streaming changes")
-    });
+    service.wait_streaming(Duration::from_secs(60));
     db.batch_execute("UPDATE items SET note = 'after' WHERE id = 30")
         .await
         .expect("change while running");
@@ -504,9 +500,7 @@ async fn kill_9_during_snapshot_then_rerun_is_exact() {
     .await
     .expect("more changes");
     let mut service = Service::start(&config, &[]);
-    support::wait_until(Duration::from_secs(60), "streaming started", || {
-        service.log().contains("streaming changes")
-    });
+    service.wait_streaming(Duration::from_secs(60));
     wait_caught_up(&db, "killed", CATCH_UP).await;
     assert_items_equal(&db, lake.path(), "a_small").await;
     assert_items_equal(&db, lake.path(), "big").await;
@@ -617,9 +611,7 @@ async fn sigterm_during_the_snapshot_of_run_stops_cleanly_and_restart_completes(
         .await
         .expect("changes while stopped");
     let mut service = Service::start(&config, &[]);
-    support::wait_until(Duration::from_secs(120), "streaming started", || {
-        service.log().contains("streaming changes")
-    });
+    service.wait_streaming(Duration::from_secs(120));
     db.batch_execute("INSERT INTO big VALUES (300001, 1, 'new')")
         .await
         .expect("change while running");

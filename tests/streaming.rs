@@ -42,9 +42,7 @@ async fn changes_land_with_ops_lsns_values_and_types() {
         "",
     ));
     let mut service = Service::start(&config, &[]);
-    support::wait_until(Duration::from_secs(30), "slot created", || {
-        service.log().contains("streaming changes")
-    });
+    service.wait_streaming(Duration::from_secs(30));
 
     db.batch_execute(
         "BEGIN;
@@ -215,9 +213,7 @@ async fn a_large_transaction_is_one_delta_version_with_bounded_memory() {
         ),
     );
     let mut service = Service::start(&config, &[]);
-    support::wait_until(Duration::from_secs(30), "streaming", || {
-        service.log().contains("streaming changes")
-    });
+    service.wait_streaming(Duration::from_secs(30));
     db.batch_execute("INSERT INTO events VALUES (0, 'warm-up', now())")
         .await
         .unwrap();
@@ -283,9 +279,7 @@ async fn the_slot_advances_while_only_unreplicated_tables_change() {
         "",
     ));
     let mut service = Service::start(&config, &[]);
-    support::wait_until(Duration::from_secs(30), "streaming", || {
-        service.log().contains("streaming changes")
-    });
+    service.wait_streaming(Duration::from_secs(30));
     let start = confirmed_flush(&db, "idle").await.expect("slot exists");
     db.batch_execute(
         "INSERT INTO other SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g",
@@ -325,9 +319,7 @@ async fn postgres_restart_mid_stream_loses_nothing() {
         ),
     );
     let mut service = Service::start(&config, &[]);
-    support::wait_until(Duration::from_secs(30), "streaming", || {
-        service.log().contains("streaming changes")
-    });
+    service.wait_streaming(Duration::from_secs(30));
     {
         let db = pg.connect("restart").await;
         db.batch_execute("INSERT INTO items SELECT g, g FROM generate_series(1, 500) g")

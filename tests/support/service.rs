@@ -100,6 +100,14 @@ impl Service {
             .unwrap_or(0)
     }
 
+    /// Waits until the service logs that it streams changes (slot, publication and
+    /// initial load done), for at most `timeout`.
+    pub fn wait_streaming(&self, timeout: Duration) {
+        super::wait_until(timeout, "pg2lake streaming changes", || {
+            self.log().contains("streaming changes")
+        });
+    }
+
     /// Whether the process still runs.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
