@@ -31,3 +31,4 @@ pub mod progress;
 pub mod schema;
 pub mod snapshot;
 pub mod telemetry;
+pub mod terminal;

@@ -45,6 +45,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "pg2lake_reconnects_total",
     "pg2lake_memory_buffered_bytes",
     "pg2lake_memory_budget_bytes",
+    "pg2lake_snapshot_rows",
+    "pg2lake_snapshot_rows_estimated",
+    "pg2lake_snapshot_tables_pending",
     "process_resident_memory_bytes",
     "process_cpu_seconds_total",
     "process_open_fds",
@@ -113,6 +116,12 @@ pub struct Metrics {
     pub memory_budget_bytes: IntGauge,
     /// Probe state.
     pub health: Health,
+    /// Rows the initial load has copied, by table (for the copies of this process).
+    pub snapshot_rows: IntGaugeVec,
+    /// Rows the initial load expects to copy (planner estimate), by table.
+    pub snapshot_rows_estimated: IntGaugeVec,
+    /// Tables whose initial load has not been committed yet.
+    pub snapshot_tables_pending: IntGauge,
 }
 
 /// What `/healthz` and `/readyz` answer from.
@@ -164,6 +173,12 @@ pub fn global() -> &'static Metrics {
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    register(registry, metric)
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     register(registry, metric)
 }
@@ -324,6 +339,23 @@ impl Metrics {
             ),
             per_table_labels: AtomicBool::new(true),
             health: Health::new(),
+            snapshot_rows: gauge_vec(
+                &r,
+                "pg2lake_snapshot_rows",
+                "Rows the initial load has copied so far",
+                &["table"],
+            ),
+            snapshot_rows_estimated: gauge_vec(
+                &r,
+                "pg2lake_snapshot_rows_estimated",
+                "Rows the initial load expects to copy (pg_class.reltuples)",
+                &["table"],
+            ),
+            snapshot_tables_pending: gauge(
+                &r,
+                "pg2lake_snapshot_tables_pending",
+                "Tables whose initial load is not committed yet",
+            ),
             registry: r,
         }
     }
@@ -349,6 +381,9 @@ impl Metrics {
         let table = self.table_label(table);
         for op in OPS {
             self.changes.with_label_values(&[table, op]).inc_by(0);
+        }
+        for vec in [&self.snapshot_rows, &self.snapshot_rows_estimated] {
+            vec.with_label_values(&[table]).add(0);
         }
         for vec in [
             &self.rows_written,

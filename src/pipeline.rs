@@ -234,8 +234,15 @@ async fn session(
                 );
             } else {
                 let point = SnapshotPoint::of_slot(&created);
-                if !copy_unless_stopped(&params, &point, &mut replicated, &unloaded, shutdown)
-                    .await?
+                if !copy_unless_stopped(
+                    config,
+                    &params,
+                    &point,
+                    &mut replicated,
+                    &unloaded,
+                    shutdown,
+                )
+                .await?
                 {
                     return Ok(());
                 }
@@ -249,8 +256,15 @@ async fn session(
             if !unloaded.is_empty() {
                 let (exporter, created) = snapshot::temporary_export(&params).await?;
                 let point = SnapshotPoint::of_slot(&created);
-                if !copy_unless_stopped(&params, &point, &mut replicated, &unloaded, shutdown)
-                    .await?
+                if !copy_unless_stopped(
+                    config,
+                    &params,
+                    &point,
+                    &mut replicated,
+                    &unloaded,
+                    shutdown,
+                )
+                .await?
                 {
                     return Ok(());
                 }
@@ -301,9 +315,10 @@ pub(crate) async fn open_tables(
 /// Copies `tables[unloaded]` at `point`; `false` when shutdown came first. Nothing of an
 /// unfinished copy is committed, so the next start copies those tables again.
 async fn copy_unless_stopped(
+    config: &Config,
     params: &ConnectParams,
     point: &SnapshotPoint,
-    tables: &mut [ReplicatedTable],
+    tables: &mut Vec<ReplicatedTable>,
     unloaded: &[usize],
     shutdown: &CancellationToken,
 ) -> Result<bool, PipelineError> {
@@ -311,7 +326,7 @@ async fn copy_unless_stopped(
         biased;
         // Shutdown first: a stop must not wait for a table copy that may take hours.
         () = shutdown.cancelled() => Ok(false),
-        result = snapshot::copy_tables(params, point, tables, unloaded) => {
+        result = snapshot::copy_tables(params, point, tables, unloaded, config.snapshot.parallelism) => {
             result?;
             Ok(true)
         }

@@ -107,7 +107,7 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<(), TelemetryError
                 fmt::layer()
                     .compact()
                     .with_ansi(terminal)
-                    .with_writer(std::io::stderr),
+                    .with_writer(crate::terminal::Stderr),
             )
             .try_init(),
     };

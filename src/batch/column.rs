@@ -11,7 +11,7 @@ use arrow::datatypes::{
 use super::text::{
     decode_bytea, parse_bool, parse_date, parse_decimal, parse_float, parse_int, parse_timestamp,
 };
-use super::{OFFSET_BYTES, ValueError};
+use super::{OFFSET_BYTES, ValueError, binary};
 use crate::schema::Conversion;
 
 /// A primitive column builder and the value staged for the row being pushed.
@@ -169,6 +169,42 @@ impl Column {
                 let with_offset = *with_offset;
                 values.stage(text, |t| parse_timestamp(t, with_offset))
             }
+        }
+    }
+
+    /// Decodes the row's value in its binary send form (None = null) without appending,
+    /// for columns [`binary::decodes`] accepts; `commit` then appends it like a text value.
+    pub(super) fn stage_binary(&mut self, raw: Option<&[u8]>) -> Result<usize, ValueError> {
+        match self {
+            Column::Bool { staged, .. } => {
+                *staged = raw.map(binary::bool).transpose()?;
+                Ok(1)
+            }
+            Column::Int16(values) => values.stage(raw, binary::int2),
+            Column::Int32(values) => values.stage(raw, binary::int4),
+            Column::Int64(values) => values.stage(raw, binary::int8),
+            Column::Float32(values) => values.stage(raw, binary::float4),
+            Column::Float64(values) => values.stage(raw, binary::float8),
+            Column::Decimal {
+                precision,
+                scale,
+                values,
+            } => {
+                let (precision, scale) = (*precision, *scale);
+                values.stage(raw, |r| binary::numeric(r, precision, scale))
+            }
+            // The send form of text types is the characters themselves.
+            Column::Text(_) => self.stage(raw),
+            Column::Bytea {
+                staged, scratch, ..
+            } => {
+                scratch.clear();
+                *staged = raw.is_some();
+                scratch.extend_from_slice(raw.unwrap_or_default());
+                Ok(scratch.len() + OFFSET_BYTES)
+            }
+            Column::Date(values) => values.stage(raw, binary::date),
+            Column::Timestamp { values, .. } => values.stage(raw, binary::timestamp),
         }
     }
 

@@ -37,6 +37,7 @@
 //! (after 294247-01-10), is an error rather than a silent clamp.
 
 use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -194,6 +195,7 @@ pub enum ValueError {
     ByteaNotHex,
 }
 
+pub mod binary;
 mod column;
 #[cfg(test)]
 mod tests;
@@ -207,6 +209,8 @@ pub struct TableBatch {
     /// Per lake source column, the position of its value in a change tuple; `None` for
     /// a column the source no longer has (always null).
     tuple_positions: Vec<Option<usize>>,
+    /// Per lake source column, whether a binary COPY sends it in binary (else as text).
+    copy_binary: Vec<bool>,
     op: StringBuilder,
     lsn: Int64Builder,
     seq: Int64Builder,
@@ -242,9 +246,11 @@ impl TableBatch {
                 *slot = Some(position);
             }
         }
+        let copy_binary = schema.columns.iter().map(binary::decodes).collect();
         TableBatch {
             columns,
             tuple_positions,
+            copy_binary,
             op: StringBuilder::new(),
             lsn: Int64Builder::new(),
             seq: Int64Builder::new(),
@@ -338,6 +344,53 @@ impl TableBatch {
         }
         // A null list, not an empty one, when every column was sent.
         self.unchanged.append(any_unchanged);
+        self.append_meta(meta);
+        self.rows += 1;
+        self.bytes += bytes;
+        Ok(())
+    }
+
+    /// Adds one row of a binary `COPY` of the source's current columns: `fields[i]` is
+    /// the range in `data` of the i-th column's value (attribute order), `None` for NULL.
+    /// Columns [`binary::decodes`] accepts arrive in their send form, the others as their
+    /// text output (the snapshot selects them so). Atomic like [`TableBatch::push`].
+    pub fn push_binary_copy(
+        &mut self,
+        meta: &ChangeMeta,
+        data: &[u8],
+        fields: &[Option<Range<usize>>],
+    ) -> Result<(), BatchError> {
+        if fields.len() != self.schema.tuple_columns.len() {
+            return Err(BatchError::ColumnCount {
+                table: self.schema.qualified_name(),
+                expected: self.schema.tuple_columns.len(),
+                got: fields.len(),
+            });
+        }
+        let value_of = |position: Option<usize>| -> Option<&[u8]> {
+            let range = fields.get(position?)?.clone()?;
+            data.get(range)
+        };
+        let mut bytes = META_ROW_BYTES;
+        for (((column, source), &position), &binary) in self
+            .columns
+            .iter_mut()
+            .zip(&self.schema.columns)
+            .zip(&self.tuple_positions)
+            .zip(&self.copy_binary)
+        {
+            let raw = value_of(position);
+            let staged = if binary {
+                column.stage_binary(raw)
+            } else {
+                column.stage(raw)
+            };
+            bytes += staged.map_err(|error| value_error(&self.schema, source, error))?;
+        }
+        for (column, &position) in self.columns.iter_mut().zip(&self.tuple_positions) {
+            column.commit(value_of(position));
+        }
+        self.unchanged.append(false);
         self.append_meta(meta);
         self.rows += 1;
         self.bytes += bytes;

@@ -63,6 +63,11 @@ pub const DEFAULT_LAKE_URL: &str = "./lake";
 pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 100;
 /// Default of `lake.log_retention` (30 days, Delta's own default).
 pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// Default of `snapshot.parallelism`: two connections overlap one table's copy with
+/// another's (or split a large table) without loading a small server much.
+pub const DEFAULT_SNAPSHOT_PARALLELISM: usize = 2;
+/// Largest `snapshot.parallelism`; each connection is a backend on the source.
+pub const MAX_SNAPSHOT_PARALLELISM: usize = 64;
 /// Default of `flush.max_rows`.
 pub const DEFAULT_FLUSH_MAX_ROWS: usize = 100_000;
 /// Default of `flush.max_bytes`.
@@ -249,6 +254,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// The Prometheus and probe endpoint.
     pub metrics: MetricsConfig,
+    /// The initial load.
+    pub snapshot: SnapshotConfig,
 }
 
 impl Default for Config {
@@ -261,6 +268,24 @@ impl Default for Config {
             memory_budget: DEFAULT_MEMORY_BUDGET,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             metrics: MetricsConfig::default(),
+            snapshot: SnapshotConfig::default(),
+        }
+    }
+}
+
+/// How the initial load copies tables.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// Connections copying at once, all in the same exported snapshot: several tables
+    /// at a time, and large tables split into ranges of pages.
+    pub parallelism: usize,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            parallelism: DEFAULT_SNAPSHOT_PARALLELISM,
         }
     }
 }
@@ -1458,6 +1483,15 @@ impl Config {
             ));
         }
         check_nonzero("lake.log_retention", lake.log_retention, "30 days")?;
+
+        if !(1..=MAX_SNAPSHOT_PARALLELISM).contains(&self.snapshot.parallelism) {
+            return Err(ConfigError::invalid(
+                "snapshot.parallelism",
+                format!(
+                    "snapshot.parallelism must be between 1 and {MAX_SNAPSHOT_PARALLELISM} (e.g. {DEFAULT_SNAPSHOT_PARALLELISM})"
+                ),
+            ));
+        }
 
         let flush = &self.flush;
         if flush.max_rows < 1 {

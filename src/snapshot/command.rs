@@ -76,7 +76,14 @@ pub async fn run(config: &Config, no_slot: bool) -> Result<(), PipelineError> {
             (replication, created, true)
         };
         let point = SnapshotPoint::of_slot(&created);
-        let reports = super::copy_tables(&params, &point, &mut replicated, &unloaded).await?;
+        let reports = super::copy_tables(
+            &params,
+            &point,
+            &mut replicated,
+            &unloaded,
+            config.snapshot.parallelism,
+        )
+        .await?;
         drop(exporter);
         lines.extend(reports.into_iter().map(Line::Copied));
         headline = if kept {

@@ -4,9 +4,10 @@
 //! ```text
 //!  replication conn: CREATE_REPLICATION_SLOT … (SNAPSHOT 'export') ─► consistent point C,
 //!                    snapshot name S          (then idle: S is valid until its next command)
-//!  sql conn:  BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT S
-//!             per table: COPY (SELECT cols FROM t) TO STDOUT ─► copy::parse_row ─► TableBatch
+//!  snapshot.parallelism sql conns, each: BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT S
+//!             per table (or page range of one): COPY … (FORMAT binary) ─► TableBatch
 //!                        ─► LakeTable::write (chunks) ─► ONE commit, txn version = C - 1
+//!             (see `load` for the split and the tasks)
 //!  replication conn: START_REPLICATION from C; a table skips transactions ≤ C - 1
 //! ```
 //!
@@ -27,30 +28,29 @@
 
 pub mod command;
 pub mod copy;
+mod load;
+mod progress;
 
-use std::time::{Duration, Instant};
+pub use load::copy_tables;
 
-use futures::StreamExt;
+use std::time::Duration;
+
 use tokio_postgres::Client;
 
 use crate::apply::ReplicatedTable;
-use crate::batch::{BatchError, ChangeMeta, Op, TableBatch};
+use crate::batch::BatchError;
 use crate::config::TableName;
-use crate::lake::{CommitOutcome, LakeError};
+use crate::lake::LakeError;
 use crate::lsn::Lsn;
-use crate::metrics;
-use crate::pg::catalog::{self, CatalogError, quote_ident};
-use crate::pg::connect::{self, ConnectError};
+use crate::pg::catalog::{self, CatalogError};
+use crate::pg::connect::ConnectError;
 use crate::pg::replication::{
     ConnectParams, CreatedSlot, ReplicationClient, ReplicationError, SlotSnapshot,
 };
+use crate::schema::TableSchema;
 
-use copy::{CopyFormatError, RowSplitter};
+use copy::CopyFormatError;
 
-/// Rows per Arrow chunk handed to the Parquet writer (as the streaming path).
-const CHUNK_ROWS: usize = 8192;
-/// Bytes per Arrow chunk handed to the Parquet writer.
-const CHUNK_BYTES: usize = 8 * 1024 * 1024;
 /// How often a table's copy reports its progress.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -96,6 +96,16 @@ pub enum SnapshotError {
         #[source]
         source: CopyFormatError,
     },
+    /// A copy of the table stopped because another part of the load failed (that
+    /// failure is the one reported).
+    #[error("snapshot of {table} was interrupted before all of it was copied")]
+    Interrupted {
+        /// The table.
+        table: String,
+    },
+    /// A task of the load ended abnormally.
+    #[error("snapshot task failed: {0}")]
+    Task(String),
     /// A value could not be converted to its lake type.
     #[error(transparent)]
     Batch(#[from] BatchError),
@@ -115,9 +125,17 @@ impl SnapshotError {
             SnapshotError::Query { source, .. } => {
                 source.is_closed() || source.as_db_error().is_none()
             }
+            SnapshotError::Interrupted { .. } => true,
             SnapshotError::NotReadable { .. }
+            | SnapshotError::Task(_)
             | SnapshotError::Format { .. }
             | SnapshotError::Batch(_) => false,
+        }
+    }
+
+    fn interrupted(schema: &TableSchema) -> Self {
+        SnapshotError::Interrupted {
+            table: schema.qualified_name(),
         }
     }
 
@@ -215,164 +233,6 @@ pub async fn temporary_export(
         .await?;
     tracing::info!(slot = %name, consistent_point = %created.consistent_point, "created temporary slot for the snapshot");
     Ok((replication, created))
-}
-
-/// Copies `tables[indices]` as of `point`, each committed as one Delta version whose
-/// `txn` is `point.lsn`. The exporting connection must stay idle until this returns.
-pub async fn copy_tables(
-    params: &ConnectParams,
-    point: &SnapshotPoint,
-    tables: &mut [ReplicatedTable],
-    indices: &[usize],
-) -> Result<Vec<TableReport>, SnapshotError> {
-    let client = connect::sql(params).await?;
-    let err = |what| SnapshotError::query("*", what);
-    client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(err("starting the snapshot transaction"))?;
-    if let Some(name) = &point.name {
-        client
-            .batch_execute(&format!(
-                "SET TRANSACTION SNAPSHOT '{}'",
-                name.replace('\'', "''")
-            ))
-            .await
-            .map_err(err("importing the exported snapshot"))?;
-    }
-    let commit_ts_micros: i64 = client
-        .query_one("SELECT (extract(epoch FROM now()) * 1000000)::int8", &[])
-        .await
-        .map_err(err("reading the snapshot time"))?
-        .get(0);
-    tracing::info!(lsn = %point.lsn, tables = indices.len(), "snapshot started");
-    let mut reports = Vec::with_capacity(indices.len());
-    for &i in indices {
-        reports.push(copy_table(&client, &mut tables[i], point.lsn, commit_ts_micros).await?);
-    }
-    // Read only: nothing to commit, and ending it releases the snapshot at once.
-    client
-        .batch_execute("ROLLBACK")
-        .await
-        .map_err(err("ending the snapshot transaction"))?;
-    Ok(reports)
-}
-
-async fn copy_table(
-    client: &Client,
-    table: &mut ReplicatedTable,
-    lsn: Lsn,
-    commit_ts_micros: i64,
-) -> Result<TableReport, SnapshotError> {
-    let schema = table.schema().clone();
-    let name = schema.qualified_name();
-    let columns: Vec<String> = schema
-        .tuple_columns
-        .iter()
-        .map(|&c| quote_ident(&schema.columns[c].name))
-        .collect();
-    let estimate: Option<f64> = client
-        .query_opt(
-            "SELECT c.reltuples::float8 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relname = $2",
-            &[&schema.namespace, &schema.name],
-        )
-        .await
-        .map_err(SnapshotError::query(&name, "reading the row estimate"))?
-        .map(|row| row.get::<_, f64>(0))
-        .filter(|&r| r >= 0.0);
-    let estimated_rows = estimate.map(|r| r as u64);
-    tracing::info!(table = %name, estimated_rows, "snapshot of table started");
-    let started = Instant::now();
-    // The SELECT form also reads partitioned tables, which plain COPY TO refuses.
-    let sql = format!(
-        "COPY (SELECT {} FROM {}.{}) TO STDOUT",
-        columns.join(", "),
-        quote_ident(&schema.namespace),
-        quote_ident(&schema.name)
-    );
-    let stream = client
-        .copy_out(&sql)
-        .await
-        .map_err(SnapshotError::query(&name, "starting COPY"))?;
-    let mut stream = std::pin::pin!(stream);
-    let mut batch = TableBatch::new(schema.clone());
-    let mut splitter = RowSplitter::default();
-    let (mut rows, mut bytes) = (0u64, 0u64);
-    let mut next_progress = started + PROGRESS_INTERVAL;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(SnapshotError::query(&name, "reading COPY data"))?;
-        bytes += chunk.len() as u64;
-        for row in splitter.push(&chunk) {
-            let values =
-                copy::parse_row(&row, columns.len()).map_err(|source| SnapshotError::Format {
-                    table: name.clone(),
-                    source,
-                })?;
-            rows += 1;
-            let meta = ChangeMeta {
-                op: Op::Read,
-                lsn,
-                seq: i64::try_from(rows).unwrap_or(i64::MAX),
-                commit_ts_micros,
-                xid: None,
-            };
-            batch.push(&meta, &values)?;
-            if batch.len() >= CHUNK_ROWS || batch.approx_bytes() >= CHUNK_BYTES {
-                let chunk = batch.finish()?;
-                table.lake_mut().write(chunk).await?;
-                // A copy of a large table takes hours: it is the loop turning, and
-                // /healthz must not have the pod restarted in the middle of it.
-                metrics::global().health.tick();
-            }
-        }
-        if Instant::now() >= next_progress {
-            next_progress = Instant::now() + PROGRESS_INTERVAL;
-            tracing::info!(
-                table = %name,
-                rows,
-                estimated_rows,
-                // An estimate from the planner statistics: it may pass 100.
-                percent = estimated_rows.filter(|&e| e > 0).map(|e| rows * 100 / e),
-                bytes,
-                elapsed_s = started.elapsed().as_secs(),
-                "snapshot progress"
-            );
-        }
-    }
-    if splitter.has_partial_row() {
-        return Err(SnapshotError::Format {
-            table: name,
-            source: CopyFormatError("the COPY stream ended inside a row".into()),
-        });
-    }
-    if !batch.is_empty() {
-        let chunk = batch.finish()?;
-        table.lake_mut().write(chunk).await?;
-    }
-    // An empty table commits nothing and stays unloaded: copying it again next time is
-    // cheap, and a version without rows would only add noise to the table's history.
-    let outcome = table.lake_mut().commit(lsn).await?;
-    let elapsed = started.elapsed();
-    let version = match outcome {
-        CommitOutcome::Committed { version } => Some(version),
-        _ => None,
-    };
-    tracing::info!(
-        table = %name,
-        rows,
-        bytes,
-        lsn = %lsn,
-        ?version,
-        elapsed_ms = elapsed.as_millis() as u64,
-        "snapshot of table committed"
-    );
-    Ok(TableReport {
-        table: name,
-        rows,
-        bytes,
-        elapsed,
-    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,558 @@
+//! The copy itself: tables split into page ranges, copied by several connections that share
+//! one exported snapshot, decoded from binary COPY into Arrow, written by one task per table.
+//!
+//! ```text
+//!  plan: per table  relkind, reltuples, pages ─► ranges [0,p1) [p1,p2) … [pn,∞)
+//!                                                 (one range: small, partitioned, PG < 14)
+//!  worker 1..N (own connection; BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT S):
+//!     take next range ─► COPY (SELECT … WHERE ctid >= '(p1,0)' AND ctid < '(p2,0)')
+//!                        TO STDOUT (FORMAT binary) ─► BinaryRows ─► TableBatch (8 MiB chunks)
+//!                                                                      │ bounded channel
+//!  writer per table (own task): RecordBatch ─► Parquet encode + upload ─► after the last
+//!                                range: ONE Delta commit whose txn version is the snapshot LSN
+//! ```
+//!
+//! Invariants:
+//! - Every connection imports the same snapshot, so the ranges of a table together hold
+//!   each row visible to it exactly once: a row version lives at one ctid, and the ranges
+//!   cover all pages (the last one is open-ended, for pages added after it was planned).
+//! - A table is committed only after every one of its ranges has been copied: a failed or
+//!   cancelled copy commits nothing, and the next start copies the table again.
+//! - Memory is bounded whatever the table size: per worker one chunk being built, per
+//!   table a channel of [`CHANNEL_CHUNKS`] chunks and one open Parquet file (files roll by
+//!   size in the lake writer).
+//! - Parquet encoding runs in the writer tasks, off the tasks that read the network.
+//! - `_seq` of a snapshot row is `range << 40 | ordinal in range`: unique within the table,
+//!   and increasing in page order.
+
+use std::collections::VecDeque;
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow::record_batch::RecordBatch;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_postgres::Client;
+
+use crate::apply::ReplicatedTable;
+use crate::batch::{BatchError, ChangeMeta, Op, TableBatch, binary};
+use crate::lake::CommitOutcome;
+use crate::lsn::Lsn;
+use crate::metrics;
+use crate::pg::catalog::quote_ident;
+use crate::pg::connect;
+use crate::pg::replication::ConnectParams;
+use crate::schema::TableSchema;
+
+use super::copy::{BinaryRows, CopyFormatError};
+use super::progress::{Progress, TableProgress};
+use super::{SnapshotError, SnapshotPoint, TableReport};
+
+/// Rows per Arrow chunk handed to the Parquet writer (as the streaming path).
+const CHUNK_ROWS: usize = 8192;
+/// Bytes per Arrow chunk handed to the Parquet writer.
+const CHUNK_BYTES: usize = 8 * 1024 * 1024;
+/// Chunks queued per table between its copying connections and its writer.
+const CHANNEL_CHUNKS: usize = 4;
+/// Smallest page range worth a COPY of its own (64 MiB of 8 KiB pages).
+const MIN_RANGE_PAGES: i64 = 8192;
+/// Ranges per connection for one large table, so connections finishing early take more.
+const RANGES_PER_CONNECTION: i64 = 4;
+/// The first server version with TID range scans; before it a ctid range reads the table.
+const TID_RANGE_SCAN_VERSION: i32 = 140_000;
+/// Bits of `_seq` for the ordinal of a row within its range.
+const SEQ_RANGE_SHIFT: u32 = 40;
+
+/// What flows from the copying connections to a table's writer.
+enum Chunk {
+    /// Rows to write.
+    Rows(RecordBatch),
+    /// One of the table's ranges was copied completely.
+    RangeDone,
+}
+
+/// One COPY: a table's page range.
+struct Range {
+    table: Arc<TableProgress>,
+    schema: Arc<TableSchema>,
+    /// Ordinal of the range within its table.
+    index: u64,
+    /// Pages `[from, to)`; `None` bounds are open.
+    from: Option<i64>,
+    to: Option<i64>,
+    chunks: mpsc::Sender<Chunk>,
+}
+
+/// Why a row of the COPY stream could not be taken.
+enum RowError {
+    Format(CopyFormatError),
+    Batch(Box<BatchError>),
+}
+
+impl From<CopyFormatError> for RowError {
+    fn from(error: CopyFormatError) -> Self {
+        RowError::Format(error)
+    }
+}
+
+/// The shape of a table as the planner sees it.
+struct TableSize {
+    partitioned: bool,
+    estimated_rows: Option<u64>,
+    pages: i64,
+}
+
+/// Copies `tables[indices]` as of `point` with up to `parallelism` connections; each table
+/// is committed as one Delta version whose `txn` is `point.lsn`. The exporting connection
+/// must stay idle until this returns. On error, the tables that were being copied are
+/// gone from `tables` (the caller ends its session).
+pub async fn copy_tables(
+    params: &ConnectParams,
+    point: &SnapshotPoint,
+    tables: &mut Vec<ReplicatedTable>,
+    indices: &[usize],
+    parallelism: usize,
+) -> Result<Vec<TableReport>, SnapshotError> {
+    // Without an exported snapshot every connection would see its own: one only.
+    let parallelism = if point.name.is_some() {
+        parallelism.max(1)
+    } else {
+        1
+    };
+    let first = begin(params, point).await?;
+    let err = |what| SnapshotError::query("*", what);
+    let commit_ts_micros: i64 = first
+        .query_one("SELECT (extract(epoch FROM now()) * 1000000)::int8", &[])
+        .await
+        .map_err(err("reading the snapshot time"))?
+        .get(0);
+    let version_num: i32 = first
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(err("reading the server version"))?
+        .get(0);
+    let split = parallelism > 1 && version_num >= TID_RANGE_SCAN_VERSION;
+    tracing::info!(lsn = %point.lsn, tables = indices.len(), parallelism, "snapshot started");
+
+    let mut slots: Vec<Option<ReplicatedTable>> =
+        std::mem::take(tables).into_iter().map(Some).collect();
+    let mut queue = VecDeque::new();
+    let mut writers = JoinSet::new();
+    let progress = Progress::new(std::io::stderr().is_terminal());
+    metrics::global()
+        .snapshot_tables_pending
+        .add(i64::try_from(indices.len()).unwrap_or(i64::MAX));
+    for &i in indices {
+        let Some(table) = slots.get_mut(i).and_then(Option::take) else {
+            continue;
+        };
+        let schema = table.schema().clone();
+        let size = table_size(&first, &schema).await?;
+        let ranges = plan_ranges(&size, split, parallelism);
+        let state = progress.add(schema.qualified_name(), size.estimated_rows);
+        let (sender, receiver) = mpsc::channel(CHANNEL_CHUNKS);
+        for (index, (from, to)) in ranges.iter().copied().enumerate() {
+            queue.push_back(Range {
+                table: state.clone(),
+                schema: schema.clone(),
+                index: index as u64,
+                from,
+                to,
+                chunks: sender.clone(),
+            });
+        }
+        tracing::info!(
+            table = %schema.qualified_name(),
+            estimated_rows = size.estimated_rows,
+            pages = size.pages,
+            ranges = ranges.len(),
+            "snapshot of table planned"
+        );
+        writers.spawn(write_table(
+            i,
+            table,
+            receiver,
+            ranges.len(),
+            point.lsn,
+            state,
+        ));
+    }
+
+    let connections = parallelism.min(queue.len()).max(1);
+    let queue = Arc::new(Mutex::new(queue));
+    let mut workers = JoinSet::new();
+    workers.spawn(copy_ranges(
+        first,
+        queue.clone(),
+        point.lsn,
+        commit_ts_micros,
+    ));
+    for _ in 1..connections {
+        let client = begin(params, point).await?;
+        workers.spawn(copy_ranges(
+            client,
+            queue.clone(),
+            point.lsn,
+            commit_ts_micros,
+        ));
+    }
+    drop(queue);
+    let reporter = progress.report_every(super::PROGRESS_INTERVAL);
+
+    let mut reports = Vec::with_capacity(indices.len());
+    // An error that only reflects another task's failure (a writer whose senders went
+    // away, a worker whose writer went away) is kept in case no cause shows up.
+    let mut consequence = None;
+    while !(workers.is_empty() && writers.is_empty()) {
+        tokio::select! {
+            // No priority is needed: every outcome is handled and the loop runs until both
+            // sets are empty or an error ends it (dropping the sets aborts the rest).
+            Some(done) = workers.join_next(), if !workers.is_empty() => match done {
+                Ok(Ok(())) => {}
+                Ok(Err(error @ SnapshotError::Interrupted { .. })) => consequence = Some(error),
+                Ok(Err(error)) => return Err(error),
+                Err(join) => return Err(SnapshotError::Task(join.to_string())),
+            },
+            Some(done) = writers.join_next(), if !writers.is_empty() => match done {
+                Ok((slot, table, Ok(report))) => {
+                    slots[slot] = Some(table);
+                    metrics::global().snapshot_tables_pending.dec();
+                    reports.push(report);
+                }
+                Ok((_, _, Err(error @ SnapshotError::Interrupted { .. }))) => {
+                    consequence = Some(error);
+                }
+                Ok((_, _, Err(error))) => return Err(error),
+                Err(join) => return Err(SnapshotError::Task(join.to_string())),
+            },
+        }
+    }
+    reporter.abort();
+    progress.finish();
+    if let Some(error) = consequence {
+        return Err(error);
+    }
+    *tables = slots.into_iter().flatten().collect();
+    // Report in the order the tables were asked for.
+    reports.sort_by_key(|r| {
+        indices.iter().position(|&i| {
+            tables
+                .get(i)
+                .is_some_and(|t| t.schema().qualified_name() == r.table)
+        })
+    });
+    Ok(reports)
+}
+
+/// A connection inside the snapshot: a read-only repeatable-read transaction that
+/// imports the exported snapshot.
+async fn begin(params: &ConnectParams, point: &SnapshotPoint) -> Result<Client, SnapshotError> {
+    let client = connect::sql(params).await?;
+    let err = |what| SnapshotError::query("*", what);
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(err("starting the snapshot transaction"))?;
+    if let Some(name) = &point.name {
+        client
+            .batch_execute(&format!(
+                "SET TRANSACTION SNAPSHOT '{}'",
+                name.replace('\'', "''")
+            ))
+            .await
+            .map_err(err("importing the exported snapshot"))?;
+    }
+    Ok(client)
+}
+
+async fn table_size(client: &Client, schema: &TableSchema) -> Result<TableSize, SnapshotError> {
+    let name = schema.qualified_name();
+    let row = client
+        .query_opt(
+            "SELECT c.relkind = 'p', c.reltuples::float8, \
+                    pg_relation_size(c.oid) / current_setting('block_size')::int8 \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&schema.namespace, &schema.name],
+        )
+        .await
+        .map_err(SnapshotError::query(&name, "reading the table size"))?;
+    Ok(match row {
+        Some(row) => TableSize {
+            partitioned: row.get(0),
+            // -1 (never analyzed, PG 14+) means unknown.
+            estimated_rows: Some(row.get::<_, f64>(1))
+                .filter(|r| *r >= 0.0)
+                .map(|r| r as u64),
+            pages: row.get(2),
+        },
+        None => TableSize {
+            partitioned: false,
+            estimated_rows: None,
+            pages: 0,
+        },
+    })
+}
+
+/// The page ranges of a table: consecutive, covering page 0 onwards, the last one open.
+fn plan_ranges(
+    size: &TableSize,
+    split: bool,
+    parallelism: usize,
+) -> Vec<(Option<i64>, Option<i64>)> {
+    // A partitioned table's ctids repeat across its partitions: it is copied whole.
+    if !split || size.partitioned {
+        return vec![(None, None)];
+    }
+    let wanted = i64::try_from(parallelism)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(RANGES_PER_CONNECTION);
+    let count = (size.pages / MIN_RANGE_PAGES).clamp(1, wanted.max(1));
+    (0..count)
+        .map(|i| {
+            let from = (i > 0).then(|| size.pages * i / count);
+            let to = (i + 1 < count).then(|| size.pages * (i + 1) / count);
+            (from, to)
+        })
+        .collect()
+}
+
+/// The COPY statement of one range, with every column in its binary send form or, where
+/// pg2lake does not decode that, its text output (`format('%s', …)` calls the type's output
+/// function, as pgoutput does; a plain `::text` cast would not for bool, inet or char(n)).
+fn copy_sql(schema: &TableSchema, from: Option<i64>, to: Option<i64>) -> String {
+    let columns: Vec<String> = schema
+        .tuple_columns
+        .iter()
+        .map(|&c| {
+            let column = &schema.columns[c];
+            let name = quote_ident(&column.name);
+            if binary::decodes(column) {
+                name
+            } else {
+                format!("CASE WHEN {name} IS NULL THEN NULL ELSE format('%s', {name}) END")
+            }
+        })
+        .collect();
+    let mut bounds = Vec::new();
+    if let Some(from) = from {
+        bounds.push(format!("ctid >= '({from},0)'::tid"));
+    }
+    if let Some(to) = to {
+        bounds.push(format!("ctid < '({to},0)'::tid"));
+    }
+    let filter = if bounds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", bounds.join(" AND "))
+    };
+    // The SELECT form also reads partitioned tables, which plain COPY TO refuses.
+    format!(
+        "COPY (SELECT {} FROM {}.{}{filter}) TO STDOUT (FORMAT binary)",
+        if columns.is_empty() {
+            // A table without columns still has rows.
+            String::new()
+        } else {
+            columns.join(", ")
+        },
+        quote_ident(&schema.namespace),
+        quote_ident(&schema.name)
+    )
+}
+
+/// A worker: copies ranges from the queue until it is empty, then ends its transaction.
+async fn copy_ranges(
+    client: Client,
+    queue: Arc<Mutex<VecDeque<Range>>>,
+    lsn: Lsn,
+    commit_ts_micros: i64,
+) -> Result<(), SnapshotError> {
+    loop {
+        // The lock is never held across an await.
+        let next = queue
+            .lock()
+            .map_err(|_| SnapshotError::Task("a copy task panicked".into()))?
+            .pop_front();
+        let Some(range) = next else { break };
+        copy_range(&client, &range, lsn, commit_ts_micros).await?;
+        if range.chunks.send(Chunk::RangeDone).await.is_err() {
+            return Err(SnapshotError::interrupted(&range.schema));
+        }
+    }
+    // Read only: nothing to commit, and ending it releases the snapshot at once.
+    client
+        .batch_execute("ROLLBACK")
+        .await
+        .map_err(SnapshotError::query("*", "ending the snapshot transaction"))
+}
+
+async fn copy_range(
+    client: &Client,
+    range: &Range,
+    lsn: Lsn,
+    commit_ts_micros: i64,
+) -> Result<(), SnapshotError> {
+    let schema = &range.schema;
+    let name = schema.qualified_name();
+    if range.index == 0 {
+        tracing::info!(table = %name, "snapshot of table started");
+    } else {
+        tracing::debug!(table = %name, range = range.index, from_page = range.from, to_page = range.to, "snapshot of a page range started");
+    }
+    let stream = client
+        .copy_out(&copy_sql(schema, range.from, range.to))
+        .await
+        .map_err(SnapshotError::query(&name, "starting COPY"))?;
+    let mut stream = std::pin::pin!(stream);
+    let mut batch = TableBatch::new(schema.clone());
+    let mut rows = BinaryRows::new(schema.tuple_columns.len());
+    let mut meta = ChangeMeta {
+        op: Op::Read,
+        lsn,
+        seq: i64::try_from(range.index << SEQ_RANGE_SHIFT).unwrap_or(i64::MAX),
+        commit_ts_micros,
+        xid: None,
+    };
+    let mut counted = 0;
+    while let Some(data) = stream.next().await {
+        let data = data.map_err(SnapshotError::query(&name, "reading COPY data"))?;
+        range.table.add_bytes(data.len() as u64);
+        rows.feed::<RowError>(&data, |row, fields| {
+            meta.seq += 1;
+            batch
+                .push_binary_copy(&meta, row, fields)
+                .map_err(|e| RowError::Batch(Box::new(e)))
+        })
+        .map_err(|error| match error {
+            RowError::Format(source) => SnapshotError::Format {
+                table: name.clone(),
+                source,
+            },
+            RowError::Batch(error) => SnapshotError::Batch(*error),
+        })?;
+        if batch.len() >= CHUNK_ROWS || batch.approx_bytes() >= CHUNK_BYTES {
+            range.table.add_rows((batch.len() - counted) as u64);
+            counted = 0;
+            let chunk = batch.finish()?;
+            if range.chunks.send(Chunk::Rows(chunk)).await.is_err() {
+                return Err(SnapshotError::interrupted(schema));
+            }
+        } else if batch.len() - counted >= CHUNK_ROWS / 8 {
+            // Progress moves between chunks too, for tables with wide rows.
+            range.table.add_rows((batch.len() - counted) as u64);
+            counted = batch.len();
+        }
+    }
+    rows.finish().map_err(|source| SnapshotError::Format {
+        table: name.clone(),
+        source,
+    })?;
+    if !batch.is_empty() {
+        range.table.add_rows((batch.len() - counted) as u64);
+        let chunk = batch.finish()?;
+        if range.chunks.send(Chunk::Rows(chunk)).await.is_err() {
+            return Err(SnapshotError::interrupted(schema));
+        }
+    }
+    Ok(())
+}
+
+/// A table's writer: writes the chunks of all its ranges, then commits once.
+async fn write_table(
+    slot: usize,
+    mut table: ReplicatedTable,
+    mut chunks: mpsc::Receiver<Chunk>,
+    ranges: usize,
+    lsn: Lsn,
+    progress: Arc<TableProgress>,
+) -> (usize, ReplicatedTable, Result<TableReport, SnapshotError>) {
+    let result = write_and_commit(&mut table, &mut chunks, ranges, lsn, &progress).await;
+    (slot, table, result)
+}
+
+async fn write_and_commit(
+    table: &mut ReplicatedTable,
+    chunks: &mut mpsc::Receiver<Chunk>,
+    ranges: usize,
+    lsn: Lsn,
+    progress: &TableProgress,
+) -> Result<TableReport, SnapshotError> {
+    let started = Instant::now();
+    let mut done = 0;
+    while done < ranges {
+        match chunks.recv().await {
+            Some(Chunk::Rows(batch)) => {
+                table.lake_mut().write(batch).await?;
+                // A copy of a large table takes hours: it is the loop turning, and
+                // /healthz must not have the pod restarted in the middle of it.
+                metrics::global().health.tick();
+            }
+            Some(Chunk::RangeDone) => done += 1,
+            // Every sender is gone before the last range was done: a copy failed.
+            None => return Err(SnapshotError::interrupted(table.schema())),
+        }
+    }
+    // An empty table commits nothing and stays unloaded: copying it again next time is
+    // cheap, and a version without rows would only add noise to the table's history.
+    let outcome = table.lake_mut().commit(lsn).await?;
+    let elapsed = started.elapsed();
+    let version = match outcome {
+        CommitOutcome::Committed { version } => Some(version),
+        _ => None,
+    };
+    let (rows, bytes) = progress.totals();
+    let name = table.schema().qualified_name();
+    tracing::info!(
+        table = %name,
+        rows,
+        bytes,
+        lsn = %lsn,
+        ?version,
+        elapsed_ms = elapsed.as_millis() as u64,
+        "snapshot of table committed"
+    );
+    progress.finish();
+    Ok(TableReport {
+        table: name,
+        rows,
+        bytes,
+        elapsed: progress.elapsed(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn size(pages: i64) -> TableSize {
+        TableSize {
+            partitioned: false,
+            estimated_rows: None,
+            pages,
+        }
+    }
+
+    #[test]
+    fn ranges_cover_every_page_once() {
+        assert_eq!(plan_ranges(&size(1_000_000), false, 4), vec![(None, None)]);
+        assert_eq!(plan_ranges(&size(100), true, 4), vec![(None, None)]);
+        let ranges = plan_ranges(&size(100_000), true, 2);
+        assert_eq!(ranges.len(), 8);
+        assert_eq!(ranges[0].0, None);
+        assert_eq!(ranges[7].1, None);
+        for pair in ranges.windows(2) {
+            assert_eq!(pair[0].1, pair[1].0, "consecutive");
+        }
+        let mut partitioned = size(100_000);
+        partitioned.partitioned = true;
+        assert_eq!(plan_ranges(&partitioned, true, 2), vec![(None, None)]);
+        // A table between one and two minimum ranges is not split.
+        assert_eq!(
+            plan_ranges(&size(MIN_RANGE_PAGES * 3 / 2), true, 2).len(),
+            1
+        );
+        assert_eq!(plan_ranges(&size(MIN_RANGE_PAGES * 3), true, 2).len(), 3);
+    }
+}
