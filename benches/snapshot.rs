@@ -1,6 +1,6 @@
 //! Initial-load throughput: `pg2lake snapshot --no-slot` of one wide table into a
-//! local-folder lake, beside `COPY … TO STDOUT` of the same rows into nothing (binary and
-//! text format) over one connection, all in the same run.
+//! local-folder lake with `snapshot.parallelism` 1 and 2, beside `COPY … TO STDOUT` of the
+//! same rows into nothing (binary and text format) over one connection, all in the same run.
 //!
 //! ```text
 //! cargo bench --bench snapshot                       # 5,000,000 rows
@@ -9,8 +9,8 @@
 //!
 //! The table has a bigint key, int, text, timestamptz, numeric(12,2) and jsonb columns.
 //! The lake's row count is checked with the `deltalake` Python package. Printed: rows/s
-//! and MB/s (of COPY text bytes) for each, pg2lake's ratio to each baseline, and
-//! pg2lake's peak RSS.
+//! and MB/s (of COPY binary bytes) for each, pg2lake's ratio to the binary baseline (the
+//! most one connection can be sent), and pg2lake's peak RSS.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -67,41 +67,51 @@ async fn run(rows: u64) {
     let (binary_time, binary_bytes) = copy_into_nothing(&db, "binary").await;
     let (text_time, text_bytes) = copy_into_nothing(&db, "text").await;
 
-    let lake = tempfile::tempdir().expect("lake dir");
-    let config = ConfigFile::new(&config_yaml(
-        &url,
-        "bench",
-        &["public.items"],
-        &lake.path().display().to_string(),
-        "",
-    ));
-    let (lake_time, peak_rss) = snapshot(&config);
-    let counted = support::count_delta_rows(&lake.path().join("public/items"));
-    assert_eq!(
-        counted, rows,
-        "the lake holds every row (deltalake package)"
-    );
+    let mut loads = Vec::new();
+    for parallelism in [1, 2] {
+        let lake = tempfile::tempdir().expect("lake dir");
+        let config = ConfigFile::new(&config_yaml(
+            &url,
+            "bench",
+            &["public.items"],
+            &lake.path().display().to_string(),
+            &format!("snapshot:\n  parallelism: {parallelism}\n"),
+        ));
+        let (time, peak_rss) = snapshot(&config);
+        let counted = support::count_delta_rows(&lake.path().join("public/items"));
+        assert_eq!(
+            counted, rows,
+            "the lake holds every row (deltalake package)"
+        );
+        loads.push((parallelism, time, peak_rss));
+    }
 
     let line = |what: &str, time: Duration| {
         let secs = time.as_secs_f64();
         println!(
             "{what:<40} {secs:>7.1}s {:>10.0} rows/s {:>7.1} MB/s",
             rows as f64 / secs,
-            text_bytes as f64 / secs / 1e6
+            binary_bytes as f64 / secs / 1e6
         );
     };
     println!(
-        "COPY binary: {binary_bytes} bytes; COPY text: {text_bytes} bytes (MB/s below are of text bytes)"
+        "COPY binary: {binary_bytes} bytes; COPY text: {text_bytes} bytes (MB/s below are of binary bytes)"
     );
     line("COPY (FORMAT binary) into nothing", binary_time);
     line("COPY (FORMAT text) into nothing", text_time);
-    line("pg2lake snapshot, parallelism 1", lake_time);
-    println!(
-        "ratio pg2lake / COPY binary: {:.2}; pg2lake / COPY text: {:.2}; peak RSS {} MiB",
-        binary_time.as_secs_f64() / lake_time.as_secs_f64(),
-        text_time.as_secs_f64() / lake_time.as_secs_f64(),
-        peak_rss >> 20
-    );
+    for &(parallelism, time, _) in &loads {
+        line(
+            &format!("pg2lake snapshot, parallelism {parallelism}"),
+            time,
+        );
+    }
+    for &(parallelism, time, peak_rss) in &loads {
+        println!(
+            "parallelism {parallelism}: ratio pg2lake / COPY binary {:.2}; peak RSS {} MiB",
+            binary_time.as_secs_f64() / time.as_secs_f64(),
+            peak_rss >> 20
+        );
+    }
 }
 
 /// Runs the COPY in `format` and throws the bytes away; returns the time and byte count.

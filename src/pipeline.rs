@@ -326,7 +326,7 @@ async fn copy_unless_stopped(
         biased;
         // Shutdown first: a stop must not wait for a table copy that may take hours.
         () = shutdown.cancelled() => Ok(false),
-        result = snapshot::copy_tables(params, point, tables, unloaded, config.snapshot.parallelism) => {
+        result = snapshot::copy_tables(params, point, tables, unloaded, &config.snapshot) => {
             result?;
             Ok(true)
         }

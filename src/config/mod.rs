@@ -68,6 +68,8 @@ pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 6
 pub const DEFAULT_SNAPSHOT_PARALLELISM: usize = 2;
 /// Largest `snapshot.parallelism`; each connection is a backend on the source.
 pub const MAX_SNAPSHOT_PARALLELISM: usize = 64;
+/// Default of `snapshot.range_size`: large enough that a range's COPY start-up is noise.
+pub const DEFAULT_SNAPSHOT_RANGE_SIZE: ByteSize = ByteSize::mib(64);
 /// Default of `flush.max_rows`.
 pub const DEFAULT_FLUSH_MAX_ROWS: usize = 100_000;
 /// Default of `flush.max_bytes`.
@@ -280,12 +282,16 @@ pub struct SnapshotConfig {
     /// Connections copying at once, all in the same exported snapshot: several tables
     /// at a time, and large tables split into ranges of pages.
     pub parallelism: usize,
+    /// Size of the page ranges a large table is split into (a table is split once it
+    /// holds two of them).
+    pub range_size: ByteSize,
 }
 
 impl Default for SnapshotConfig {
     fn default() -> Self {
         SnapshotConfig {
             parallelism: DEFAULT_SNAPSHOT_PARALLELISM,
+            range_size: DEFAULT_SNAPSHOT_RANGE_SIZE,
         }
     }
 }
@@ -1490,6 +1496,13 @@ impl Config {
                 format!(
                     "snapshot.parallelism must be between 1 and {MAX_SNAPSHOT_PARALLELISM} (e.g. {DEFAULT_SNAPSHOT_PARALLELISM})"
                 ),
+            ));
+        }
+
+        if self.snapshot.range_size.0 < 1 {
+            return Err(ConfigError::invalid(
+                "snapshot.range_size",
+                "snapshot.range_size must be at least 1 byte (e.g. 64MiB)",
             ));
         }
 

@@ -81,7 +81,7 @@ pub async fn run(config: &Config, no_slot: bool) -> Result<(), PipelineError> {
             &point,
             &mut replicated,
             &unloaded,
-            config.snapshot.parallelism,
+            &config.snapshot,
         )
         .await?;
         drop(exporter);

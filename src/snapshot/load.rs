@@ -38,6 +38,7 @@ use tokio_postgres::Client;
 
 use crate::apply::ReplicatedTable;
 use crate::batch::{BatchError, ChangeMeta, Op, TableBatch, binary};
+use crate::config::SnapshotConfig;
 use crate::lake::CommitOutcome;
 use crate::lsn::Lsn;
 use crate::metrics;
@@ -56,8 +57,6 @@ const CHUNK_ROWS: usize = 8192;
 const CHUNK_BYTES: usize = 8 * 1024 * 1024;
 /// Chunks queued per table between its copying connections and its writer.
 const CHANNEL_CHUNKS: usize = 4;
-/// Smallest page range worth a COPY of its own (64 MiB of 8 KiB pages).
-const MIN_RANGE_PAGES: i64 = 8192;
 /// Ranges per connection for one large table, so connections finishing early take more.
 const RANGES_PER_CONNECTION: i64 = 4;
 /// The first server version with TID range scans; before it a ctid range reads the table.
@@ -113,11 +112,11 @@ pub async fn copy_tables(
     point: &SnapshotPoint,
     tables: &mut Vec<ReplicatedTable>,
     indices: &[usize],
-    parallelism: usize,
+    options: &SnapshotConfig,
 ) -> Result<Vec<TableReport>, SnapshotError> {
     // Without an exported snapshot every connection would see its own: one only.
     let parallelism = if point.name.is_some() {
-        parallelism.max(1)
+        options.parallelism.max(1)
     } else {
         1
     };
@@ -128,11 +127,17 @@ pub async fn copy_tables(
         .await
         .map_err(err("reading the snapshot time"))?
         .get(0);
-    let version_num: i32 = first
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
+    let server = first
+        .query_one(
+            "SELECT current_setting('server_version_num')::int, current_setting('block_size')::int8",
+            &[],
+        )
         .await
-        .map_err(err("reading the server version"))?
-        .get(0);
+        .map_err(err("reading the server version"))?;
+    let version_num: i32 = server.get(0);
+    let block_size: i64 = server.get(1);
+    let range_pages =
+        (i64::try_from(options.range_size.as_u64()).unwrap_or(i64::MAX) / block_size.max(1)).max(1);
     let split = parallelism > 1 && version_num >= TID_RANGE_SCAN_VERSION;
     tracing::info!(lsn = %point.lsn, tables = indices.len(), parallelism, "snapshot started");
 
@@ -150,7 +155,7 @@ pub async fn copy_tables(
         };
         let schema = table.schema().clone();
         let size = table_size(&first, &schema).await?;
-        let ranges = plan_ranges(&size, split, parallelism);
+        let ranges = plan_ranges(&size, split, parallelism, range_pages);
         let state = progress.add(schema.qualified_name(), size.estimated_rows);
         let (sender, receiver) = mpsc::channel(CHANNEL_CHUNKS);
         for (index, (from, to)) in ranges.iter().copied().enumerate() {
@@ -301,6 +306,7 @@ fn plan_ranges(
     size: &TableSize,
     split: bool,
     parallelism: usize,
+    range_pages: i64,
 ) -> Vec<(Option<i64>, Option<i64>)> {
     // A partitioned table's ctids repeat across its partitions: it is copied whole.
     if !split || size.partitioned {
@@ -309,7 +315,7 @@ fn plan_ranges(
     let wanted = i64::try_from(parallelism)
         .unwrap_or(i64::MAX)
         .saturating_mul(RANGES_PER_CONNECTION);
-    let count = (size.pages / MIN_RANGE_PAGES).clamp(1, wanted.max(1));
+    let count = (size.pages / range_pages.max(1)).clamp(1, wanted.max(1));
     (0..count)
         .map(|i| {
             let from = (i > 0).then(|| size.pages * i / count);
@@ -536,9 +542,13 @@ mod tests {
 
     #[test]
     fn ranges_cover_every_page_once() {
-        assert_eq!(plan_ranges(&size(1_000_000), false, 4), vec![(None, None)]);
-        assert_eq!(plan_ranges(&size(100), true, 4), vec![(None, None)]);
-        let ranges = plan_ranges(&size(100_000), true, 2);
+        const PAGES: i64 = 8192;
+        assert_eq!(
+            plan_ranges(&size(1_000_000), false, 4, PAGES),
+            vec![(None, None)]
+        );
+        assert_eq!(plan_ranges(&size(100), true, 4, PAGES), vec![(None, None)]);
+        let ranges = plan_ranges(&size(100_000), true, 2, PAGES);
         assert_eq!(ranges.len(), 8);
         assert_eq!(ranges[0].0, None);
         assert_eq!(ranges[7].1, None);
@@ -547,12 +557,13 @@ mod tests {
         }
         let mut partitioned = size(100_000);
         partitioned.partitioned = true;
-        assert_eq!(plan_ranges(&partitioned, true, 2), vec![(None, None)]);
-        // A table between one and two minimum ranges is not split.
         assert_eq!(
-            plan_ranges(&size(MIN_RANGE_PAGES * 3 / 2), true, 2).len(),
-            1
+            plan_ranges(&partitioned, true, 2, PAGES),
+            vec![(None, None)]
         );
-        assert_eq!(plan_ranges(&size(MIN_RANGE_PAGES * 3), true, 2).len(), 3);
+        // A table between one and two ranges is not split.
+        assert_eq!(plan_ranges(&size(PAGES * 3 / 2), true, 2, PAGES).len(), 1);
+        assert_eq!(plan_ranges(&size(PAGES * 3), true, 2, PAGES).len(), 3);
+        assert_eq!(plan_ranges(&size(PAGES * 3), true, 2, 1).len(), 8);
     }
 }

@@ -1,0 +1,214 @@
+//! The initial load over several connections: a table split into page ranges (with emptied
+//! pages and TOASTed values), a partitioned table published via its root, and a table
+//! without a primary key, each copied exactly once and handed off to streaming.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::lake::{Row, assert_no_duplicates, op, wait_caught_up};
+use support::service::{ConfigFile, Service, config_yaml, run_command};
+use support::{PgServer, read_delta};
+
+const COMMAND: Duration = Duration::from_secs(300);
+const CATCH_UP: Duration = Duration::from_secs(120);
+const STOP: Duration = Duration::from_secs(30);
+
+fn lake_rows(lake: &std::path::Path, table: &str) -> Vec<Row> {
+    read_delta(&lake.join("public").join(table).display().to_string(), &[]).rows
+}
+
+fn text(row: &Row, column: &str) -> Option<String> {
+    match &row[column] {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => panic!("{column} is not a string: {other}"),
+    }
+}
+
+/// `(id, n, note, blob)` of every source row of `big`.
+async fn big_source(db: &tokio_postgres::Client) -> BTreeMap<i64, (i32, String, Option<String>)> {
+    db.query("SELECT id, n, note, blob FROM big", &[])
+        .await
+        .expect("read big")
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn split_copy_partitioned_and_keyless_tables_land_exactly_once() {
+    let pg = PgServer::start();
+    let url = pg.create_database("par").await;
+    let db = pg.connect("par").await;
+    // `big`: ~40,000 rows over some 500 pages; every 40th row carries a 12 kB value of
+    // hex digits chained through md5 (incompressible enough to be stored out of line).
+    // Deleting a run of ids and vacuuming leaves empty pages in the middle of the heap.
+    db.batch_execute(
+        "CREATE TABLE big (id bigint PRIMARY KEY, n int NOT NULL, note text NOT NULL, blob text);
+         ALTER TABLE big ALTER COLUMN blob SET STORAGE EXTERNAL;
+         INSERT INTO big
+           SELECT g, g % 1000, repeat('n', 60) || g,
+                  CASE WHEN g % 40 = 0 THEN
+                    (SELECT string_agg(md5(g::text || ':' || i), '') FROM generate_series(1, 384) i)
+                  END
+           FROM generate_series(1, 40000) g;
+         DELETE FROM big WHERE id BETWEEN 10001 AND 18000;
+         DELETE FROM big WHERE id % 7 = 0;
+         CREATE TABLE parted (id int NOT NULL, region text NOT NULL, qty int) PARTITION BY LIST (region);
+         CREATE TABLE parted_eu PARTITION OF parted FOR VALUES IN ('eu');
+         CREATE TABLE parted_us PARTITION OF parted FOR VALUES IN ('us');
+         ALTER TABLE parted ADD PRIMARY KEY (id, region);
+         INSERT INTO parted SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, g FROM generate_series(1, 3000) g;
+         CREATE TABLE keyless (a int, b text);
+         ALTER TABLE keyless REPLICA IDENTITY FULL;
+         INSERT INTO keyless VALUES (1, 'same'), (1, 'same'), (2, NULL);",
+    )
+    .await
+    .expect("create tables");
+    db.batch_execute("VACUUM ANALYZE big")
+        .await
+        .expect("vacuum");
+    let pages: i64 = db
+        .query_one(
+            "SELECT pg_relation_size('big') / current_setting('block_size')::int8",
+            &[],
+        )
+        .await
+        .expect("pages")
+        .get(0);
+    assert!(pages > 64, "big has {pages} pages: too few to split");
+
+    let lake = tempfile::tempdir().expect("tempdir");
+    // 64 KiB ranges: 8 ranges for 2 connections (4 each at most).
+    let config = ConfigFile::new(&config_yaml(
+        &url,
+        "par",
+        &["public.big", "public.parted", "public.keyless"],
+        &lake.path().display().to_string(),
+        "snapshot:\n  parallelism: 2\n  range_size: 64KiB\n",
+    ));
+    let path = config.path().display().to_string();
+    let out = run_command(
+        &["snapshot", "--config", &path, "--log-format", "json"],
+        &[("RUST_LOG".into(), "info,pg2lake=debug".into())],
+        COMMAND,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "snapshot failed:\n{stderr}");
+    let planned = stderr
+        .lines()
+        .find(|l| l.contains("snapshot of table planned") && l.contains("public.big"))
+        .unwrap_or_else(|| panic!("no plan line for big:\n{stderr}"));
+    assert!(planned.contains("\"ranges\":8"), "{planned}");
+    let range_starts = stderr
+        .lines()
+        .filter(|l| l.contains("snapshot of a page range started") && l.contains("public.big"))
+        .count();
+    assert_eq!(range_starts, 7, "ranges after the first:\n{stderr}");
+    let parted_plan = stderr
+        .lines()
+        .find(|l| l.contains("snapshot of table planned") && l.contains("public.parted"))
+        .unwrap_or_else(|| panic!("no plan line for parted:\n{stderr}"));
+    assert!(
+        parted_plan.contains("\"ranges\":1"),
+        "a partitioned table is copied whole: {parted_plan}"
+    );
+
+    // Every row of big exactly once, TOASTed values intact, and (_lsn, _seq) unique.
+    let rows = lake_rows(lake.path(), "big");
+    assert_no_duplicates(&rows);
+    assert!(rows.iter().all(|r| op(r) == "r"));
+    let source = big_source(&db).await;
+    let mut lake_big = BTreeMap::new();
+    for row in &rows {
+        let id = row["id"].as_i64().expect("id");
+        let blob = text(row, "blob");
+        let previous = lake_big.insert(
+            id,
+            (
+                row["n"].as_i64().expect("n") as i32,
+                text(row, "note").expect("note"),
+                blob,
+            ),
+        );
+        assert!(previous.is_none(), "row {id} copied twice");
+    }
+    assert_eq!(lake_big.len(), source.len(), "rows of big");
+    assert!(
+        lake_big == source,
+        "big in the lake differs from the source"
+    );
+    assert!(
+        source.values().filter(|v| v.2.is_some()).count() > 500,
+        "the test holds TOASTed values"
+    );
+
+    // The partitioned table arrives under its root name, every partition's rows once.
+    let parted = lake_rows(lake.path(), "parted");
+    assert_eq!(parted.len(), 3000);
+    let mut keys: Vec<(i64, String)> = parted
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_i64().expect("id"),
+                text(r, "region").expect("region"),
+            )
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 3000, "no partition row twice");
+    assert!(!lake.path().join("public/parted_eu").exists());
+
+    // Without a key, identical rows are both kept.
+    let keyless = lake_rows(lake.path(), "keyless");
+    let mut values: Vec<(i64, Option<String>)> = keyless
+        .iter()
+        .map(|r| (r["a"].as_i64().expect("a"), text(r, "b")))
+        .collect();
+    values.sort();
+    assert_eq!(
+        values,
+        vec![
+            (1, Some("same".into())),
+            (1, Some("same".into())),
+            (2, None)
+        ]
+    );
+
+    // Streaming continues from the snapshot's slot for all three.
+    let mut service = Service::start(&config, &[]);
+    service.wait_streaming(Duration::from_secs(60));
+    db.batch_execute(
+        "INSERT INTO parted VALUES (5001, 'eu', 1), (5002, 'us', 2);
+         UPDATE parted SET qty = -1 WHERE id = 2 AND region = 'eu';
+         INSERT INTO keyless VALUES (3, 'streamed');
+         UPDATE big SET n = -5 WHERE id = 1;",
+    )
+    .await
+    .expect("changes after the snapshot");
+    wait_caught_up(&db, "par", CATCH_UP).await;
+    assert!(service.stop(STOP).success());
+    let parted = lake_rows(lake.path(), "parted");
+    let streamed: Vec<(&str, i64, i64)> = parted
+        .iter()
+        .filter(|r| op(r) != "r")
+        .map(|r| {
+            (
+                op(r),
+                r["id"].as_i64().expect("id"),
+                r["qty"].as_i64().expect("qty"),
+            )
+        })
+        .collect();
+    assert_eq!(streamed, vec![("c", 5001, 1), ("c", 5002, 2), ("u", 2, -1)]);
+    let keyless = lake_rows(lake.path(), "keyless");
+    assert_eq!(keyless.len(), 4);
+    assert_eq!(op(keyless.last().expect("row")), "c");
+    let big = lake_rows(lake.path(), "big");
+    let update = big.last().expect("row");
+    assert_eq!((op(update), update["n"].as_i64()), ("u", Some(-5)));
+}
