@@ -115,6 +115,11 @@ impl ReplicatedTable {
         &mut self.lake
     }
 
+    /// The lake table.
+    pub fn lake(&self) -> &LakeTable {
+        &self.lake
+    }
+
     /// The highest source commit LSN committed to this table, if any.
     pub fn committed_lsn(&self) -> Option<Lsn> {
         self.lake.committed_lsn()

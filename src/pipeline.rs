@@ -283,6 +283,12 @@ async fn session(
         )
         .await?;
     *streamed = true;
+    // The server accepted START_REPLICATION, so this process holds the slot: no other
+    // pg2lake writes these tables now, and files none of their commits reference are
+    // leftovers of a writer killed before its commit.
+    for table in &replicated {
+        table.lake().remove_uncommitted_files().await?;
+    }
     let mut applier = Applier::new(replicated, flush_policy(config), start);
     if let Some(lsn) = applier.table_positions().filter_map(|(_, lsn)| lsn).max() {
         metrics::global()

@@ -13,7 +13,10 @@
 //! Files A keep the old layout; that is valid because every source column is nullable
 //! and readers resolve Parquet columns by name, reading the missing ones as null.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
 use std::sync::Arc;
 
 use arrow::datatypes::{Schema, SchemaRef};
@@ -427,6 +430,48 @@ impl LakeTable {
         self.last_commit_files
     }
 
+    /// Deletes the table's Parquet files that no commit references: what a writer that was
+    /// killed between writing and committing left behind. Returns how many it deleted.
+    ///
+    /// Only for a process that is the table's sole writer (the holder of the slot), and
+    /// before it writes anything itself: another writer's files are unreferenced too until
+    /// its commit, and would be deleted under it. pg2lake tables are append-only, so a
+    /// file that no version of the table references is not in the current one either.
+    pub async fn remove_uncommitted_files(&self) -> Result<usize, LakeError> {
+        let delta_err = |e| LakeError::delta(&self.location, e);
+        let committed: HashSet<String> = self
+            .table
+            .snapshot()
+            .map_err(delta_err)?
+            .log_data()
+            .into_iter()
+            .map(|add| add.object_store_path().to_string())
+            .collect();
+        let store = self.table.log_store().object_store(None);
+        let mut listing = store.list(None);
+        let mut orphans = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| delta_err(e.into()))?;
+            let path = meta.location.to_string();
+            if path.ends_with(".parquet")
+                && !path.starts_with("_delta_log/")
+                && !committed.contains(&path)
+            {
+                orphans.push(meta.location);
+            }
+        }
+        for path in &orphans {
+            match store.delete(path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(delta_err(e.into())),
+            }
+        }
+        if !orphans.is_empty() {
+            tracing::info!(table = %self.location, files = orphans.len(), "removed data files no commit references");
+        }
+        Ok(orphans.len())
+    }
+
     /// Drops everything written since the last commit (the files stay unreferenced). A
     /// staged schema change stays staged: the writer already uses its layout.
     pub fn abandon_pending(&mut self) {
@@ -644,6 +689,56 @@ mod tests {
         );
         let files: Vec<_> = table.table.get_file_uris().unwrap().collect();
         assert_eq!(files.len(), 3, "{files:?}");
+    }
+
+    /// Data files under `dir` (Parquet outside `_delta_log`), relative to it.
+    fn parquet_files(dir: &std::path::Path) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(next) = stack.pop() {
+            for entry in std::fs::read_dir(next).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "parquet") {
+                    found.push(path.strip_prefix(dir).unwrap().display().to_string());
+                }
+            }
+        }
+        found.retain(|f| !f.starts_with("_delta_log"));
+        found.sort();
+        found
+    }
+
+    #[tokio::test]
+    async fn files_a_killed_writer_left_are_removed_and_committed_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = lake(dir.path());
+        let mut table = LakeTable::open(&lake, "public", "t", schema(), "a")
+            .await
+            .unwrap();
+        table.write(batch(&[1, 2], 20_000)).await.unwrap();
+        table.commit(Lsn(1)).await.unwrap();
+        // Two rows with target_file_rows 2 seal a file; a crash now leaves it behind.
+        table.write(batch(&[3, 4], 20_000)).await.unwrap();
+        table.write(batch(&[5, 6], 20_000)).await.unwrap();
+        drop(table);
+        let root = dir.path().join("public/t");
+        assert!(parquet_files(&root).len() >= 2, "{:?}", parquet_files(&root));
+
+        let reopened = LakeTable::open(&lake, "public", "t", schema(), "a")
+            .await
+            .unwrap();
+        let committed: Vec<String> = reopened
+            .table
+            .get_file_uris()
+            .unwrap()
+            .map(|uri| uri.rsplit("/public/t/").next().unwrap().to_owned())
+            .collect();
+        assert_eq!(committed.len(), 1);
+        assert!(reopened.remove_uncommitted_files().await.unwrap() >= 1);
+        assert_eq!(parquet_files(&root), committed);
+        assert_eq!(reopened.remove_uncommitted_files().await.unwrap(), 0);
     }
 
     fn evolved_schema(extra: DataType) -> SchemaRef {
