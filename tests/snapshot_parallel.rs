@@ -1,14 +1,17 @@
 //! The initial load over several connections: a table split into page ranges (with emptied
 //! pages and TOASTed values), a partitioned table published via its root, and a table
-//! without a primary key, each copied exactly once and handed off to streaming.
+//! without a primary key, each copied exactly once and handed off to streaming; and a
+//! table added to the configuration of a running deployment, loaded at its own point.
 
 mod support;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::lake::{Row, assert_no_duplicates, op, wait_caught_up};
+use support::lake::{Row, assert_no_duplicates, fold, op, wait_caught_up};
 use support::service::{ConfigFile, Service, config_yaml, run_command};
 use support::{PgServer, read_delta};
 
@@ -211,4 +214,98 @@ async fn split_copy_partitioned_and_keyless_tables_land_exactly_once() {
     let big = lake_rows(lake.path(), "big");
     let update = big.last().expect("row");
     assert_eq!((op(update), update["n"].as_i64()), ("u", Some(-5)));
+}
+
+/// Updates random rows of `a` and `b` (ids 1..=1000) in small transactions until `stop`.
+async fn write_both(client: tokio_postgres::Client, stop: Arc<AtomicBool>) -> u64 {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut committed = 0;
+    while !stop.load(Ordering::Relaxed) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let id = 1 + state % 1000;
+        client
+            .batch_execute(&format!(
+                "BEGIN; UPDATE a SET v = v + 1 WHERE id = {id}; UPDATE b SET v = v + 1 WHERE id = {id};
+                 INSERT INTO b VALUES ({}, 0) ON CONFLICT DO NOTHING; COMMIT;",
+                1000 + committed
+            ))
+            .await
+            .expect("write");
+        committed += 1;
+    }
+    committed
+}
+
+/// `id → v` of the folded lake table.
+fn folded(lake: &std::path::Path, table: &str) -> BTreeMap<i64, i64> {
+    let rows = lake_rows(lake, table);
+    assert_no_duplicates(&rows);
+    fold(rows, "id")
+        .values()
+        .map(|r| (r["id"].as_i64().expect("id"), r["v"].as_i64().expect("v")))
+        .collect()
+}
+
+async fn source(db: &tokio_postgres::Client, table: &str) -> BTreeMap<i64, i64> {
+    db.query(&format!("SELECT id::int8, v::int8 FROM {table}"), &[])
+        .await
+        .expect("read source")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_added_to_the_config_is_loaded_at_its_own_point_while_writes_go_on() {
+    let pg = PgServer::start();
+    let url = pg.create_database("grow").await;
+    let db = pg.connect("grow").await;
+    db.batch_execute(
+        "CREATE TABLE a (id int PRIMARY KEY, v int NOT NULL);
+         CREATE TABLE b (id int PRIMARY KEY, v int NOT NULL);
+         INSERT INTO a SELECT g, 0 FROM generate_series(1, 1000) g;
+         INSERT INTO b SELECT g, 0 FROM generate_series(1, 1000) g;",
+    )
+    .await
+    .expect("create tables");
+    let lake = tempfile::tempdir().expect("tempdir");
+    let lake_url = lake.path().display().to_string();
+    let only_a = ConfigFile::new(&config_yaml(&url, "grow", &["public.a"], &lake_url, ""));
+    let both = ConfigFile::new(&config_yaml(
+        &url,
+        "grow",
+        &["public.a", "public.b"],
+        &lake_url,
+        "",
+    ));
+
+    // Writes run from before the first start until after b is loaded and streaming.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_both(pg.connect("grow").await, stop.clone()));
+    let mut service = Service::start(&only_a, &[]);
+    service.wait_streaming(Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(service.stop(STOP).success());
+    assert!(!lake.path().join("public/b").exists());
+
+    let mut service = Service::start(&both, &[]);
+    service.wait_streaming(Duration::from_secs(120));
+    let log = service.log();
+    assert!(
+        log.contains("created temporary slot for the snapshot"),
+        "b is copied at a point of its own:\n{log}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.await.expect("writer");
+    assert!(writes > 20, "only {writes} write transactions");
+    wait_caught_up(&db, "grow", CATCH_UP).await;
+    assert!(service.stop(STOP).success());
+
+    assert_eq!(folded(lake.path(), "a"), source(&db, "a").await, "a");
+    assert_eq!(folded(lake.path(), "b"), source(&db, "b").await, "b");
+    let b_rows = lake_rows(lake.path(), "b");
+    assert!(b_rows.iter().any(|r| op(r) == "r") && b_rows.iter().any(|r| op(r) != "r"));
 }

@@ -724,7 +724,11 @@ mod tests {
         table.write(batch(&[5, 6], 20_000)).await.unwrap();
         drop(table);
         let root = dir.path().join("public/t");
-        assert!(parquet_files(&root).len() >= 2, "{:?}", parquet_files(&root));
+        assert!(
+            parquet_files(&root).len() >= 2,
+            "{:?}",
+            parquet_files(&root)
+        );
 
         let reopened = LakeTable::open(&lake, "public", "t", schema(), "a")
             .await
