@@ -64,7 +64,13 @@ async fn dispatch(command: Command, config: Arc<Config>) -> Result<(), commands:
                 } => Err(commands::CommandError::ShutdownTimeout(timeout)),
             }
         }
-        Command::Snapshot { no_slot, .. } => Ok(snapshot::command::run(&config, no_slot).await?),
+        Command::Snapshot { no_slot, .. } => {
+            // A snapshot Job is scraped too: its progress is in the pg2lake_snapshot_*
+            // gauges. SIGTERM keeps its default (exit at once): nothing half-copied is
+            // ever committed.
+            start_metrics_endpoint(&config, &CancellationToken::new()).await?;
+            Ok(snapshot::command::run(&config, no_slot).await?)
+        }
         Command::Check { .. } => commands::check(&config).await,
         Command::Status { json, .. } => commands::status(&config, json).await,
     }
