@@ -40,6 +40,9 @@ const DOCUMENTED: &[&str] = &[
     "pg2lake_reconnects_total",
     "pg2lake_memory_buffered_bytes",
     "pg2lake_memory_budget_bytes",
+    "pg2lake_snapshot_rows",
+    "pg2lake_snapshot_rows_estimated",
+    "pg2lake_snapshot_tables_pending",
     "process_resident_memory_bytes",
     "process_cpu_seconds_total",
     "process_open_fds",
@@ -298,5 +301,44 @@ async fn per_table_labels_off_reports_all_tables_as_one() {
         "{text}"
     );
     assert!(!text.contains(r#"table="public.a""#), "{text}");
+    assert!(service.stop(STOP).success(), "{}", service.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_initial_load_reports_rows_done_and_expected() {
+    let pg = PgServer::start();
+    let url = pg.create_database("shop").await;
+    let db = pg.connect("shop").await;
+    db.batch_execute(
+        "CREATE TABLE a (id int PRIMARY KEY, note text);
+         INSERT INTO a SELECT g, 'n' || g FROM generate_series(1, 3000) g;
+         CREATE TABLE b (id int PRIMARY KEY);",
+    )
+    .await
+    .expect("tables");
+    db.batch_execute("ANALYZE a").await.expect("analyze");
+    let port = support::free_port();
+    let lake = tempfile::tempdir().expect("lake dir");
+    let yaml = config_yaml(
+        &url,
+        "load",
+        &["public.a", "public.b"],
+        &lake.path().display().to_string(),
+        "",
+    );
+    let config = ConfigFile::new(&with_metrics(&yaml, port, ""));
+    let mut service = Service::start(&config, &[]);
+    service.wait_streaming(PROBE_FOLLOWS);
+    let (_, text) = get(port, "/metrics");
+    let expect = |series: &str, value: f64| {
+        assert_eq!(sample_or_panic(&text, series), value, "{series}");
+    };
+    expect(r#"pg2lake_snapshot_rows{table="public.a"}"#, 3000.0);
+    expect(
+        r#"pg2lake_snapshot_rows_estimated{table="public.a"}"#,
+        3000.0,
+    );
+    expect(r#"pg2lake_snapshot_rows{table="public.b"}"#, 0.0);
+    expect("pg2lake_snapshot_tables_pending", 0.0);
     assert!(service.stop(STOP).success(), "{}", service.log());
 }
