@@ -45,6 +45,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "pg2lake_reconnects_total",
     "pg2lake_memory_buffered_bytes",
     "pg2lake_memory_budget_bytes",
+    "pg2lake_object_store_requests_total",
+    "pg2lake_object_store_errors_total",
     "pg2lake_snapshot_rows",
     "pg2lake_snapshot_rows_estimated",
     "pg2lake_snapshot_tables_pending",
@@ -61,6 +63,19 @@ pub const WAL_STATUSES: &[&str] = &["reserved", "extended", "unreserved", "lost"
 
 /// The values of `pg2lake_errors_total{kind}`.
 pub const ERROR_KINDS: &[&str] = &["object_store", "postgres", "data"];
+
+/// The values of `pg2lake_object_store_requests_total{op}` and `_errors_total{op}`.
+pub const OBJECT_STORE_OPS: &[&str] = &[
+    "put",
+    "get",
+    "list",
+    "delete",
+    "copy",
+    "multipart_start",
+    "multipart_part",
+    "multipart_complete",
+    "multipart_abort",
+];
 
 /// The values of `pg2lake_changes_total{op}`, named after the lake's `_op` column.
 pub const OPS: &[&str] = &["insert", "update", "delete", "truncate"];
@@ -116,6 +131,10 @@ pub struct Metrics {
     pub memory_budget_bytes: IntGauge,
     /// Probe state.
     pub health: Health,
+    /// Object-store requests, by operation.
+    pub object_store_requests: IntCounterVec,
+    /// Object-store requests that failed after the store's own retries, by operation.
+    pub object_store_errors: IntCounterVec,
     /// Rows the initial load has copied, by table (for the copies of this process).
     pub snapshot_rows: IntGaugeVec,
     /// Rows the initial load expects to copy (planner estimate), by table.
@@ -242,6 +261,22 @@ impl Metrics {
         for kind in ERROR_KINDS {
             errors.with_label_values(&[kind]).inc_by(0);
         }
+        let object_store_requests = counter_vec(
+            &r,
+            "pg2lake_object_store_requests_total",
+            "Requests to the lake's object store, by operation",
+            &["op"],
+        );
+        let object_store_errors = counter_vec(
+            &r,
+            "pg2lake_object_store_errors_total",
+            "Object-store requests that failed after the store's own retries, by operation",
+            &["op"],
+        );
+        for op in OBJECT_STORE_OPS {
+            object_store_requests.with_label_values(&[op]).inc_by(0);
+            object_store_errors.with_label_values(&[op]).inc_by(0);
+        }
         #[cfg(target_os = "linux")]
         {
             let process = prometheus::process_collector::ProcessCollector::for_self();
@@ -339,6 +374,8 @@ impl Metrics {
             ),
             per_table_labels: AtomicBool::new(true),
             health: Health::new(),
+            object_store_requests,
+            object_store_errors,
             snapshot_rows: gauge_vec(
                 &r,
                 "pg2lake_snapshot_rows",

@@ -40,6 +40,8 @@ const DOCUMENTED: &[&str] = &[
     "pg2lake_reconnects_total",
     "pg2lake_memory_buffered_bytes",
     "pg2lake_memory_budget_bytes",
+    "pg2lake_object_store_requests_total",
+    "pg2lake_object_store_errors_total",
     "pg2lake_snapshot_rows",
     "pg2lake_snapshot_rows_estimated",
     "pg2lake_snapshot_tables_pending",
@@ -234,6 +236,9 @@ async fn metrics_follow_changes_and_probes_follow_the_stream() {
     expect(r#"pg2lake_slot_wal_status{status="reserved"}"#, 1.0);
     expect(r#"pg2lake_slot_wal_status{status="lost"}"#, 0.0);
     expect("pg2lake_memory_budget_bytes", 512.0 * 1024.0 * 1024.0);
+    // Commits are create-only puts of log entries; a local lake fails none of them.
+    assert!(sample_or_panic(&text, r#"pg2lake_object_store_requests_total{op="put"}"#) >= 2.0);
+    expect(r#"pg2lake_object_store_errors_total{op="put"}"#, 0.0);
     for table in ["public.orders", "public.customers"] {
         for counter in [
             "pg2lake_delta_commits_total",

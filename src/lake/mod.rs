@@ -8,7 +8,8 @@
 //!
 //! Invariants:
 //! - Files become visible only through a Delta commit; a crash before the commit leaves
-//!   unreferenced files that readers never see (and `VACUUM` removes).
+//!   unreferenced files that readers never see (and that `run` removes once it holds the
+//!   slot, see `LakeTable::remove_uncommitted_files`).
 //! - Every commit carries a `txn` action whose version is the commit LSN of the last source
 //!   transaction it contains. Reading it back on start is how pg2lake skips transactions
 //!   that are already in the lake, which makes replay after a crash exactly-once.
@@ -16,6 +17,7 @@
 //!   which local file systems and S3 (`If-None-Match`) provide without a lock service.
 
 mod layout;
+mod metered;
 mod store;
 mod table;
 

@@ -10,6 +10,7 @@ use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
+use super::metered::MeteredStore;
 use deltalake_core::logstore::{
     LogStore, LogStoreFactory, ObjectStoreRef, StorageConfig, default_logstore, logstore_factories,
 };
@@ -181,7 +182,7 @@ impl Lake {
         };
         Ok(Lake {
             root,
-            store,
+            store: Arc::new(MeteredStore::new(store)),
             options,
         })
     }
