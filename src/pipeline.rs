@@ -32,8 +32,8 @@ use crate::pg::catalog::{self, CatalogError};
 use crate::pg::connect::{self, ConnectError};
 use crate::pg::pgoutput::{self, DecodeError, RelationColumn};
 use crate::pg::replication::{
-    ConnectParams, CreatedSlot, ReplicationClient, ReplicationError, ReplicationMessage,
-    ReplicationStream, SlotSnapshot, StandbyStatus,
+    CreatedSlot, ReplicationClient, ReplicationError, ReplicationMessage, ReplicationStream,
+    SlotSnapshot, StandbyStatus,
 };
 use crate::progress::Progress;
 use crate::schema::{SchemaError, TableSchema};
@@ -234,15 +234,8 @@ async fn session(
                 );
             } else {
                 let point = SnapshotPoint::of_slot(&created);
-                if !copy_unless_stopped(
-                    config,
-                    &params,
-                    &point,
-                    &mut replicated,
-                    &unloaded,
-                    shutdown,
-                )
-                .await?
+                if !copy_unless_stopped(config, &point, &mut replicated, &unloaded, shutdown)
+                    .await?
                 {
                     return Ok(());
                 }
@@ -256,15 +249,8 @@ async fn session(
             if !unloaded.is_empty() {
                 let (exporter, created) = snapshot::temporary_export(&params).await?;
                 let point = SnapshotPoint::of_slot(&created);
-                if !copy_unless_stopped(
-                    config,
-                    &params,
-                    &point,
-                    &mut replicated,
-                    &unloaded,
-                    shutdown,
-                )
-                .await?
+                if !copy_unless_stopped(config, &point, &mut replicated, &unloaded, shutdown)
+                    .await?
                 {
                     return Ok(());
                 }
@@ -322,17 +308,17 @@ pub(crate) async fn open_tables(
 /// unfinished copy is committed, so the next start copies those tables again.
 async fn copy_unless_stopped(
     config: &Config,
-    params: &ConnectParams,
     point: &SnapshotPoint,
     tables: &mut Vec<ReplicatedTable>,
     unloaded: &[usize],
     shutdown: &CancellationToken,
 ) -> Result<bool, PipelineError> {
+    let params = connect::params(config)?;
     tokio::select! {
         biased;
         // Shutdown first: a stop must not wait for a table copy that may take hours.
         () = shutdown.cancelled() => Ok(false),
-        result = snapshot::copy_tables(params, point, tables, unloaded, &config.snapshot) => {
+        result = snapshot::copy_tables(&params, point, tables, unloaded, &config.snapshot) => {
             result?;
             Ok(true)
         }
