@@ -107,7 +107,7 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<(), TelemetryError
                 fmt::layer()
                     .compact()
                     .with_ansi(terminal)
-                    .with_writer(crate::terminal::Stderr),
+                    .with_writer(crate::terminal::stderr_writer()),
             )
             .try_init(),
     };

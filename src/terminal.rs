@@ -11,13 +11,30 @@
 //! lines are drawn again, so neither tears the other. Used only when stderr is a terminal;
 //! otherwise progress goes to the log as structured lines.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing_subscriber::fmt::MakeWriter;
 
 /// The status lines on screen now.
 static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Whether log records go through [`Stderr`], so status lines can be drawn.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// The writer for human-readable logs: status lines are drawn from now on when stderr
+/// is a terminal.
+pub fn stderr_writer() -> Stderr {
+    ENABLED.store(io::stderr().is_terminal(), Ordering::Relaxed);
+    Stderr
+}
+
+/// Whether status lines can be drawn: stderr is a terminal and logs go through
+/// [`Stderr`] (JSON logs on a terminal would be torn by them).
+pub fn status_lines_enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
 
 /// Erases `count` lines drawn last, leaving the cursor where the first of them began.
 fn erase(out: &mut impl Write, count: usize) -> io::Result<()> {

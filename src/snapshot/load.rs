@@ -26,9 +26,7 @@
 //!   and increasing in page order.
 
 use std::collections::VecDeque;
-use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
@@ -145,7 +143,7 @@ pub async fn copy_tables(
         std::mem::take(tables).into_iter().map(Some).collect();
     let mut queue = VecDeque::new();
     let mut writers = JoinSet::new();
-    let progress = Progress::new(std::io::stderr().is_terminal());
+    let progress = Progress::new(crate::terminal::status_lines_enabled());
     metrics::global()
         .snapshot_tables_pending
         .add(i64::try_from(indices.len()).unwrap_or(i64::MAX));
@@ -402,6 +400,7 @@ async fn copy_range(
 ) -> Result<(), SnapshotError> {
     let schema = &range.schema;
     let name = schema.qualified_name();
+    range.table.start();
     if range.index == 0 {
         tracing::info!(table = %name, "snapshot of table started");
     } else {
@@ -485,7 +484,6 @@ async fn write_and_commit(
     lsn: Lsn,
     progress: &TableProgress,
 ) -> Result<TableReport, SnapshotError> {
-    let started = Instant::now();
     let mut done = 0;
     while done < ranges {
         match chunks.recv().await {
@@ -503,7 +501,8 @@ async fn write_and_commit(
     // An empty table commits nothing and stays unloaded: copying it again next time is
     // cheap, and a version without rows would only add noise to the table's history.
     let outcome = table.lake_mut().commit(lsn).await?;
-    let elapsed = started.elapsed();
+    progress.finish();
+    let elapsed = progress.elapsed();
     let version = match outcome {
         CommitOutcome::Committed { version } => Some(version),
         _ => None,
@@ -519,12 +518,11 @@ async fn write_and_commit(
         elapsed_ms = elapsed.as_millis() as u64,
         "snapshot of table committed"
     );
-    progress.finish();
     Ok(TableReport {
         table: name,
         rows,
         bytes,
-        elapsed: progress.elapsed(),
+        elapsed,
     })
 }
 

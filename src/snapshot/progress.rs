@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::metrics;
@@ -25,11 +25,20 @@ pub struct TableProgress {
     estimated_rows: Option<u64>,
     rows: AtomicU64,
     bytes: AtomicU64,
-    started: Instant,
+    /// When the first of its ranges began copying.
+    started: OnceLock<Instant>,
     finished: Mutex<Option<Duration>>,
 }
 
 impl TableProgress {
+    /// Marks the copy begun (by whichever of its ranges starts first).
+    pub fn start(&self) {
+        self.started.get_or_init(Instant::now);
+    }
+
+    fn since_start(&self) -> Duration {
+        self.started.get().map_or(Duration::ZERO, Instant::elapsed)
+    }
     /// Counts `rows` more rows copied.
     pub fn add_rows(&self, rows: u64) {
         self.rows.fetch_add(rows, Ordering::Relaxed);
@@ -56,17 +65,17 @@ impl TableProgress {
     /// Marks the table committed.
     pub fn finish(&self) {
         if let Ok(mut finished) = self.finished.lock() {
-            finished.get_or_insert(self.started.elapsed());
+            finished.get_or_insert(self.since_start());
         }
     }
 
-    /// Time from the start of the load to the table's commit (or until now).
+    /// Time from the start of the table's copy to its commit (or until now).
     pub fn elapsed(&self) -> Duration {
         self.finished
             .lock()
             .ok()
             .and_then(|f| *f)
-            .unwrap_or_else(|| self.started.elapsed())
+            .unwrap_or_else(|| self.since_start())
     }
 
     fn is_finished(&self) -> bool {
@@ -148,7 +157,7 @@ impl Progress {
             estimated_rows,
             rows: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
-            started: Instant::now(),
+            started: OnceLock::new(),
             finished: Mutex::new(None),
         });
         if let Ok(mut tables) = self.tables.lock() {
@@ -223,6 +232,7 @@ mod tests {
     fn lines_show_bar_percent_and_result() {
         let progress = Progress::new(false);
         let table = progress.add("public.t".into(), Some(1000));
+        table.start();
         table.add_rows(250);
         let line = table.line(10);
         assert!(line.starts_with("public.t   ["), "{line}");
