@@ -11,6 +11,9 @@
 //!
 //! Deletes carry the key under DEFAULT and the whole old row (TOAST values included)
 //! under FULL.
+//!
+//! The README's DuckDB current-state query, read from README.md, is run over the lake
+//! and must give the source table, TOAST values included.
 
 mod support;
 
@@ -20,7 +23,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::lake::{Row, assert_no_duplicates, in_change_order, op, wait_caught_up};
 use support::service::{ConfigFile, Service, config_yaml};
-use support::{PgServer, read_delta};
+use support::{PgServer, duckdb_query, read_delta};
 
 const CATCH_UP: Duration = Duration::from_secs(60);
 const STOP: Duration = Duration::from_secs(30);
@@ -122,6 +125,33 @@ fn fold_carrying_unchanged(rows: &[Row]) -> BTreeMap<i64, Row> {
         }
     }
     state
+}
+
+/// The README's DuckDB current-state query, taken from README.md so the docs cannot drift
+/// from what is tested, with its `delta_scan(...)` source replaced by the view `orders`.
+fn readme_current_state_query() -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let section = readme
+        .split("### Current state of a table")
+        .nth(1)
+        .expect("README has a \"Current state of a table\" section");
+    let after_duckdb = section
+        .split("\nDuckDB")
+        .nth(1)
+        .expect("the section has a DuckDB query");
+    let sql = after_duckdb
+        .split("```sql\n")
+        .nth(1)
+        .and_then(|block| block.split("```").next())
+        .expect("a sql block after \"DuckDB\"");
+    const SOURCE: &str = "delta_scan('./lake/public/orders')";
+    assert_eq!(
+        sql.matches(SOURCE).count(),
+        1,
+        "the query reads {SOURCE} once:\n{sql}"
+    );
+    sql.replace(SOURCE, "orders")
 }
 
 fn note_summary(value: &Value) -> String {
@@ -277,6 +307,50 @@ async fn unchanged_toast_values_are_null_and_listed_or_filled_in_under_full() {
                 state[id]["note"] == json!(note),
                 "{table} id {id}: lake {} source {}",
                 note_summary(&state[id]["note"]),
+                note_summary(&json!(note))
+            );
+        }
+    }
+
+    // The README's current-state query gives the source table, TOAST values included.
+    let query = readme_current_state_query();
+    for (table, _) in TABLES {
+        let result = duckdb_query(&lake_table(lake.path(), table), "orders", &query);
+        assert_eq!(
+            &result.columns[..4],
+            ["id", "status", "note", "_op"],
+            "{table}: {:?}",
+            result.columns
+        );
+        assert!(
+            !result.columns.iter().any(|c| c == "rn" || c == "note_run"),
+            "{table}: helper columns leak: {:?}",
+            result.columns
+        );
+        let lake_state: BTreeMap<i64, (Value, Value)> = result
+            .rows
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_i64().expect("id"),
+                    (r["status"].clone(), r["note"].clone()),
+                )
+            })
+            .collect();
+        let source = source_rows(&db, table).await;
+        assert_eq!(
+            lake_state.len(),
+            source.len(),
+            "{table}: {} rows",
+            lake_state.len()
+        );
+        for (id, (status, note)) in &source {
+            let (lake_status, lake_note) = &lake_state[id];
+            assert_eq!(lake_status, &json!(status), "{table} id {id}");
+            assert!(
+                lake_note == &json!(note),
+                "{table} id {id}: query gives {} source has {}",
+                note_summary(lake_note),
                 note_summary(&json!(note))
             );
         }
