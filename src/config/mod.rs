@@ -34,6 +34,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_yaml::{Mapping, Value};
 
 pub use crate::pg::replication::SslMode;
+pub use crate::schema::TypeChangePolicy;
 
 /// Prefix of environment variables that override keys (`PG2LAKE__FLUSH__MAX_ROWS`).
 pub const ENV_PREFIX: &str = "PG2LAKE__";
@@ -230,6 +231,10 @@ fn set_by(env_var: Option<&str>) -> String {
     env_var.map_or_else(String::new, |var| format!(" (set by {var})"))
 }
 
+/// What to do when a column's type changes to one its lake column cannot hold and that
+/// is not a widening: keep replicating into a new lake column (see README, schema changes).
+pub const DEFAULT_ON_TYPE_CHANGE: TypeChangePolicy = TypeChangePolicy::NewColumn;
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -249,6 +254,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// The Prometheus and probe endpoint.
     pub metrics: MetricsConfig,
+    /// How source schema changes are followed in the lake.
+    pub schema: SchemaConfig,
 }
 
 impl Default for Config {
@@ -261,6 +268,24 @@ impl Default for Config {
             memory_budget: DEFAULT_MEMORY_BUDGET,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             metrics: MetricsConfig::default(),
+            schema: SchemaConfig::default(),
+        }
+    }
+}
+
+/// How source schema changes (ALTER TABLE) are followed in the lake.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchemaConfig {
+    /// A column type change that is neither the same lake type nor a widening:
+    /// `new_column` (values go to `<column>__<lake type>`) or `fail` (stop with an error).
+    pub on_type_change: TypeChangePolicy,
+}
+
+impl Default for SchemaConfig {
+    fn default() -> Self {
+        SchemaConfig {
+            on_type_change: DEFAULT_ON_TYPE_CHANGE,
         }
     }
 }
