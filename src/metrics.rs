@@ -524,6 +524,34 @@ mod tests {
     }
 
     #[test]
+    fn schema_changes_start_at_zero_and_count_by_kind() {
+        let m = Metrics::new();
+        m.register_table("public.s");
+        for kind in SCHEMA_CHANGE_KINDS {
+            assert_eq!(
+                m.schema_changes
+                    .with_label_values(&["public.s", kind])
+                    .get(),
+                0
+            );
+        }
+        m.record_schema_changes("public.s", "widen", 2);
+        m.record_schema_changes("public.s", "new_column", 0);
+        assert_eq!(
+            m.schema_changes
+                .with_label_values(&["public.s", "widen"])
+                .get(),
+            2
+        );
+        assert_eq!(
+            m.schema_changes
+                .with_label_values(&["public.s", "new_column"])
+                .get(),
+            0
+        );
+    }
+
+    #[test]
     fn wal_status_marks_only_the_current_one() {
         let m = Metrics::new();
         m.set_positions(Lsn(100), Lsn(90));
