@@ -412,13 +412,18 @@ async fn an_incompatible_type_change_stops_with_a_clear_error_under_fail() {
     );
 }
 
-/// Inserts rows, now and then adding a column and filling it, until `stop`.
+/// Inserts rows, now and then adding a column and filling it, and once widening `v`,
+/// until `stop`.
 async fn load_with_ddl(client: tokio_postgres::Client, stop: Arc<AtomicBool>) -> u32 {
     let mut added = 0;
     let mut n: u32 = 0;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
         let mut sql = format!("BEGIN; INSERT INTO log (id, v) VALUES ({n}, {n});");
+        if n == 40 {
+            // A widening: the lake table is rewritten in the version that commits this.
+            sql.push_str("ALTER TABLE log ALTER COLUMN v TYPE bigint;");
+        }
         if n.is_multiple_of(25) {
             added += 1;
             sql.push_str(&format!(
@@ -468,7 +473,7 @@ async fn kill_9_around_schema_changes_is_exactly_once() {
     let columns: Vec<String> = (1..=added).map(|i| format!("c{i}")).collect();
     let expected = source_state(
         &db,
-        &format!("SELECT id, v, {} FROM log", columns.join(", ")),
+        &format!("SELECT id, v::int AS v, {} FROM log", columns.join(", ")),
     )
     .await;
     let read = read_delta(&lake_table(lake.path(), "log"), &[]);
@@ -478,6 +483,7 @@ async fn kill_9_around_schema_changes_is_exactly_once() {
             "{column} in the lake"
         );
     }
+    assert_eq!(read.column_type("v"), Some("int64"), "widened");
     assert_state(read.rows, &expected, "after kill -9 rounds");
     assert!(service.stop(STOP).success());
 }

@@ -252,7 +252,9 @@ impl LakeTable {
     /// written so far are sealed with the old layout, a `metaData` action with the new
     /// schema (same table id, configuration and partition columns) is staged for the next
     /// data commit, and later writes use the new layout. `arrow_schema` must keep every
-    /// column of the old one with its type (the lake layout only grows).
+    /// column of the old one, with its type or a type it widens to exactly (the lake
+    /// layout only grows); a widened column rewrites the table's files (see the module
+    /// docs).
     pub async fn evolve(&mut self, arrow_schema: SchemaRef) -> Result<(), LakeError> {
         let location = self.location.clone();
         let mismatch = |reason: String| LakeError::SchemaMismatch {
