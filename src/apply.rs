@@ -30,7 +30,7 @@ use crate::lake::{CommitOutcome, LakeError, LakeTable};
 use crate::lsn::Lsn;
 use crate::metrics::{self, TableCommit};
 use crate::pg::pgoutput::{self, LogicalMessage, OldTuple, Relation, TupleValue};
-use crate::schema::{Evolution, SchemaError, TableSchema};
+use crate::schema::{Evolution, SchemaError, TableSchema, TypeChangeKind, TypeChangePolicy};
 
 /// Rows per Arrow chunk handed to the Parquet writer: bounded memory per table.
 const CHUNK_ROWS: usize = 8192;
@@ -87,6 +87,8 @@ pub struct ReplicatedTable {
     written: usize,
     /// Changes per op since the last commit (`metrics::OPS` order), for metrics.
     op_counts: [u64; 4],
+    /// How type changes the lake column cannot hold are followed.
+    type_change: TypeChangePolicy,
 }
 
 impl ReplicatedTable {
@@ -98,7 +100,19 @@ impl ReplicatedTable {
             lake,
             written: 0,
             op_counts: [0; 4],
+            type_change: TypeChangePolicy::default(),
         }
+    }
+
+    /// Sets how type changes the lake column cannot hold are followed.
+    pub fn with_type_change_policy(mut self, policy: TypeChangePolicy) -> Self {
+        self.type_change = policy;
+        self
+    }
+
+    /// How type changes the lake column cannot hold are followed.
+    pub fn type_change_policy(&self) -> TypeChangePolicy {
+        self.type_change
     }
 
     fn qualified_name(&self) -> String {
@@ -138,17 +152,50 @@ impl ReplicatedTable {
         }
         self.write_chunk().await?;
         if evolution.layout_changed() {
+            // A widened column makes the lake rewrite its files (see `lake::table`).
             self.lake.evolve(evolution.schema.arrow.clone()).await?;
         }
+        let table = self.qualified_name();
         if evolution.is_visible() {
             tracing::info!(
-                table = %self.qualified_name(),
+                table = %table,
                 added = ?evolution.added,
                 dropped = ?evolution.dropped,
                 retyped = ?evolution.retyped,
                 "table schema changed"
             );
         }
+        for change in &evolution.type_changes {
+            let policy = match change.kind {
+                TypeChangeKind::Widened => "widen",
+                TypeChangeKind::NewColumn => self.type_change.as_str(),
+            };
+            tracing::warn!(
+                table = %table,
+                column = %change.column,
+                old_type = %change.old,
+                new_type = %change.new,
+                policy,
+                lake_column = %change.lake_column,
+                "column type changed"
+            );
+        }
+        // A new column made by a type change counts as that change, not as an added column.
+        let moved = evolution
+            .type_changes
+            .iter()
+            .filter(|c| c.kind == TypeChangeKind::NewColumn)
+            .count();
+        let metrics = metrics::global();
+        metrics.record_schema_changes(
+            &table,
+            "add_column",
+            evolution.added.len() - moved.min(evolution.added.len()),
+        );
+        metrics.record_schema_changes(&table, "drop_column", evolution.dropped.len());
+        metrics.record_schema_changes(&table, "retype", evolution.retyped.len());
+        metrics.record_schema_changes(&table, "widen", evolution.widened().count());
+        metrics.record_schema_changes(&table, "new_column", moved);
         self.schema = Arc::new(evolution.schema);
         self.batch = TableBatch::new(self.schema.clone());
         Ok(())
@@ -366,7 +413,7 @@ impl Applier {
         let index = self.by_name.get(&key).copied();
         if let Some(i) = index {
             let table = &mut self.tables[i];
-            let evolution = table.schema.evolve(&relation.columns)?;
+            let evolution = table.schema.evolve(&relation.columns, table.type_change)?;
             table.evolve(evolution).await?;
         }
         self.by_relation.insert(relation.id, index);

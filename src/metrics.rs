@@ -40,6 +40,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "pg2lake_parquet_files_total",
     "pg2lake_parquet_bytes_total",
     "pg2lake_delta_commits_total",
+    "pg2lake_schema_changes_total",
     "pg2lake_flush_duration_seconds",
     "pg2lake_errors_total",
     "pg2lake_reconnects_total",
@@ -80,6 +81,12 @@ pub const OBJECT_STORE_OPS: &[&str] = &[
 /// The values of `pg2lake_changes_total{op}`, named after the lake's `_op` column.
 pub const OPS: &[&str] = &["insert", "update", "delete", "truncate"];
 
+/// The values of `pg2lake_schema_changes_total{kind}`: a column added, a column dropped,
+/// a type change within the same lake type, a widening of the lake type, and a type
+/// change sent to a new lake column (`schema.on_type_change: new_column`).
+pub const SCHEMA_CHANGE_KINDS: &[&str] =
+    &["add_column", "drop_column", "retype", "widen", "new_column"];
+
 /// Upper bounds of the flush-duration histogram buckets, in seconds: a local folder
 /// commits in milliseconds, S3 in hundreds of milliseconds, a struggling store in tens
 /// of seconds.
@@ -119,6 +126,8 @@ pub struct Metrics {
     pub parquet_bytes: IntCounterVec,
     /// `pg2lake_delta_commits_total{table}`.
     pub delta_commits: IntCounterVec,
+    /// `pg2lake_schema_changes_total{table,kind}`.
+    pub schema_changes: IntCounterVec,
     /// `pg2lake_flush_duration_seconds`.
     pub flush_duration: Histogram,
     /// `pg2lake_errors_total{kind}`.
@@ -352,6 +361,12 @@ impl Metrics {
                 "Delta versions committed",
                 &["table"],
             ),
+            schema_changes: counter_vec(
+                &r,
+                "pg2lake_schema_changes_total",
+                "Source schema changes followed in the lake, by kind",
+                &["table", "kind"],
+            ),
             flush_duration,
             errors,
             reconnects: register(
@@ -421,6 +436,11 @@ impl Metrics {
         }
         for vec in [&self.snapshot_rows, &self.snapshot_rows_estimated] {
             vec.with_label_values(&[table]).add(0);
+        }
+        for kind in SCHEMA_CHANGE_KINDS {
+            self.schema_changes
+                .with_label_values(&[table, kind])
+                .inc_by(0);
         }
         for vec in [
             &self.rows_written,
@@ -494,6 +514,15 @@ impl Metrics {
         self.lag_seconds.set(lag);
     }
 
+    /// Counts `count` schema changes of one kind (see [`SCHEMA_CHANGE_KINDS`]).
+    pub fn record_schema_changes(&self, table: &str, kind: &str, count: usize) {
+        if count > 0 {
+            self.schema_changes
+                .with_label_values(&[self.table_label(table), kind])
+                .inc_by(count as u64);
+        }
+    }
+
     /// Counts a failed session or side query.
     pub fn record_error(&self, kind: &str) {
         self.errors.with_label_values(&[kind]).inc();
@@ -564,6 +593,34 @@ mod tests {
                 "{name} missing from:\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn schema_changes_start_at_zero_and_count_by_kind() {
+        let m = Metrics::new();
+        m.register_table("public.s");
+        for kind in SCHEMA_CHANGE_KINDS {
+            assert_eq!(
+                m.schema_changes
+                    .with_label_values(&["public.s", kind])
+                    .get(),
+                0
+            );
+        }
+        m.record_schema_changes("public.s", "widen", 2);
+        m.record_schema_changes("public.s", "new_column", 0);
+        assert_eq!(
+            m.schema_changes
+                .with_label_values(&["public.s", "widen"])
+                .get(),
+            2
+        );
+        assert_eq!(
+            m.schema_changes
+                .with_label_values(&["public.s", "new_column"])
+                .get(),
+            0
+        );
     }
 
     #[test]

@@ -36,7 +36,7 @@ use crate::pg::replication::{
     SlotSnapshot, StandbyStatus,
 };
 use crate::progress::Progress;
-use crate::schema::{SchemaError, TableSchema};
+use crate::schema::{SchemaError, TableSchema, TypeChangePolicy};
 use crate::snapshot::{self, SnapshotError, SnapshotPoint};
 
 /// First wait before reconnecting after a transient failure; doubles up to the maximum.
@@ -212,7 +212,14 @@ async fn session(
     lake.check_writable().await?;
     catalog::ensure_publication(&client, &config.source.publication, &tables).await?;
     let app_id = lake::app_id(&config.source.slot);
-    let mut replicated = open_tables(&client, &lake, &tables, &app_id).await?;
+    let mut replicated = open_tables(
+        &client,
+        &lake,
+        &tables,
+        &app_id,
+        config.schema.on_type_change,
+    )
+    .await?;
     let unloaded = snapshot::unloaded(&replicated);
     snapshot::check_readable(&client, &replicated, &unloaded).await?;
 
@@ -295,11 +302,13 @@ pub(crate) async fn open_tables(
     lake: &Lake,
     tables: &[crate::config::TableName],
     app_id: &str,
+    policy: TypeChangePolicy,
 ) -> Result<Vec<ReplicatedTable>, PipelineError> {
     let mut replicated = Vec::with_capacity(tables.len());
     for table in tables {
         let columns = catalog::table_columns(client, table).await?;
-        replicated.push(open_table(lake, &table.schema, &table.name, &columns, app_id).await?);
+        replicated
+            .push(open_table(lake, &table.schema, &table.name, &columns, app_id, policy).await?);
     }
     Ok(replicated)
 }
@@ -334,21 +343,24 @@ enum SlotReady {
 
 /// Opens (or creates) the lake table of `namespace.name` and reconciles its layout with
 /// the source's current `columns`: columns added while pg2lake was not running join the
-/// lake layout (committed with the table's next data), dropped ones stay in it, and an
-/// incompatible type change stops here, before anything is written.
+/// lake layout (committed with the table's next data), dropped ones stay in it, a
+/// widened type rewrites the lake table's files, and any other type change follows
+/// `policy` (under `fail` it stops here, before anything is written).
 pub(crate) async fn open_table(
     lake: &Lake,
     namespace: &str,
     name: &str,
     columns: &[RelationColumn],
     app_id: &str,
+    policy: TypeChangePolicy,
 ) -> Result<ReplicatedTable, PipelineError> {
     // Names the lake cannot hold fail here even when the lake table exists already.
     let source = TableSchema::new(namespace, name, columns)?;
     let lake_table = LakeTable::open(lake, namespace, name, source.arrow.clone(), app_id).await?;
     let known = TableSchema::from_lake(namespace, name, &*lake_table.arrow_schema()?)?;
-    let evolution = known.evolve(columns)?;
-    let mut table = ReplicatedTable::new(Arc::new(known), lake_table);
+    let evolution = known.evolve(columns, policy)?;
+    let mut table =
+        ReplicatedTable::new(Arc::new(known), lake_table).with_type_change_policy(policy);
     table.evolve(evolution).await?;
     Ok(table)
 }

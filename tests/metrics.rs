@@ -35,6 +35,7 @@ const DOCUMENTED: &[&str] = &[
     "pg2lake_parquet_files_total",
     "pg2lake_parquet_bytes_total",
     "pg2lake_delta_commits_total",
+    "pg2lake_schema_changes_total",
     "pg2lake_flush_duration_seconds",
     "pg2lake_errors_total",
     "pg2lake_reconnects_total",

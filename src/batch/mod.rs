@@ -16,6 +16,8 @@
 //!   the builders (bytea decodes into one reused scratch buffer per column).
 //! - An unchanged TOAST value that Postgres did not send becomes a null *and* its column
 //!   name is listed in `_unchanged`, so readers can tell "not sent" from "NULL".
+//! - Values are parsed as the column's source type; a lake column of a wider type (after
+//!   a widening) receives them widened exactly when the chunk is finished.
 //!
 //! Text forms expected (the replication session runs with `DateStyle=ISO`,
 //! `IntervalStyle=postgres`, `TimeZone=UTC`, `extra_float_digits=3`, `bytea_output=hex`):
@@ -48,7 +50,7 @@ use arrow::record_batch::RecordBatch;
 
 use crate::lsn::Lsn;
 use crate::pg::pgoutput::TupleValue;
-use crate::schema::{SourceColumn, TableSchema, unchanged_element};
+use crate::schema::{SourceColumn, TableSchema, unchanged_element, widen_array};
 
 use column::Column;
 
@@ -433,6 +435,17 @@ impl TableBatch {
         arrays.push(Arc::new(self.date.finish()));
         self.rows = 0;
         self.bytes = 0;
+        let arrow_error = |source| BatchError::Arrow {
+            table: self.schema.qualified_name(),
+            source,
+        };
+        // A source type narrower than its lake column (after a widening) is parsed as the
+        // source type and widened exactly here, once per chunk.
+        for (array, source) in arrays.iter_mut().zip(&self.schema.columns) {
+            if array.data_type() != &source.data_type {
+                *array = widen_array(array, &source.data_type).map_err(arrow_error)?;
+            }
+        }
         RecordBatch::try_new(self.schema.arrow.clone(), arrays).map_err(|source| {
             BatchError::Arrow {
                 table: self.schema.qualified_name(),

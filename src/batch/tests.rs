@@ -585,7 +585,10 @@ fn values_land_in_their_lake_columns_after_the_source_evolved() {
     let base = table(&[("id", oid::INT4, -1), ("old", oid::TEXT, -1)]);
     // `old` dropped, `added` added: the tuple is (id, added); the lake (id, old, added).
     let evolved = base
-        .evolve(&columns(&[("id", oid::INT4), ("added", oid::INT8)]))
+        .evolve(
+            &columns(&[("id", oid::INT4), ("added", oid::INT8)]),
+            crate::schema::TypeChangePolicy::Fail,
+        )
         .unwrap()
         .schema;
     let mut batch = TableBatch::new(Arc::new(evolved));

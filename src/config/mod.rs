@@ -34,6 +34,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_yaml::{Mapping, Value};
 
 pub use crate::pg::replication::SslMode;
+pub use crate::schema::TypeChangePolicy;
 
 /// Prefix of environment variables that override keys (`PG2LAKE__FLUSH__MAX_ROWS`).
 pub const ENV_PREFIX: &str = "PG2LAKE__";
@@ -237,6 +238,10 @@ fn set_by(env_var: Option<&str>) -> String {
     env_var.map_or_else(String::new, |var| format!(" (set by {var})"))
 }
 
+/// What to do when a column's type changes to one its lake column cannot hold and that
+/// is not a widening: keep replicating into a new lake column (see README, schema changes).
+pub const DEFAULT_ON_TYPE_CHANGE: TypeChangePolicy = TypeChangePolicy::NewColumn;
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -258,6 +263,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The initial load.
     pub snapshot: SnapshotConfig,
+    /// How source schema changes are followed in the lake.
+    pub schema: SchemaConfig,
 }
 
 impl Default for Config {
@@ -271,6 +278,7 @@ impl Default for Config {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             metrics: MetricsConfig::default(),
             snapshot: SnapshotConfig::default(),
+            schema: SchemaConfig::default(),
         }
     }
 }
@@ -292,6 +300,23 @@ impl Default for SnapshotConfig {
         SnapshotConfig {
             parallelism: DEFAULT_SNAPSHOT_PARALLELISM,
             range_size: DEFAULT_SNAPSHOT_RANGE_SIZE,
+        }
+    }
+}
+
+/// How source schema changes (ALTER TABLE) are followed in the lake.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchemaConfig {
+    /// A column type change that is neither the same lake type nor a widening:
+    /// `new_column` (values go to `<column>__<lake type>`) or `fail` (stop with an error).
+    pub on_type_change: TypeChangePolicy,
+}
+
+impl Default for SchemaConfig {
+    fn default() -> Self {
+        SchemaConfig {
+            on_type_change: DEFAULT_ON_TYPE_CHANGE,
         }
     }
 }

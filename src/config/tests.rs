@@ -44,6 +44,8 @@ fn defaults() {
     assert_eq!(c.memory_budget, ByteSize(512 * 1024 * 1024));
     assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
     assert_eq!(c.metrics.listen, Some("0.0.0.0:9187".parse().unwrap()));
+    assert_eq!(c.schema.on_type_change, TypeChangePolicy::NewColumn);
+    assert_eq!(c.schema.on_type_change, DEFAULT_ON_TYPE_CHANGE);
     let expected = Config {
         source: SourceConfig {
             url: c.source.url.clone(),
@@ -820,4 +822,28 @@ fn table_patterns_parse_like_postgres() {
 fn env_var_names() {
     assert_eq!(env_var_name("flush.max_rows"), "PG2LAKE__FLUSH__MAX_ROWS");
     assert_eq!(env_var_name("memory_budget"), "PG2LAKE__MEMORY_BUDGET");
+}
+
+#[test]
+fn schema_type_change_policy() {
+    let c =
+        Config::from_yaml_str(&format!("{MINIMAL}schema:\n  on_type_change: fail\n"), &[]).unwrap();
+    assert_eq!(c.schema.on_type_change, TypeChangePolicy::Fail);
+    let c = Config::from_yaml_str(
+        &format!("{MINIMAL}schema:\n  on_type_change: new_column\n"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.schema.on_type_change, TypeChangePolicy::NewColumn);
+    let c = with_env(&[("PG2LAKE__SCHEMA__ON_TYPE_CHANGE", "fail")]);
+    assert_eq!(c.schema.on_type_change, TypeChangePolicy::Fail);
+    let err = error(&format!("{MINIMAL}schema:\n  on_type_change: cast\n"), &[]);
+    assert!(
+        err.contains(
+            "schema.on_type_change: unknown value \"cast\" (expected one of: new_column, fail)"
+        ),
+        "{err}"
+    );
+    let err = error(&format!("{MINIMAL}schema:\n  on_type_changes: fail\n"), &[]);
+    assert!(err.contains("on_type_changes"), "{err}");
 }

@@ -12,24 +12,44 @@
 //!
 //! Files A keep the old layout; that is valid because every source column is nullable
 //! and readers resolve Parquet columns by name, reading the missing ones as null.
+//!
+//! A layout in which a column's type widens (`integer` → `long`, see
+//! `schema::widen`) cannot keep files of the narrower physical type: Delta's
+//! `typeWidening` table feature would allow that, but deltalake-core refuses to commit to
+//! such a table and the Python reader refuses to read it. So the table is rewritten in
+//! the same version as the schema change:
+//!
+//! ```text
+//!  evolve(wider layout):  committed files C ──read, widen──► C' (dataChange false)
+//!                         sealed files A    ──read, widen──► new writer (rows of the open transaction)
+//!  commit(lsn):           one version: metaData + remove C + add C' + add A', B + txn
+//! ```
+//!
+//! `remove`/`add` of C with `dataChange: false` is what OPTIMIZE writes: the rows are the
+//! same, so append-only tables and streaming readers accept it. Older versions still
+//! reference C, so time travel shows each version with the type its rows were written
+//! with (until VACUUM removes C).
 
 use std::collections::{HashMap, HashSet};
-
-use futures::StreamExt;
-use object_store::ObjectStoreExt;
 use std::sync::Arc;
 
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::array::{ArrayRef, Date32Array, new_null_array};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use deltalake_core::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
 use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake_core::kernel::{
-    Action, Add, Metadata, MetadataExt, Protocol, StructType, Transaction, contains_timestampntz,
+    Action, Add, Metadata, MetadataExt, Protocol, Remove, StructType, Transaction,
+    contains_timestampntz,
 };
 use deltalake_core::operations::create::CreateBuilder;
 use deltalake_core::protocol::{DeltaOperation, SaveMode};
 use deltalake_core::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake_core::{DeltaTable, TableProperty};
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use url::Url;
@@ -37,6 +57,7 @@ use url::Url;
 use super::layout::table_location;
 use super::store::{Lake, LakeError};
 use crate::lsn::Lsn;
+use crate::schema::widen_array;
 
 /// Rows per Parquet row group: large enough for good compression and scans.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
@@ -47,6 +68,8 @@ const ROW_GROUP_BYTES: usize = 16 * 1024 * 1024;
 const ZSTD_LEVEL: i32 = 3;
 /// The partition column of every pg2lake table (see DESIGN.md, lake layout).
 const PARTITION_COLUMN: &str = "date";
+/// Rows per batch read back from a file being rewritten for a widened column.
+const REWRITE_BATCH_ROWS: usize = 8192;
 
 /// What a commit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +99,8 @@ pub struct LakeTable {
     last_commit_files: (u64, u64),
     /// A schema change waiting for the next data commit, and the layout it describes.
     staged_schema: Option<StagedSchema>,
+    /// Committed files rewritten for a widened column, waiting for the next data commit.
+    rewrite: Option<Rewrite>,
     target_file_size: u64,
     /// Rows in the files still open in the writer.
     open_rows: usize,
@@ -90,6 +115,14 @@ struct StagedSchema {
     metadata: Metadata,
     /// A protocol upgrade the new columns need (timestamp without time zone).
     protocol: Option<Protocol>,
+}
+
+/// The committed files replaced by rewritten ones (a widened column), not yet committed.
+struct Rewrite {
+    /// The committed files, removed with `dataChange: false`.
+    removes: Vec<Remove>,
+    /// Their rewritten copies in the wider layout, added with `dataChange: false`.
+    adds: Vec<Add>,
 }
 
 impl std::fmt::Debug for LakeTable {
@@ -151,6 +184,15 @@ impl LakeTable {
                         options.log_retention.as_secs()
                     )),
                 )
+                // Files a widening rewrite removes stay as long as the log that can
+                // time-travel to them (VACUUM's retention; the default is one week).
+                .with_configuration_property(
+                    TableProperty::DeletedFileRetentionDuration,
+                    Some(format!(
+                        "interval {} seconds",
+                        options.log_retention.as_secs()
+                    )),
+                )
                 .with_configuration_property(TableProperty::AppendOnly, Some("true"))
                 .await
                 .map_err(delta_err)?;
@@ -167,6 +209,7 @@ impl LakeTable {
             sealed: Vec::new(),
             last_commit_files: (0, 0),
             staged_schema: None,
+            rewrite: None,
             target_file_size: lake.options().target_file_size,
             open_rows: 0,
             pending_rows: 0,
@@ -219,7 +262,9 @@ impl LakeTable {
     /// written so far are sealed with the old layout, a `metaData` action with the new
     /// schema (same table id, configuration and partition columns) is staged for the next
     /// data commit, and later writes use the new layout. `arrow_schema` must keep every
-    /// column of the old one with its type (the lake layout only grows).
+    /// column of the old one, with its type or a type it widens to exactly (the lake
+    /// layout only grows); a widened column rewrites the table's files (see the module
+    /// docs).
     pub async fn evolve(&mut self, arrow_schema: SchemaRef) -> Result<(), LakeError> {
         let location = self.location.clone();
         let mismatch = |reason: String| LakeError::SchemaMismatch {
@@ -241,13 +286,142 @@ impl LakeTable {
         let protocol = upgraded_protocol(snapshot.protocol(), &delta_schema, &metadata)
             .map_err(|e| mismatch(format!("cannot upgrade the table protocol: {e}")))?;
         let configuration = metadata.configuration().clone();
-        self.writer = self.writer_for(&delta_schema, configuration).await?;
+        let before = self.arrow_schema()?;
+        let widened = before.fields().iter().any(|old| {
+            arrow_schema
+                .field_with_name(old.name())
+                .is_ok_and(|new| new.data_type() != old.data_type())
+        });
+        self.writer = self
+            .writer_for(&delta_schema, configuration.clone())
+            .await?;
+        if widened {
+            self.rewrite_for(&arrow_schema, &delta_schema, configuration)
+                .await?;
+        }
         self.staged_schema = Some(StagedSchema {
             arrow: arrow_schema,
             metadata,
             protocol,
         });
         Ok(())
+    }
+
+    /// Rewrites every file of the table in the layout `arrow` (a column widened): the
+    /// files of the open transaction go through the new writer, the committed ones (or
+    /// their rewritten copies, after an earlier widening in the same transaction) into a
+    /// rewrite staged for the next commit. One file is read at a time, in batches.
+    async fn rewrite_for(
+        &mut self,
+        arrow: &SchemaRef,
+        delta_schema: &StructType,
+        configuration: HashMap<String, String>,
+    ) -> Result<(), LakeError> {
+        // Rows of the open transaction: new rows, so they stay `dataChange: true`. They
+        // are counted as pending already.
+        let pending_rows = self.pending_rows;
+        for add in std::mem::take(&mut self.sealed) {
+            let path = Path::from_url_path(&add.path).map_err(|e| self.store_error(e.into()))?;
+            self.copy_file(path, &add.partition_values, arrow, None)
+                .await?;
+        }
+        self.pending_rows = pending_rows;
+        let (removes, sources) = match self.rewrite.take() {
+            Some(earlier) => {
+                let sources = earlier
+                    .adds
+                    .iter()
+                    .map(|add| {
+                        Path::from_url_path(&add.path)
+                            .map(|path| (path, add.partition_values.clone()))
+                            .map_err(|e| self.store_error(e.into()))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                (earlier.removes, sources)
+            }
+            None => {
+                let snapshot = self
+                    .table
+                    .snapshot()
+                    .map_err(|e| LakeError::delta(&self.location, e))?;
+                let mut removes = Vec::new();
+                let mut sources = Vec::new();
+                for file in snapshot.log_data().iter() {
+                    sources.push((file.object_store_path(), file.partition_values_map()));
+                    removes.push(file.remove_action(false));
+                }
+                (removes, sources)
+            }
+        };
+        let mut writer = self.writer_for(delta_schema, configuration).await?;
+        let mut adds = Vec::new();
+        let files = sources.len();
+        for (path, partition_values) in sources {
+            self.copy_file(path, &partition_values, arrow, Some(&mut writer))
+                .await?;
+            // One rewritten file per source file keeps each rewrite's memory to one file.
+            let written = writer
+                .flush()
+                .await
+                .map_err(|e| LakeError::delta(&self.location, e))?;
+            adds.extend(written.into_iter().map(|add| Add {
+                data_change: false,
+                ..add
+            }));
+        }
+        tracing::info!(table = %self.location, files, "rewrote the table's files for a widened column");
+        self.rewrite = Some(Rewrite { removes, adds });
+        Ok(())
+    }
+
+    /// Copies the rows of the Parquet file at `path` (with its partition values) into
+    /// `writer`, or into the table's own writer when `None`, in the layout `arrow`:
+    /// columns widened, columns the file lacks as nulls, the partition column added.
+    async fn copy_file(
+        &mut self,
+        path: Path,
+        partition_values: &HashMap<String, Option<String>>,
+        arrow: &SchemaRef,
+        mut writer: Option<&mut RecordBatchWriter>,
+    ) -> Result<(), LakeError> {
+        let location = self.location.clone();
+        let delta_err = |e: deltalake_core::DeltaTableError| LakeError::delta(&location, e);
+        // The whole file is fetched (a data file is at most about flush.max_bytes), then
+        // decoded a batch at a time.
+        let bytes = self
+            .table
+            .object_store()
+            .get(&path)
+            .await
+            .map_err(|e| self.store_error(e))?
+            .bytes()
+            .await
+            .map_err(|e| self.store_error(e))?;
+        let batches = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .map_err(|e| delta_err(e.into()))?
+            .with_batch_size(REWRITE_BATCH_ROWS)
+            .build()
+            .map_err(|e| delta_err(e.into()))?;
+        let day = partition_date(partition_values).ok_or_else(|| LakeError::SchemaMismatch {
+            table: self.location.to_string(),
+            reason: format!("a data file has no valid {PARTITION_COLUMN} partition value"),
+        })?;
+        for batch in batches {
+            let batch = batch.map_err(|e| delta_err(e.into()))?;
+            let batch = conform(&batch, day, arrow).map_err(|e| delta_err(e.into()))?;
+            match writer.as_deref_mut() {
+                Some(writer) => writer.write(batch).await.map_err(delta_err)?,
+                None => self.write(batch).await?,
+            }
+        }
+        Ok(())
+    }
+
+    fn store_error(&self, source: object_store::Error) -> LakeError {
+        LakeError::Store {
+            url: self.location.to_string(),
+            source,
+        }
     }
 
     /// A writer for a layout that is not committed yet.
@@ -345,6 +519,10 @@ impl LakeTable {
                 actions.push(Action::Protocol(protocol.clone()));
             }
         }
+        if let Some(rewrite) = &self.rewrite {
+            actions.extend(rewrite.removes.iter().cloned().map(Action::Remove));
+            actions.extend(rewrite.adds.iter().cloned().map(Action::Add));
+        }
         self.last_commit_files = (
             self.sealed.len() as u64,
             self.sealed
@@ -358,6 +536,7 @@ impl LakeTable {
             Ok(version) => {
                 self.committed = Some(lsn);
                 self.pending_rows = 0;
+                self.rewrite = None;
                 if let Some(staged) = self.staged_schema.take() {
                     tracing::debug!(table = %self.location, version, columns = ?field_names(&staged.arrow), "committed schema change");
                 }
@@ -373,8 +552,10 @@ impl LakeTable {
                 if now.is_some_and(|c| c >= lsn) {
                     self.committed = now;
                     self.pending_rows = 0;
-                    // The staged metaData action was part of the version that landed.
+                    // The staged metaData action (and rewrite) was part of the version
+                    // that landed.
                     self.staged_schema = None;
+                    self.rewrite = None;
                     Ok(CommitOutcome::AlreadyCommitted)
                 } else {
                     self.pending_rows = 0;
@@ -435,19 +616,26 @@ impl LakeTable {
     ///
     /// Only for a process that is the table's sole writer (the holder of the slot), and
     /// before it writes anything itself: another writer's files are unreferenced too until
-    /// its commit, and would be deleted under it. pg2lake tables are append-only, so a
-    /// file that no version of the table references is not in the current one either.
+    /// its commit, and would be deleted under it. A file stays while the current version
+    /// or a removal still in the log (a widening rewrite's) references it.
     pub async fn remove_uncommitted_files(&self) -> Result<usize, LakeError> {
         let delta_err = |e| LakeError::delta(&self.location, e);
-        let committed: HashSet<String> = self
-            .table
-            .snapshot()
-            .map_err(delta_err)?
+        let snapshot = self.table.snapshot().map_err(delta_err)?;
+        let mut committed: HashSet<String> = snapshot
             .log_data()
             .into_iter()
             .map(|add| add.object_store_path().to_string())
             .collect();
-        let store = self.table.log_store().object_store(None);
+        // Files a widening rewrite removed stay referenced by the versions before it, for
+        // time travel (kept as long as the log, see delta.deletedFileRetentionDuration).
+        let log_store = self.table.log_store();
+        let mut tombstones = snapshot.all_tombstones(log_store.as_ref());
+        while let Some(tombstone) = tombstones.next().await {
+            let tombstone = tombstone.map_err(delta_err)?;
+            committed.insert(Path::from(tombstone.path().as_ref()).to_string());
+        }
+        drop(tombstones);
+        let store = log_store.object_store(None);
         let mut listing = store.list(None);
         let mut orphans = Vec::new();
         while let Some(meta) = listing.next().await {
@@ -521,6 +709,39 @@ async fn read_committed_lsn(
             version: v,
         }),
     }
+}
+
+/// Days since 1970-01-01 of a file's `date` partition value (`YYYY-MM-DD`).
+fn partition_date(partition_values: &HashMap<String, Option<String>>) -> Option<i32> {
+    let value = partition_values.get(PARTITION_COLUMN)?.as_deref()?;
+    let date = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d").ok()?;
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
+    i32::try_from((date - epoch).num_days()).ok()
+}
+
+/// `batch`, read from a data file, in the layout `arrow`: each column by name, widened
+/// where its type grew (exact; see `schema::widen`), a column the file lacks as nulls,
+/// and the partition column (not stored in the file) as `day`.
+fn conform(
+    batch: &RecordBatch,
+    day: i32,
+    arrow: &SchemaRef,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let rows = batch.num_rows();
+    let columns = arrow
+        .fields()
+        .iter()
+        .map(|field| -> Result<ArrayRef, arrow::error::ArrowError> {
+            if field.name() == PARTITION_COLUMN && field.data_type() == &DataType::Date32 {
+                return Ok(Arc::new(Date32Array::from(vec![day; rows])));
+            }
+            match batch.column_by_name(field.name()) {
+                Some(column) => widen_array(column, field.data_type()),
+                None => Ok(new_null_array(field.data_type(), rows)),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(arrow.clone(), columns)
 }
 
 fn field_names(schema: &SchemaRef) -> Vec<&str> {
@@ -907,5 +1128,140 @@ mod tests {
         reopened.write(rows).await.unwrap();
         reopened.commit(Lsn(2)).await.unwrap();
         assert_eq!(reopened.version(), Some(2));
+    }
+
+    fn int_schema(id: DataType) -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", id, true),
+            Field::new("_op", DataType::Utf8, false),
+            Field::new("date", DataType::Date32, false),
+        ]))
+    }
+
+    fn int_batch(ids: &[i32], day: i32) -> RecordBatch {
+        RecordBatch::try_new(
+            int_schema(DataType::Int32),
+            vec![
+                Arc::new(arrow::array::Int32Array::from(ids.to_vec())),
+                Arc::new(StringArray::from(vec!["c"; ids.len()])),
+                Arc::new(Date32Array::from(vec![day; ids.len()])),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// Every value of `id` in the table's current files, and their physical types.
+    fn read_ids(dir: &std::path::Path, table: &LakeTable) -> (Vec<i64>, Vec<DataType>) {
+        let mut ids = Vec::new();
+        let mut types = Vec::new();
+        for add in table.table.snapshot().unwrap().log_data().iter() {
+            let file = std::fs::File::open(dir.join("public/t").join(add.path().as_ref())).unwrap();
+            for batch in ParquetRecordBatchReaderBuilder::try_new(file)
+                .unwrap()
+                .build()
+                .unwrap()
+            {
+                let batch = batch.unwrap();
+                let column = batch.column_by_name("id").unwrap();
+                types.push(column.data_type().clone());
+                let wide = widen_array(column, &DataType::Int64).unwrap();
+                ids.extend(
+                    wide.as_any()
+                        .downcast_ref::<Int64Array>()
+                        .unwrap()
+                        .iter()
+                        .map(Option::unwrap),
+                );
+            }
+        }
+        ids.sort_unstable();
+        (ids, types)
+    }
+
+    #[tokio::test]
+    async fn a_widened_column_rewrites_the_files_in_the_same_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = lake(dir.path());
+        let mut table = LakeTable::open(&lake, "public", "t", int_schema(DataType::Int32), "a")
+            .await
+            .unwrap();
+        // Committed narrow files in two partitions (target_file_rows 2: several files).
+        table.write(int_batch(&[1, 2, 3], 20_000)).await.unwrap();
+        table.write(int_batch(&[4], 20_001)).await.unwrap();
+        table.commit(Lsn(1)).await.unwrap();
+        // Narrow rows of the open transaction, then the widening, then wide rows.
+        table.write(int_batch(&[5], 20_001)).await.unwrap();
+        table.evolve(int_schema(DataType::Int64)).await.unwrap();
+        let wide = RecordBatch::try_new(
+            int_schema(DataType::Int64),
+            vec![
+                Arc::new(Int64Array::from(vec![i64::MAX])),
+                Arc::new(StringArray::from(vec!["c"])),
+                Arc::new(Date32Array::from(vec![20_002])),
+            ],
+        )
+        .unwrap();
+        table.write(wide).await.unwrap();
+        assert_eq!(table.version(), Some(1), "nothing committed by evolve");
+        assert_eq!(
+            table.commit(Lsn(2)).await.unwrap(),
+            CommitOutcome::Committed { version: 2 }
+        );
+        let entry = log_entry(dir.path(), 2);
+        let actions: Vec<serde_json::Value> = entry
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let removes: Vec<_> = actions.iter().filter_map(|a| a.get("remove")).collect();
+        let adds: Vec<_> = actions.iter().filter_map(|a| a.get("add")).collect();
+        assert!(!removes.is_empty(), "{entry}");
+        assert!(removes.iter().all(|r| r["dataChange"] == false), "{entry}");
+        let rewritten = adds.iter().filter(|a| a["dataChange"] == false).count();
+        assert_eq!(
+            rewritten,
+            removes.len(),
+            "one rewritten file per file: {entry}"
+        );
+        assert!(adds.iter().any(|a| a["dataChange"] == true), "{entry}");
+        assert!(
+            actions.iter().any(|a| a.get("metaData").is_some()),
+            "{entry}"
+        );
+        assert!(actions.iter().any(|a| a.get("txn").is_some()), "{entry}");
+
+        let reopened = LakeTable::open(&lake, "public", "t", int_schema(DataType::Int32), "a")
+            .await
+            .unwrap();
+        assert_eq!(
+            reopened.arrow_schema().unwrap(),
+            int_schema(DataType::Int64)
+        );
+        let (ids, types) = read_ids(dir.path(), &reopened);
+        assert_eq!(ids, [1, 2, 3, 4, 5, i64::MAX], "every row once, widened");
+        assert!(types.iter().all(|t| t == &DataType::Int64), "{types:?}");
+
+        // A second widening in one transaction rewrites the rewritten files, not the
+        // committed ones again.
+        let mut table = reopened;
+        table.evolve(int_schema(DataType::Int64)).await.unwrap();
+        table
+            .write(
+                RecordBatch::try_new(
+                    int_schema(DataType::Int64),
+                    vec![
+                        Arc::new(Int64Array::from(vec![6])),
+                        Arc::new(StringArray::from(vec!["c"])),
+                        Arc::new(Date32Array::from(vec![20_002])),
+                    ],
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        table.commit(Lsn(3)).await.unwrap();
+        assert!(
+            !log_entry(dir.path(), 3).contains("\"remove\""),
+            "same types: no rewrite"
+        );
     }
 }

@@ -14,8 +14,16 @@
 //! - DROP COLUMN: the column stays in the lake and is null in rows from then on.
 //! - A type change whose lake (Arrow) type is unchanged (`varchar(10)` → `varchar(20)` →
 //!   `text`, `timestamp(3)` → `timestamp`): adopted in place.
-//! - Any other type change of a column with the same name:
-//!   [`SchemaError::IncompatibleType`]; widening types is a later policy.
+//! - A widening (`int` → `bigint`, `real` → `double precision`, `numeric(12,2)` →
+//!   `numeric(14,2)`, `date` → `timestamp`; see `widen`): the lake column takes the
+//!   wider type ([`TypeChangeKind::Widened`]); the lake rewrites its older files.
+//! - A source type narrower than its lake column (`bigint` back to `int`, or changes from
+//!   before a widening replayed after a restart): the lake column keeps its type and the
+//!   values are widened into it.
+//! - Any other type change, by [`TypeChangePolicy`]: `new_column` sends the values to
+//!   the lake column `<column>__<lake type>` (created when missing; the old column keeps
+//!   its history and is null from then on), `fail` stops with
+//!   [`SchemaError::IncompatibleType`].
 //! - RENAME COLUMN: pgoutput only shows the new name at the same position, which is
 //!   indistinguishable from DROP + ADD, and is handled as such: the old column keeps its
 //!   history (null from then on), the new one starts null for older rows. Nothing is lost.
@@ -30,12 +38,71 @@
 use std::collections::HashSet;
 
 use arrow::datatypes::Schema;
+use serde::{Deserialize, Serialize};
 
 use super::{
     Conversion, META_COLUMNS, SchemaError, SourceColumn, TableSchema, UNKNOWN_TYPE,
     lake_arrow_schema, meta_fields,
 };
 use crate::pg::pgoutput::RelationColumn;
+
+/// What pg2lake does when a column's type changes to one its lake column cannot hold
+/// and that is not a widening (`schema.on_type_change`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TypeChangePolicy {
+    /// Values of the new type go to the lake column `<column>__<lake type>` (e.g.
+    /// `qty__string`), created when missing; the old column keeps its history. Replication
+    /// goes on and nothing is lost.
+    #[default]
+    NewColumn,
+    /// Stop pg2lake with an error naming the change and the fixes.
+    Fail,
+}
+
+impl TypeChangePolicy {
+    /// The config spelling, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TypeChangePolicy::NewColumn => "new_column",
+            TypeChangePolicy::Fail => "fail",
+        }
+    }
+}
+
+/// How a column's changed type was followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypeChangeKind {
+    /// The lake column took the wider type in place.
+    Widened,
+    /// The values go to another lake column ([`TypeChangePolicy::NewColumn`]).
+    NewColumn,
+}
+
+impl TypeChangeKind {
+    /// A short name for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TypeChangeKind::Widened => "widen",
+            TypeChangeKind::NewColumn => "new_column",
+        }
+    }
+}
+
+/// One source column whose type changed to a different lake type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeChange {
+    /// The source column.
+    pub column: String,
+    /// The lake column its values go to from now on.
+    pub lake_column: String,
+    /// The previous type, Postgres and lake form, e.g. `int4 (lake type integer)`.
+    pub old: String,
+    /// The new type in the same form.
+    pub new: String,
+    /// How it was followed.
+    pub kind: TypeChangeKind,
+}
 
 /// The outcome of [`TableSchema::evolve`]: the new schema and what changed.
 #[derive(Debug, Clone)]
@@ -48,17 +115,30 @@ pub struct Evolution {
     pub dropped: Vec<String>,
     /// Columns whose Postgres type changed without changing their lake type.
     pub retyped: Vec<String>,
+    /// Columns whose type changed to another lake type: widened in place, or moved to a
+    /// new lake column (which is also in `added` when it is new).
+    pub type_changes: Vec<TypeChange>,
 }
 
 impl Evolution {
     /// Whether the lake table's layout (its Delta schema) changes.
     pub fn layout_changed(&self) -> bool {
-        !self.added.is_empty()
+        !self.added.is_empty() || self.widened().next().is_some()
+    }
+
+    /// The lake columns whose type widened.
+    pub fn widened(&self) -> impl Iterator<Item = &TypeChange> {
+        self.type_changes
+            .iter()
+            .filter(|change| change.kind == TypeChangeKind::Widened)
     }
 
     /// Whether anything a log reader cares about changed.
     pub fn is_visible(&self) -> bool {
-        !(self.added.is_empty() && self.dropped.is_empty() && self.retyped.is_empty())
+        !(self.added.is_empty()
+            && self.dropped.is_empty()
+            && self.retyped.is_empty()
+            && self.type_changes.is_empty())
     }
 }
 
@@ -127,14 +207,19 @@ impl TableSchema {
 
     /// The schema after the source table's columns became `columns` (a Relation message,
     /// or the catalog at start-up): the union of the known columns and `columns`, with
-    /// change tuples mapped onto it. Errors on a type change the lake column cannot hold
-    /// and on names Delta cannot hold.
-    pub fn evolve(&self, columns: &[RelationColumn]) -> Result<Evolution, SchemaError> {
+    /// change tuples mapped onto it. A type change the lake column cannot hold and that
+    /// is not a widening is handled by `policy`. Errors on names Delta cannot hold.
+    pub fn evolve(
+        &self,
+        columns: &[RelationColumn],
+        policy: TypeChangePolicy,
+    ) -> Result<Evolution, SchemaError> {
         let table = || self.qualified_name();
         let mut lake = self.columns.clone();
         let mut tuple_columns = Vec::with_capacity(columns.len());
         let mut added = Vec::new();
         let mut retyped = Vec::new();
+        let mut type_changes = Vec::new();
         // Delta resolves column names case-insensitively, so collisions are checked that way.
         let mut seen: HashSet<String> = HashSet::with_capacity(columns.len());
         for column in columns {
@@ -161,42 +246,108 @@ impl TableSchema {
                 return Err(duplicate(first));
             }
             let incoming = SourceColumn::new(column);
-            match lake
-                .iter()
-                .position(|c| c.name.eq_ignore_ascii_case(&column.name))
-            {
-                Some(index) => {
-                    let known = &mut lake[index];
-                    if known.name != column.name {
-                        return Err(duplicate(&known.name));
-                    }
-                    if known.data_type != incoming.data_type {
-                        return Err(SchemaError::IncompatibleType {
-                            table: table(),
-                            column: column.name.clone(),
-                            old: known.type_description(),
-                            new: incoming.type_description(),
-                            old_pg: if known.type_oid == UNKNOWN_TYPE {
-                                "its previous type".to_owned()
-                            } else {
-                                known.pg_type()
-                            },
-                        });
-                    }
-                    if known.type_oid != UNKNOWN_TYPE
-                        && (known.type_oid, known.type_modifier)
-                            != (incoming.type_oid, incoming.type_modifier)
-                    {
-                        retyped.push(column.name.clone());
-                    }
-                    // Same lake type, so the same conversion: adopt the Postgres type.
-                    *known = incoming;
-                    tuple_columns.push(index);
+            let Some(index) = position(&lake, &column.name) else {
+                added.push(column.name.clone());
+                lake.push(incoming);
+                tuple_columns.push(lake.len() - 1);
+                continue;
+            };
+            let known = &lake[index];
+            if known.name != column.name {
+                return Err(duplicate(&known.name));
+            }
+            if holds(known, &incoming) {
+                if known.type_oid != UNKNOWN_TYPE
+                    && (known.type_oid, known.type_modifier)
+                        != (incoming.type_oid, incoming.type_modifier)
+                {
+                    retyped.push(column.name.clone());
                 }
-                None => {
-                    added.push(column.name.clone());
-                    lake.push(incoming);
-                    tuple_columns.push(lake.len() - 1);
+                lake[index] = SourceColumn {
+                    data_type: known.data_type.clone(),
+                    ..incoming
+                };
+                tuple_columns.push(index);
+            } else if known.lake_conversion().widens_to(incoming.conversion) {
+                type_changes.push(TypeChange {
+                    column: column.name.clone(),
+                    lake_column: column.name.clone(),
+                    old: known.type_description(),
+                    new: incoming.type_description(),
+                    kind: TypeChangeKind::Widened,
+                });
+                lake[index] = incoming;
+                tuple_columns.push(index);
+            } else if policy == TypeChangePolicy::Fail {
+                return Err(SchemaError::IncompatibleType {
+                    table: table(),
+                    column: column.name.clone(),
+                    old: known.type_description(),
+                    new: incoming.type_description(),
+                    old_pg: if known.type_oid == UNKNOWN_TYPE {
+                        "its previous type".to_owned()
+                    } else {
+                        known.pg_type()
+                    },
+                });
+            } else {
+                let target = format!("{}__{}", column.name, incoming.conversion.column_suffix());
+                if let Some(other) = columns
+                    .iter()
+                    .find(|c| c.name.eq_ignore_ascii_case(&target))
+                {
+                    return Err(SchemaError::NewColumnTaken {
+                        table: table(),
+                        column: column.name.clone(),
+                        target,
+                        taken_by: other.name.clone(),
+                    });
+                }
+                let old = known.type_description();
+                let change = |lake_column: &str| TypeChange {
+                    column: column.name.clone(),
+                    lake_column: lake_column.to_owned(),
+                    old: old.clone(),
+                    new: incoming.type_description(),
+                    kind: TypeChangeKind::NewColumn,
+                };
+                match position(&lake, &target) {
+                    Some(existing) => {
+                        let held = &lake[existing];
+                        if held.name != target || !holds(held, &incoming) {
+                            return Err(SchemaError::NewColumnTaken {
+                                table: table(),
+                                column: column.name.clone(),
+                                taken_by: format!("{} ({})", held.name, held.type_description()),
+                                target,
+                            });
+                        }
+                        // Already the target in this session, or known only from the lake
+                        // (a restart): the change was reported when it happened.
+                        let ongoing = self.tuple_columns.contains(&existing)
+                            || self
+                                .columns
+                                .get(existing)
+                                .is_some_and(|c| c.type_oid == UNKNOWN_TYPE);
+                        if !ongoing {
+                            type_changes.push(change(&target));
+                        }
+                        lake[existing] = SourceColumn {
+                            name: target,
+                            data_type: held.data_type.clone(),
+                            ..incoming
+                        };
+                        tuple_columns.push(existing);
+                    }
+                    None => {
+                        type_changes.push(change(&target));
+                        added.push(target.clone());
+                        lake.push(SourceColumn {
+                            name: target,
+                            ..incoming
+                        });
+                        tuple_columns.push(lake.len() - 1);
+                    }
                 }
             }
         }
@@ -206,7 +357,10 @@ impl TableSchema {
             .filter(|index| !tuple_columns.contains(index))
             .map(|&index| self.columns[index].name.clone())
             .collect();
-        let arrow = if added.is_empty() {
+        let widened = type_changes
+            .iter()
+            .any(|c| c.kind == TypeChangeKind::Widened);
+        let arrow = if added.is_empty() && !widened {
             self.arrow.clone()
         } else {
             lake_arrow_schema(&lake)
@@ -222,6 +376,7 @@ impl TableSchema {
             added,
             dropped,
             retyped,
+            type_changes,
         })
     }
 
@@ -231,6 +386,17 @@ impl TableSchema {
     pub fn same_source(&self, other: &TableSchema) -> bool {
         self.tuple_columns == other.tuple_columns && self.columns == other.columns
     }
+}
+
+/// Where the lake column named `name` (compared case-insensitively, as Delta does) is.
+fn position(lake: &[SourceColumn], name: &str) -> Option<usize> {
+    lake.iter().position(|c| c.name.eq_ignore_ascii_case(name))
+}
+
+/// Whether the lake column `known` holds every value of `incoming` as is: the same lake
+/// type, or a narrower one that widens into it exactly.
+fn holds(known: &SourceColumn, incoming: &SourceColumn) -> bool {
+    known.data_type == incoming.data_type || incoming.conversion.widens_to(known.lake_conversion())
 }
 
 #[cfg(test)]
@@ -292,11 +458,14 @@ mod tests {
     fn unchanged_columns_change_nothing() {
         let schema = base();
         let same = schema
-            .evolve(&[
-                col("id", oid::INT8, -1),
-                col("qty", oid::INT4, -1),
-                col("note", oid::VARCHAR, varchar(10)),
-            ])
+            .evolve(
+                &[
+                    col("id", oid::INT8, -1),
+                    col("qty", oid::INT4, -1),
+                    col("note", oid::VARCHAR, varchar(10)),
+                ],
+                TypeChangePolicy::Fail,
+            )
             .unwrap();
         assert!(!same.is_visible());
         assert!(!same.layout_changed());
@@ -307,12 +476,15 @@ mod tests {
     #[test]
     fn an_added_column_joins_before_the_metadata_columns() {
         let evolution = base()
-            .evolve(&[
-                col("id", oid::INT8, -1),
-                col("qty", oid::INT4, -1),
-                col("note", oid::VARCHAR, varchar(10)),
-                col("price", oid::FLOAT8, -1),
-            ])
+            .evolve(
+                &[
+                    col("id", oid::INT8, -1),
+                    col("qty", oid::INT4, -1),
+                    col("note", oid::VARCHAR, varchar(10)),
+                    col("price", oid::FLOAT8, -1),
+                ],
+                TypeChangePolicy::Fail,
+            )
             .unwrap();
         assert_eq!(evolution.added, ["price"]);
         assert!(evolution.dropped.is_empty() && evolution.retyped.is_empty());
@@ -330,10 +502,13 @@ mod tests {
     #[test]
     fn a_dropped_column_stays_in_the_lake_and_is_unmapped() {
         let evolution = base()
-            .evolve(&[
-                col("id", oid::INT8, -1),
-                col("note", oid::VARCHAR, varchar(10)),
-            ])
+            .evolve(
+                &[
+                    col("id", oid::INT8, -1),
+                    col("note", oid::VARCHAR, varchar(10)),
+                ],
+                TypeChangePolicy::Fail,
+            )
             .unwrap();
         assert_eq!(evolution.dropped, ["qty"]);
         assert!(evolution.added.is_empty());
@@ -344,10 +519,13 @@ mod tests {
         // Dropped once is not dropped again.
         let again = evolution
             .schema
-            .evolve(&[
-                col("id", oid::INT8, -1),
-                col("note", oid::VARCHAR, varchar(10)),
-            ])
+            .evolve(
+                &[
+                    col("id", oid::INT8, -1),
+                    col("note", oid::VARCHAR, varchar(10)),
+                ],
+                TypeChangePolicy::Fail,
+            )
             .unwrap();
         assert!(!again.is_visible());
     }
@@ -355,11 +533,14 @@ mod tests {
     #[test]
     fn a_rename_is_a_drop_and_an_add_at_the_same_position() {
         let evolution = base()
-            .evolve(&[
-                col("id", oid::INT8, -1),
-                col("quantity", oid::INT4, -1),
-                col("note", oid::VARCHAR, varchar(10)),
-            ])
+            .evolve(
+                &[
+                    col("id", oid::INT8, -1),
+                    col("quantity", oid::INT4, -1),
+                    col("note", oid::VARCHAR, varchar(10)),
+                ],
+                TypeChangePolicy::Fail,
+            )
             .unwrap();
         assert_eq!(evolution.added, ["quantity"]);
         assert_eq!(evolution.dropped, ["qty"]);
@@ -379,11 +560,14 @@ mod tests {
             (oid::BPCHAR, varchar(5)),
         ] {
             let evolution = schema
-                .evolve(&[
-                    col("id", oid::INT8, -1),
-                    col("qty", oid::INT4, -1),
-                    col("note", type_oid, typmod),
-                ])
+                .evolve(
+                    &[
+                        col("id", oid::INT8, -1),
+                        col("qty", oid::INT4, -1),
+                        col("note", type_oid, typmod),
+                    ],
+                    TypeChangePolicy::Fail,
+                )
                 .unwrap();
             assert_eq!(evolution.retyped, ["note"], "oid {type_oid}");
             assert!(!evolution.layout_changed());
@@ -394,7 +578,9 @@ mod tests {
         }
         // A pure typmod change on a type whose lake type ignores it: timestamp(3) → (6).
         let ts = TableSchema::new("s", "t", &[col("at", oid::TIMESTAMP, 3)]).unwrap();
-        let evolution = ts.evolve(&[col("at", oid::TIMESTAMP, 6)]).unwrap();
+        let evolution = ts
+            .evolve(&[col("at", oid::TIMESTAMP, 6)], TypeChangePolicy::Fail)
+            .unwrap();
         assert_eq!(evolution.retyped, ["at"]);
         assert!(!evolution.layout_changed());
     }
@@ -402,11 +588,14 @@ mod tests {
     #[test]
     fn an_incompatible_type_change_is_a_clear_error() {
         let err = base()
-            .evolve(&[
-                col("id", oid::INT8, -1),
-                col("qty", oid::TEXT, -1),
-                col("note", oid::VARCHAR, varchar(10)),
-            ])
+            .evolve(
+                &[
+                    col("id", oid::INT8, -1),
+                    col("qty", oid::TEXT, -1),
+                    col("note", oid::VARCHAR, varchar(10)),
+                ],
+                TypeChangePolicy::Fail,
+            )
             .unwrap_err();
         assert_eq!(
             err,
@@ -421,25 +610,226 @@ mod tests {
         let message = err.to_string();
         assert!(!message.contains('\n'), "{message}");
         assert!(message.contains("fix:"), "{message}");
-        // numeric(12,2) → numeric(14,2) changes the Delta decimal: widening is later work.
-        let typmod = |p: i32, s: i32| ((p << 16) | s) + 4;
+        // Fewer fractional digits is not a widening either.
         let numeric = TableSchema::new("s", "t", &[col("n", oid::NUMERIC, typmod(12, 2))]).unwrap();
         assert!(matches!(
-            numeric.evolve(&[col("n", oid::NUMERIC, typmod(14, 2))]),
+            numeric.evolve(
+                &[col("n", oid::NUMERIC, typmod(14, 1))],
+                TypeChangePolicy::Fail
+            ),
             Err(SchemaError::IncompatibleType { .. })
         ));
     }
 
+    /// The typmod Postgres stores for `numeric(p,s)`.
+    fn typmod(precision: i32, scale: i32) -> i32 {
+        ((precision << 16) | scale) + 4
+    }
+
+    #[test]
+    fn a_widening_changes_the_lake_type_in_place() {
+        let schema = base();
+        for policy in [TypeChangePolicy::Fail, TypeChangePolicy::NewColumn] {
+            let evolution = schema
+                .evolve(
+                    &[
+                        col("id", oid::INT8, -1),
+                        col("qty", oid::INT8, -1),
+                        col("note", oid::VARCHAR, varchar(10)),
+                    ],
+                    policy,
+                )
+                .unwrap();
+            assert_eq!(
+                evolution.type_changes,
+                [TypeChange {
+                    column: "qty".into(),
+                    lake_column: "qty".into(),
+                    old: "int4 (lake type integer)".into(),
+                    new: "int8 (lake type long)".into(),
+                    kind: TypeChangeKind::Widened,
+                }]
+            );
+            assert!(evolution.added.is_empty() && evolution.retyped.is_empty());
+            assert!(evolution.layout_changed() && evolution.is_visible());
+            assert_eq!(names(&evolution.schema), with_meta(&["id", "qty", "note"]));
+            let qty = evolution.schema.arrow.field_with_name("qty").unwrap();
+            assert_eq!(qty.data_type(), &arrow::datatypes::DataType::Int64);
+            assert_eq!(evolution.schema.tuple_columns, [0, 1, 2]);
+        }
+        let numeric = TableSchema::new("s", "t", &[col("n", oid::NUMERIC, typmod(12, 2))]).unwrap();
+        let wider = numeric
+            .evolve(
+                &[col("n", oid::NUMERIC, typmod(14, 2))],
+                TypeChangePolicy::Fail,
+            )
+            .unwrap();
+        assert_eq!(
+            wider.schema.columns[0].data_type,
+            arrow::datatypes::DataType::Decimal128(14, 2)
+        );
+        assert_eq!(wider.widened().count(), 1);
+    }
+
+    #[test]
+    fn a_narrower_source_type_is_held_by_the_wider_lake_column() {
+        // int8 in the lake; the source goes back to int4 (or its older changes replay).
+        let wide = TableSchema::new("s", "t", &[col("n", oid::INT8, -1)]).unwrap();
+        let evolution = wide
+            .evolve(&[col("n", oid::INT4, -1)], TypeChangePolicy::Fail)
+            .unwrap();
+        assert_eq!(evolution.retyped, ["n"]);
+        assert!(evolution.type_changes.is_empty() && !evolution.layout_changed());
+        let n = &evolution.schema.columns[0];
+        assert_eq!(
+            n.conversion,
+            Conversion::Int32,
+            "values parse as the source type"
+        );
+        assert_eq!(
+            n.data_type,
+            arrow::datatypes::DataType::Int64,
+            "the lake keeps long"
+        );
+        assert_eq!(n.type_description(), "int4 (lake type long)");
+        assert_eq!(evolution.schema.arrow, wide.arrow);
+
+        // Rows are parsed as int4 and land widened in the long column.
+        use crate::batch::{ChangeMeta, Op, TableBatch};
+        use crate::pg::pgoutput::TupleValue;
+        let mut batch = TableBatch::new(std::sync::Arc::new(evolution.schema));
+        let meta = ChangeMeta {
+            op: Op::Insert,
+            lsn: crate::lsn::Lsn(1),
+            seq: 1,
+            commit_ts_micros: 0,
+            xid: None,
+        };
+        batch
+            .push(&meta, &[TupleValue::Text("-2147483648".into())])
+            .unwrap();
+        let rows = batch.finish().unwrap();
+        let column = rows
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        assert_eq!(column.value(0), i64::from(i32::MIN));
+    }
+
+    #[test]
+    fn an_incompatible_type_change_goes_to_a_new_column_by_policy() {
+        let schema = base();
+        let source = [
+            col("id", oid::INT8, -1),
+            col("qty", oid::TEXT, -1),
+            col("note", oid::VARCHAR, varchar(10)),
+        ];
+        let evolution = schema.evolve(&source, TypeChangePolicy::NewColumn).unwrap();
+        assert_eq!(
+            evolution.type_changes,
+            [TypeChange {
+                column: "qty".into(),
+                lake_column: "qty__string".into(),
+                old: "int4 (lake type integer)".into(),
+                new: "text (lake type string)".into(),
+                kind: TypeChangeKind::NewColumn,
+            }]
+        );
+        assert_eq!(evolution.added, ["qty__string"]);
+        assert_eq!(
+            evolution.dropped,
+            ["qty"],
+            "the old column is null from now on"
+        );
+        assert_eq!(
+            names(&evolution.schema),
+            with_meta(&["id", "qty", "note", "qty__string"])
+        );
+        assert_eq!(evolution.schema.tuple_columns, [0, 3, 2]);
+        assert_eq!(
+            evolution
+                .schema
+                .arrow
+                .field_with_name("qty")
+                .unwrap()
+                .data_type(),
+            &arrow::datatypes::DataType::Int32,
+            "the old column keeps its type and history"
+        );
+        let moved = evolution.schema;
+
+        // The same Relation again (or a restart from the lake) is not a new change.
+        let again = moved.evolve(&source, TypeChangePolicy::NewColumn).unwrap();
+        assert!(!again.is_visible(), "{again:?}");
+        let lake = TableSchema::from_lake("public", "orders", &moved.arrow).unwrap();
+        let restarted = lake.evolve(&source, TypeChangePolicy::NewColumn).unwrap();
+        assert!(restarted.type_changes.is_empty() && restarted.added.is_empty());
+        assert_eq!(restarted.schema.tuple_columns, [0, 3, 2]);
+
+        // Back to int4: the original column again; text again: the same new column.
+        let back = moved
+            .evolve(
+                &[
+                    col("id", oid::INT8, -1),
+                    col("qty", oid::INT4, -1),
+                    col("note", oid::VARCHAR, varchar(10)),
+                ],
+                TypeChangePolicy::NewColumn,
+            )
+            .unwrap();
+        assert!(back.type_changes.is_empty() && back.added.is_empty());
+        assert_eq!(back.dropped, ["qty__string"]);
+        assert_eq!(back.schema.tuple_columns, [0, 1, 2]);
+        let forth = back
+            .schema
+            .evolve(&source, TypeChangePolicy::NewColumn)
+            .unwrap();
+        assert_eq!(forth.type_changes.len(), 1, "reported: it happened again");
+        assert!(forth.added.is_empty());
+        assert_eq!(forth.schema.tuple_columns, [0, 3, 2]);
+    }
+
+    #[test]
+    fn a_new_column_name_that_is_taken_is_a_clear_error() {
+        let schema = base();
+        let err = schema
+            .evolve(
+                &[
+                    col("id", oid::INT8, -1),
+                    col("qty", oid::TEXT, -1),
+                    col("QTY__string", oid::TEXT, -1),
+                ],
+                TypeChangePolicy::NewColumn,
+            )
+            .unwrap_err();
+        assert!(matches!(err, SchemaError::NewColumnTaken { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("qty__string") && message.contains("fix:"),
+            "{message}"
+        );
+    }
+
     #[test]
     fn a_re_added_column_reuses_its_lake_column_only_with_the_same_type() {
-        let dropped = base().evolve(&[col("id", oid::INT8, -1)]).unwrap().schema;
+        let dropped = base()
+            .evolve(&[col("id", oid::INT8, -1)], TypeChangePolicy::Fail)
+            .unwrap()
+            .schema;
         let back = dropped
-            .evolve(&[col("id", oid::INT8, -1), col("qty", oid::INT4, -1)])
+            .evolve(
+                &[col("id", oid::INT8, -1), col("qty", oid::INT4, -1)],
+                TypeChangePolicy::Fail,
+            )
             .unwrap();
         assert!(back.added.is_empty());
         assert_eq!(back.schema.tuple_columns, [0, 1]);
         assert!(matches!(
-            dropped.evolve(&[col("id", oid::INT8, -1), col("qty", oid::INT8, -1)]),
+            dropped.evolve(
+                &[col("id", oid::INT8, -1), col("qty", oid::BOOL, -1)],
+                TypeChangePolicy::Fail
+            ),
             Err(SchemaError::IncompatibleType { .. })
         ));
     }
@@ -448,7 +838,10 @@ mod tests {
     fn names_delta_cannot_hold_are_rejected_when_added() {
         let schema = base();
         let err = schema
-            .evolve(&[col("id", oid::INT8, -1), col("Qty", oid::INT4, -1)])
+            .evolve(
+                &[col("id", oid::INT8, -1), col("Qty", oid::INT4, -1)],
+                TypeChangePolicy::Fail,
+            )
             .unwrap_err();
         assert_eq!(
             err,
@@ -459,7 +852,10 @@ mod tests {
             }
         );
         assert!(matches!(
-            schema.evolve(&[col("id", oid::INT8, -1), col("_LSN", oid::INT8, -1)]),
+            schema.evolve(
+                &[col("id", oid::INT8, -1), col("_LSN", oid::INT8, -1)],
+                TypeChangePolicy::Fail
+            ),
             Err(SchemaError::ReservedColumn { .. })
         ));
     }
@@ -476,13 +872,16 @@ mod tests {
         assert!(lake.tuple_columns.is_empty());
         assert_eq!(lake.columns[1].type_oid, UNKNOWN_TYPE);
         assert_eq!(lake.columns[1].type_description(), "lake type integer");
-        let evolution = lake.evolve(&source).unwrap();
+        let evolution = lake.evolve(&source, TypeChangePolicy::Fail).unwrap();
         // Learning the Postgres types of known columns is not a change worth a log line.
         assert!(!evolution.is_visible());
         assert!(evolution.schema.same_source(&base()));
         // The source gained a column while pg2lake was down, and lost one.
         let evolution = lake
-            .evolve(&[col("id", oid::INT8, -1), col("extra", oid::BOOL, -1)])
+            .evolve(
+                &[col("id", oid::INT8, -1), col("extra", oid::BOOL, -1)],
+                TypeChangePolicy::Fail,
+            )
             .unwrap();
         assert_eq!(evolution.added, ["extra"]);
         assert!(

@@ -23,8 +23,10 @@
 //!   readable by column name.
 
 mod evolve;
+mod widen;
 
-pub use evolve::Evolution;
+pub use evolve::{Evolution, TypeChange, TypeChangeKind, TypeChangePolicy};
+pub use widen::widen_array;
 
 use std::sync::Arc;
 
@@ -165,6 +167,21 @@ pub enum SchemaError {
         new: String,
         /// The previous Postgres type alone, for the fix.
         old_pg: String,
+    },
+    /// The lake column a type change's values would go to (`<column>__<lake type>`) is a
+    /// source column of its own, or holds another type.
+    #[error(
+        "table {table} column {column} changed type, and the lake column {target} its values would go to (schema.on_type_change: new_column) is taken by {taken_by} (fix: rename that column, or change {column} back)"
+    )]
+    NewColumnTaken {
+        /// The table, `schema.name`.
+        table: String,
+        /// The column whose type changed.
+        column: String,
+        /// The lake column its values would go to.
+        target: String,
+        /// What holds that name.
+        taken_by: String,
     },
     /// An existing lake table has columns pg2lake cannot write.
     #[error(
@@ -408,7 +425,8 @@ pub struct SourceColumn {
     pub is_key: bool,
     /// How text values of this column are parsed.
     pub conversion: Conversion,
-    /// The Arrow type of the column in the lake.
+    /// The Arrow type of the column in the lake: `conversion`'s type, or a type it widens
+    /// to exactly ([`Conversion::widens_to`]).
     pub data_type: DataType,
 }
 
@@ -438,14 +456,19 @@ impl SourceColumn {
 
     /// Postgres and lake type for messages, e.g. `int4 (lake type integer)`.
     pub fn type_description(&self) -> String {
+        let lake = self.lake_conversion().lake_type_name();
         if self.type_oid == UNKNOWN_TYPE {
-            return format!("lake type {}", self.conversion.lake_type_name());
+            return format!("lake type {lake}");
         }
-        format!(
-            "{} (lake type {})",
-            self.pg_type(),
-            self.conversion.lake_type_name()
-        )
+        format!("{} (lake type {lake})", self.pg_type())
+    }
+
+    /// The conversion of the lake column's type. It differs from [`SourceColumn::conversion`]
+    /// when the source type is narrower than the lake column (after a widening, changes
+    /// written before it are replayed, or the source type was narrowed again): values are
+    /// parsed as the source type and widened to the lake type.
+    pub fn lake_conversion(&self) -> Conversion {
+        Conversion::for_arrow(&self.data_type).unwrap_or(self.conversion)
     }
 }
 
@@ -481,7 +504,8 @@ impl TableSchema {
             tuple_columns: Vec::new(),
             arrow: lake_arrow_schema(&[]),
         };
-        Ok(empty.evolve(columns)?.schema)
+        // A new table has no earlier columns, so no type changes: the policy never applies.
+        Ok(empty.evolve(columns, TypeChangePolicy::Fail)?.schema)
     }
 
     /// `namespace.name`, for messages.

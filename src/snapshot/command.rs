@@ -45,7 +45,14 @@ pub async fn run(config: &Config, no_slot: bool) -> Result<(), PipelineError> {
         catalog::ensure_publication(&client, &config.source.publication, &tables).await?;
         lake::app_id(slot)
     };
-    let mut replicated = pipeline::open_tables(&client, &lake, &tables, &app_id).await?;
+    let mut replicated = pipeline::open_tables(
+        &client,
+        &lake,
+        &tables,
+        &app_id,
+        config.schema.on_type_change,
+    )
+    .await?;
     let unloaded = super::unloaded(&replicated);
     let mut lines = Vec::new();
     for table in &replicated {

@@ -977,3 +977,54 @@ pub fn count_delta_rows(path: &Path) -> u64 {
         .parse()
         .expect("row count")
 }
+
+/// The result of [`duckdb_query`]: column names in order and the rows, JSON-safe.
+#[derive(Debug, Clone)]
+pub struct QueryResult {
+    /// Column names, in the query's order.
+    pub columns: Vec<String>,
+    /// Rows as column → value.
+    pub rows: Vec<Map<String, Value>>,
+}
+
+/// Runs `sql` with DuckDB (from the test venv) over the Delta table at `table_uri`,
+/// registered as the view `view` (see duckdb_query.py).
+pub fn duckdb_query(table_uri: &str, view: &str, sql: &str) -> QueryResult {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/duckdb_query.py");
+    let mut child = Command::new(venv_python())
+        .arg(script)
+        .args([table_uri, view])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run duckdb_query.py");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(sql.as_bytes())
+        .expect("write the query");
+    let out = child.wait_with_output().expect("duckdb_query.py output");
+    assert!(
+        out.status.success(),
+        "duckdb_query.py {table_uri} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value: Value = serde_json::from_slice(&out.stdout).expect("duckdb_query.py JSON");
+    QueryResult {
+        columns: value["columns"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .map(|c| c.as_str().expect("column name").to_owned())
+            .collect(),
+        rows: value["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| r.as_object().expect("row").clone())
+            .collect(),
+    }
+}
