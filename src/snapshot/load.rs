@@ -144,9 +144,24 @@ pub async fn copy_tables(
     let mut queue = VecDeque::new();
     let mut writers = JoinSet::new();
     let progress = Progress::new(crate::terminal::status_lines_enabled());
-    metrics::global()
+    // A retried load starts its gauges over (they are sums when table labels are off).
+    let metrics = metrics::global();
+    metrics
         .snapshot_tables_pending
-        .add(i64::try_from(indices.len()).unwrap_or(i64::MAX));
+        .set(i64::try_from(indices.len()).unwrap_or(i64::MAX));
+    for table in indices
+        .iter()
+        .filter_map(|&i| slots.get(i).and_then(Option::as_ref))
+    {
+        let label = metrics
+            .table_label(&table.schema().qualified_name())
+            .to_owned();
+        metrics.snapshot_rows.with_label_values(&[&label]).set(0);
+        metrics
+            .snapshot_rows_estimated
+            .with_label_values(&[&label])
+            .set(0);
+    }
     for &i in indices {
         let Some(table) = slots.get_mut(i).and_then(Option::take) else {
             continue;
