@@ -33,6 +33,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_postgres::Client;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::apply::ReplicatedTable;
 use crate::batch::{BatchError, ChangeMeta, Op, TableBatch, binary};
@@ -217,7 +218,8 @@ pub async fn copy_tables(
         ));
     }
     drop(queue);
-    let reporter = progress.report_every(super::PROGRESS_INTERVAL);
+    // Aborted when this function returns, error or not.
+    let _reporter = AbortOnDropHandle::new(progress.report_every(super::PROGRESS_INTERVAL));
 
     let mut reports = Vec::with_capacity(indices.len());
     // An error that only reflects another task's failure (a writer whose senders went
@@ -225,14 +227,18 @@ pub async fn copy_tables(
     let mut consequence = None;
     while !(workers.is_empty() && writers.is_empty()) {
         tokio::select! {
-            // No priority is needed: every outcome is handled and the loop runs until both
-            // sets are empty or an error ends it (dropping the sets aborts the rest).
+            biased;
+            // Copying connections first: when a copy fails, its error is the cause, and
+            // the writer that then sees its channel close only reports a consequence.
+            // Either way the loop ends at the first cause (dropping both sets aborts the
+            // rest of the load).
             Some(done) = workers.join_next(), if !workers.is_empty() => match done {
                 Ok(Ok(())) => {}
                 Ok(Err(error @ SnapshotError::Interrupted { .. })) => consequence = Some(error),
                 Ok(Err(error)) => return Err(error),
                 Err(join) => return Err(SnapshotError::Task(join.to_string())),
             },
+            // Writers: a finished table is handed back; a lake error is a cause too.
             Some(done) = writers.join_next(), if !writers.is_empty() => match done {
                 Ok((slot, table, Ok(report))) => {
                     slots[slot] = Some(table);
@@ -247,7 +253,6 @@ pub async fn copy_tables(
             },
         }
     }
-    reporter.abort();
     progress.finish();
     if let Some(error) = consequence {
         return Err(error);
