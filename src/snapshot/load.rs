@@ -440,10 +440,11 @@ async fn copy_range(
         commit_ts_micros,
         xid: None,
     };
-    let mut counted = 0;
+    // Rows of `batch` and bytes received not yet counted in the table's progress.
+    let (mut counted, mut bytes) = (0, 0);
     while let Some(data) = stream.next().await {
         let data = data.map_err(SnapshotError::query(&name, "reading COPY data"))?;
-        range.table.add_bytes(data.len() as u64);
+        bytes += data.len() as u64;
         rows.feed::<RowError>(&data, |row, fields| {
             meta.seq += 1;
             batch
@@ -458,7 +459,9 @@ async fn copy_range(
             RowError::Batch(error) => SnapshotError::Batch(*error),
         })?;
         if batch.len() >= CHUNK_ROWS || batch.approx_bytes() >= CHUNK_BYTES {
-            range.table.add_rows((batch.len() - counted) as u64);
+            range
+                .table
+                .add(batch.len() - counted, std::mem::take(&mut bytes));
             counted = 0;
             let chunk = batch.finish()?;
             if range.chunks.send(Chunk::Rows(chunk)).await.is_err() {
@@ -466,7 +469,9 @@ async fn copy_range(
             }
         } else if batch.len() - counted >= CHUNK_ROWS / 8 {
             // Progress moves between chunks too, for tables with wide rows.
-            range.table.add_rows((batch.len() - counted) as u64);
+            range
+                .table
+                .add(batch.len() - counted, std::mem::take(&mut bytes));
             counted = batch.len();
         }
     }
@@ -474,8 +479,8 @@ async fn copy_range(
         table: name.clone(),
         source,
     })?;
+    range.table.add(batch.len() - counted, bytes);
     if !batch.is_empty() {
-        range.table.add_rows((batch.len() - counted) as u64);
         let chunk = batch.finish()?;
         if range.chunks.send(Chunk::Rows(chunk)).await.is_err() {
             return Err(SnapshotError::interrupted(schema));

@@ -39,19 +39,16 @@ impl TableProgress {
     fn since_start(&self) -> Duration {
         self.started.get().map_or(Duration::ZERO, Instant::elapsed)
     }
-    /// Counts `rows` more rows copied.
-    pub fn add_rows(&self, rows: u64) {
+    /// Counts `rows` more rows copied and `bytes` more bytes of COPY data received.
+    pub fn add(&self, rows: usize, bytes: u64) {
+        let rows = rows as u64;
         self.rows.fetch_add(rows, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
         let metrics = metrics::global();
         metrics
             .snapshot_rows
             .with_label_values(&[metrics.table_label(&self.name)])
             .add(i64::try_from(rows).unwrap_or(i64::MAX));
-    }
-
-    /// Counts `bytes` more bytes of COPY data received.
-    pub fn add_bytes(&self, bytes: u64) {
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Rows and bytes so far.
@@ -233,12 +230,12 @@ mod tests {
         let progress = Progress::new(false);
         let table = progress.add("public.t".into(), Some(1000));
         table.start();
-        table.add_rows(250);
+        table.add(250, 0);
         let line = table.line(10);
         assert!(line.starts_with("public.t   ["), "{line}");
         assert!(line.contains("######------"), "{line}");
         assert!(line.contains(" 25% 250/~1000 rows"), "{line}");
-        table.add_rows(2000);
+        table.add(2000, 0);
         assert!(
             table.line(10).contains("225% 2250/~1000"),
             "past the estimate"
