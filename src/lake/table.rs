@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use deltalake_core::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
 use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
@@ -28,7 +28,8 @@ use deltalake_core::protocol::{DeltaOperation, SaveMode};
 use deltalake_core::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake_core::{DeltaTable, TableProperty};
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use url::Url;
 
 use super::layout::table_location;
@@ -442,18 +443,59 @@ fn new_writer(
     table: &DeltaTable,
     target_file_size: u64,
 ) -> Result<RecordBatchWriter, LakeError> {
-    let properties = WriterProperties::builder()
+    let mut properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default(),
         ))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
-        .set_created_by(format!("pg2lake {}", env!("CARGO_PKG_VERSION")))
-        .build();
+        .set_created_by(format!("pg2lake {}", env!("CARGO_PKG_VERSION")));
+    let snapshot = table
+        .snapshot()
+        .map_err(|e| LakeError::delta(location, e))?;
+    let schema: Schema =
+        snapshot
+            .schema()
+            .as_ref()
+            .try_into_arrow()
+            .map_err(|e: arrow::error::ArrowError| LakeError::SchemaMismatch {
+                table: location.to_string(),
+                reason: e.to_string(),
+            })?;
+    for path in date_columns(&schema) {
+        // delta-rs turns a date column's min/max into a chrono date, which panics
+        // beyond year 262143; Postgres dates reach 5874897 and pg2lake stores
+        // `infinity` as the largest date32. Without Parquet statistics for these
+        // columns the Delta log carries none for them either (readers then scan
+        // instead of skipping files on date predicates).
+        properties = properties.set_column_statistics_enabled(path, EnabledStatistics::None);
+    }
+    let properties = properties.build();
     Ok(RecordBatchWriter::for_table(table)
         .map_err(|e| LakeError::delta(location, e))?
         .with_writer_properties(properties)
         .with_target_file_size(target_file_size))
+}
+
+/// The Parquet paths of the date leaves of `schema`: date columns and the elements of
+/// date lists.
+fn date_columns(schema: &Schema) -> Vec<ColumnPath> {
+    schema
+        .fields()
+        .iter()
+        .filter_map(|field| match field.data_type() {
+            DataType::Date32 => Some(ColumnPath::new(vec![field.name().clone()])),
+            DataType::List(element) if *element.data_type() == DataType::Date32 => {
+                // Arrow's Parquet writer nests list elements as <name>.list.<element>.
+                Some(ColumnPath::new(vec![
+                    field.name().clone(),
+                    "list".to_owned(),
+                    element.name().clone(),
+                ]))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 async fn read_committed_lsn(
