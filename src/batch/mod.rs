@@ -327,6 +327,16 @@ impl TableBatch {
         for (column, &position) in self.columns.iter_mut().zip(&self.tuple_positions) {
             column.commit(value_of(position).and_then(text_of));
         }
+        for (column, source) in self.columns.iter_mut().zip(&self.schema.columns) {
+            if column.take_reshaped() {
+                tracing::warn!(
+                    table = %self.schema.qualified_name(),
+                    column = %source.name,
+                    pg_type = %source.pg_type(),
+                    "array value with several dimensions or lower bounds other than 1 stored as the flat list of its elements (row-major); its dimensions are not kept"
+                );
+            }
+        }
         if any_unchanged {
             for (&index, value) in self.schema.tuple_columns.iter().zip(values) {
                 if matches!(value, TupleValue::UnchangedToast) {

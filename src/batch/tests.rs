@@ -859,3 +859,265 @@ fn property_date_text_round_trips() {
         );
     }
 }
+
+#[test]
+fn money_is_exact_cents() {
+    use super::text::parse_money;
+    assert_eq!(parse_money(b"$1,234.56"), Ok(123_456));
+    assert_eq!(parse_money(b"-$0.01"), Ok(-1));
+    assert_eq!(parse_money(b"$0.00"), Ok(0));
+    assert_eq!(
+        parse_money(b"$92,233,720,368,547,758.07"),
+        Ok(i128::from(i64::MAX))
+    );
+    assert_eq!(
+        parse_money(b"-$92,233,720,368,547,758.08"),
+        Ok(i128::from(i64::MIN))
+    );
+    for bad in [
+        &b""[..],
+        b"1.00",
+        b"$1.0",
+        b"$1",
+        b"$,1.00",
+        b"EUR1.00",
+        b"$1.000",
+        b"$-1.00",
+    ] {
+        assert!(
+            parse_money(bad).is_err(),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    let array = convert(oid::MONEY, -1, "-$1,234.50").unwrap();
+    assert_eq!(array.as_primitive::<Decimal128Type>().value(0), -123_450);
+    assert_eq!(array.data_type(), &DataType::Decimal128(19, 2));
+}
+
+#[test]
+fn time_and_timetz() {
+    use super::text::{parse_time, parse_timetz};
+    assert_eq!(parse_time(b"00:00:00"), Ok(0));
+    assert_eq!(parse_time(b"13:14:15.5"), Ok(47_655_500_000));
+    assert_eq!(parse_time(b"23:59:59.999999"), Ok(86_399_999_999));
+    assert_eq!(parse_time(b"24:00:00"), Ok(86_400_000_000));
+    for bad in [
+        &b"24:00:00.000001"[..],
+        b"24:00:01",
+        b"12:60:00",
+        b"1:00:00",
+        b"12:00:00+00",
+    ] {
+        assert!(
+            parse_time(bad).is_err(),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    assert_eq!(
+        parse_timetz(b"13:14:15.5+05:30"),
+        Ok((47_655_500_000, 19_800))
+    );
+    assert_eq!(parse_timetz(b"00:00:00-15:59:59"), Ok((0, -57_599)));
+    assert_eq!(parse_timetz(b"24:00:00+00"), Ok((86_400_000_000, 0)));
+    assert!(parse_timetz(b"12:00:00").is_err());
+    let array = convert(oid::TIMETZ, -1, "01:02:03-08").unwrap();
+    let timetz = array.as_struct();
+    assert_eq!(
+        timetz.column(0).as_primitive::<Int64Type>().value(0),
+        3_723_000_000
+    );
+    assert_eq!(
+        timetz.column(1).as_primitive::<Int32Type>().value(0),
+        -28_800
+    );
+}
+
+#[test]
+fn intervals_keep_their_three_fields() {
+    use super::text::parse_interval;
+    let cases: [(&str, (i32, i32, i64)); 9] = [
+        ("00:00:00", (0, 0, 0)),
+        ("1 mon", (1, 0, 0)),
+        ("1 year 1 day 00:00:01", (12, 1, 1_000_000)),
+        (
+            "-1 years -2 mons +3 days -04:05:06.789",
+            (-14, 3, -14_706_789_000),
+        ),
+        ("1 day -00:00:01", (0, 1, -1_000_000)),
+        ("-00:00:00.000001", (0, 0, -1)),
+        ("2562047788:00:54.775807", (0, 0, i64::MAX)),
+        ("-2562047788:00:54.775808", (0, 0, i64::MIN)),
+        (
+            "-178956970 years -8 mons -2147483648 days",
+            (i32::MIN, i32::MIN, 0),
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(parse_interval(text.as_bytes()), Ok(want), "{text}");
+    }
+    for bad in [
+        "",
+        "1",
+        "1 week",
+        "1 days 2 days 00:00:00 00:00:00",
+        "00:00:00 1 day",
+        "2562047788:00:54.775808",
+        "178956971 years",
+        "1:2:3",
+    ] {
+        assert!(parse_interval(bad.as_bytes()).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn arrays_keep_nulls_quotes_and_flatten_dimensions() {
+    use super::text::parse_array;
+    let mut out = Vec::new();
+    let mut spans = Vec::new();
+    let elements =
+        |out: &Vec<u8>, spans: &Vec<Option<std::ops::Range<usize>>>| -> Vec<Option<String>> {
+            spans
+                .iter()
+                .map(|s| {
+                    s.clone()
+                        .map(|r| String::from_utf8(out[r].to_vec()).unwrap())
+                })
+                .collect()
+        };
+    let shape = parse_array(
+        r#"{"",NULL,"NULL","a\"b","c\\d",x y,ü}"#.as_bytes(),
+        &mut out,
+        &mut spans,
+    )
+    .unwrap();
+    assert!(shape.is_plain());
+    assert_eq!(
+        elements(&out, &spans),
+        [
+            Some(String::new()),
+            None,
+            Some("NULL".into()),
+            Some("a\"b".into()),
+            Some("c\\d".into()),
+            Some("x y".into()),
+            Some("ü".into())
+        ]
+    );
+    let shape = parse_array(b"{}", &mut out, &mut spans).unwrap();
+    assert!(shape.is_plain() && spans.is_empty());
+    let shape = parse_array(b"{{1,2},{3,NULL}}", &mut out, &mut spans).unwrap();
+    assert_eq!(shape.dimensions, 2);
+    assert!(!shape.is_plain());
+    assert_eq!(elements(&out, &spans).len(), 4);
+    let shape = parse_array(b"[0:1]={7,8}", &mut out, &mut spans).unwrap();
+    assert!(shape.custom_bounds && !shape.is_plain());
+    assert!(
+        parse_array(b"[1:2]={7,8}", &mut out, &mut spans)
+            .unwrap()
+            .is_plain()
+    );
+    for bad in [
+        &b""[..],
+        b"{",
+        b"{1,}",
+        b"{,1}",
+        b"{1}}",
+        b"{1}x",
+        b"1,2",
+        br#"{"a}"#,
+        b"{a\"b}",
+        b"[0:x]={1}",
+    ] {
+        assert!(
+            parse_array(bad, &mut out, &mut spans).is_err(),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
+
+#[test]
+fn array_columns_hold_typed_elements_and_fail_atomically() {
+    // int4[]
+    let array = convert(1007, -1, "{1,NULL,-3}").unwrap();
+    let list = array.as_list::<i32>();
+    let values = list.value(0);
+    let values = values.as_primitive::<Int32Type>();
+    assert_eq!(values.len(), 3);
+    assert_eq!(values.value(0), 1);
+    assert!(values.is_null(1));
+    assert_eq!(values.value(2), -3);
+    // One bad element rejects the whole value and leaves nothing behind.
+    let schema = table(&[("a", 1007, -1), ("b", 1007, -1)]);
+    let mut batch = TableBatch::new(schema);
+    batch
+        .push(&meta(Op::Insert), &[text("{1}"), text("{2,3}")])
+        .unwrap();
+    let err = batch
+        .push(&meta(Op::Insert), &[text("{4,5}"), text("{6,x}")])
+        .unwrap_err();
+    assert!(matches!(err, BatchError::Value { .. }), "{err}");
+    batch
+        .push(&meta(Op::Insert), &[TupleValue::Null, text("{}")])
+        .unwrap();
+    let rb = batch.finish().unwrap();
+    let a = rb.column(0).as_list::<i32>();
+    let b = rb.column(1).as_list::<i32>();
+    assert_eq!(a.len(), 2);
+    assert_eq!(
+        a.values().len(),
+        1,
+        "the failed row's elements are not kept"
+    );
+    assert!(a.is_null(1));
+    assert_eq!(b.value(1).len(), 0);
+    assert!(b.is_valid(1));
+    // interval[] holds structs; numeric(6,2)[] decimals.
+    let array = convert(1187, -1, r#"{"1 day",NULL}"#).unwrap();
+    assert_eq!(array.as_list::<i32>().value(0).len(), 2);
+    let array = convert(1231, typmod(6, 2), "{1.50,-9999.99}").unwrap();
+    let values = array.as_list::<i32>().value(0);
+    assert_eq!(values.as_primitive::<Decimal128Type>().value(1), -999_999);
+}
+
+#[test]
+fn hex_binary_and_hstore_text() {
+    use super::text::{decode_hex, parse_hstore};
+    let mut out = Vec::new();
+    decode_hex(b"0101000020E6100000", &mut out).unwrap();
+    assert_eq!(out, [1, 1, 0, 0, 0x20, 0xe6, 0x10, 0, 0]);
+    assert!(decode_hex(b"0", &mut out).is_err());
+    assert!(decode_hex(b"zz", &mut out).is_err());
+    let mut pairs = Vec::new();
+    parse_hstore(
+        br#""a"=>"1", "b c"=>NULL, ""=>"x\\y\"""#,
+        &mut out,
+        &mut pairs,
+    )
+    .unwrap();
+    let text = |r: &std::ops::Range<usize>| String::from_utf8(out[r.clone()].to_vec()).unwrap();
+    let got: Vec<(String, Option<String>)> = pairs
+        .iter()
+        .map(|(k, v)| (text(k), v.as_ref().map(text)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a".into(), Some("1".into())),
+            ("b c".into(), None),
+            (String::new(), Some("x\\y\"".into()))
+        ]
+    );
+    parse_hstore(b"", &mut out, &mut pairs).unwrap();
+    assert!(pairs.is_empty());
+    for bad in [
+        &b"a=>1"[..],
+        br#""a"=>"#,
+        br#""a"=>"1","#,
+        br#""a"=>"1" "b"=>"2""#,
+    ] {
+        assert!(parse_hstore(bad, &mut out, &mut pairs).is_err());
+    }
+}
