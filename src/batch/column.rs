@@ -212,7 +212,8 @@ impl Column {
             Conversion::Int64 => Column::Int64(Primitive::new(conversion)),
             Conversion::Float32 => Column::Float32(Primitive::new(conversion)),
             Conversion::Float64 => Column::Float64(Primitive::new(conversion)),
-            Conversion::Decimal { precision, scale } => Column::Decimal {
+            Conversion::Decimal { precision, scale }
+            | Conversion::ConfiguredDecimal { precision, scale } => Column::Decimal {
                 precision,
                 scale,
                 values: Primitive::new(conversion),

@@ -47,7 +47,7 @@ use arrow::record_batch::RecordBatch;
 
 use crate::lsn::Lsn;
 use crate::pg::pgoutput::TupleValue;
-use crate::schema::{SourceColumn, TableSchema, unchanged_element};
+use crate::schema::{Conversion, SourceColumn, TableSchema, column_key, unchanged_element};
 
 use column::Column;
 
@@ -151,6 +151,27 @@ pub enum BatchError {
         column: String,
         /// The column's Postgres type.
         pg_type: String,
+        /// What is wrong with the value (never the value itself).
+        #[source]
+        source: ValueError,
+    },
+    /// A value does not fit the decimal type `column_types` gave its column.
+    #[error(
+        "table {table} column {column} ({pg_type}): the value {source}, so it does not fit column_types.\"{key}\" = decimal({precision},{scale}) (fix: give that entry a wider decimal, or remove it to store the exact decimal text)"
+    )]
+    ConfiguredDecimal {
+        /// The table, `schema.name`.
+        table: String,
+        /// The column.
+        column: String,
+        /// The column's Postgres type.
+        pg_type: String,
+        /// The configured key, `schema.table.column`.
+        key: String,
+        /// The configured precision.
+        precision: u8,
+        /// The configured scale.
+        scale: i8,
         /// What is wrong with the value (never the value itself).
         #[source]
         source: ValueError,
@@ -407,6 +428,17 @@ fn text_of(value: &TupleValue) -> Option<&[u8]> {
 }
 
 fn value_error(schema: &TableSchema, column: &SourceColumn, source: ValueError) -> BatchError {
+    if let Conversion::ConfiguredDecimal { precision, scale } = column.conversion {
+        return BatchError::ConfiguredDecimal {
+            table: schema.qualified_name(),
+            column: column.name.clone(),
+            pg_type: column.pg_type(),
+            key: column_key(&schema.namespace, &schema.name, &column.name),
+            precision,
+            scale,
+            source,
+        };
+    }
     BatchError::Value {
         table: schema.qualified_name(),
         column: column.name.clone(),

@@ -293,6 +293,13 @@ fn numeric_exact_and_extremes() {
     assert_eq!(dec(12, 2, "12.5"), 1250);
     assert_eq!(dec(12, 2, "12"), 1200);
     assert_eq!(dec(5, 0, "00042"), 42);
+    // Extra fractional zeros are not rounding (an unconstrained numeric's display scale).
+    assert_eq!(dec(12, 2, "12.5000"), 1250);
+    assert_eq!(dec(5, 0, "7.000"), 7);
+    assert_eq!(
+        convert_err(oid::NUMERIC, typmod(12, 2), "1.2340"),
+        ValueError::TooManyFractionalDigits
+    );
     assert_eq!(
         convert_err(oid::NUMERIC, typmod(12, 2), "1.234"),
         ValueError::TooManyFractionalDigits

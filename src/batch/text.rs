@@ -88,9 +88,13 @@ pub(super) fn parse_decimal(text: &[u8], precision: u8, scale: i8) -> Result<i12
     if !int.iter().chain(frac).all(u8::is_ascii_digit) {
         return Err(ValueError::Malformed);
     }
-    if frac.len() > scale {
-        return Err(ValueError::TooManyFractionalDigits);
-    }
+    // Extra fractional zeros lose nothing (an unconstrained numeric keeps its display
+    // scale, `1.500`, and may be configured into decimal(p,1)); other digits would round.
+    let frac = match frac.get(scale..) {
+        Some(extra) if extra.iter().all(|&b| b == b'0') => frac.get(..scale).unwrap_or(frac),
+        Some(_) => return Err(ValueError::TooManyFractionalDigits),
+        None => frac,
+    };
     let significant = match int.iter().position(|&b| b != b'0') {
         Some(first) => int.get(first..).unwrap_or_default(),
         None => &[][..],

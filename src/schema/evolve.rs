@@ -32,7 +32,7 @@ use std::collections::HashSet;
 use arrow::datatypes::Schema;
 
 use super::{
-    Conversion, META_COLUMNS, SchemaError, SourceColumn, TableSchema, UNKNOWN_TYPE,
+    Conversion, META_COLUMNS, SchemaError, SourceColumn, TableSchema, TypeCatalog, UNKNOWN_TYPE,
     lake_arrow_schema, meta_fields,
 };
 use crate::pg::pgoutput::RelationColumn;
@@ -130,6 +130,16 @@ impl TableSchema {
     /// change tuples mapped onto it. Errors on a type change the lake column cannot hold
     /// and on names Delta cannot hold.
     pub fn evolve(&self, columns: &[RelationColumn]) -> Result<Evolution, SchemaError> {
+        self.evolve_with(columns, &TypeCatalog::default())
+    }
+
+    /// [`TableSchema::evolve`] with column types resolved through `types` (catalog
+    /// types and configured column types): what replication uses.
+    pub fn evolve_with(
+        &self,
+        columns: &[RelationColumn],
+        types: &TypeCatalog,
+    ) -> Result<Evolution, SchemaError> {
         let table = || self.qualified_name();
         let mut lake = self.columns.clone();
         let mut tuple_columns = Vec::with_capacity(columns.len());
@@ -160,7 +170,10 @@ impl TableSchema {
                     .map_or("", |c| c.name.as_str());
                 return Err(duplicate(first));
             }
-            let incoming = SourceColumn::new(column);
+            let incoming = SourceColumn::typed(
+                column,
+                types.conversion(&self.namespace, &self.name, column)?,
+            );
             match lake
                 .iter()
                 .position(|c| c.name.eq_ignore_ascii_case(&column.name))

@@ -23,8 +23,10 @@
 //!   readable by column name.
 
 mod evolve;
+mod types;
 
 pub use evolve::Evolution;
+pub use types::{CatalogKind, CatalogType, FIRST_NORMAL_OID, TypeCatalog, column_key};
 
 use std::sync::Arc;
 
@@ -259,6 +261,18 @@ pub enum SchemaError {
         /// What is wrong.
         reason: String,
     },
+    /// A `column_types` setting names a column it cannot apply to.
+    #[error(
+        "column_types.\"{column}\" cannot apply to a column of type {pg_type}: {reason} (fix: remove that entry from column_types, or point it at a numeric column)"
+    )]
+    ConfiguredType {
+        /// The configured key, `schema.table.column`.
+        column: String,
+        /// The column's Postgres type.
+        pg_type: String,
+        /// Why not.
+        reason: String,
+    },
     /// Two source columns differ only in case, which Delta treats as the same column.
     #[error(
         "table {table} has columns {first:?} and {second:?} that differ only in letter case; Delta column names are case-insensitive (fix: rename one of them)"
@@ -322,6 +336,14 @@ pub enum Conversion {
     /// Postgres array text (`{1,NULL,"a b"}`, any dimensions) → List of the element's
     /// type, elements in row-major order (the order of `unnest`), NULL elements kept.
     Array(Element),
+    /// A `numeric` column given a decimal type by `column_types` in the configuration:
+    /// parsed like `Decimal`, and a value that does not fit is an error naming the setting.
+    ConfiguredDecimal {
+        /// Total significant digits, 1..=38.
+        precision: u8,
+        /// Fractional digits, 0..=precision.
+        scale: i8,
+    },
 }
 
 /// The element conversion of an array column: every [`Conversion`] but `Array` itself
@@ -426,6 +448,56 @@ impl Conversion {
         }
     }
 
+    /// The conversion of a type that may have a database-specific OID, with what the
+    /// catalog said about it (`types`): enum → text; domain → its base type's (with the
+    /// domain's typmod); array → a list of its element's; composite → its text form;
+    /// hstore → map; citext → text; PostGIS geometry / geography → EWKB binary; anything
+    /// else → its text form. Builtins map as in [`Conversion::for_type`].
+    pub fn for_resolved(type_oid: u32, type_modifier: i32, types: &TypeCatalog) -> Conversion {
+        let mut current = (type_oid, type_modifier);
+        let mut array = false;
+        for _ in 0..types::max_nesting() {
+            let (type_oid, type_modifier) = current;
+            let element = match types.described(type_oid) {
+                None => Conversion::for_type(type_oid, type_modifier),
+                Some(CatalogKind::Domain {
+                    base,
+                    base_modifier,
+                }) => {
+                    // A domain column's own typmod is -1; the domain holds the base's.
+                    let modifier = if type_modifier >= 0 {
+                        type_modifier
+                    } else {
+                        *base_modifier
+                    };
+                    current = (*base, modifier);
+                    continue;
+                }
+                Some(CatalogKind::Array { element }) => {
+                    if array {
+                        // An array of arrays does not exist; keep the text.
+                        return Conversion::Text;
+                    }
+                    array = true;
+                    current = (*element, type_modifier);
+                    continue;
+                }
+                Some(CatalogKind::Base) => types.named_base(type_oid).unwrap_or(Conversion::Text),
+                Some(CatalogKind::Enum | CatalogKind::Composite | CatalogKind::Other) => {
+                    Conversion::Text
+                }
+            };
+            return match (array, element) {
+                (false, conversion) => conversion,
+                // A domain over an array type inside an array cannot happen either.
+                (true, Conversion::Array(_)) => Conversion::Text,
+                (true, conversion) => conversion.array(),
+            };
+        }
+        // Domains nested beyond reason: the catalog is inconsistent; the text is exact.
+        Conversion::Text
+    }
+
     /// The conversion of an array whose elements convert as `self`; `Text` (the whole
     /// array's text form) when `self` is itself an array.
     pub fn array(self) -> Conversion {
@@ -436,7 +508,10 @@ impl Conversion {
             Conversion::Int64 => Element::Int64,
             Conversion::Float32 => Element::Float32,
             Conversion::Float64 => Element::Float64,
-            Conversion::Decimal { precision, scale } => Element::Decimal { precision, scale },
+            Conversion::Decimal { precision, scale }
+            | Conversion::ConfiguredDecimal { precision, scale } => {
+                Element::Decimal { precision, scale }
+            }
             Conversion::Text => Element::Text,
             Conversion::Bytea => Element::Bytea,
             Conversion::Date => Element::Date,
@@ -497,7 +572,10 @@ impl Conversion {
             Conversion::Int64 | Conversion::Time => "long".into(),
             Conversion::Float32 => "float".into(),
             Conversion::Float64 => "double".into(),
-            Conversion::Decimal { precision, scale } => format!("decimal({precision},{scale})"),
+            Conversion::Decimal { precision, scale }
+            | Conversion::ConfiguredDecimal { precision, scale } => {
+                format!("decimal({precision},{scale})")
+            }
             Conversion::Money => "decimal(19,2)".into(),
             Conversion::Text => "string".into(),
             Conversion::Bytea | Conversion::HexBinary => "binary".into(),
@@ -522,7 +600,10 @@ impl Conversion {
             Conversion::Int64 | Conversion::Time => DataType::Int64,
             Conversion::Float32 => DataType::Float32,
             Conversion::Float64 => DataType::Float64,
-            Conversion::Decimal { precision, scale } => DataType::Decimal128(precision, scale),
+            Conversion::Decimal { precision, scale }
+            | Conversion::ConfiguredDecimal { precision, scale } => {
+                DataType::Decimal128(precision, scale)
+            }
             Conversion::Money => DataType::Decimal128(MONEY_PRECISION, MONEY_SCALE),
             Conversion::Text => DataType::Utf8,
             Conversion::Bytea | Conversion::HexBinary => DataType::Binary,
@@ -699,8 +780,8 @@ pub struct SourceColumn {
 pub const UNKNOWN_TYPE: u32 = 0;
 
 impl SourceColumn {
-    fn new(column: &RelationColumn) -> SourceColumn {
-        let conversion = Conversion::for_type(column.type_oid, column.type_modifier);
+    /// `column` with the conversion its type resolved to (see [`TypeCatalog`]).
+    fn typed(column: &RelationColumn, conversion: Conversion) -> SourceColumn {
         SourceColumn {
             name: column.name.clone(),
             type_oid: column.type_oid,
@@ -757,6 +838,16 @@ impl TableSchema {
         name: &str,
         columns: &[RelationColumn],
     ) -> Result<TableSchema, SchemaError> {
+        TableSchema::with_types(namespace, name, columns, &TypeCatalog::default())
+    }
+
+    /// [`TableSchema::new`] with column types resolved through `types`.
+    pub fn with_types(
+        namespace: &str,
+        name: &str,
+        columns: &[RelationColumn],
+        types: &TypeCatalog,
+    ) -> Result<TableSchema, SchemaError> {
         let empty = TableSchema {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
@@ -764,7 +855,7 @@ impl TableSchema {
             tuple_columns: Vec::new(),
             arrow: lake_arrow_schema(&[]),
         };
-        Ok(empty.evolve(columns)?.schema)
+        Ok(empty.evolve_with(columns, types)?.schema)
     }
 
     /// `namespace.name`, for messages.
