@@ -1128,3 +1128,209 @@ fn hex_binary_and_hstore_text() {
         assert!(parse_hstore(bad, &mut out, &mut pairs).is_err());
     }
 }
+
+/// How Postgres prints an interval with IntervalStyle `postgres` (EncodeInterval):
+/// years and months split from `months`, each non-zero field with its own sign (`+` after
+/// a negative field), then the time, signed as a whole, whenever it is non-zero or
+/// nothing else was printed.
+fn render_interval(months: i32, days: i32, micros: i64) -> String {
+    let mut out = String::new();
+    let mut is_zero = true;
+    let mut is_before = false;
+    for (value, unit) in [
+        (i64::from(months / 12), "year"),
+        (i64::from(months % 12), "mon"),
+        (i64::from(days), "day"),
+    ] {
+        if value == 0 {
+            continue;
+        }
+        let space = if is_zero { "" } else { " " };
+        let plus = if is_before && value > 0 { "+" } else { "" };
+        let plural = if value == 1 { "" } else { "s" };
+        out.push_str(&format!("{space}{plus}{value} {unit}{plural}"));
+        is_before = value < 0;
+        is_zero = false;
+    }
+    if is_zero || micros != 0 {
+        let abs = micros.unsigned_abs();
+        let sign = if micros < 0 {
+            "-"
+        } else if is_before {
+            "+"
+        } else {
+            ""
+        };
+        if !is_zero {
+            out.push(' ');
+        }
+        let hours = abs / 3_600_000_000;
+        let minutes = abs / 60_000_000 % 60;
+        let seconds = abs / 1_000_000 % 60;
+        let fraction = abs % 1_000_000;
+        out.push_str(&format!("{sign}{hours:02}:{minutes:02}:{seconds:02}"));
+        if fraction != 0 {
+            out.push('.');
+            out.push_str(format!("{fraction:06}").trim_end_matches('0'));
+        }
+    }
+    out
+}
+
+#[test]
+fn interval_rendering_matches_postgres_samples() {
+    // Outputs of a PostgreSQL 15 server (IntervalStyle postgres), pinning the reference.
+    for (text, fields) in [
+        (
+            "-1 years -2 mons +3 days -04:05:06.789",
+            (-14, 3, -14_706_789_000),
+        ),
+        ("1 day -00:00:01", (0, 1, -1_000_000)),
+        ("1 year 1 day 00:00:01", (12, 1, 1_000_000)),
+        ("00:00:00", (0, 0, 0)),
+        ("-00:00:00.000001", (0, 0, -1)),
+        ("-178956970 years -8 mons", (i32::MIN, 0, 0)),
+        ("2562047788:00:54.775807", (0, 0, i64::MAX)),
+    ] {
+        assert_eq!(render_interval(fields.0, fields.1, fields.2), text);
+    }
+}
+
+mod properties {
+    //! Property tests of the text → Arrow conversions against independent references:
+    //! i128 arithmetic for numerics, chrono for timestamps, EncodeInterval's rules for
+    //! intervals. Case counts are modest so the suite stays fast.
+
+    use chrono::DateTime;
+    use proptest::prelude::*;
+
+    use super::super::text::{parse_decimal, parse_interval, parse_timestamp};
+    use super::{render_interval, render_numeric, render_timestamp};
+
+    /// Postgres's first timestamp (4714-11-24 00:00:00 BC) in µs since 1970.
+    const FIRST_TIMESTAMP: i64 = -210_866_803_200_000_000;
+    /// Near the end of chrono's range (year 262142), far past Postgres's own.
+    const LAST_REFERENCE_TIMESTAMP: i64 = 8_210_266_876_799_999_999;
+
+    fn numeric() -> impl Strategy<Value = (u8, i8, i128)> {
+        (1u8..=38)
+            .prop_flat_map(|precision| (Just(precision), 0..=precision, 1..=u32::from(precision)))
+            .prop_flat_map(|(precision, scale, digits)| {
+                let bound = 10_i128.pow(digits) - 1;
+                (Just(precision), Just(scale as i8), -bound..=bound)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn numeric_text_parses_to_its_unscaled_value(
+            (precision, scale, unscaled) in numeric(),
+            extra_zeros in 0usize..3,
+        ) {
+            let mut text = render_numeric(unscaled, scale as usize);
+            // An unconstrained numeric keeps its display scale: extra zeros round nothing.
+            if extra_zeros > 0 {
+                if scale == 0 {
+                    text.push('.');
+                }
+                text.push_str(&"0".repeat(extra_zeros));
+            }
+            prop_assert_eq!(parse_decimal(text.as_bytes(), precision, scale), Ok(unscaled));
+        }
+
+        #[test]
+        fn numeric_text_that_needs_rounding_is_refused(
+            (precision, scale, unscaled) in numeric(),
+            extra_digit in 1u8..=9,
+        ) {
+            let mut text = render_numeric(unscaled, scale as usize);
+            if scale == 0 {
+                text.push('.');
+            }
+            text.push(char::from(b'0' + extra_digit));
+            prop_assert!(parse_decimal(text.as_bytes(), precision, scale).is_err());
+        }
+
+        #[test]
+        fn timestamp_text_parses_to_its_micros(
+            micros in FIRST_TIMESTAMP..LAST_REFERENCE_TIMESTAMP,
+            offset in -(15 * 3600 + 59 * 60 + 59)..=(15 * 3600 + 59 * 60 + 59_i64),
+        ) {
+            let utc = DateTime::from_timestamp_micros(micros).unwrap().naive_utc();
+            let plain = render_timestamp(utc, None);
+            prop_assert_eq!(parse_timestamp(plain.as_bytes(), false), Ok(micros), "{}", plain);
+            let local = DateTime::from_timestamp_micros(micros + offset * 1_000_000)
+                .unwrap()
+                .naive_utc();
+            let with_offset = render_timestamp(local, Some(offset));
+            prop_assert_eq!(
+                parse_timestamp(with_offset.as_bytes(), true),
+                Ok(micros),
+                "{}",
+                with_offset
+            );
+        }
+
+        #[test]
+        fn interval_text_parses_to_its_fields(
+            months in any::<i32>(),
+            days in any::<i32>(),
+            micros in any::<i64>(),
+            zero_mask in 0u8..8,
+        ) {
+            // Zero fields change the rendering: exercise every combination.
+            let months = if zero_mask & 1 == 0 { months } else { 0 };
+            let days = if zero_mask & 2 == 0 { days } else { 0 };
+            let micros = if zero_mask & 4 == 0 { micros } else { 0 };
+            let text = render_interval(months, days, micros);
+            prop_assert_eq!(parse_interval(text.as_bytes()), Ok((months, days, micros)), "{}", text);
+        }
+    }
+}
+
+#[test]
+fn a_configured_decimal_overflow_names_the_setting_and_the_fix() {
+    use crate::schema::{Conversion, TypeCatalog};
+    use std::collections::HashMap;
+    let forced = Conversion::ConfiguredDecimal {
+        precision: 6,
+        scale: 2,
+    };
+    let types = TypeCatalog::new(HashMap::from([("public.t.amount".to_owned(), forced)]));
+    let columns = [RelationColumn {
+        is_key: false,
+        name: "amount".into(),
+        type_oid: oid::NUMERIC,
+        type_modifier: -1,
+    }];
+    let schema = Arc::new(TableSchema::with_types("public", "t", &columns, &types).unwrap());
+    assert_eq!(schema.columns[0].data_type, DataType::Decimal128(6, 2));
+    let mut batch = TableBatch::new(schema);
+    batch.push(&meta(Op::Insert), &[text("1234.5")]).unwrap();
+    for (value, problem) in [
+        ("12345.5", "more integer digits"),
+        ("1.255", "more fractional digits"),
+        ("NaN", "NaN or infinite"),
+    ] {
+        let message = batch
+            .push(&meta(Op::Insert), &[text(value)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("public.t column amount")
+                && message.contains(problem)
+                && message.contains("column_types.\"public.t.amount\" = decimal(6,2)")
+                && message.contains("fix:")
+                && (value == "NaN" || !message.contains(value)),
+            "{message}"
+        );
+    }
+    let rb = batch.finish().unwrap();
+    assert_eq!(rb.num_rows(), 1);
+    assert_eq!(
+        rb.column(0).as_primitive::<Decimal128Type>().value(0),
+        123_450
+    );
+}
