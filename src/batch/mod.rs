@@ -17,8 +17,8 @@
 //! - An unchanged TOAST value that Postgres did not send becomes a null *and* its column
 //!   name is listed in `_unchanged`, so readers can tell "not sent" from "NULL".
 //!
-//! Text forms expected (the replication session runs with `DateStyle=ISO`,
-//! `IntervalStyle=postgres`, `TimeZone=UTC`, `extra_float_digits=3`, `bytea_output=hex`):
+//! Text forms expected (every session runs with `DateStyle=ISO`, `IntervalStyle=postgres`,
+//! `TimeZone=UTC`, `extra_float_digits=3`, `bytea_output=hex`, `lc_monetary=C`):
 //!
 //! | type | text | lake value |
 //! |---|---|---|
@@ -30,6 +30,13 @@
 //! | date | `2026-11-22`, `0044-03-15 BC`, `infinity` | Date32: days since 1970-01-01; `infinity` = `i32::MAX`, `-infinity` = `i32::MIN` |
 //! | timestamp | `2026-11-22 07:38:35.123456` | µs since 1970, no zone; `infinity` = `i64::MAX`, `-infinity` = `i64::MIN` |
 //! | timestamptz | `… 07:38:35+00`, `+05:30`, `-08:00:00`, then ` BC` | µs since 1970 UTC; infinities as above |
+//! | money | `-$1,234.56` | Decimal128(19,2): the cents |
+//! | time | `13:14:15.5`, `24:00:00` | Int64 µs since midnight |
+//! | timetz | `13:14:15.5+05:30` | Struct {microseconds, offset_seconds (east of UTC)} |
+//! | interval | `-1 years -2 mons +3 days -04:05:06.789` | Struct {months, days, microseconds}, each with its own sign |
+//! | arrays | `{1,NULL,"a \"b\""}`, `[0:1]={…}`, `{{1,2},{3,4}}` | List; NULL elements kept; multi-dimensional values flattened row-major (warned once per column) |
+//! | hstore | `"k"=>"v", "k2"=>NULL` | Map<Utf8, Utf8> |
+//! | geometry, geography | hex EWKB | Binary |
 //! | everything else | as sent | Utf8 |
 //!
 //! BC years are astronomical in the lake (`1 BC` is year 0). A finite timestamp that would

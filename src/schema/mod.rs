@@ -9,11 +9,18 @@
 //! Invariants:
 //! - A column's Arrow type comes from its type OID and typmod alone, never from values, so
 //!   every row of a table, and every run of pg2lake, agrees on the layout.
-//! - The mapping is one `match` ([`Conversion::for_type`]); [`Conversion`] also tells the
-//!   batch builder how to parse the Postgres text form, so the two cannot drift apart.
-//! - Nothing is lost: a type Delta cannot hold exactly (unconstrained or wide numeric, and,
-//!   until the type-fidelity work widens the mapping, every type without a case here) is
-//!   stored as Postgres's own text form, which is exact by construction.
+//! - The mapping is [`Conversion::for_type`] (builtins, by OID) and
+//!   [`Conversion::for_resolved`] (what the catalog said, down to a builtin); [`Conversion`]
+//!   also tells the batch builder how to parse the Postgres text form, so the two cannot
+//!   drift apart.
+//! - Nothing is lost: a type Delta cannot hold exactly gets a documented exact form
+//!   (time as µs since midnight, interval and timetz as structs, money as cents) or, for
+//!   unconstrained or wide numeric, ranges, network types and every type without a case
+//!   here, Postgres's own text form, which is exact by construction. The README's
+//!   "Types" table is the user-facing copy of this mapping.
+//! - Types with database-specific OIDs (enums, domains, composites, extension types) are
+//!   looked up in the catalog once per OID ([`TypeCatalog`]) and mapped by
+//!   [`Conversion::for_resolved`], in streaming and snapshot alike.
 //! - Source columns are all nullable (a delete carries only the replica-identity columns,
 //!   a truncate none); metadata columns follow them in a fixed order.
 //! - Arrow field metadata stays empty: the Delta writer compares schemas field by field,
