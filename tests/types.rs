@@ -1159,3 +1159,95 @@ async fn type_matrix_round_trips_through_snapshot_and_streaming() {
     );
     assert_eq!(exact, outcome.len(), "every type round-trips exactly");
 }
+
+/// A column of a catalog type created while pg2lake streams (a new domain, enum and
+/// array of domain) is typed from the catalog when its Relation message arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn catalog_types_added_mid_stream_are_looked_up_and_typed() {
+    let pg = PgServer::start();
+    let url = pg.create_database("midstream").await;
+    let db = pg.connect("midstream").await;
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .expect("create table");
+    let lake = tempfile::tempdir().expect("temp dir");
+    let config = ConfigFile::new(&config_yaml(
+        &url,
+        "midstream",
+        &["public.t"],
+        &lake.path().display().to_string(),
+        "",
+    ));
+    let mut service = Service::start(&config, &[]);
+    service.wait_streaming(CATCH_UP);
+    db.batch_execute(
+        "CREATE DOMAIN qty AS numeric(8,3);
+         CREATE TYPE colour AS ENUM ('red', 'green');
+         ALTER TABLE t ADD COLUMN q qty, ADD COLUMN c colour, ADD COLUMN qs qty[];
+         INSERT INTO t VALUES (1, 12345.678, 'green', '{1.5,NULL}');",
+    )
+    .await
+    .expect("add catalog-typed columns");
+    wait_caught_up(&db, "midstream", CATCH_UP).await;
+    service.stop(STOP);
+    let read = read_delta(&lake.path().join("public/t").display().to_string(), &[]);
+    assert_eq!(read.column_type("q"), Some("decimal128(8, 3)"));
+    assert_eq!(read.column_type("c"), Some("string"));
+    assert_eq!(
+        read.column_type("qs"),
+        Some("list<element: decimal128(8, 3)>")
+    );
+    let row = &read.rows[0];
+    assert_eq!(row["q"], "12345.678");
+    assert_eq!(row["c"], "green");
+    assert_eq!(row["qs"], serde_json::json!(["1.500", null]));
+}
+
+/// A value too wide for its `column_types` decimal stops pg2lake with a one-line error
+/// naming the table, column, type and setting, and commits nothing of its transaction.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_value_too_wide_for_column_types_stops_with_a_clear_error() {
+    let pg = PgServer::start();
+    let url = pg.create_database("forced").await;
+    let db = pg.connect("forced").await;
+    db.batch_execute("CREATE TABLE orders (id int PRIMARY KEY, amount numeric)")
+        .await
+        .expect("create table");
+    let lake = tempfile::tempdir().expect("temp dir");
+    let config = ConfigFile::new(&config_yaml(
+        &url,
+        "forced",
+        &["public.orders"],
+        &lake.path().display().to_string(),
+        "column_types:\n  public.orders.amount: \"decimal(6,2)\"\n",
+    ));
+    let mut service = Service::start(&config, &[]);
+    service.wait_streaming(CATCH_UP);
+    db.batch_execute("INSERT INTO orders VALUES (1, 1234.5)")
+        .await
+        .expect("insert");
+    wait_caught_up(&db, "forced", CATCH_UP).await;
+    db.batch_execute("INSERT INTO orders VALUES (2, 12345.5)")
+        .await
+        .expect("insert");
+    let status = service.wait_exit(CATCH_UP);
+    assert_eq!(status.code(), Some(1), "log:\n{}", service.log());
+    let log = service.log();
+    let line = log.lines().last().unwrap_or_default();
+    for needle in [
+        "public.orders",
+        "amount",
+        "numeric",
+        "column_types.\"public.orders.amount\" = decimal(6,2)",
+        "fix:",
+    ] {
+        assert!(line.contains(needle), "{line:?} should mention {needle:?}");
+    }
+    assert!(!line.contains("12345"), "the value stays out of the log");
+    let read = read_delta(
+        &lake.path().join("public/orders").display().to_string(),
+        &[],
+    );
+    assert_eq!(read.rows.len(), 1);
+    assert_eq!(read.rows[0]["amount"], "1234.50");
+}
