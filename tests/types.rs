@@ -59,6 +59,8 @@ enum Kind {
     Interval,
     /// hstore: a JSON object.
     Hstore,
+    /// A text form that is hex (EWKB), read back as binary: lowercase hex.
+    HexText,
     /// The text form of the value cast to this type (a configured decimal's scale).
     Cast(&'static str),
     /// An array of composites, rendered through `text[]` (unnest would expand the rows).
@@ -703,14 +705,23 @@ fn families() -> Vec<Family> {
         },
         Family {
             table: "catalog_types",
-            setup: "CREATE EXTENSION hstore; CREATE EXTENSION citext;
+            setup:
+                "CREATE EXTENSION hstore; CREATE EXTENSION citext;
                     CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy', 'ünï \"q\" ,{}');
                     CREATE DOMAIN price AS numeric(10,2) CHECK (VALUE > -1000000);
                     CREATE DOMAIN positive_price AS price CHECK (VALUE >= 0);
                     CREATE DOMAIN small_id AS integer;
                     CREATE DOMAIN tags AS text[];
                     CREATE TYPE pair AS (a integer, b text);
-                    CREATE TYPE floatrange AS RANGE (subtype = float8);",
+                    CREATE TYPE floatrange AS RANGE (subtype = float8);
+                    -- No PostGIS here: a stand-in base type named geometry whose text form
+                    -- is hex EWKB, as PostGIS prints it, built on text's own I/O.
+                    CREATE TYPE geometry;
+                    CREATE FUNCTION geometry_in(cstring) RETURNS geometry
+                      AS 'textin' LANGUAGE internal IMMUTABLE STRICT;
+                    CREATE FUNCTION geometry_out(geometry) RETURNS cstring
+                      AS 'textout' LANGUAGE internal IMMUTABLE STRICT;
+                    CREATE TYPE geometry (INPUT = geometry_in, OUTPUT = geometry_out, LIKE = text);",
             cases: vec![
                 case(
                     "c_enum",
@@ -797,6 +808,17 @@ fn families() -> Vec<Family> {
                     Plain,
                 ),
                 case(
+                    "c_geometry",
+                    "geometry",
+                    // POINT(1 2) with SRID 4326, and an empty geometry collection.
+                    &[
+                        "'0101000020E6100000000000000000F03F0000000000000040'",
+                        "'010700000000000000'",
+                    ],
+                    "('0101000020E6100000' || lpad(to_hex(i), 16, '0') || '0000000000000040')::geometry",
+                    HexText,
+                ),
+                case(
                     "c_forced",
                     "numeric",
                     &["1234567890123456.1234", "-0.5", "7.00000"],
@@ -816,6 +838,7 @@ fn render(kind: Kind, value: &str) -> String {
         Kind::Money => format!("{value}::numeric"),
         Kind::Cast(sql_type) => format!("({value})::{sql_type}"),
         Kind::Hstore => format!("hstore_to_json({value})"),
+        Kind::HexText => format!("lower({value}::text)"),
         Kind::Bytes => format!("encode({value}, 'hex')"),
         Kind::Date => format!(
             "CASE WHEN {value} = 'infinity' THEN 2147483647 WHEN {value} = '-infinity' THEN -2147483648 \
@@ -890,7 +913,7 @@ fn canonical_lake(kind: Kind, value: &Value) -> Value {
     let string = |s: String| Value::String(s);
     let raw = |v: &Value| v.get("raw").and_then(Value::as_i64);
     match kind {
-        Kind::Plain | Kind::Money | Kind::Cast(_) | Kind::Bytes => match value {
+        Kind::Plain | Kind::Money | Kind::Cast(_) | Kind::Bytes | Kind::HexText => match value {
             Value::String(s) => string(s.clone()),
             other => string(other.to_string()),
         },
