@@ -312,6 +312,22 @@ pub(crate) async fn open_tables(
         replicated
             .push(open_table(lake, &table.schema, &table.name, &columns, app_id, types).await?);
     }
+    let columns = replicated.iter().flat_map(|t| {
+        let schema = t.schema();
+        schema.tuple_columns.iter().map(move |&c| {
+            (
+                schema.namespace.as_str(),
+                schema.name.as_str(),
+                schema.columns[c].name.as_str(),
+            )
+        })
+    });
+    for key in types.unmatched_configured(columns) {
+        tracing::warn!(
+            column_types = %key,
+            "column_types names no column of a replicated table; it applies once such a column appears (fix: check the schema.table.column spelling)"
+        );
+    }
     Ok(replicated)
 }
 

@@ -1227,7 +1227,8 @@ async fn catalog_types_added_mid_stream_are_looked_up_and_typed() {
 }
 
 /// A value too wide for its `column_types` decimal stops pg2lake with a one-line error
-/// naming the table, column, type and setting, and commits nothing of its transaction.
+/// naming the table, column, type and setting, and commits nothing of its transaction;
+/// an entry naming no column is reported at start.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_value_too_wide_for_column_types_stops_with_a_clear_error() {
     let pg = PgServer::start();
@@ -1242,7 +1243,7 @@ async fn a_value_too_wide_for_column_types_stops_with_a_clear_error() {
         "forced",
         &["public.orders"],
         &lake.path().display().to_string(),
-        "column_types:\n  public.orders.amount: \"decimal(6,2)\"\n",
+        "column_types:\n  public.orders.amount: \"decimal(6,2)\"\n  public.orders.amout: \"decimal(6,2)\"\n",
     ));
     let mut service = Service::start(&config, &[]);
     service.wait_streaming(CATCH_UP);
@@ -1267,6 +1268,12 @@ async fn a_value_too_wide_for_column_types_stops_with_a_clear_error() {
         assert!(line.contains(needle), "{line:?} should mention {needle:?}");
     }
     assert!(!line.contains("12345"), "the value stays out of the log");
+    assert!(
+        log.lines().any(
+            |l| l.contains("column_types names no column") && l.contains("public.orders.amout")
+        ),
+        "a misspelt column_types entry is reported"
+    );
     let read = read_delta(
         &lake.path().join("public/orders").display().to_string(),
         &[],

@@ -221,6 +221,26 @@ impl TypeCatalog {
         }
     }
 
+    /// The configured `column_types` keys that name none of `columns` (a typo, or a
+    /// column not added yet), sorted.
+    pub fn unmatched_configured<'a>(
+        &self,
+        columns: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+    ) -> Vec<String> {
+        let present: HashSet<String> = columns
+            .into_iter()
+            .map(|(namespace, table, column)| column_key(namespace, table, column))
+            .collect();
+        let mut unmatched: Vec<String> = self
+            .configured
+            .keys()
+            .filter(|key| !present.contains(*key))
+            .cloned()
+            .collect();
+        unmatched.sort();
+        unmatched
+    }
+
     /// The conversion of a catalog-described type (called by
     /// [`Conversion::for_resolved`], which owns the mapping).
     pub(super) fn described(&self, type_oid: u32) -> Option<&CatalogKind> {
@@ -420,6 +440,10 @@ mod tests {
         assert_eq!(
             conversion(&column("other", oid::NUMERIC, -1)),
             Ok(Conversion::Text)
+        );
+        assert_eq!(
+            types.unmatched_configured([("public", "t", "amount"), ("public", "t", "price")]),
+            ["public.t.note"]
         );
         let err = conversion(&column("note", oid::TEXT, -1)).unwrap_err();
         let message = err.to_string();
