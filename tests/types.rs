@@ -65,6 +65,8 @@ enum Kind {
     Cast(&'static str),
     /// An array of composites, rendered through `text[]` (unnest would expand the rows).
     CompositeArray,
+    /// A range: [empty, lower_inc, upper_inc, lower, upper], bounds in their kind's form.
+    Range(&'static Kind),
     /// An array: the list of its elements in row-major order, each in its kind's form.
     Array(&'static Kind),
 }
@@ -406,42 +408,45 @@ fn families() -> Vec<Family> {
                     "int4range",
                     &["'empty'", "'[1,10)'", "'(,5]'", "'[3,)'"],
                     "int4range(i, i * 2)",
-                    Plain,
+                    Range(&Int),
                 ),
                 case(
                     "c_int8range",
                     "int8range",
-                    &["'(,)'"],
+                    &["'(,)'", "'[-9223372036854775808,9223372036854775807)'"],
                     "int8range(i, null)",
-                    Plain,
+                    Range(&Int),
                 ),
                 case(
                     "c_numrange",
                     "numrange",
-                    &["'[1.5,2.25]'"],
+                    &["'[1.5,2.25]'", "'(-1e-30,)'", "'empty'"],
                     "numrange(i / 3.0, i)",
-                    Plain,
+                    Range(&Plain),
                 ),
                 case(
                     "c_daterange",
                     "daterange",
                     &["'[2020-01-01,infinity)'"],
                     "daterange('2020-01-01'::date + i, '2021-01-01')",
-                    Plain,
+                    Range(&Date),
                 ),
                 case(
                     "c_tsrange",
                     "tsrange",
-                    &["'[\"2020-01-01 00:00:00\",\"2020-01-02 00:00:00\")'"],
+                    &[
+                        "'[\"2020-01-01 00:00:00\",\"2020-01-02 00:00:00\")'",
+                        "'[-infinity,infinity]'",
+                    ],
                     "tsrange('2020-01-01'::timestamp + i * interval '1 hour', null)",
-                    Plain,
+                    Range(&Timestamp),
                 ),
                 case(
                     "c_tstzrange",
                     "tstzrange",
                     &["'(,\"2020-01-02 00:00:00+00\")'"],
                     "tstzrange('2020-01-01'::timestamptz, '2020-01-01'::timestamptz + i * interval '1 day')",
-                    Plain,
+                    Range(&Timestamp),
                 ),
             ],
         },
@@ -865,6 +870,14 @@ fn render(kind: Kind, value: &str) -> String {
             "CASE WHEN {value} IS NULL THEN NULL ELSE (SELECT coalesce(json_agg(x ORDER BY o), '[]') \
              FROM unnest({value}::text[]) WITH ORDINALITY AS u(x, o)) END"
         ),
+        Kind::Range(bound) => format!(
+            "CASE WHEN {value} IS NULL THEN NULL ELSE json_build_array(isempty({value}), \
+             lower_inc({value}), upper_inc({value}), \
+             CASE WHEN lower({value}) IS NULL THEN NULL ELSE format('%s', {}) END, \
+             CASE WHEN upper({value}) IS NULL THEN NULL ELSE format('%s', {}) END)::text END",
+            render(*bound, &format!("lower({value})")),
+            render(*bound, &format!("upper({value})"))
+        ),
         Kind::Array(element) => format!(
             "CASE WHEN {value} IS NULL THEN NULL ELSE (SELECT coalesce(json_agg(\
              CASE WHEN x IS NULL THEN NULL ELSE format('%s', {}) END ORDER BY o), '[]') \
@@ -884,6 +897,16 @@ fn canonical_pg(kind: Kind, text: Option<&str>) -> Value {
         Kind::Float64 => float_canon(text.parse::<f64>().expect("float8 text")),
         Kind::Hstore => serde_json::from_str(text).expect("hstore_to_json"),
         Kind::CompositeArray => canonical_pg(Kind::Array(&Kind::Plain), Some(text)),
+        Kind::Range(bound) => {
+            let parts: Vec<Value> = serde_json::from_str(text).expect("json_build_array");
+            Value::Array(vec![
+                parts[0].clone(),
+                parts[1].clone(),
+                parts[2].clone(),
+                canonical_pg(*bound, parts[3].as_str()),
+                canonical_pg(*bound, parts[4].as_str()),
+            ])
+        }
         Kind::Array(element) => {
             let list: Vec<Value> = serde_json::from_str(text).expect("json_agg");
             Value::Array(
@@ -970,6 +993,13 @@ fn canonical_lake(kind: Kind, value: &Value) -> Value {
             Value::Object(map)
         }
         Kind::CompositeArray => canonical_lake(Kind::Array(&Kind::Plain), value),
+        Kind::Range(bound) => Value::Array(vec![
+            value["empty"].clone(),
+            value["lower_inc"].clone(),
+            value["upper_inc"].clone(),
+            canonical_lake(*bound, &value["lower"]),
+            canonical_lake(*bound, &value["upper"]),
+        ]),
         Kind::Array(element) => Value::Array(
             value
                 .as_array()

@@ -1,27 +1,27 @@
 //! One Arrow builder per lake source column, typed by its [`Conversion`].
 
+use std::ops::Range;
 use std::sync::Arc;
 
-use std::ops::Range;
-
-use arrow::array::NullBufferBuilder;
 use arrow::array::{
     ArrayRef, BinaryBuilder, BooleanBuilder, Int32Builder, Int64Builder, ListArray, MapBuilder,
-    MapFieldNames, PrimitiveBuilder, StringBuilder, StructArray,
+    MapFieldNames, NullBufferBuilder, PrimitiveBuilder, StringBuilder, StructArray,
 };
 use arrow::buffer::{OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{
-    ArrowPrimitiveType, DataType, Date32Type, Decimal128Type, Field, Float32Type, Float64Type,
-    Int16Type, Int32Type, Int64Type, TimestampMicrosecondType,
+    ArrowPrimitiveType, DataType, Date32Type, Decimal128Type, Field, Fields, Float32Type,
+    Float64Type, Int16Type, Int32Type, Int64Type, TimestampMicrosecondType,
 };
 
 use super::text::{
-    ArrayShape, decode_bytea, decode_hex, parse_array, parse_bool, parse_date, parse_decimal,
-    parse_float, parse_hstore, parse_int, parse_interval, parse_money, parse_time, parse_timestamp,
-    parse_timetz,
+    ArrayShape, RangeFlags, decode_bytea, decode_hex, parse_array, parse_bool, parse_date,
+    parse_decimal, parse_float, parse_hstore, parse_int, parse_interval, parse_money, parse_range,
+    parse_time, parse_timestamp, parse_timetz,
 };
 use super::{OFFSET_BYTES, ValueError};
-use crate::schema::{Conversion, MAP_ENTRIES, interval_fields, list_element, timetz_fields};
+use crate::schema::{
+    Conversion, MAP_ENTRIES, interval_fields, list_element, range_fields, timetz_fields,
+};
 
 /// A primitive column builder and the value staged for the row being pushed.
 pub(super) struct Primitive<T: ArrowPrimitiveType> {
@@ -118,6 +118,76 @@ pub(super) enum Column {
         scratch: Vec<u8>,
     },
     Array(Box<ListColumn>),
+    Range(Box<RangeColumn>),
+}
+
+/// The texts of a range's two bounds (`None` = unbounded) within `scratch`.
+fn bound_texts<'a>(scratch: &'a [u8], bounds: &[Option<Range<usize>>; 2]) -> [Option<&'a [u8]>; 2] {
+    bounds
+        .clone()
+        .map(|bound| bound.map(|r| scratch.get(r).unwrap_or_default()))
+}
+
+/// A range column: the bounds go through their own [`Column`]s.
+pub(super) struct RangeColumn {
+    fields: Fields,
+    lower: Column,
+    upper: Column,
+    lower_inc: BooleanBuilder,
+    upper_inc: BooleanBuilder,
+    empty: BooleanBuilder,
+    nulls: NullBufferBuilder,
+    staged: Option<RangeFlags>,
+    /// Unescaped bound texts of the staged value and their spans; reused across rows.
+    scratch: Vec<u8>,
+    bounds: [Option<Range<usize>>; 2],
+}
+
+impl RangeColumn {
+    fn stage(&mut self, text: Option<&[u8]>) -> Result<usize, ValueError> {
+        self.staged = None;
+        let Some(text) = text else {
+            return Ok(3);
+        };
+        let flags = parse_range(text, &mut self.scratch, &mut self.bounds)?;
+        // Both bounds are parsed now, so commit() cannot fail.
+        let [lower, upper] = bound_texts(&self.scratch, &self.bounds);
+        let bytes = 3 + self.lower.stage(lower)? + self.upper.stage(upper)?;
+        self.staged = Some(flags);
+        Ok(bytes)
+    }
+
+    fn commit(&mut self) {
+        let staged = self.staged.take();
+        let [lower, upper] = match staged {
+            Some(_) => bound_texts(&self.scratch, &self.bounds),
+            None => [None, None],
+        };
+        for (column, bound) in [(&mut self.lower, lower), (&mut self.upper, upper)] {
+            // Staged successfully in stage(): cannot fail.
+            let _ = column.stage(bound);
+            column.commit(bound);
+        }
+        let flags = staged.unwrap_or_default();
+        self.lower_inc.append_value(flags.lower_inc);
+        self.upper_inc.append_value(flags.upper_inc);
+        self.empty.append_value(flags.empty);
+        self.nulls.append(staged.is_some());
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        Arc::new(StructArray::new(
+            self.fields.clone(),
+            vec![
+                self.lower.finish(),
+                self.upper.finish(),
+                Arc::new(self.lower_inc.finish()),
+                Arc::new(self.upper_inc.finish()),
+                Arc::new(self.empty.finish()),
+            ],
+            self.nulls.finish(),
+        ))
+    }
 }
 
 /// A list column: the elements go through their own [`Column`].
@@ -264,6 +334,21 @@ impl Column {
                     pairs: Vec::new(),
                 }
             }
+            Conversion::Range(element) => {
+                let bound = element.conversion();
+                Column::Range(Box::new(RangeColumn {
+                    fields: range_fields(bound.data_type()),
+                    lower: Column::new(bound),
+                    upper: Column::new(bound),
+                    lower_inc: BooleanBuilder::new(),
+                    upper_inc: BooleanBuilder::new(),
+                    empty: BooleanBuilder::new(),
+                    nulls: NullBufferBuilder::new(0),
+                    staged: None,
+                    scratch: Vec::new(),
+                    bounds: [None, None],
+                }))
+            }
             Conversion::HexBinary => Column::HexBinary {
                 builder: BinaryBuilder::new(),
                 staged: false,
@@ -402,6 +487,7 @@ impl Column {
                 }
             }
             Column::Array(list) => list.stage(text),
+            Column::Range(range) => range.stage(text),
         }
     }
 
@@ -500,6 +586,7 @@ impl Column {
                 }
             }
             Column::Array(list) => list.commit(),
+            Column::Range(range) => range.commit(),
         }
     }
 
@@ -552,6 +639,7 @@ impl Column {
             Column::Hstore { builder, .. } => Arc::new(builder.finish()),
             Column::HexBinary { builder, .. } => Arc::new(builder.finish()),
             Column::Array(list) => list.finish(),
+            Column::Range(range) => range.finish(),
         }
     }
 }

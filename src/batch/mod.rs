@@ -36,6 +36,7 @@
 //! | interval | `-1 years -2 mons +3 days -04:05:06.789` | Struct {months, days, microseconds}, each with its own sign |
 //! | arrays | `{1,NULL,"a \"b\""}`, `[0:1]={…}`, `{{1,2},{3,4}}` | List; NULL elements kept; multi-dimensional values flattened row-major (warned once per column) |
 //! | hstore | `"k"=>"v", "k2"=>NULL` | Map<Utf8, Utf8> |
+//! | builtin ranges | `[1,10)`, `(,"2020-01-01 00:00:00"]`, `empty` | Struct {lower, upper, lower_inc, upper_inc, empty} |
 //! | geometry, geography | hex EWKB | Binary |
 //! | everything else | as sent | Utf8 |
 //!

@@ -1334,3 +1334,68 @@ fn a_configured_decimal_overflow_names_the_setting_and_the_fix() {
         123_450
     );
 }
+
+#[test]
+fn ranges_keep_bounds_inclusivity_and_emptiness() {
+    use super::text::{RangeFlags, parse_range};
+    let mut out = Vec::new();
+    let mut bounds = [None, None];
+    let mut parse = |text: &str| {
+        parse_range(text.as_bytes(), &mut out, &mut bounds).map(|flags| {
+            let [lower, upper] = bounds
+                .clone()
+                .map(|b| b.map(|r| String::from_utf8(out[r].to_vec()).unwrap()));
+            (flags, lower, upper)
+        })
+    };
+    let flags = |lower_inc, upper_inc, empty| RangeFlags {
+        lower_inc,
+        upper_inc,
+        empty,
+    };
+    assert_eq!(parse("empty"), Ok((flags(false, false, true), None, None)));
+    assert_eq!(
+        parse("[1,10)"),
+        Ok((
+            flags(true, false, false),
+            Some("1".into()),
+            Some("10".into())
+        ))
+    );
+    assert_eq!(
+        parse("(,6)"),
+        Ok((flags(false, false, false), None, Some("6".into())))
+    );
+    assert_eq!(parse("(,)"), Ok((flags(false, false, false), None, None)));
+    assert_eq!(
+        parse(r#"["2020-01-01 00:00:00+00",infinity]"#),
+        Ok((
+            flags(true, true, false),
+            Some("2020-01-01 00:00:00+00".into()),
+            Some("infinity".into())
+        ))
+    );
+    assert_eq!(
+        parse(r#"["a""b\\c",d\,e)"#),
+        Ok((
+            flags(true, false, false),
+            Some("a\"b\\c".into()),
+            Some("d,e".into())
+        ))
+    );
+    for bad in ["", "[", "[1,2", "1,2]", "{1,2}", "[1]", r#"["1,2)"#] {
+        assert!(parse(bad).is_err(), "{bad:?}");
+    }
+    // int4range → struct; a bad bound rejects the value.
+    let array = convert(oid::INT4RANGE, -1, "[1,10)").unwrap();
+    let range = array.as_struct();
+    assert_eq!(range.column(0).as_primitive::<Int32Type>().value(0), 1);
+    assert_eq!(range.column(1).as_primitive::<Int32Type>().value(0), 10);
+    assert!(range.column(2).as_boolean().value(0));
+    assert!(!range.column(3).as_boolean().value(0));
+    assert!(!range.column(4).as_boolean().value(0));
+    assert!(convert(oid::INT4RANGE, -1, "[1,x)").is_err());
+    let array = convert(oid::DATERANGE, -1, "empty").unwrap();
+    let range = array.as_struct();
+    assert!(range.column(0).is_null(0) && range.column(4).as_boolean().value(0));
+}

@@ -697,3 +697,106 @@ pub(super) fn parse_hstore(
     }
     Ok(())
 }
+
+/// The flags of a parsed range value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) struct RangeFlags {
+    /// `[` rather than `(` (false when unbounded below).
+    pub lower_inc: bool,
+    /// `]` rather than `)` (false when unbounded above).
+    pub upper_inc: bool,
+    /// The value is `empty`.
+    pub empty: bool,
+}
+
+/// A range's text form (`[1,10)`, `(,5]`, `["2020-01-01 00:00:00",)`, `empty`): the bound
+/// texts, unescaped, into `out` (cleared first) with their spans in `bounds` (`None` =
+/// unbounded).
+///
+/// Postgres quotes a bound holding `,()[]"\` or spaces and doubles `"` and `\` inside
+/// the quotes; a backslash also escapes the next character.
+pub(super) fn parse_range(
+    text: &[u8],
+    out: &mut Vec<u8>,
+    bounds: &mut [Option<Range<usize>>; 2],
+) -> Result<RangeFlags, ValueError> {
+    out.clear();
+    *bounds = [None, None];
+    if text == b"empty" {
+        return Ok(RangeFlags {
+            empty: true,
+            ..RangeFlags::default()
+        });
+    }
+    let mut flags = RangeFlags::default();
+    let (open, rest) = text.split_first().ok_or(ValueError::Malformed)?;
+    flags.lower_inc = match open {
+        b'[' => true,
+        b'(' => false,
+        _ => return Err(ValueError::Malformed),
+    };
+    let (close, rest) = rest.split_last().ok_or(ValueError::Malformed)?;
+    flags.upper_inc = match close {
+        b']' => true,
+        b')' => false,
+        _ => return Err(ValueError::Malformed),
+    };
+    let mut i = 0;
+    for (index, end) in [(0, b','), (1, b'\0')] {
+        let start = out.len();
+        let mut any = false;
+        loop {
+            match rest.get(i) {
+                None if index == 1 => break,
+                None => return Err(ValueError::Malformed),
+                Some(&byte) if byte == end && index == 0 => break,
+                Some(b'"') => {
+                    any = true;
+                    i += 1;
+                    loop {
+                        match rest.get(i) {
+                            None => return Err(ValueError::Malformed),
+                            Some(b'"') if rest.get(i + 1) == Some(&b'"') => {
+                                out.push(b'"');
+                                i += 2;
+                            }
+                            Some(b'"') => {
+                                i += 1;
+                                break;
+                            }
+                            Some(b'\\') => {
+                                out.push(*rest.get(i + 1).ok_or(ValueError::Malformed)?);
+                                i += 2;
+                            }
+                            Some(&byte) => {
+                                out.push(byte);
+                                i += 1;
+                            }
+                        }
+                    }
+                }
+                Some(b'\\') => {
+                    any = true;
+                    out.push(*rest.get(i + 1).ok_or(ValueError::Malformed)?);
+                    i += 2;
+                }
+                Some(&byte) => {
+                    any = true;
+                    out.push(byte);
+                    i += 1;
+                }
+            }
+        }
+        if index == 0 {
+            // Skip the comma.
+            i += 1;
+        }
+        if let Some(slot) = bounds.get_mut(index) {
+            *slot = any.then_some(start..out.len());
+        }
+    }
+    // Unbounded ends are never inclusive.
+    flags.lower_inc &= bounds[0].is_some();
+    flags.upper_inc &= bounds[1].is_some();
+    Ok(flags)
+}

@@ -477,25 +477,33 @@ fn new_writer(
         .with_target_file_size(target_file_size))
 }
 
-/// The Parquet paths of the date leaves of `schema`: date columns and the elements of
-/// date lists.
+/// The Parquet paths of the date leaves of `schema`: date columns, and dates inside
+/// lists (`<name>.list.<element>`, as Arrow's Parquet writer nests them) and structs.
 fn date_columns(schema: &Schema) -> Vec<ColumnPath> {
-    schema
-        .fields()
-        .iter()
-        .filter_map(|field| match field.data_type() {
-            DataType::Date32 => Some(ColumnPath::new(vec![field.name().clone()])),
-            DataType::List(element) if *element.data_type() == DataType::Date32 => {
-                // Arrow's Parquet writer nests list elements as <name>.list.<element>.
-                Some(ColumnPath::new(vec![
-                    field.name().clone(),
-                    "list".to_owned(),
-                    element.name().clone(),
-                ]))
+    fn walk(data_type: &DataType, path: &mut Vec<String>, out: &mut Vec<ColumnPath>) {
+        match data_type {
+            DataType::Date32 => out.push(ColumnPath::new(path.clone())),
+            DataType::List(element) => {
+                path.extend(["list".to_owned(), element.name().clone()]);
+                walk(element.data_type(), path, out);
+                path.truncate(path.len() - 2);
             }
-            _ => None,
-        })
-        .collect()
+            DataType::Struct(fields) => {
+                for field in fields {
+                    path.push(field.name().clone());
+                    walk(field.data_type(), path, out);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for field in schema.fields() {
+        let mut path = vec![field.name().clone()];
+        walk(field.data_type(), &mut path, &mut out);
+    }
+    out
 }
 
 async fn read_committed_lsn(
@@ -686,6 +694,26 @@ mod tests {
         );
         let files: Vec<_> = table.table.get_file_uris().unwrap().collect();
         assert_eq!(files.len(), 3, "{files:?}");
+    }
+
+    #[test]
+    fn date_leaves_are_found_at_any_depth() {
+        use crate::schema::{Conversion, Element};
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("day", DataType::Date32, true),
+            Field::new("days", Conversion::Array(Element::Date).data_type(), true),
+            Field::new("span", Conversion::Range(Element::Date).data_type(), true),
+            Field::new("spans", Conversion::Range(Element::Int32).data_type(), true),
+        ]);
+        let paths: Vec<String> = date_columns(&schema)
+            .iter()
+            .map(ColumnPath::string)
+            .collect();
+        assert_eq!(
+            paths,
+            ["day", "days.list.element", "span.lower", "span.upper"]
+        );
     }
 
     fn evolved_schema(extra: DataType) -> SchemaRef {

@@ -343,6 +343,9 @@ pub enum Conversion {
     /// Postgres array text (`{1,NULL,"a b"}`, any dimensions) → List of the element's
     /// type, elements in row-major order (the order of `unnest`), NULL elements kept.
     Array(Element),
+    /// A builtin range (`[1,10)`, `(,5]`, `empty`) → Struct {lower, upper (the subtype's
+    /// type; null when unbounded), lower_inc, upper_inc, empty: Boolean}.
+    Range(Element),
     /// A `numeric` column given a decimal type by `column_types` in the configuration:
     /// parsed like `Decimal`, and a value that does not fit is an error naming the setting.
     ConfiguredDecimal {
@@ -444,6 +447,13 @@ impl Conversion {
             oid::TIMESTAMP => Conversion::Timestamp,
             oid::TIMESTAMPTZ => Conversion::TimestampTz,
             oid::INTERVAL => Conversion::Interval,
+            oid::INT4RANGE => Conversion::Range(Element::Int32),
+            oid::INT8RANGE => Conversion::Range(Element::Int64),
+            // numrange's bounds are unconstrained numerics: their exact text.
+            oid::NUMRANGE => Conversion::Range(Element::Text),
+            oid::DATERANGE => Conversion::Range(Element::Date),
+            oid::TSRANGE => Conversion::Range(Element::Timestamp),
+            oid::TSTZRANGE => Conversion::Range(Element::TimestampTz),
             array => match oid::array_element(array) {
                 // An array column's typmod is its elements' (numeric(10,2)[]).
                 Some(element) => Conversion::for_type(element, type_modifier).array(),
@@ -530,6 +540,9 @@ impl Conversion {
             Conversion::Interval => Element::Interval,
             Conversion::Hstore => Element::Hstore,
             Conversion::HexBinary => Element::HexBinary,
+            // A list of structs of lists would be one level too deep for the Column
+            // builders: an array of ranges keeps each range's text.
+            Conversion::Range(_) => Element::Text,
             Conversion::Array(_) => return Conversion::Text,
         })
     }
@@ -560,6 +573,20 @@ impl Conversion {
             other if *other == Conversion::TimeTz.data_type() => Conversion::TimeTz,
             other if *other == Conversion::Interval.data_type() => Conversion::Interval,
             other if *other == Conversion::Hstore.data_type() => Conversion::Hstore,
+            DataType::Struct(fields)
+                if fields.len() == RANGE_FIELDS.len()
+                    && fields.iter().zip(RANGE_FIELDS).all(|(f, n)| f.name() == n) =>
+            {
+                let bound = Conversion::for_arrow(fields.first()?.data_type())?;
+                match bound.array() {
+                    Conversion::Array(element)
+                        if Conversion::Range(element).data_type() == *data_type =>
+                    {
+                        Conversion::Range(element)
+                    }
+                    _ => return None,
+                }
+            }
             DataType::List(element) if element.name() == LIST_ELEMENT => {
                 match Conversion::for_arrow(element.data_type())?.array() {
                     array @ Conversion::Array(_) if array.data_type() == *data_type => array,
@@ -592,6 +619,12 @@ impl Conversion {
             Conversion::TimeTz => "struct<microseconds:long,offset_seconds:integer>".into(),
             Conversion::Interval => "struct<months:integer,days:integer,microseconds:long>".into(),
             Conversion::Hstore => "map<string,string>".into(),
+            Conversion::Range(element) => {
+                let bound = element.conversion().lake_type_name();
+                format!(
+                    "struct<lower:{bound},upper:{bound},lower_inc:boolean,upper_inc:boolean,empty:boolean>"
+                )
+            }
             Conversion::Array(element) => {
                 format!("array<{}>", element.conversion().lake_type_name())
             }
@@ -620,6 +653,9 @@ impl Conversion {
             Conversion::TimeTz => DataType::Struct(timetz_fields()),
             Conversion::Interval => DataType::Struct(interval_fields()),
             Conversion::Hstore => DataType::Map(Arc::new(hstore_entries()), false),
+            Conversion::Range(element) => {
+                DataType::Struct(range_fields(element.conversion().data_type()))
+            }
             Conversion::Array(element) => {
                 DataType::List(Arc::new(list_element(element.conversion().data_type())))
             }
@@ -636,6 +672,20 @@ pub const MONEY_SCALE: i8 = 2;
 pub const TIMETZ_FIELDS: [&str; 2] = ["microseconds", "offset_seconds"];
 /// Field names of the `interval` struct.
 pub const INTERVAL_FIELDS: [&str; 3] = ["months", "days", "microseconds"];
+/// Field names of a range struct.
+pub const RANGE_FIELDS: [&str; 5] = ["lower", "upper", "lower_inc", "upper_inc", "empty"];
+
+/// The fields of a range struct whose bounds are `bound`.
+pub fn range_fields(bound: DataType) -> Fields {
+    Fields::from(vec![
+        Field::new(RANGE_FIELDS[0], bound.clone(), true),
+        Field::new(RANGE_FIELDS[1], bound, true),
+        Field::new(RANGE_FIELDS[2], DataType::Boolean, true),
+        Field::new(RANGE_FIELDS[3], DataType::Boolean, true),
+        Field::new(RANGE_FIELDS[4], DataType::Boolean, true),
+    ])
+}
+
 /// Names of the map entry struct and its fields, as the Delta kernel names them when it
 /// turns a Delta schema back into Arrow (so our batches equal the writer's schema).
 pub const MAP_ENTRIES: [&str; 3] = ["key_value", "key", "value"];
@@ -977,7 +1027,6 @@ mod tests {
             oid::MACADDR,
             oid::BIT,
             oid::TSVECTOR,
-            oid::INT4RANGE,
             oid::PG_LSN,
             oid::CHAR,
             987_654,
@@ -1015,6 +1064,15 @@ mod tests {
                 scale: 2
             })
         );
+        assert_eq!(
+            Conversion::for_type(oid::TSTZRANGE, -1).lake_type_name(),
+            "struct<lower:timestamp,upper:timestamp,lower_inc:boolean,upper_inc:boolean,empty:boolean>"
+        );
+        // Arrays of ranges keep each range's text.
+        assert_eq!(
+            Conversion::for_type(3905, -1),
+            Conversion::Array(Element::Text)
+        );
         // box[] uses ';' between elements: kept as text.
         assert_eq!(arrow_type(1020, -1), DataType::Utf8);
         assert_eq!(pg_type_name(1231, typmod(10, 2)), "numeric(10,2)[]");
@@ -1048,6 +1106,10 @@ mod tests {
             Conversion::Array(Element::Int32),
             Conversion::Array(Element::Interval),
             Conversion::Array(Element::Text),
+            Conversion::Range(Element::Int32),
+            Conversion::Range(Element::Date),
+            Conversion::Range(Element::TimestampTz),
+            Conversion::Range(Element::Text),
         ];
         for conversion in conversions {
             assert_eq!(
