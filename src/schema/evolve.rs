@@ -112,6 +112,7 @@ impl TableSchema {
                 type_oid: UNKNOWN_TYPE,
                 type_modifier: -1,
                 is_key: false,
+                type_name: None,
                 conversion,
                 data_type: conversion.data_type(),
             });
@@ -172,6 +173,7 @@ impl TableSchema {
             }
             let incoming = SourceColumn::typed(
                 column,
+                types,
                 types.conversion(&self.namespace, &self.name, column)?,
             );
             match lake

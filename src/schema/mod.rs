@@ -827,6 +827,9 @@ pub struct SourceColumn {
     pub type_modifier: i32,
     /// Whether the column is part of the replica identity.
     pub is_key: bool,
+    /// The catalog's name of a type with a database-specific OID (`public.mood`), for
+    /// messages; `None` for builtins and lake-only columns.
+    pub type_name: Option<String>,
     /// How text values of this column are parsed.
     pub conversion: Conversion,
     /// The Arrow type of the column in the lake.
@@ -838,12 +841,15 @@ pub const UNKNOWN_TYPE: u32 = 0;
 
 impl SourceColumn {
     /// `column` with the conversion its type resolved to (see [`TypeCatalog`]).
-    fn typed(column: &RelationColumn, conversion: Conversion) -> SourceColumn {
+    fn typed(column: &RelationColumn, types: &TypeCatalog, conversion: Conversion) -> SourceColumn {
         SourceColumn {
             name: column.name.clone(),
             type_oid: column.type_oid,
             type_modifier: column.type_modifier,
             is_key: column.is_key,
+            type_name: types
+                .get(column.type_oid)
+                .map(|described| described.qualified_name.clone()),
             conversion,
             data_type: conversion.data_type(),
         }
@@ -853,6 +859,9 @@ impl SourceColumn {
     pub fn pg_type(&self) -> String {
         if self.type_oid == UNKNOWN_TYPE {
             return format!("unknown (lake type {})", self.conversion.lake_type_name());
+        }
+        if let Some(name) = &self.type_name {
+            return name.clone();
         }
         pg_type_name(self.type_oid, self.type_modifier)
     }

@@ -375,6 +375,19 @@ mod tests {
     }
 
     #[test]
+    fn catalog_columns_are_named_in_messages() {
+        let types = catalog();
+        let columns = [column("m", MOOD, -1), column("p", PRICE, -1)];
+        let schema = crate::schema::TableSchema::with_types("public", "t", &columns, &types)
+            .expect("a layout");
+        assert_eq!(schema.columns[0].pg_type(), "public.mood");
+        assert_eq!(
+            schema.columns[1].type_description(),
+            "public.price (lake type decimal(10,2))"
+        );
+    }
+
+    #[test]
     fn a_domain_loop_ends_as_text() {
         let mut types = TypeCatalog::default();
         let a = CatalogKind::Domain {
