@@ -1221,8 +1221,39 @@ mod properties {
             })
     }
 
+    /// Text made of the characters the structured parsers care about, plus any byte.
+    fn structured_text() -> impl Strategy<Value = Vec<u8>> {
+        let byte = prop_oneof![
+            4 => prop::sample::select(b"{}[](),:=>\"\\ NUL-+.0123456789$e".to_vec()),
+            1 => any::<u8>(),
+        ];
+        prop::collection::vec(byte, 0..48)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn parsers_never_panic(text in structured_text()) {
+            use super::super::text::{
+                decode_hex, parse_array, parse_hstore, parse_money, parse_range, parse_time,
+                parse_timetz,
+            };
+            let mut out = Vec::new();
+            let mut spans = Vec::new();
+            let mut pairs = Vec::new();
+            let mut bounds = [None, None];
+            let _ = parse_array(&text, &mut out, &mut spans);
+            let _ = parse_hstore(&text, &mut out, &mut pairs);
+            let _ = parse_range(&text, &mut out, &mut bounds);
+            let _ = parse_interval(&text);
+            let _ = parse_money(&text);
+            let _ = parse_time(&text);
+            let _ = parse_timetz(&text);
+            let _ = decode_hex(&text, &mut out);
+            let _ = parse_decimal(&text, 38, 10);
+            let _ = parse_timestamp(&text, true);
+        }
 
         #[test]
         fn numeric_text_parses_to_its_unscaled_value(
