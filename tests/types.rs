@@ -1311,3 +1311,63 @@ async fn a_value_too_wide_for_column_types_stops_with_a_clear_error() {
     assert_eq!(read.rows.len(), 1);
     assert_eq!(read.rows[0]["amount"], "1234.50");
 }
+
+/// `pg2lake check` lists columns whose type pg2lake does not know, and fails on
+/// `column_types` entries that cannot apply or name no column.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_unknown_types_and_column_types_entries() {
+    let pg = PgServer::start();
+    let url = pg.create_database("checktypes").await;
+    let db = pg.connect("checktypes").await;
+    db.batch_execute(
+        "CREATE TYPE floatrange AS RANGE (subtype = float8);
+         CREATE TABLE t (id int PRIMARY KEY, r floatrange, amount numeric, note text);",
+    )
+    .await
+    .expect("schema");
+    let lake = tempfile::tempdir().expect("temp dir");
+    let yaml = |column_types: &str| {
+        config_yaml(
+            &url,
+            "checktypes",
+            &["public.t"],
+            &lake.path().display().to_string(),
+            column_types,
+        )
+    };
+    let check = |config: &ConfigFile| {
+        let out = support::service::run_command(
+            &["check", "--config", &config.path().display().to_string()],
+            &[],
+            CATCH_UP,
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let good = ConfigFile::new(&yaml(
+        "column_types:\n  public.t.amount: \"decimal(20,4)\"\n",
+    ));
+    let (code, text) = check(&good);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(
+            "✓ table public.t: every column maps to a lake type; stored as text, type unknown to pg2lake: r (public.floatrange)"
+        ),
+        "{text}"
+    );
+    let bad = ConfigFile::new(&yaml(
+        "column_types:\n  public.t.note: \"decimal(20,4)\"\n  public.t.amout: \"decimal(20,4)\"\n",
+    ));
+    let (code, text) = check(&bad);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("✗ column_types.\"public.t.note\" cannot apply to a column of type text"),
+        "{text}"
+    );
+    assert!(
+        text.contains("✗ column_types.\"public.t.amout\" names no column of a configured table"),
+        "{text}"
+    );
+}
