@@ -30,7 +30,9 @@ use crate::lake::{CommitOutcome, LakeError, LakeTable};
 use crate::lsn::Lsn;
 use crate::metrics::{self, TableCommit};
 use crate::pg::pgoutput::{self, LogicalMessage, OldTuple, Relation, TupleValue};
-use crate::schema::{Evolution, SchemaError, TableSchema, TypeChangeKind, TypeChangePolicy};
+use crate::schema::{
+    Evolution, SchemaError, TableSchema, TypeCatalog, TypeChangeKind, TypeChangePolicy,
+};
 
 /// Rows per Arrow chunk handed to the Parquet writer: bounded memory per table.
 const CHUNK_ROWS: usize = 8192;
@@ -247,6 +249,8 @@ pub struct Applier {
     /// Commit LSN of the last flush that committed something.
     last_flushed: Option<Lsn>,
     confirmable: Lsn,
+    /// Catalog and configured column types, for Relation messages.
+    types: TypeCatalog,
 }
 
 impl Applier {
@@ -270,7 +274,14 @@ impl Applier {
             pending_commit_micros: None,
             last_flushed: None,
             confirmable: start,
+            types: TypeCatalog::default(),
         }
+    }
+
+    /// The column types Relation messages are mapped with; the pipeline looks up the
+    /// types a Relation names here before applying it.
+    pub fn types_mut(&mut self) -> &mut TypeCatalog {
+        &mut self.types
     }
 
     /// Whether a source transaction is open (between Begin and Commit).
@@ -413,7 +424,12 @@ impl Applier {
         let index = self.by_name.get(&key).copied();
         if let Some(i) = index {
             let table = &mut self.tables[i];
-            let evolution = table.schema.evolve(&relation.columns, table.type_change)?;
+            self.types
+                .warn_unknown(&relation.namespace, &relation.name, &relation.columns);
+            let evolution =
+                table
+                    .schema
+                    .evolve_with(&relation.columns, &self.types, table.type_change)?;
             table.evolve(evolution).await?;
         }
         self.by_relation.insert(relation.id, index);

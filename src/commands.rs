@@ -119,6 +119,7 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
             }),
         });
     }
+    column_type_lines(config, &client, &tables, lines).await?;
     for table in &tables {
         let (readable, role) = catalog::can_select(&client, table).await?;
         lines.push(CheckLine {
@@ -147,6 +148,76 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
             what: err.to_string(),
             fix: None,
         }),
+    }
+    Ok(())
+}
+
+/// Per table: whether every column maps to a lake type (and which are stored as text
+/// because pg2lake does not know their type); then `column_types` entries that name no
+/// column of a configured table.
+async fn column_type_lines(
+    config: &Config,
+    client: &tokio_postgres::Client,
+    tables: &[crate::config::TableName],
+    lines: &mut Vec<CheckLine>,
+) -> Result<(), PipelineError> {
+    let mut types = pipeline::type_catalog(config)?;
+    let mut all_columns = Vec::new();
+    for table in tables {
+        let columns = catalog::table_columns(client, table).await?;
+        catalog::resolve_types(client, &mut types, &columns).await?;
+        lines.push(
+            match TableSchema::with_types(&table.schema, &table.name, &columns, &types) {
+                Ok(_) => {
+                    let unknown: Vec<String> = columns
+                        .iter()
+                        .filter(|c| types.is_unknown(c.type_oid))
+                        .map(|c| {
+                            format!(
+                                "{} ({})",
+                                c.name,
+                                types.type_name(c.type_oid, c.type_modifier)
+                            )
+                        })
+                        .collect();
+                    let mut what = format!("table {table}: every column maps to a lake type");
+                    if !unknown.is_empty() {
+                        what.push_str(&format!(
+                            "; stored as text, type unknown to pg2lake: {}",
+                            unknown.join(", ")
+                        ));
+                    }
+                    CheckLine {
+                        ok: true,
+                        what,
+                        fix: None,
+                    }
+                }
+                Err(err) => CheckLine {
+                    ok: false,
+                    what: err.to_string(),
+                    fix: None,
+                },
+            },
+        );
+        all_columns.extend(
+            columns
+                .into_iter()
+                .map(|c| (table.schema.clone(), table.name.clone(), c.name)),
+        );
+    }
+    let present = all_columns
+        .iter()
+        .map(|(schema, table, column)| (schema.as_str(), table.as_str(), column.as_str()));
+    for key in types.unmatched_configured(present) {
+        lines.push(CheckLine {
+            ok: false,
+            what: format!("column_types.\"{key}\" names no column of a configured table"),
+            fix: Some(
+                "check the schema.table.column spelling, or remove the entry until the column exists"
+                    .into(),
+            ),
+        });
     }
     Ok(())
 }

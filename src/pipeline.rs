@@ -24,19 +24,19 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{Applier, ApplyError, FlushPolicy, ReplicatedTable};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::lake::{self, Lake, LakeError, LakeOptions, LakeTable};
 use crate::lsn::Lsn;
 use crate::metrics;
 use crate::pg::catalog::{self, CatalogError};
 use crate::pg::connect::{self, ConnectError};
-use crate::pg::pgoutput::{self, DecodeError, RelationColumn};
+use crate::pg::pgoutput::{self, DecodeError, LogicalMessage, RelationColumn};
 use crate::pg::replication::{
     CreatedSlot, ReplicationClient, ReplicationError, ReplicationMessage, ReplicationStream,
     SlotSnapshot, StandbyStatus,
 };
 use crate::progress::Progress;
-use crate::schema::{SchemaError, TableSchema, TypeChangePolicy};
+use crate::schema::{SchemaError, TableSchema, TypeCatalog, TypeChangePolicy};
 use crate::snapshot::{self, SnapshotError, SnapshotPoint};
 
 /// First wait before reconnecting after a transient failure; doubles up to the maximum.
@@ -86,6 +86,9 @@ pub enum PipelineError {
     /// The server ended the replication stream.
     #[error("postgres ended the replication stream")]
     StreamEnded,
+    /// The configuration is invalid (normally caught when it is loaded).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 impl PipelineError {
@@ -102,7 +105,8 @@ impl PipelineError {
             PipelineError::StreamEnded => true,
             PipelineError::Decode(_)
             | PipelineError::Schema(_)
-            | PipelineError::SlotUnusable { .. } => false,
+            | PipelineError::SlotUnusable { .. }
+            | PipelineError::Config(_) => false,
         }
     }
 
@@ -117,6 +121,12 @@ impl PipelineError {
             _ => "data",
         }
     }
+}
+
+/// The type catalog of a session: empty but for the configured column types; the
+/// catalog types are looked up as tables and Relation messages name them.
+pub fn type_catalog(config: &Config) -> Result<TypeCatalog, ConfigError> {
+    Ok(TypeCatalog::new(config.configured_types()?))
 }
 
 /// The lake settings of a configuration.
@@ -212,11 +222,13 @@ async fn session(
     lake.check_writable().await?;
     catalog::ensure_publication(&client, &config.source.publication, &tables).await?;
     let app_id = lake::app_id(&config.source.slot);
+    let mut types = type_catalog(config)?;
     let mut replicated = open_tables(
         &client,
         &lake,
         &tables,
         &app_id,
+        &mut types,
         config.schema.on_type_change,
     )
     .await?;
@@ -283,6 +295,7 @@ async fn session(
         table.lake().remove_uncommitted_files().await?;
     }
     let mut applier = Applier::new(replicated, flush_policy(config), start);
+    *applier.types_mut() = types;
     if let Some(lsn) = applier.table_positions().filter_map(|(_, lsn)| lsn).max() {
         metrics::global()
             .committed_lsn
@@ -297,18 +310,48 @@ async fn session(
 }
 
 /// Opens (or creates) the lake table of every table in `tables`; see [`open_table`].
+/// Column types with database-specific OIDs are looked up into `types` first.
 pub(crate) async fn open_tables(
     client: &Client,
     lake: &Lake,
     tables: &[crate::config::TableName],
     app_id: &str,
+    types: &mut TypeCatalog,
     policy: TypeChangePolicy,
 ) -> Result<Vec<ReplicatedTable>, PipelineError> {
     let mut replicated = Vec::with_capacity(tables.len());
     for table in tables {
         let columns = catalog::table_columns(client, table).await?;
-        replicated
-            .push(open_table(lake, &table.schema, &table.name, &columns, app_id, policy).await?);
+        catalog::resolve_types(client, types, &columns).await?;
+        types.warn_unknown(&table.schema, &table.name, &columns);
+        replicated.push(
+            open_table(
+                lake,
+                &table.schema,
+                &table.name,
+                &columns,
+                app_id,
+                types,
+                policy,
+            )
+            .await?,
+        );
+    }
+    let columns = replicated.iter().flat_map(|t| {
+        let schema = t.schema();
+        schema.tuple_columns.iter().map(move |&c| {
+            (
+                schema.namespace.as_str(),
+                schema.name.as_str(),
+                schema.columns[c].name.as_str(),
+            )
+        })
+    });
+    for key in types.unmatched_configured(columns) {
+        tracing::warn!(
+            column_types = %key,
+            "column_types names no column of a replicated table; it applies once such a column appears (fix: check the schema.table.column spelling)"
+        );
     }
     Ok(replicated)
 }
@@ -352,13 +395,14 @@ pub(crate) async fn open_table(
     name: &str,
     columns: &[RelationColumn],
     app_id: &str,
+    types: &TypeCatalog,
     policy: TypeChangePolicy,
 ) -> Result<ReplicatedTable, PipelineError> {
     // Names the lake cannot hold fail here even when the lake table exists already.
-    let source = TableSchema::new(namespace, name, columns)?;
+    let source = TableSchema::with_types(namespace, name, columns, types)?;
     let lake_table = LakeTable::open(lake, namespace, name, source.arrow.clone(), app_id).await?;
     let known = TableSchema::from_lake(namespace, name, &*lake_table.arrow_schema()?)?;
-    let evolution = known.evolve(columns, policy)?;
+    let evolution = known.evolve_with(columns, types, policy)?;
     let mut table =
         ReplicatedTable::new(Arc::new(known), lake_table).with_type_change_policy(policy);
     table.evolve(evolution).await?;
@@ -497,6 +541,12 @@ async fn stream_changes(
                     Some(ReplicationMessage::XLogData { wal_start, data, .. }) => {
                         progress.receive(wal_start);
                         let message = pgoutput::decode(data)?;
+                        if let LogicalMessage::Relation(relation) = &message {
+                            // Before the Relation is applied: its columns' types with
+                            // database-specific OIDs are looked up (once per OID).
+                            catalog::resolve_types(client, applier.types_mut(), &relation.columns)
+                                .await?;
+                        }
                         let completed = applier.apply(message).await?;
                         if completed {
                             if applier.flush_due(Instant::now()) {

@@ -19,8 +19,8 @@
 //! - Values are parsed as the column's source type; a lake column of a wider type (after
 //!   a widening) receives them widened exactly when the chunk is finished.
 //!
-//! Text forms expected (the replication session runs with `DateStyle=ISO`,
-//! `IntervalStyle=postgres`, `TimeZone=UTC`, `extra_float_digits=3`, `bytea_output=hex`):
+//! Text forms expected (every session runs with `DateStyle=ISO`, `IntervalStyle=postgres`,
+//! `TimeZone=UTC`, `extra_float_digits=3`, `bytea_output=hex`, `lc_monetary=C`):
 //!
 //! | type | text | lake value |
 //! |---|---|---|
@@ -32,6 +32,14 @@
 //! | date | `2026-11-22`, `0044-03-15 BC`, `infinity` | Date32: days since 1970-01-01; `infinity` = `i32::MAX`, `-infinity` = `i32::MIN` |
 //! | timestamp | `2026-11-22 07:38:35.123456` | µs since 1970, no zone; `infinity` = `i64::MAX`, `-infinity` = `i64::MIN` |
 //! | timestamptz | `… 07:38:35+00`, `+05:30`, `-08:00:00`, then ` BC` | µs since 1970 UTC; infinities as above |
+//! | money | `-$1,234.56` | Decimal128(19,2): the cents |
+//! | time | `13:14:15.5`, `24:00:00` | Int64 µs since midnight |
+//! | timetz | `13:14:15.5+05:30` | Struct {microseconds, offset_seconds (east of UTC)} |
+//! | interval | `-1 years -2 mons +3 days -04:05:06.789` | Struct {months, days, microseconds}, each with its own sign |
+//! | arrays | `{1,NULL,"a \"b\""}`, `[0:1]={…}`, `{{1,2},{3,4}}` | List; NULL elements kept; multi-dimensional values flattened row-major (warned once per column) |
+//! | hstore | `"k"=>"v", "k2"=>NULL` | Map<Utf8, Utf8> |
+//! | builtin ranges | `[1,10)`, `(,"2020-01-01 00:00:00"]`, `empty` | Struct {lower, upper, lower_inc, upper_inc, empty} |
+//! | geometry, geography | hex EWKB | Binary |
 //! | everything else | as sent | Utf8 |
 //!
 //! BC years are astronomical in the lake (`1 BC` is year 0). A finite timestamp that would
@@ -50,7 +58,9 @@ use arrow::record_batch::RecordBatch;
 
 use crate::lsn::Lsn;
 use crate::pg::pgoutput::TupleValue;
-use crate::schema::{SourceColumn, TableSchema, unchanged_element, widen_array};
+use crate::schema::{
+    Conversion, SourceColumn, TableSchema, column_key, unchanged_element, widen_array,
+};
 
 use column::Column;
 
@@ -154,6 +164,27 @@ pub enum BatchError {
         column: String,
         /// The column's Postgres type.
         pg_type: String,
+        /// What is wrong with the value (never the value itself).
+        #[source]
+        source: ValueError,
+    },
+    /// A value does not fit the decimal type `column_types` gave its column.
+    #[error(
+        "table {table} column {column} ({pg_type}): the value {source}, so it does not fit column_types.\"{key}\" = decimal({precision},{scale}) (fix: give that entry a wider decimal, or remove it to store the exact decimal text)"
+    )]
+    ConfiguredDecimal {
+        /// The table, `schema.name`.
+        table: String,
+        /// The column.
+        column: String,
+        /// The column's Postgres type.
+        pg_type: String,
+        /// The configured key, `schema.table.column`.
+        key: String,
+        /// The configured precision.
+        precision: u8,
+        /// The configured scale.
+        scale: i8,
         /// What is wrong with the value (never the value itself).
         #[source]
         source: ValueError,
@@ -335,6 +366,16 @@ impl TableBatch {
         for (column, &position) in self.columns.iter_mut().zip(&self.tuple_positions) {
             column.commit(value_of(position).and_then(text_of));
         }
+        for (column, source) in self.columns.iter_mut().zip(&self.schema.columns) {
+            if column.take_reshaped() {
+                tracing::warn!(
+                    table = %self.schema.qualified_name(),
+                    column = %source.name,
+                    pg_type = %source.pg_type(),
+                    "array value with several dimensions or lower bounds other than 1 stored as the flat list of its elements (row-major); its dimensions are not kept"
+                );
+            }
+        }
         if any_unchanged {
             for (&index, value) in self.schema.tuple_columns.iter().zip(values) {
                 if matches!(value, TupleValue::UnchangedToast) {
@@ -463,6 +504,17 @@ fn text_of(value: &TupleValue) -> Option<&[u8]> {
 }
 
 fn value_error(schema: &TableSchema, column: &SourceColumn, source: ValueError) -> BatchError {
+    if let Conversion::ConfiguredDecimal { precision, scale } = column.conversion {
+        return BatchError::ConfiguredDecimal {
+            table: schema.qualified_name(),
+            column: column.name.clone(),
+            pg_type: column.pg_type(),
+            key: column_key(&schema.namespace, &schema.name, &column.name),
+            precision,
+            scale,
+            source,
+        };
+    }
     BatchError::Value {
         table: schema.qualified_name(),
         column: column.name.clone(),

@@ -293,6 +293,13 @@ fn numeric_exact_and_extremes() {
     assert_eq!(dec(12, 2, "12.5"), 1250);
     assert_eq!(dec(12, 2, "12"), 1200);
     assert_eq!(dec(5, 0, "00042"), 42);
+    // Extra fractional zeros are not rounding (an unconstrained numeric's display scale).
+    assert_eq!(dec(12, 2, "12.5000"), 1250);
+    assert_eq!(dec(5, 0, "7.000"), 7);
+    assert_eq!(
+        convert_err(oid::NUMERIC, typmod(12, 2), "1.2340"),
+        ValueError::TooManyFractionalDigits
+    );
     assert_eq!(
         convert_err(oid::NUMERIC, typmod(12, 2), "1.234"),
         ValueError::TooManyFractionalDigits
@@ -861,4 +868,568 @@ fn property_date_text_round_trips() {
             "{text}"
         );
     }
+}
+
+#[test]
+fn money_is_exact_cents() {
+    use super::text::parse_money;
+    assert_eq!(parse_money(b"$1,234.56"), Ok(123_456));
+    assert_eq!(parse_money(b"-$0.01"), Ok(-1));
+    assert_eq!(parse_money(b"$0.00"), Ok(0));
+    assert_eq!(
+        parse_money(b"$92,233,720,368,547,758.07"),
+        Ok(i128::from(i64::MAX))
+    );
+    assert_eq!(
+        parse_money(b"-$92,233,720,368,547,758.08"),
+        Ok(i128::from(i64::MIN))
+    );
+    for bad in [
+        &b""[..],
+        b"1.00",
+        b"$1.0",
+        b"$1",
+        b"$,1.00",
+        b"EUR1.00",
+        b"$1.000",
+        b"$-1.00",
+    ] {
+        assert!(
+            parse_money(bad).is_err(),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    let array = convert(oid::MONEY, -1, "-$1,234.50").unwrap();
+    assert_eq!(array.as_primitive::<Decimal128Type>().value(0), -123_450);
+    assert_eq!(array.data_type(), &DataType::Decimal128(19, 2));
+}
+
+#[test]
+fn time_and_timetz() {
+    use super::text::{parse_time, parse_timetz};
+    assert_eq!(parse_time(b"00:00:00"), Ok(0));
+    assert_eq!(parse_time(b"13:14:15.5"), Ok(47_655_500_000));
+    assert_eq!(parse_time(b"23:59:59.999999"), Ok(86_399_999_999));
+    assert_eq!(parse_time(b"24:00:00"), Ok(86_400_000_000));
+    for bad in [
+        &b"24:00:00.000001"[..],
+        b"24:00:01",
+        b"12:60:00",
+        b"1:00:00",
+        b"12:00:00+00",
+    ] {
+        assert!(
+            parse_time(bad).is_err(),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    assert_eq!(
+        parse_timetz(b"13:14:15.5+05:30"),
+        Ok((47_655_500_000, 19_800))
+    );
+    assert_eq!(parse_timetz(b"00:00:00-15:59:59"), Ok((0, -57_599)));
+    assert_eq!(parse_timetz(b"24:00:00+00"), Ok((86_400_000_000, 0)));
+    assert!(parse_timetz(b"12:00:00").is_err());
+    let array = convert(oid::TIMETZ, -1, "01:02:03-08").unwrap();
+    let timetz = array.as_struct();
+    assert_eq!(
+        timetz.column(0).as_primitive::<Int64Type>().value(0),
+        3_723_000_000
+    );
+    assert_eq!(
+        timetz.column(1).as_primitive::<Int32Type>().value(0),
+        -28_800
+    );
+}
+
+#[test]
+fn intervals_keep_their_three_fields() {
+    use super::text::parse_interval;
+    let cases: [(&str, (i32, i32, i64)); 9] = [
+        ("00:00:00", (0, 0, 0)),
+        ("1 mon", (1, 0, 0)),
+        ("1 year 1 day 00:00:01", (12, 1, 1_000_000)),
+        (
+            "-1 years -2 mons +3 days -04:05:06.789",
+            (-14, 3, -14_706_789_000),
+        ),
+        ("1 day -00:00:01", (0, 1, -1_000_000)),
+        ("-00:00:00.000001", (0, 0, -1)),
+        ("2562047788:00:54.775807", (0, 0, i64::MAX)),
+        ("-2562047788:00:54.775808", (0, 0, i64::MIN)),
+        (
+            "-178956970 years -8 mons -2147483648 days",
+            (i32::MIN, i32::MIN, 0),
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(parse_interval(text.as_bytes()), Ok(want), "{text}");
+    }
+    for bad in [
+        "",
+        "1",
+        "1 week",
+        "1 days 2 days 00:00:00 00:00:00",
+        "00:00:00 1 day",
+        "2562047788:00:54.775808",
+        "178956971 years",
+        "1:2:3",
+    ] {
+        assert!(parse_interval(bad.as_bytes()).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn arrays_keep_nulls_quotes_and_flatten_dimensions() {
+    use super::text::parse_array;
+    let mut out = Vec::new();
+    let mut spans = Vec::new();
+    let elements =
+        |out: &Vec<u8>, spans: &Vec<Option<std::ops::Range<usize>>>| -> Vec<Option<String>> {
+            spans
+                .iter()
+                .map(|s| {
+                    s.clone()
+                        .map(|r| String::from_utf8(out[r].to_vec()).unwrap())
+                })
+                .collect()
+        };
+    let shape = parse_array(
+        r#"{"",NULL,"NULL","a\"b","c\\d",x y,ü}"#.as_bytes(),
+        &mut out,
+        &mut spans,
+    )
+    .unwrap();
+    assert!(shape.is_plain());
+    assert_eq!(
+        elements(&out, &spans),
+        [
+            Some(String::new()),
+            None,
+            Some("NULL".into()),
+            Some("a\"b".into()),
+            Some("c\\d".into()),
+            Some("x y".into()),
+            Some("ü".into())
+        ]
+    );
+    let shape = parse_array(b"{}", &mut out, &mut spans).unwrap();
+    assert!(shape.is_plain() && spans.is_empty());
+    let shape = parse_array(b"{{1,2},{3,NULL}}", &mut out, &mut spans).unwrap();
+    assert_eq!(shape.dimensions, 2);
+    assert!(!shape.is_plain());
+    assert_eq!(elements(&out, &spans).len(), 4);
+    let shape = parse_array(b"[0:1]={7,8}", &mut out, &mut spans).unwrap();
+    assert!(shape.custom_bounds && !shape.is_plain());
+    assert!(
+        parse_array(b"[1:2]={7,8}", &mut out, &mut spans)
+            .unwrap()
+            .is_plain()
+    );
+    for bad in [
+        &b""[..],
+        b"{",
+        b"{1,}",
+        b"{,1}",
+        b"{1}}",
+        b"{1}x",
+        b"1,2",
+        br#"{"a}"#,
+        b"{a\"b}",
+        b"[0:x]={1}",
+    ] {
+        assert!(
+            parse_array(bad, &mut out, &mut spans).is_err(),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
+
+#[test]
+fn array_columns_hold_typed_elements_and_fail_atomically() {
+    // int4[]
+    let array = convert(1007, -1, "{1,NULL,-3}").unwrap();
+    let list = array.as_list::<i32>();
+    let values = list.value(0);
+    let values = values.as_primitive::<Int32Type>();
+    assert_eq!(values.len(), 3);
+    assert_eq!(values.value(0), 1);
+    assert!(values.is_null(1));
+    assert_eq!(values.value(2), -3);
+    // One bad element rejects the whole value and leaves nothing behind.
+    let schema = table(&[("a", 1007, -1), ("b", 1007, -1)]);
+    let mut batch = TableBatch::new(schema);
+    batch
+        .push(&meta(Op::Insert), &[text("{1}"), text("{2,3}")])
+        .unwrap();
+    let err = batch
+        .push(&meta(Op::Insert), &[text("{4,5}"), text("{6,x}")])
+        .unwrap_err();
+    assert!(matches!(err, BatchError::Value { .. }), "{err}");
+    batch
+        .push(&meta(Op::Insert), &[TupleValue::Null, text("{}")])
+        .unwrap();
+    let rb = batch.finish().unwrap();
+    let a = rb.column(0).as_list::<i32>();
+    let b = rb.column(1).as_list::<i32>();
+    assert_eq!(a.len(), 2);
+    assert_eq!(
+        a.values().len(),
+        1,
+        "the failed row's elements are not kept"
+    );
+    assert!(a.is_null(1));
+    assert_eq!(b.value(1).len(), 0);
+    assert!(b.is_valid(1));
+    // interval[] holds structs; numeric(6,2)[] decimals.
+    let array = convert(1187, -1, r#"{"1 day",NULL}"#).unwrap();
+    assert_eq!(array.as_list::<i32>().value(0).len(), 2);
+    let array = convert(1231, typmod(6, 2), "{1.50,-9999.99}").unwrap();
+    let values = array.as_list::<i32>().value(0);
+    assert_eq!(values.as_primitive::<Decimal128Type>().value(1), -999_999);
+}
+
+#[test]
+fn hex_binary_and_hstore_text() {
+    use super::text::{decode_hex, parse_hstore};
+    let mut out = Vec::new();
+    decode_hex(b"0101000020E6100000", &mut out).unwrap();
+    assert_eq!(out, [1, 1, 0, 0, 0x20, 0xe6, 0x10, 0, 0]);
+    assert!(decode_hex(b"0", &mut out).is_err());
+    assert!(decode_hex(b"zz", &mut out).is_err());
+    let mut pairs = Vec::new();
+    parse_hstore(
+        br#""a"=>"1", "b c"=>NULL, ""=>"x\\y\"""#,
+        &mut out,
+        &mut pairs,
+    )
+    .unwrap();
+    let text = |r: &std::ops::Range<usize>| String::from_utf8(out[r.clone()].to_vec()).unwrap();
+    let got: Vec<(String, Option<String>)> = pairs
+        .iter()
+        .map(|(k, v)| (text(k), v.as_ref().map(text)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a".into(), Some("1".into())),
+            ("b c".into(), None),
+            (String::new(), Some("x\\y\"".into()))
+        ]
+    );
+    parse_hstore(b"", &mut out, &mut pairs).unwrap();
+    assert!(pairs.is_empty());
+    for bad in [
+        &b"a=>1"[..],
+        br#""a"=>"#,
+        br#""a"=>"1","#,
+        br#""a"=>"1" "b"=>"2""#,
+    ] {
+        assert!(parse_hstore(bad, &mut out, &mut pairs).is_err());
+    }
+}
+
+/// How Postgres prints an interval with IntervalStyle `postgres` (EncodeInterval):
+/// years and months split from `months`, each non-zero field with its own sign (`+` after
+/// a negative field), then the time, signed as a whole, whenever it is non-zero or
+/// nothing else was printed.
+fn render_interval(months: i32, days: i32, micros: i64) -> String {
+    let mut out = String::new();
+    let mut is_zero = true;
+    let mut is_before = false;
+    for (value, unit) in [
+        (i64::from(months / 12), "year"),
+        (i64::from(months % 12), "mon"),
+        (i64::from(days), "day"),
+    ] {
+        if value == 0 {
+            continue;
+        }
+        let space = if is_zero { "" } else { " " };
+        let plus = if is_before && value > 0 { "+" } else { "" };
+        let plural = if value == 1 { "" } else { "s" };
+        out.push_str(&format!("{space}{plus}{value} {unit}{plural}"));
+        is_before = value < 0;
+        is_zero = false;
+    }
+    if is_zero || micros != 0 {
+        let abs = micros.unsigned_abs();
+        let sign = if micros < 0 {
+            "-"
+        } else if is_before {
+            "+"
+        } else {
+            ""
+        };
+        if !is_zero {
+            out.push(' ');
+        }
+        let hours = abs / 3_600_000_000;
+        let minutes = abs / 60_000_000 % 60;
+        let seconds = abs / 1_000_000 % 60;
+        let fraction = abs % 1_000_000;
+        out.push_str(&format!("{sign}{hours:02}:{minutes:02}:{seconds:02}"));
+        if fraction != 0 {
+            out.push('.');
+            out.push_str(format!("{fraction:06}").trim_end_matches('0'));
+        }
+    }
+    out
+}
+
+#[test]
+fn interval_rendering_matches_postgres_samples() {
+    // Outputs of a PostgreSQL 15 server (IntervalStyle postgres), pinning the reference.
+    for (text, fields) in [
+        (
+            "-1 years -2 mons +3 days -04:05:06.789",
+            (-14, 3, -14_706_789_000),
+        ),
+        ("1 day -00:00:01", (0, 1, -1_000_000)),
+        ("1 year 1 day 00:00:01", (12, 1, 1_000_000)),
+        ("00:00:00", (0, 0, 0)),
+        ("-00:00:00.000001", (0, 0, -1)),
+        ("-178956970 years -8 mons", (i32::MIN, 0, 0)),
+        ("2562047788:00:54.775807", (0, 0, i64::MAX)),
+    ] {
+        assert_eq!(render_interval(fields.0, fields.1, fields.2), text);
+    }
+}
+
+mod properties {
+    //! Property tests of the text → Arrow conversions against independent references:
+    //! i128 arithmetic for numerics, chrono for timestamps, EncodeInterval's rules for
+    //! intervals. Case counts are modest so the suite stays fast.
+
+    use chrono::DateTime;
+    use proptest::prelude::*;
+
+    use super::super::text::{parse_decimal, parse_interval, parse_timestamp};
+    use super::{render_interval, render_numeric, render_timestamp};
+
+    /// Postgres's first timestamp (4714-11-24 00:00:00 BC) in µs since 1970.
+    const FIRST_TIMESTAMP: i64 = -210_866_803_200_000_000;
+    /// Near the end of chrono's range (year 262142), far past Postgres's own.
+    const LAST_REFERENCE_TIMESTAMP: i64 = 8_210_266_876_799_999_999;
+
+    fn numeric() -> impl Strategy<Value = (u8, i8, i128)> {
+        (1u8..=38)
+            .prop_flat_map(|precision| (Just(precision), 0..=precision, 1..=u32::from(precision)))
+            .prop_flat_map(|(precision, scale, digits)| {
+                let bound = 10_i128.pow(digits) - 1;
+                (Just(precision), Just(scale as i8), -bound..=bound)
+            })
+    }
+
+    /// Text made of the characters the structured parsers care about, plus any byte.
+    fn structured_text() -> impl Strategy<Value = Vec<u8>> {
+        let byte = prop_oneof![
+            4 => prop::sample::select(b"{}[](),:=>\"\\ NUL-+.0123456789$e".to_vec()),
+            1 => any::<u8>(),
+        ];
+        prop::collection::vec(byte, 0..48)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn parsers_never_panic(text in structured_text()) {
+            use super::super::text::{
+                decode_hex, parse_array, parse_hstore, parse_money, parse_range, parse_time,
+                parse_timetz,
+            };
+            let mut out = Vec::new();
+            let mut spans = Vec::new();
+            let mut pairs = Vec::new();
+            let mut bounds = [None, None];
+            let _ = parse_array(&text, &mut out, &mut spans);
+            let _ = parse_hstore(&text, &mut out, &mut pairs);
+            let _ = parse_range(&text, &mut out, &mut bounds);
+            let _ = parse_interval(&text);
+            let _ = parse_money(&text);
+            let _ = parse_time(&text);
+            let _ = parse_timetz(&text);
+            let _ = decode_hex(&text, &mut out);
+            let _ = parse_decimal(&text, 38, 10);
+            let _ = parse_timestamp(&text, true);
+        }
+
+        #[test]
+        fn numeric_text_parses_to_its_unscaled_value(
+            (precision, scale, unscaled) in numeric(),
+            extra_zeros in 0usize..3,
+        ) {
+            let mut text = render_numeric(unscaled, scale as usize);
+            // An unconstrained numeric keeps its display scale: extra zeros round nothing.
+            if extra_zeros > 0 {
+                if scale == 0 {
+                    text.push('.');
+                }
+                text.push_str(&"0".repeat(extra_zeros));
+            }
+            prop_assert_eq!(parse_decimal(text.as_bytes(), precision, scale), Ok(unscaled));
+        }
+
+        #[test]
+        fn numeric_text_that_needs_rounding_is_refused(
+            (precision, scale, unscaled) in numeric(),
+            extra_digit in 1u8..=9,
+        ) {
+            let mut text = render_numeric(unscaled, scale as usize);
+            if scale == 0 {
+                text.push('.');
+            }
+            text.push(char::from(b'0' + extra_digit));
+            prop_assert!(parse_decimal(text.as_bytes(), precision, scale).is_err());
+        }
+
+        #[test]
+        fn timestamp_text_parses_to_its_micros(
+            micros in FIRST_TIMESTAMP..LAST_REFERENCE_TIMESTAMP,
+            offset in -(15 * 3600 + 59 * 60 + 59)..=(15 * 3600 + 59 * 60 + 59_i64),
+        ) {
+            let utc = DateTime::from_timestamp_micros(micros).unwrap().naive_utc();
+            let plain = render_timestamp(utc, None);
+            prop_assert_eq!(parse_timestamp(plain.as_bytes(), false), Ok(micros), "{}", plain);
+            let local = DateTime::from_timestamp_micros(micros + offset * 1_000_000)
+                .unwrap()
+                .naive_utc();
+            let with_offset = render_timestamp(local, Some(offset));
+            prop_assert_eq!(
+                parse_timestamp(with_offset.as_bytes(), true),
+                Ok(micros),
+                "{}",
+                with_offset
+            );
+        }
+
+        #[test]
+        fn interval_text_parses_to_its_fields(
+            months in any::<i32>(),
+            days in any::<i32>(),
+            micros in any::<i64>(),
+            zero_mask in 0u8..8,
+        ) {
+            // Zero fields change the rendering: exercise every combination.
+            let months = if zero_mask & 1 == 0 { months } else { 0 };
+            let days = if zero_mask & 2 == 0 { days } else { 0 };
+            let micros = if zero_mask & 4 == 0 { micros } else { 0 };
+            let text = render_interval(months, days, micros);
+            prop_assert_eq!(parse_interval(text.as_bytes()), Ok((months, days, micros)), "{}", text);
+        }
+    }
+}
+
+#[test]
+fn a_configured_decimal_overflow_names_the_setting_and_the_fix() {
+    use crate::schema::{Conversion, TypeCatalog};
+    use std::collections::HashMap;
+    let forced = Conversion::ConfiguredDecimal {
+        precision: 6,
+        scale: 2,
+    };
+    let types = TypeCatalog::new(HashMap::from([("public.t.amount".to_owned(), forced)]));
+    let columns = [RelationColumn {
+        is_key: false,
+        name: "amount".into(),
+        type_oid: oid::NUMERIC,
+        type_modifier: -1,
+    }];
+    let schema = Arc::new(TableSchema::with_types("public", "t", &columns, &types).unwrap());
+    assert_eq!(schema.columns[0].data_type, DataType::Decimal128(6, 2));
+    let mut batch = TableBatch::new(schema);
+    batch.push(&meta(Op::Insert), &[text("1234.5")]).unwrap();
+    for (value, problem) in [
+        ("12345.5", "more integer digits"),
+        ("1.255", "more fractional digits"),
+        ("NaN", "NaN or infinite"),
+    ] {
+        let message = batch
+            .push(&meta(Op::Insert), &[text(value)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("public.t column amount")
+                && message.contains(problem)
+                && message.contains("column_types.\"public.t.amount\" = decimal(6,2)")
+                && message.contains("fix:")
+                && (value == "NaN" || !message.contains(value)),
+            "{message}"
+        );
+    }
+    let rb = batch.finish().unwrap();
+    assert_eq!(rb.num_rows(), 1);
+    assert_eq!(
+        rb.column(0).as_primitive::<Decimal128Type>().value(0),
+        123_450
+    );
+}
+
+#[test]
+fn ranges_keep_bounds_inclusivity_and_emptiness() {
+    use super::text::{RangeFlags, parse_range};
+    let mut out = Vec::new();
+    let mut bounds = [None, None];
+    let mut parse = |text: &str| {
+        parse_range(text.as_bytes(), &mut out, &mut bounds).map(|flags| {
+            let [lower, upper] = bounds
+                .clone()
+                .map(|b| b.map(|r| String::from_utf8(out[r].to_vec()).unwrap()));
+            (flags, lower, upper)
+        })
+    };
+    let flags = |lower_inc, upper_inc, empty| RangeFlags {
+        lower_inc,
+        upper_inc,
+        empty,
+    };
+    assert_eq!(parse("empty"), Ok((flags(false, false, true), None, None)));
+    assert_eq!(
+        parse("[1,10)"),
+        Ok((
+            flags(true, false, false),
+            Some("1".into()),
+            Some("10".into())
+        ))
+    );
+    assert_eq!(
+        parse("(,6)"),
+        Ok((flags(false, false, false), None, Some("6".into())))
+    );
+    assert_eq!(parse("(,)"), Ok((flags(false, false, false), None, None)));
+    assert_eq!(
+        parse(r#"["2020-01-01 00:00:00+00",infinity]"#),
+        Ok((
+            flags(true, true, false),
+            Some("2020-01-01 00:00:00+00".into()),
+            Some("infinity".into())
+        ))
+    );
+    assert_eq!(
+        parse(r#"["a""b\\c",d\,e)"#),
+        Ok((
+            flags(true, false, false),
+            Some("a\"b\\c".into()),
+            Some("d,e".into())
+        ))
+    );
+    for bad in ["", "[", "[1,2", "1,2]", "{1,2}", "[1]", r#"["1,2)"#] {
+        assert!(parse(bad).is_err(), "{bad:?}");
+    }
+    // int4range → struct; a bad bound rejects the value.
+    let array = convert(oid::INT4RANGE, -1, "[1,10)").unwrap();
+    let range = array.as_struct();
+    assert_eq!(range.column(0).as_primitive::<Int32Type>().value(0), 1);
+    assert_eq!(range.column(1).as_primitive::<Int32Type>().value(0), 10);
+    assert!(range.column(2).as_boolean().value(0));
+    assert!(!range.column(3).as_boolean().value(0));
+    assert!(!range.column(4).as_boolean().value(0));
+    assert!(convert(oid::INT4RANGE, -1, "[1,x)").is_err());
+    let array = convert(oid::DATERANGE, -1, "empty").unwrap();
+    let range = array.as_struct();
+    assert!(range.column(0).is_null(0) && range.column(4).as_boolean().value(0));
 }

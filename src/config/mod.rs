@@ -23,6 +23,7 @@
 //! accept number-looking values; a plain (unquoted) number-like string in the file such
 //! as `0x1F` is then read in its canonical form (`31`), so quote such strings.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -32,6 +33,8 @@ use std::time::Duration;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_yaml::{Mapping, Value};
+
+use crate::schema::{Conversion, MAX_DECIMAL_PRECISION};
 
 pub use crate::pg::replication::SslMode;
 pub use crate::schema::TypeChangePolicy;
@@ -93,6 +96,9 @@ pub const DEFAULT_SCHEMA: &str = "public";
 
 /// Keys whose environment override is a comma separated list.
 const LIST_KEYS: &[&str] = &["tables"];
+/// Keys whose environment value is a YAML flow map (`{public.orders.amount: "decimal(20,4)"}`):
+/// their own keys hold dots and letter case that variable names cannot.
+const MAP_KEYS: &[&str] = &["column_types"];
 /// Sections that may be left empty (`flush:` with every key commented out).
 const SECTIONS: &[&str] = &["source", "lake", "flush", "metrics"];
 
@@ -242,6 +248,23 @@ fn set_by(env_var: Option<&str>) -> String {
 /// is not a widening: keep replicating into a new lake column (see README, schema changes).
 pub const DEFAULT_ON_TYPE_CHANGE: TypeChangePolicy = TypeChangePolicy::NewColumn;
 
+/// `decimal(p,s)` (spaces and case ignored) as a configured decimal conversion.
+fn parse_decimal_type(text: &str) -> Option<Conversion> {
+    let compact: String = text
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let inner = compact.strip_prefix("decimal(")?.strip_suffix(')')?;
+    let (precision, scale) = inner.split_once(',')?;
+    let precision: u8 = precision.parse().ok()?;
+    let scale: i8 = scale.parse().ok()?;
+    let fits = (1..=MAX_DECIMAL_PRECISION).contains(&precision)
+        && scale >= 0
+        && i16::from(scale) <= i16::from(precision);
+    fits.then_some(Conversion::ConfiguredDecimal { precision, scale })
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -265,6 +288,10 @@ pub struct Config {
     pub snapshot: SnapshotConfig,
     /// How source schema changes are followed in the lake.
     pub schema: SchemaConfig,
+    /// Lake types forced onto columns, keyed by `schema.table.column`: `decimal(p,s)`
+    /// for `numeric` columns that would otherwise be stored as exact text (unconstrained,
+    /// or wider than 38 digits). A value that does not fit stops pg2lake with an error.
+    pub column_types: BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -277,6 +304,7 @@ impl Default for Config {
             memory_budget: DEFAULT_MEMORY_BUDGET,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             metrics: MetricsConfig::default(),
+            column_types: BTreeMap::new(),
             snapshot: SnapshotConfig::default(),
             schema: SchemaConfig::default(),
         }
@@ -1108,6 +1136,16 @@ fn merge_env(
                     .map(|item| Value::String(item.to_owned()))
                     .collect(),
             )
+        } else if MAP_KEYS.contains(&key.as_str()) {
+            match serde_yaml::from_str::<Value>(raw) {
+                Ok(map @ Value::Mapping(_)) => map,
+                _ => {
+                    return Err(env_error(
+                        "expected a YAML map, e.g. {public.orders.amount: \"decimal(20,4)\"}"
+                            .to_owned(),
+                    ));
+                }
+            }
         } else {
             env_scalar(raw)
         };
@@ -1241,7 +1279,7 @@ fn top_level_not_mapping(origin: Option<&Path>) -> ConfigError {
         origin: origin.map(Path::to_path_buf),
         line: None,
         key: None,
-        message: "the top level must be a mapping of settings (source, tables, lake, flush, memory_budget, shutdown_timeout, metrics)".to_owned(),
+        message: "the top level must be a mapping of settings (source, tables, lake, flush, memory_budget, shutdown_timeout, metrics, column_types)".to_owned(),
         env_var: None,
         source: None,
     }
@@ -1559,7 +1597,36 @@ impl Config {
             ));
         }
         check_nonzero("shutdown_timeout", self.shutdown_timeout, "30s")?;
+        self.configured_types()?;
         Ok(())
+    }
+
+    /// `column_types` as conversions by `schema.table.column`; an error names the first
+    /// entry that is not `"schema.table.column": "decimal(p,s)"` with 1 ≤ p ≤ 38, 0 ≤ s ≤ p.
+    pub fn configured_types(&self) -> Result<HashMap<String, Conversion>, ConfigError> {
+        let mut types = HashMap::with_capacity(self.column_types.len());
+        for (key, value) in &self.column_types {
+            let field = format!("column_types.{key}");
+            let parts: Vec<&str> = key.split('.').collect();
+            if parts.len() != 3 || parts.iter().any(|p| p.is_empty()) {
+                return Err(ConfigError::invalid(
+                    &field,
+                    format!(
+                        "column_types.\"{key}\": the key must be schema.table.column (e.g. \"public.orders.amount\")"
+                    ),
+                ));
+            }
+            let conversion = parse_decimal_type(value).ok_or_else(|| {
+                ConfigError::invalid(
+                    &field,
+                    format!(
+                        "column_types.\"{key}\": {value:?} must be decimal(p,s) with 1 <= p <= {MAX_DECIMAL_PRECISION} and 0 <= s <= p (e.g. decimal(20,4))"
+                    ),
+                )
+            })?;
+            types.insert(key.clone(), conversion);
+        }
+        Ok(types)
     }
 
     /// The parsed `tables` entries, in order. Entries that do not parse are skipped;

@@ -847,3 +847,47 @@ fn schema_type_change_policy() {
     let err = error(&format!("{MINIMAL}schema:\n  on_type_changes: fail\n"), &[]);
     assert!(err.contains("on_type_changes"), "{err}");
 }
+
+#[test]
+fn column_types_force_decimals_and_name_bad_entries() {
+    let base = "source:\n  url: postgres://u@h/db\ntables: [public.orders]\n";
+    let config = Config::from_yaml_str(&format!(
+        "{base}column_types:\n  public.orders.amount: decimal(20, 4)\n  public.orders.total: DECIMAL(38,38)\n"
+    ), &[])
+    .expect("valid column_types");
+    let types = config.configured_types().unwrap();
+    assert_eq!(
+        types["public.orders.amount"],
+        Conversion::ConfiguredDecimal {
+            precision: 20,
+            scale: 4
+        }
+    );
+    assert_eq!(types.len(), 2);
+    for (entry, key) in [
+        ("orders.amount: decimal(20,4)", "orders.amount"),
+        (
+            "public.orders.amount: decimal(39,2)",
+            "public.orders.amount",
+        ),
+        ("public.orders.amount: decimal(5,6)", "public.orders.amount"),
+        ("public.orders.amount: decimal(0,0)", "public.orders.amount"),
+        (
+            "public.orders.amount: numeric(10,2)",
+            "public.orders.amount",
+        ),
+        ("public.orders.amount: string", "public.orders.amount"),
+        ("public..amount: decimal(10,2)", "public..amount"),
+    ] {
+        let field = format!("column_types.\"{key}\"");
+        let err = Config::from_yaml_str(&format!("{base}column_types:\n  {entry}\n"), &[])
+            .expect_err(entry);
+        let message = err.to_string();
+        assert!(message.contains(&field), "{entry}: {message}");
+    }
+    let c = with_env(&[(
+        "PG2LAKE__COLUMN_TYPES",
+        r#"{public.orders.amount: "decimal(20,4)"}"#,
+    )]);
+    assert_eq!(c.configured_types().unwrap().len(), 1);
+}

@@ -51,7 +51,8 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use url::Url;
 
 use super::layout::table_location;
@@ -683,19 +684,68 @@ fn new_writer(
     table: &DeltaTable,
     target_file_size: u64,
 ) -> Result<RecordBatchWriter, LakeError> {
-    let properties = WriterProperties::builder()
+    let mut properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default(),
         ))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
         .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
-        .set_created_by(format!("pg2lake {}", env!("CARGO_PKG_VERSION")))
-        .build();
+        .set_created_by(format!("pg2lake {}", env!("CARGO_PKG_VERSION")));
+    let snapshot = table
+        .snapshot()
+        .map_err(|e| LakeError::delta(location, e))?;
+    let schema: Schema =
+        snapshot
+            .schema()
+            .as_ref()
+            .try_into_arrow()
+            .map_err(|e: arrow::error::ArrowError| LakeError::SchemaMismatch {
+                table: location.to_string(),
+                reason: e.to_string(),
+            })?;
+    for path in date_columns(&schema) {
+        // delta-rs turns a date column's min/max into a chrono date, which panics
+        // beyond year 262143; Postgres dates reach 5874897 and pg2lake stores
+        // `infinity` as the largest date32. Without Parquet statistics for these
+        // columns the Delta log carries none for them either (readers then scan
+        // instead of skipping files on date predicates).
+        properties = properties.set_column_statistics_enabled(path, EnabledStatistics::None);
+    }
+    let properties = properties.build();
     Ok(RecordBatchWriter::for_table(table)
         .map_err(|e| LakeError::delta(location, e))?
         .with_writer_properties(properties)
         .with_target_file_size(target_file_size))
+}
+
+/// The Parquet paths of the date leaves of `schema`: date columns, and dates inside
+/// lists (`<name>.list.<element>`, as Arrow's Parquet writer nests them) and structs.
+fn date_columns(schema: &Schema) -> Vec<ColumnPath> {
+    fn walk(data_type: &DataType, path: &mut Vec<String>, out: &mut Vec<ColumnPath>) {
+        match data_type {
+            DataType::Date32 => out.push(ColumnPath::new(path.clone())),
+            DataType::List(element) => {
+                path.extend(["list".to_owned(), element.name().clone()]);
+                walk(element.data_type(), path, out);
+                path.truncate(path.len() - 2);
+            }
+            DataType::Struct(fields) => {
+                for field in fields {
+                    path.push(field.name().clone());
+                    walk(field.data_type(), path, out);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for field in schema.fields() {
+        let mut path = vec![field.name().clone()];
+        walk(field.data_type(), &mut path, &mut out);
+    }
+    out
 }
 
 async fn read_committed_lsn(
@@ -973,6 +1023,26 @@ mod tests {
         assert!(reopened.remove_uncommitted_files().await.unwrap() >= 1);
         assert_eq!(parquet_files(&root), committed);
         assert_eq!(reopened.remove_uncommitted_files().await.unwrap(), 0);
+    }
+
+    #[test]
+    fn date_leaves_are_found_at_any_depth() {
+        use crate::schema::{Conversion, Element};
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("day", DataType::Date32, true),
+            Field::new("days", Conversion::Array(Element::Date).data_type(), true),
+            Field::new("span", Conversion::Range(Element::Date).data_type(), true),
+            Field::new("spans", Conversion::Range(Element::Int32).data_type(), true),
+        ]);
+        let paths: Vec<String> = date_columns(&schema)
+            .iter()
+            .map(ColumnPath::string)
+            .collect();
+        assert_eq!(
+            paths,
+            ["day", "days.list.element", "span.lower", "span.upper"]
+        );
     }
 
     fn evolved_schema(extra: DataType) -> SchemaRef {

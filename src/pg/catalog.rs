@@ -10,6 +10,7 @@ use crate::config::{TableName, TablePattern};
 use crate::lsn::Lsn;
 use crate::metrics::{ServerPosition, SlotHealth};
 use crate::pg::pgoutput::RelationColumn;
+use crate::schema::{CatalogKind, CatalogType, TypeCatalog};
 
 /// The prefix of pg2lake's heartbeat messages (`pg_logical_emit_message`).
 pub const HEARTBEAT_PREFIX: &str = "pg2lake_heartbeat";
@@ -245,6 +246,70 @@ pub async fn table_columns(
             is_key: row.get(3),
         })
         .collect())
+}
+
+/// Looks up, once per OID, the types of `columns` that have database-specific OIDs
+/// (enums, domains, composites, extension types, arrays of those), following domains to
+/// their base type and arrays to their element, and records them in `types`.
+pub async fn resolve_types(
+    client: &Client,
+    types: &mut TypeCatalog,
+    columns: &[RelationColumn],
+) -> Result<(), CatalogError> {
+    let mut wanted = types.unresolved(columns.iter().map(|c| c.type_oid));
+    // Domains over domains and arrays of domains: a few rounds at most.
+    while !wanted.is_empty() {
+        let rows = client
+            .query(
+                "SELECT t.oid, t.typtype::text, t.typcategory::text, t.typbasetype, t.typtypmod, \
+                   t.typelem, t.typname::text, n.nspname::text, \
+                   (SELECT e.extname::text FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid \
+                     WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e' \
+                     LIMIT 1) \
+                 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
+                 WHERE t.oid = ANY($1)",
+                &[&wanted],
+            )
+            .await
+            .map_err(CatalogError::query("reading column types from pg_type"))?;
+        let mut next = Vec::new();
+        for row in &rows {
+            let type_oid: u32 = row.get(0);
+            let typtype: String = row.get(1);
+            let category: String = row.get(2);
+            let kind = match (typtype.as_str(), category.as_str()) {
+                ("e", _) => CatalogKind::Enum,
+                ("c", _) => CatalogKind::Composite,
+                ("d", _) => CatalogKind::Domain {
+                    base: row.get(3),
+                    base_modifier: row.get(4),
+                },
+                ("b", "A") if row.get::<_, u32>(5) != 0 => CatalogKind::Array {
+                    element: row.get(5),
+                },
+                ("b", _) => CatalogKind::Base,
+                _ => CatalogKind::Other,
+            };
+            let name: String = row.get(6);
+            let namespace: String = row.get(7);
+            let described = CatalogType {
+                qualified_name: format!("{namespace}.{name}"),
+                name,
+                extension: row.get(8),
+                kind,
+            };
+            next.extend(TypeCatalog::references(&described));
+            types.insert(type_oid, Some(described));
+        }
+        for &type_oid in &wanted {
+            if types.get(type_oid).is_none() {
+                // Dropped since the change was logged: its text form is all there is.
+                types.insert(type_oid, None);
+            }
+        }
+        wanted = types.unresolved(next);
+    }
+    Ok(())
 }
 
 /// A table's replica identity: which old values Postgres logs for updates and deletes.

@@ -41,7 +41,7 @@ use arrow::datatypes::Schema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Conversion, META_COLUMNS, SchemaError, SourceColumn, TableSchema, UNKNOWN_TYPE,
+    Conversion, META_COLUMNS, SchemaError, SourceColumn, TableSchema, TypeCatalog, UNKNOWN_TYPE,
     lake_arrow_schema, meta_fields,
 };
 use crate::pg::pgoutput::RelationColumn;
@@ -192,6 +192,7 @@ impl TableSchema {
                 type_oid: UNKNOWN_TYPE,
                 type_modifier: -1,
                 is_key: false,
+                type_name: None,
                 conversion,
                 data_type: conversion.data_type(),
             });
@@ -212,6 +213,17 @@ impl TableSchema {
     pub fn evolve(
         &self,
         columns: &[RelationColumn],
+        policy: TypeChangePolicy,
+    ) -> Result<Evolution, SchemaError> {
+        self.evolve_with(columns, &TypeCatalog::default(), policy)
+    }
+
+    /// [`TableSchema::evolve`] with column types resolved through `types` (catalog
+    /// types and configured column types): what replication uses.
+    pub fn evolve_with(
+        &self,
+        columns: &[RelationColumn],
+        types: &TypeCatalog,
         policy: TypeChangePolicy,
     ) -> Result<Evolution, SchemaError> {
         let table = || self.qualified_name();
@@ -245,7 +257,11 @@ impl TableSchema {
                     .map_or("", |c| c.name.as_str());
                 return Err(duplicate(first));
             }
-            let incoming = SourceColumn::new(column);
+            let incoming = SourceColumn::typed(
+                column,
+                types,
+                types.conversion(&self.namespace, &self.name, column)?,
+            );
             let Some(index) = position(&lake, &column.name) else {
                 added.push(column.name.clone());
                 lake.push(incoming);

@@ -9,11 +9,18 @@
 //! Invariants:
 //! - A column's Arrow type comes from its type OID and typmod alone, never from values, so
 //!   every row of a table, and every run of pg2lake, agrees on the layout.
-//! - The mapping is one `match` ([`Conversion::for_type`]); [`Conversion`] also tells the
-//!   batch builder how to parse the Postgres text form, so the two cannot drift apart.
-//! - Nothing is lost: a type Delta cannot hold exactly (unconstrained or wide numeric, and,
-//!   until the type-fidelity work widens the mapping, every type without a case here) is
-//!   stored as Postgres's own text form, which is exact by construction.
+//! - The mapping is [`Conversion::for_type`] (builtins, by OID) and
+//!   [`Conversion::for_resolved`] (what the catalog said, down to a builtin); [`Conversion`]
+//!   also tells the batch builder how to parse the Postgres text form, so the two cannot
+//!   drift apart.
+//! - Nothing is lost: a type Delta cannot hold exactly gets a documented exact form
+//!   (time as µs since midnight, interval and timetz as structs, money as cents) or, for
+//!   unconstrained or wide numeric, ranges, network types and every type without a case
+//!   here, Postgres's own text form, which is exact by construction. The README's
+//!   "Types" table is the user-facing copy of this mapping.
+//! - Types with database-specific OIDs (enums, domains, composites, extension types) are
+//!   looked up in the catalog once per OID ([`TypeCatalog`]) and mapped by
+//!   [`Conversion::for_resolved`], in streaming and snapshot alike.
 //! - Source columns are all nullable (a delete carries only the replica-identity columns,
 //!   a truncate none); metadata columns follow them in a fixed order.
 //! - Arrow field metadata stays empty: the Delta writer compares schemas field by field,
@@ -23,14 +30,16 @@
 //!   readable by column name.
 
 mod evolve;
+mod types;
 mod widen;
 
 pub use evolve::{Evolution, TypeChange, TypeChangeKind, TypeChangePolicy};
+pub use types::{CatalogKind, CatalogType, FIRST_NORMAL_OID, TypeCatalog, column_key};
 pub use widen::widen_array;
 
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 
 use crate::pg::pgoutput::RelationColumn;
 
@@ -56,16 +65,22 @@ pub mod oid {
     pub const OID: u32 = 26;
     /// `xid`
     pub const XID: u32 = 28;
+    /// `cid`
+    pub const CID: u32 = 29;
     /// `json`
     pub const JSON: u32 = 114;
     /// `xml`
     pub const XML: u32 = 142;
+    /// `point`
+    pub const POINT: u32 = 600;
     /// `cidr`
     pub const CIDR: u32 = 650;
     /// `float4` / `real`
     pub const FLOAT4: u32 = 700;
     /// `float8` / `double precision`
     pub const FLOAT8: u32 = 701;
+    /// `macaddr8`
+    pub const MACADDR8: u32 = 774;
     /// `money`
     pub const MONEY: u32 = 790;
     /// `macaddr`
@@ -98,8 +113,85 @@ pub mod oid {
     pub const UUID: u32 = 2950;
     /// `pg_lsn`
     pub const PG_LSN: u32 = 3220;
+    /// `tsvector`
+    pub const TSVECTOR: u32 = 3614;
+    /// `tsquery`
+    pub const TSQUERY: u32 = 3615;
     /// `jsonb`
     pub const JSONB: u32 = 3802;
+    /// `int4range`
+    pub const INT4RANGE: u32 = 3904;
+    /// `numrange`
+    pub const NUMRANGE: u32 = 3906;
+    /// `tsrange`
+    pub const TSRANGE: u32 = 3908;
+    /// `tstzrange`
+    pub const TSTZRANGE: u32 = 3910;
+    /// `daterange`
+    pub const DATERANGE: u32 = 3912;
+    /// `int8range`
+    pub const INT8RANGE: u32 = 3926;
+    /// `xid8`
+    pub const XID8: u32 = 5069;
+
+    /// The builtin array types and their element types: `(array, element)`.
+    ///
+    /// Every builtin whose array text uses `,` between elements (all but `box`, whose
+    /// arrays use `;` and stay text).
+    pub const ARRAYS: &[(u32, u32)] = &[
+        (1000, BOOL),
+        (1001, BYTEA),
+        (1002, CHAR),
+        (1003, NAME),
+        (1016, INT8),
+        (1005, INT2),
+        (1007, INT4),
+        (1009, TEXT),
+        (1028, OID),
+        (1011, XID),
+        (1012, CID),
+        (199, JSON),
+        (143, XML),
+        (1017, POINT),
+        (651, CIDR),
+        (1021, FLOAT4),
+        (1022, FLOAT8),
+        (775, MACADDR8),
+        (791, MONEY),
+        (1040, MACADDR),
+        (1041, INET),
+        (1014, BPCHAR),
+        (1015, VARCHAR),
+        (1182, DATE),
+        (1183, TIME),
+        (1115, TIMESTAMP),
+        (1185, TIMESTAMPTZ),
+        (1187, INTERVAL),
+        (1270, TIMETZ),
+        (1561, BIT),
+        (1563, VARBIT),
+        (1231, NUMERIC),
+        (2951, UUID),
+        (3221, PG_LSN),
+        (3643, TSVECTOR),
+        (3645, TSQUERY),
+        (3807, JSONB),
+        (3905, INT4RANGE),
+        (3907, NUMRANGE),
+        (3909, TSRANGE),
+        (3911, TSTZRANGE),
+        (3913, DATERANGE),
+        (3927, INT8RANGE),
+        (271, XID8),
+    ];
+
+    /// The element type of a builtin array type.
+    pub fn array_element(array: u32) -> Option<u32> {
+        ARRAYS
+            .iter()
+            .find(|&&(a, _)| a == array)
+            .map(|&(_, element)| element)
+    }
 }
 
 /// Name of the change-kind column (`r`, `c`, `u`, `d`, `t`).
@@ -193,6 +285,18 @@ pub enum SchemaError {
         /// What is wrong.
         reason: String,
     },
+    /// A `column_types` setting names a column it cannot apply to.
+    #[error(
+        "column_types.\"{column}\" cannot apply to a column of type {pg_type}: {reason} (fix: remove that entry from column_types, or point it at a numeric column)"
+    )]
+    ConfiguredType {
+        /// The configured key, `schema.table.column`.
+        column: String,
+        /// The column's Postgres type.
+        pg_type: String,
+        /// Why not.
+        reason: String,
+    },
     /// Two source columns differ only in case, which Delta treats as the same column.
     #[error(
         "table {table} has columns {first:?} and {second:?} that differ only in letter case; Delta column names are case-insensitive (fix: rename one of them)"
@@ -216,7 +320,7 @@ pub enum Conversion {
     Int16,
     /// Decimal integer → Int32.
     Int32,
-    /// Decimal integer → Int64 (also `oid`, which is unsigned 32-bit).
+    /// Decimal integer → Int64 (also `oid`, `xid`, `cid`: unsigned 32-bit).
     Int64,
     /// Shortest round-trip decimal, `NaN`, `Infinity` → Float32.
     Float32,
@@ -239,17 +343,105 @@ pub enum Conversion {
     Timestamp,
     /// ISO timestamp with offset → Timestamp(µs, "UTC").
     TimestampTz,
+    /// `money` with `lc_monetary=C` (`-$1,234.56`) → Decimal128(19,2), the exact cents.
+    Money,
+    /// `time` (`HH:MM:SS[.ffffff]`, up to `24:00:00`) → Int64 µs since midnight.
+    Time,
+    /// `timetz` → Struct {microseconds: Int64 (local time of day), offset_seconds: Int32
+    /// (east of UTC, the printed sign)}.
+    TimeTz,
+    /// `interval` (IntervalStyle postgres) → Struct {months: Int32, days: Int32,
+    /// microseconds: Int64}: Postgres's own three fields, never normalised into each other.
+    Interval,
+    /// `hstore` (`"k"=>"v", "k2"=>NULL`) → Map<Utf8, Utf8> (values nullable).
+    Hstore,
+    /// Plain hex without `\x` (PostGIS `geometry`/`geography` print EWKB so) → Binary.
+    HexBinary,
+    /// Postgres array text (`{1,NULL,"a b"}`, any dimensions) → List of the element's
+    /// type, elements in row-major order (the order of `unnest`), NULL elements kept.
+    Array(Element),
+    /// A builtin range (`[1,10)`, `(,5]`, `empty`) → Struct {lower, upper (the subtype's
+    /// type; null when unbounded), lower_inc, upper_inc, empty: Boolean}.
+    Range(Element),
+    /// A `numeric` column given a decimal type by `column_types` in the configuration:
+    /// parsed like `Decimal`, and a value that does not fit is an error naming the setting.
+    ConfiguredDecimal {
+        /// Total significant digits, 1..=38.
+        precision: u8,
+        /// Fractional digits, 0..=precision.
+        scale: i8,
+    },
+}
+
+/// The element conversion of an array column: every [`Conversion`] but `Array` itself
+/// (Postgres has no arrays of arrays: `int[][]` is one multi-dimensional array type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)] // each variant is the Conversion of the same name
+pub enum Element {
+    Bool,
+    Int16,
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    Decimal { precision: u8, scale: i8 },
+    Text,
+    Bytea,
+    Date,
+    Timestamp,
+    TimestampTz,
+    Money,
+    Time,
+    TimeTz,
+    Interval,
+    Hstore,
+    HexBinary,
+}
+
+impl Element {
+    /// The conversion of one element.
+    pub fn conversion(self) -> Conversion {
+        match self {
+            Element::Bool => Conversion::Bool,
+            Element::Int16 => Conversion::Int16,
+            Element::Int32 => Conversion::Int32,
+            Element::Int64 => Conversion::Int64,
+            Element::Float32 => Conversion::Float32,
+            Element::Float64 => Conversion::Float64,
+            Element::Decimal { precision, scale } => Conversion::Decimal { precision, scale },
+            Element::Text => Conversion::Text,
+            Element::Bytea => Conversion::Bytea,
+            Element::Date => Conversion::Date,
+            Element::Timestamp => Conversion::Timestamp,
+            Element::TimestampTz => Conversion::TimestampTz,
+            Element::Money => Conversion::Money,
+            Element::Time => Conversion::Time,
+            Element::TimeTz => Conversion::TimeTz,
+            Element::Interval => Conversion::Interval,
+            Element::Hstore => Conversion::Hstore,
+            Element::HexBinary => Conversion::HexBinary,
+        }
+    }
 }
 
 impl Conversion {
     /// The conversion for a Postgres type: the single place where types are mapped.
+    ///
+    /// Builtin types map by OID; types with database-specific OIDs (enums, domains,
+    /// composites, extension types) map through [`Conversion::for_resolved`] once the
+    /// catalog has described them, and fall back to their text form here.
     pub fn for_type(type_oid: u32, type_modifier: i32) -> Conversion {
         match type_oid {
             oid::BOOL => Conversion::Bool,
             oid::INT2 => Conversion::Int16,
             oid::INT4 => Conversion::Int32,
-            // oid is an unsigned 32-bit integer: Int64 holds all of it.
-            oid::INT8 | oid::OID => Conversion::Int64,
+            // oid, xid and cid are unsigned 32-bit integers: Int64 holds all of them.
+            oid::INT8 | oid::OID | oid::XID | oid::CID => Conversion::Int64,
+            // xid8 is unsigned 64-bit: 20 decimal digits hold all of it.
+            oid::XID8 => Conversion::Decimal {
+                precision: 20,
+                scale: 0,
+            },
             oid::FLOAT4 => Conversion::Float32,
             oid::FLOAT8 => Conversion::Float64,
             oid::NUMERIC => match numeric_typmod(type_modifier) {
@@ -264,19 +456,118 @@ impl Conversion {
                 // Postgres's text form is the exact value (NaN and ±Infinity included).
                 _ => Conversion::Text,
             },
+            oid::MONEY => Conversion::Money,
             oid::BYTEA => Conversion::Bytea,
             oid::DATE => Conversion::Date,
+            oid::TIME => Conversion::Time,
+            oid::TIMETZ => Conversion::TimeTz,
             oid::TIMESTAMP => Conversion::Timestamp,
             oid::TIMESTAMPTZ => Conversion::TimestampTz,
-            // text, varchar, bpchar, name, uuid, json, jsonb, xml and every type not
-            // listed above: Postgres's text output, which loses nothing.
-            _ => Conversion::Text,
+            oid::INTERVAL => Conversion::Interval,
+            oid::INT4RANGE => Conversion::Range(Element::Int32),
+            oid::INT8RANGE => Conversion::Range(Element::Int64),
+            // numrange's bounds are unconstrained numerics: their exact text.
+            oid::NUMRANGE => Conversion::Range(Element::Text),
+            oid::DATERANGE => Conversion::Range(Element::Date),
+            oid::TSRANGE => Conversion::Range(Element::Timestamp),
+            oid::TSTZRANGE => Conversion::Range(Element::TimestampTz),
+            array => match oid::array_element(array) {
+                // An array column's typmod is its elements' (numeric(10,2)[]).
+                Some(element) => Conversion::for_type(element, type_modifier).array(),
+                // text, varchar, bpchar, "char", name, uuid, json, jsonb, xml, inet, cidr,
+                // macaddr, bit, varbit, tsvector, ranges, pg_lsn and every type not listed
+                // above: Postgres's text output, which loses nothing.
+                None => Conversion::Text,
+            },
         }
     }
 
-    /// The conversion whose Arrow type is `data_type`: the inverse of
-    /// [`Conversion::data_type`] (which is one-to-one), used for lake columns that the
-    /// source no longer has. `None` for types pg2lake never writes.
+    /// The conversion of a type that may have a database-specific OID, with what the
+    /// catalog said about it (`types`): enum → text; domain → its base type's (with the
+    /// domain's typmod); array → a list of its element's; composite → its text form;
+    /// hstore → map; citext → text; PostGIS geometry / geography → EWKB binary; anything
+    /// else → its text form. Builtins map as in [`Conversion::for_type`].
+    pub fn for_resolved(type_oid: u32, type_modifier: i32, types: &TypeCatalog) -> Conversion {
+        let mut current = (type_oid, type_modifier);
+        let mut array = false;
+        for _ in 0..types::max_nesting() {
+            let (type_oid, type_modifier) = current;
+            let element = match types.described(type_oid) {
+                None => Conversion::for_type(type_oid, type_modifier),
+                Some(CatalogKind::Domain {
+                    base,
+                    base_modifier,
+                }) => {
+                    // A domain column's own typmod is -1; the domain holds the base's.
+                    let modifier = if type_modifier >= 0 {
+                        type_modifier
+                    } else {
+                        *base_modifier
+                    };
+                    current = (*base, modifier);
+                    continue;
+                }
+                Some(CatalogKind::Array { element }) => {
+                    if array {
+                        // An array of arrays does not exist; keep the text.
+                        return Conversion::Text;
+                    }
+                    array = true;
+                    current = (*element, type_modifier);
+                    continue;
+                }
+                Some(CatalogKind::Base) => types.named_base(type_oid).unwrap_or(Conversion::Text),
+                Some(CatalogKind::Enum | CatalogKind::Composite | CatalogKind::Other) => {
+                    Conversion::Text
+                }
+            };
+            return match (array, element) {
+                (false, conversion) => conversion,
+                // A domain over an array type inside an array cannot happen either.
+                (true, Conversion::Array(_)) => Conversion::Text,
+                (true, conversion) => conversion.array(),
+            };
+        }
+        // Domains nested beyond reason: the catalog is inconsistent; the text is exact.
+        Conversion::Text
+    }
+
+    /// The conversion of an array whose elements convert as `self`; `Text` (the whole
+    /// array's text form) when `self` is itself an array.
+    pub fn array(self) -> Conversion {
+        Conversion::Array(match self {
+            Conversion::Bool => Element::Bool,
+            Conversion::Int16 => Element::Int16,
+            Conversion::Int32 => Element::Int32,
+            Conversion::Int64 => Element::Int64,
+            Conversion::Float32 => Element::Float32,
+            Conversion::Float64 => Element::Float64,
+            Conversion::Decimal { precision, scale }
+            | Conversion::ConfiguredDecimal { precision, scale } => {
+                Element::Decimal { precision, scale }
+            }
+            Conversion::Text => Element::Text,
+            Conversion::Bytea => Element::Bytea,
+            Conversion::Date => Element::Date,
+            Conversion::Timestamp => Element::Timestamp,
+            Conversion::TimestampTz => Element::TimestampTz,
+            Conversion::Money => Element::Money,
+            Conversion::Time => Element::Time,
+            Conversion::TimeTz => Element::TimeTz,
+            Conversion::Interval => Element::Interval,
+            Conversion::Hstore => Element::Hstore,
+            Conversion::HexBinary => Element::HexBinary,
+            // A list of structs of lists would be one level too deep for the Column
+            // builders: an array of ranges keeps each range's text.
+            Conversion::Range(_) => Element::Text,
+            Conversion::Array(_) => return Conversion::Text,
+        })
+    }
+
+    /// The conversion whose Arrow type is `data_type`, used for lake columns that the
+    /// source no longer has (always null, so any conversion of that type serves). The
+    /// inverse of [`Conversion::data_type`] where that is one-to-one; `Int64` stands for
+    /// `time` and `Decimal(19,2)` for `money` too. `None` for types pg2lake never writes.
     pub fn for_arrow(data_type: &DataType) -> Option<Conversion> {
         Some(match data_type {
             DataType::Boolean => Conversion::Bool,
@@ -296,6 +587,29 @@ impl Conversion {
             DataType::Timestamp(TimeUnit::Microsecond, Some(tz)) if tz.as_ref() == "UTC" => {
                 Conversion::TimestampTz
             }
+            other if *other == Conversion::TimeTz.data_type() => Conversion::TimeTz,
+            other if *other == Conversion::Interval.data_type() => Conversion::Interval,
+            other if *other == Conversion::Hstore.data_type() => Conversion::Hstore,
+            DataType::Struct(fields)
+                if fields.len() == RANGE_FIELDS.len()
+                    && fields.iter().zip(RANGE_FIELDS).all(|(f, n)| f.name() == n) =>
+            {
+                let bound = Conversion::for_arrow(fields.first()?.data_type())?;
+                match bound.array() {
+                    Conversion::Array(element)
+                        if Conversion::Range(element).data_type() == *data_type =>
+                    {
+                        Conversion::Range(element)
+                    }
+                    _ => return None,
+                }
+            }
+            DataType::List(element) if element.name() == LIST_ELEMENT => {
+                match Conversion::for_arrow(element.data_type())?.array() {
+                    array @ Conversion::Array(_) if array.data_type() == *data_type => array,
+                    _ => return None,
+                }
+            }
             _ => return None,
         })
     }
@@ -306,15 +620,31 @@ impl Conversion {
             Conversion::Bool => "boolean".into(),
             Conversion::Int16 => "short".into(),
             Conversion::Int32 => "integer".into(),
-            Conversion::Int64 => "long".into(),
+            Conversion::Int64 | Conversion::Time => "long".into(),
             Conversion::Float32 => "float".into(),
             Conversion::Float64 => "double".into(),
-            Conversion::Decimal { precision, scale } => format!("decimal({precision},{scale})"),
+            Conversion::Decimal { precision, scale }
+            | Conversion::ConfiguredDecimal { precision, scale } => {
+                format!("decimal({precision},{scale})")
+            }
+            Conversion::Money => "decimal(19,2)".into(),
             Conversion::Text => "string".into(),
-            Conversion::Bytea => "binary".into(),
+            Conversion::Bytea | Conversion::HexBinary => "binary".into(),
             Conversion::Date => "date".into(),
             Conversion::Timestamp => "timestamp_ntz".into(),
             Conversion::TimestampTz => "timestamp".into(),
+            Conversion::TimeTz => "struct<microseconds:long,offset_seconds:integer>".into(),
+            Conversion::Interval => "struct<months:integer,days:integer,microseconds:long>".into(),
+            Conversion::Hstore => "map<string,string>".into(),
+            Conversion::Range(element) => {
+                let bound = element.conversion().lake_type_name();
+                format!(
+                    "struct<lower:{bound},upper:{bound},lower_inc:boolean,upper_inc:boolean,empty:boolean>"
+                )
+            }
+            Conversion::Array(element) => {
+                format!("array<{}>", element.conversion().lake_type_name())
+            }
         }
     }
 
@@ -324,17 +654,91 @@ impl Conversion {
             Conversion::Bool => DataType::Boolean,
             Conversion::Int16 => DataType::Int16,
             Conversion::Int32 => DataType::Int32,
-            Conversion::Int64 => DataType::Int64,
+            Conversion::Int64 | Conversion::Time => DataType::Int64,
             Conversion::Float32 => DataType::Float32,
             Conversion::Float64 => DataType::Float64,
-            Conversion::Decimal { precision, scale } => DataType::Decimal128(precision, scale),
+            Conversion::Decimal { precision, scale }
+            | Conversion::ConfiguredDecimal { precision, scale } => {
+                DataType::Decimal128(precision, scale)
+            }
+            Conversion::Money => DataType::Decimal128(MONEY_PRECISION, MONEY_SCALE),
             Conversion::Text => DataType::Utf8,
-            Conversion::Bytea => DataType::Binary,
+            Conversion::Bytea | Conversion::HexBinary => DataType::Binary,
             Conversion::Date => DataType::Date32,
             Conversion::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
             Conversion::TimestampTz => utc_timestamp(),
+            Conversion::TimeTz => DataType::Struct(timetz_fields()),
+            Conversion::Interval => DataType::Struct(interval_fields()),
+            Conversion::Hstore => DataType::Map(Arc::new(hstore_entries()), false),
+            Conversion::Range(element) => {
+                DataType::Struct(range_fields(element.conversion().data_type()))
+            }
+            Conversion::Array(element) => {
+                DataType::List(Arc::new(list_element(element.conversion().data_type())))
+            }
         }
     }
+}
+
+/// Precision of the lake decimal of `money` (an int64 of cents: 17 + 2 digits).
+pub const MONEY_PRECISION: u8 = 19;
+/// Scale of the lake decimal of `money`: cents, as `lc_monetary=C` prints them.
+pub const MONEY_SCALE: i8 = 2;
+
+/// Field names of the `timetz` struct.
+pub const TIMETZ_FIELDS: [&str; 2] = ["microseconds", "offset_seconds"];
+/// Field names of the `interval` struct.
+pub const INTERVAL_FIELDS: [&str; 3] = ["months", "days", "microseconds"];
+/// Field names of a range struct.
+pub const RANGE_FIELDS: [&str; 5] = ["lower", "upper", "lower_inc", "upper_inc", "empty"];
+
+/// The fields of a range struct whose bounds are `bound`.
+pub fn range_fields(bound: DataType) -> Fields {
+    Fields::from(vec![
+        Field::new(RANGE_FIELDS[0], bound.clone(), true),
+        Field::new(RANGE_FIELDS[1], bound, true),
+        Field::new(RANGE_FIELDS[2], DataType::Boolean, true),
+        Field::new(RANGE_FIELDS[3], DataType::Boolean, true),
+        Field::new(RANGE_FIELDS[4], DataType::Boolean, true),
+    ])
+}
+
+/// Names of the map entry struct and its fields, as the Delta kernel names them when it
+/// turns a Delta schema back into Arrow (so our batches equal the writer's schema).
+pub const MAP_ENTRIES: [&str; 3] = ["key_value", "key", "value"];
+
+/// The fields of a `timetz` struct. Nullable, as Delta struct fields are by default.
+pub fn timetz_fields() -> Fields {
+    Fields::from(vec![
+        Field::new(TIMETZ_FIELDS[0], DataType::Int64, true),
+        Field::new(TIMETZ_FIELDS[1], DataType::Int32, true),
+    ])
+}
+
+/// The fields of an `interval` struct.
+pub fn interval_fields() -> Fields {
+    Fields::from(vec![
+        Field::new(INTERVAL_FIELDS[0], DataType::Int32, true),
+        Field::new(INTERVAL_FIELDS[1], DataType::Int32, true),
+        Field::new(INTERVAL_FIELDS[2], DataType::Int64, true),
+    ])
+}
+
+/// The entry field of an `hstore` map: non-null string keys, nullable string values.
+pub fn hstore_entries() -> Field {
+    Field::new(
+        MAP_ENTRIES[0],
+        DataType::Struct(Fields::from(vec![
+            Field::new(MAP_ENTRIES[1], DataType::Utf8, false),
+            Field::new(MAP_ENTRIES[2], DataType::Utf8, true),
+        ])),
+        false,
+    )
+}
+
+/// The element field of a list column of `data_type` (named like `_unchanged`'s).
+pub fn list_element(data_type: DataType) -> Field {
+    Field::new(LIST_ELEMENT, data_type, true)
 }
 
 /// The Arrow type for a Postgres type OID and typmod.
@@ -375,6 +779,18 @@ pub fn pg_type_name(type_oid: u32, type_modifier: i32) -> String {
         oid::TEXT => "text",
         oid::OID => "oid",
         oid::XID => "xid",
+        oid::CID => "cid",
+        oid::XID8 => "xid8",
+        oid::POINT => "point",
+        oid::MACADDR8 => "macaddr8",
+        oid::TSVECTOR => "tsvector",
+        oid::TSQUERY => "tsquery",
+        oid::INT4RANGE => "int4range",
+        oid::INT8RANGE => "int8range",
+        oid::NUMRANGE => "numrange",
+        oid::TSRANGE => "tsrange",
+        oid::TSTZRANGE => "tstzrange",
+        oid::DATERANGE => "daterange",
         oid::JSON => "json",
         oid::XML => "xml",
         oid::CIDR => "cidr",
@@ -402,7 +818,12 @@ pub fn pg_type_name(type_oid: u32, type_modifier: i32) -> String {
         oid::UUID => "uuid",
         oid::PG_LSN => "pg_lsn",
         oid::JSONB => "jsonb",
-        other => return format!("type oid {other}"),
+        other => {
+            return match oid::array_element(other) {
+                Some(element) => format!("{}[]", pg_type_name(element, type_modifier)),
+                None => format!("type oid {other}"),
+            };
+        }
     };
     name.to_owned()
 }
@@ -423,6 +844,9 @@ pub struct SourceColumn {
     pub type_modifier: i32,
     /// Whether the column is part of the replica identity.
     pub is_key: bool,
+    /// The catalog's name of a type with a database-specific OID (`public.mood`), for
+    /// messages; `None` for builtins and lake-only columns.
+    pub type_name: Option<String>,
     /// How text values of this column are parsed.
     pub conversion: Conversion,
     /// The Arrow type of the column in the lake: `conversion`'s type, or a type it widens
@@ -434,13 +858,16 @@ pub struct SourceColumn {
 pub const UNKNOWN_TYPE: u32 = 0;
 
 impl SourceColumn {
-    fn new(column: &RelationColumn) -> SourceColumn {
-        let conversion = Conversion::for_type(column.type_oid, column.type_modifier);
+    /// `column` with the conversion its type resolved to (see [`TypeCatalog`]).
+    fn typed(column: &RelationColumn, types: &TypeCatalog, conversion: Conversion) -> SourceColumn {
         SourceColumn {
             name: column.name.clone(),
             type_oid: column.type_oid,
             type_modifier: column.type_modifier,
             is_key: column.is_key,
+            type_name: types
+                .get(column.type_oid)
+                .map(|described| described.qualified_name.clone()),
             conversion,
             data_type: conversion.data_type(),
         }
@@ -450,6 +877,9 @@ impl SourceColumn {
     pub fn pg_type(&self) -> String {
         if self.type_oid == UNKNOWN_TYPE {
             return format!("unknown (lake type {})", self.conversion.lake_type_name());
+        }
+        if let Some(name) = &self.type_name {
+            return name.clone();
         }
         pg_type_name(self.type_oid, self.type_modifier)
     }
@@ -497,6 +927,16 @@ impl TableSchema {
         name: &str,
         columns: &[RelationColumn],
     ) -> Result<TableSchema, SchemaError> {
+        TableSchema::with_types(namespace, name, columns, &TypeCatalog::default())
+    }
+
+    /// [`TableSchema::new`] with column types resolved through `types`.
+    pub fn with_types(
+        namespace: &str,
+        name: &str,
+        columns: &[RelationColumn],
+        types: &TypeCatalog,
+    ) -> Result<TableSchema, SchemaError> {
         let empty = TableSchema {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
@@ -505,7 +945,9 @@ impl TableSchema {
             arrow: lake_arrow_schema(&[]),
         };
         // A new table has no earlier columns, so no type changes: the policy never applies.
-        Ok(empty.evolve(columns, TypeChangePolicy::Fail)?.schema)
+        Ok(empty
+            .evolve_with(columns, types, TypeChangePolicy::Fail)?
+            .schema)
     }
 
     /// `namespace.name`, for messages.
@@ -615,9 +1057,13 @@ mod tests {
             oid::JSON,
             oid::JSONB,
             oid::XML,
-            oid::TIME,
-            oid::INTERVAL,
             oid::INET,
+            oid::CIDR,
+            oid::MACADDR,
+            oid::BIT,
+            oid::TSVECTOR,
+            oid::PG_LSN,
+            oid::CHAR,
             987_654,
         ] {
             assert_eq!(arrow_type(type_oid, -1), DataType::Utf8, "oid {type_oid}");
@@ -625,6 +1071,101 @@ mod tests {
         // varchar(10) and char(3) carry a typmod that must not matter.
         assert_eq!(arrow_type(oid::VARCHAR, 14), DataType::Utf8);
         assert_eq!(arrow_type(oid::BPCHAR, 7), DataType::Utf8);
+    }
+
+    #[test]
+    fn maps_time_interval_money_and_arrays() {
+        assert_eq!(arrow_type(oid::TIME, -1), DataType::Int64);
+        assert_eq!(arrow_type(oid::XID, -1), DataType::Int64);
+        assert_eq!(arrow_type(oid::XID8, -1), DataType::Decimal128(20, 0));
+        assert_eq!(arrow_type(oid::MONEY, -1), DataType::Decimal128(19, 2));
+        assert_eq!(
+            arrow_type(oid::INTERVAL, -1),
+            DataType::Struct(interval_fields())
+        );
+        assert_eq!(
+            arrow_type(oid::TIMETZ, -1),
+            DataType::Struct(timetz_fields())
+        );
+        // int4[] and numeric(10,2)[] (the typmod is the elements').
+        assert_eq!(
+            arrow_type(1007, -1),
+            DataType::List(Arc::new(Field::new("element", DataType::Int32, true)))
+        );
+        assert_eq!(
+            Conversion::for_type(1231, typmod(10, 2)),
+            Conversion::Array(Element::Decimal {
+                precision: 10,
+                scale: 2
+            })
+        );
+        assert_eq!(
+            Conversion::for_type(oid::TSTZRANGE, -1).lake_type_name(),
+            "struct<lower:timestamp,upper:timestamp,lower_inc:boolean,upper_inc:boolean,empty:boolean>"
+        );
+        // Arrays of ranges keep each range's text.
+        assert_eq!(
+            Conversion::for_type(3905, -1),
+            Conversion::Array(Element::Text)
+        );
+        // box[] uses ';' between elements: kept as text.
+        assert_eq!(arrow_type(1020, -1), DataType::Utf8);
+        assert_eq!(pg_type_name(1231, typmod(10, 2)), "numeric(10,2)[]");
+        assert_eq!(
+            Conversion::for_type(1187, -1).lake_type_name(),
+            "array<struct<months:integer,days:integer,microseconds:long>>"
+        );
+    }
+
+    #[test]
+    fn arrow_types_map_back_to_their_conversions() {
+        let conversions = [
+            Conversion::Bool,
+            Conversion::Int16,
+            Conversion::Int32,
+            Conversion::Int64,
+            Conversion::Float32,
+            Conversion::Float64,
+            Conversion::Decimal {
+                precision: 12,
+                scale: 2,
+            },
+            Conversion::Text,
+            Conversion::Bytea,
+            Conversion::Date,
+            Conversion::Timestamp,
+            Conversion::TimestampTz,
+            Conversion::TimeTz,
+            Conversion::Interval,
+            Conversion::Hstore,
+            Conversion::Array(Element::Int32),
+            Conversion::Array(Element::Interval),
+            Conversion::Array(Element::Text),
+            Conversion::Range(Element::Int32),
+            Conversion::Range(Element::Date),
+            Conversion::Range(Element::TimestampTz),
+            Conversion::Range(Element::Text),
+        ];
+        for conversion in conversions {
+            assert_eq!(
+                Conversion::for_arrow(&conversion.data_type()),
+                Some(conversion),
+                "{conversion:?}"
+            );
+        }
+        // Lake-only columns need a conversion of the same Arrow type, not the same one.
+        assert_eq!(
+            Conversion::for_arrow(&Conversion::Time.data_type()),
+            Some(Conversion::Int64)
+        );
+        assert_eq!(
+            Conversion::for_arrow(&DataType::List(Arc::new(Field::new(
+                "item",
+                DataType::Int32,
+                true
+            )))),
+            None
+        );
     }
 
     #[test]

@@ -67,22 +67,48 @@ def safe(value):
 
 def column_values(column: pa.ChunkedArray):
     """A column as JSON-safe values; falls back to raw integers where Python's
-    datetime cannot hold the value."""
+    datetime cannot hold the value, at any depth (inside structs and lists too)."""
+    out = []
+    for chunk in column.chunks:
+        out.extend(array_values(chunk))
+    return out
+
+
+def array_values(array: pa.Array):
+    """One Arrow array as JSON-safe values, see column_values."""
     try:
-        return [safe(v) for v in column.to_pylist()]
-    except (OverflowError, ValueError):
-        if not pa.types.is_temporal(column.type):
-            raise
-        # date32 casts to int32 only; every other temporal type is 64 bits wide.
-        width = pa.int32() if pa.types.is_date32(column.type) else pa.int64()
-        raw = column.cast(width)
-        out = []
-        for chunk_value, raw_value in zip(column, raw.to_pylist()):
-            try:
-                out.append(safe(chunk_value.as_py()))
-            except (OverflowError, ValueError):
-                out.append({"raw": raw_value, "type": str(column.type)})
-        return out
+        return [safe(v) for v in array.to_pylist()]
+    except (OverflowError, ValueError) as err:
+        error = err
+    valid = array.is_valid().to_pylist()
+    if pa.types.is_struct(array.type):
+        fields = [array.type.field(i).name for i in range(array.type.num_fields)]
+        children = [array_values(array.field(i)) for i in range(len(fields))]
+        return [
+            dict(zip(fields, values)) if ok else None
+            for ok, values in zip(valid, zip(*children))
+        ]
+    if pa.types.is_list(array.type):
+        flat = array_values(array.flatten())
+        offsets = array.offsets.to_pylist()
+        # flatten() drops the values before the first offset of a sliced array.
+        base = offsets[0]
+        return [
+            flat[start - base:end - base] if ok else None
+            for ok, start, end in zip(valid, offsets, offsets[1:])
+        ]
+    if not pa.types.is_temporal(array.type):
+        raise error
+    # date32 casts to int32 only; every other temporal type is 64 bits wide.
+    width = pa.int32() if pa.types.is_date32(array.type) else pa.int64()
+    raw = array.cast(width).to_pylist()
+    out = []
+    for value, raw_value in zip(array, raw):
+        try:
+            out.append(safe(value.as_py()))
+        except (OverflowError, ValueError):
+            out.append({"raw": raw_value, "type": str(array.type)})
+    return out
 
 
 def filesystem(uri: str, options: dict):

@@ -26,14 +26,18 @@ pub const DEFAULT_APPLICATION_NAME: &str = "pg2lake";
 /// Time allowed for connecting, TLS and authentication when the URL names none.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Session settings pg2lake always sends, so that the text values pgoutput renders are
-/// unambiguous: ISO dates, the plain interval format, UTC offsets, and floats that
-/// round-trip exactly.
-pub const SESSION_OPTIONS: [(&str, &str); 4] = [
+/// Session settings pg2lake always sends, on the replication connection (pgoutput's
+/// text values) and the SQL one (the snapshot's COPY), so that text values are
+/// unambiguous: ISO dates, the plain interval format, UTC offsets, floats that
+/// round-trip exactly, bytea in hex, and `money` in the C locale (`-$1,234.56`: a fixed
+/// sign, separator and two fractional digits, whatever the database's locale).
+pub const SESSION_OPTIONS: [(&str, &str); 6] = [
     ("datestyle", "ISO"),
     ("intervalstyle", "postgres"),
     ("timezone", "UTC"),
     ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+    ("lc_monetary", "C"),
 ];
 
 /// Where the server listens.
