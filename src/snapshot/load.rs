@@ -356,7 +356,9 @@ fn copy_sql(schema: &TableSchema, from: Option<i64>, to: Option<i64>) -> String 
             if binary::decodes(column) {
                 name
             } else {
-                format!("CASE WHEN {name} IS NULL THEN NULL ELSE format('%s', {name}) END")
+                // num_nulls, not IS NULL: a composite whose fields are all null IS NULL
+                // but is a value ("(,)"), and only a true NULL may become one.
+                format!("CASE WHEN num_nulls({name}) = 1 THEN NULL ELSE format('%s', {name}) END")
             }
         })
         .collect();
