@@ -50,8 +50,9 @@ use super::copy::{BinaryRows, CopyFormatError};
 use super::progress::{Progress, TableProgress};
 use super::{SnapshotError, SnapshotPoint, TableReport};
 
-/// Rows per Arrow chunk handed to the Parquet writer (as the streaming path).
-const CHUNK_ROWS: usize = 8192;
+/// Rows per Arrow chunk handed to the Parquet writer: larger than the streaming path's,
+/// since a snapshot chunk never waits for a transaction to end (bytes bound it too).
+const CHUNK_ROWS: usize = 65_536;
 /// Bytes per Arrow chunk handed to the Parquet writer.
 const CHUNK_BYTES: usize = 8 * 1024 * 1024;
 /// Chunks queued per table between its copying connections and its writer.
