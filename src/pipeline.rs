@@ -222,16 +222,7 @@ async fn session(
     lake.check_writable().await?;
     catalog::ensure_publication(&client, &config.source.publication, &tables).await?;
     let app_id = lake::app_id(&config.source.slot);
-    let mut types = type_catalog(config)?;
-    let mut replicated = open_tables(
-        &client,
-        &lake,
-        &tables,
-        &app_id,
-        &mut types,
-        config.schema.on_type_change,
-    )
-    .await?;
+    let (mut replicated, types) = open_tables(config, &client, &lake, &tables, &app_id).await?;
     let unloaded = snapshot::unloaded(&replicated);
     snapshot::check_readable(&client, &replicated, &unloaded).await?;
 
@@ -310,15 +301,18 @@ async fn session(
 }
 
 /// Opens (or creates) the lake table of every table in `tables`; see [`open_table`].
-/// Column types with database-specific OIDs are looked up into `types` first.
+/// Column types with database-specific OIDs are looked up first, into the type catalog
+/// returned with the tables (the configured column types and policy come from `config`).
 pub(crate) async fn open_tables(
+    config: &Config,
     client: &Client,
     lake: &Lake,
     tables: &[crate::config::TableName],
     app_id: &str,
-    types: &mut TypeCatalog,
-    policy: TypeChangePolicy,
-) -> Result<Vec<ReplicatedTable>, PipelineError> {
+) -> Result<(Vec<ReplicatedTable>, TypeCatalog), PipelineError> {
+    let mut catalog_types = type_catalog(config)?;
+    let types = &mut catalog_types;
+    let policy = config.schema.on_type_change;
     let mut replicated = Vec::with_capacity(tables.len());
     for table in tables {
         let columns = catalog::table_columns(client, table).await?;
@@ -353,7 +347,7 @@ pub(crate) async fn open_tables(
             "column_types names no column of a replicated table; it applies once such a column appears (fix: check the schema.table.column spelling)"
         );
     }
-    Ok(replicated)
+    Ok((replicated, catalog_types))
 }
 
 /// Copies `tables[unloaded]` at `point`; `false` when shutdown came first. Nothing of an

@@ -14,9 +14,9 @@ use arrow::datatypes::{
 };
 
 use super::text::{
-    ArrayShape, RangeFlags, decode_bytea, decode_hex, parse_array, parse_bool, parse_date,
-    parse_decimal, parse_float, parse_hstore, parse_int, parse_interval, parse_money, parse_range,
-    parse_time, parse_timestamp, parse_timetz,
+    ArrayShape, RangeFlags, decode_hex, parse_array, parse_bool, parse_date, parse_decimal,
+    parse_float, parse_hstore, parse_int, parse_interval, parse_money, parse_range, parse_time,
+    parse_timestamp, parse_timetz,
 };
 use super::{OFFSET_BYTES, ValueError, binary};
 use crate::schema::{
@@ -79,11 +79,14 @@ pub(super) enum Column {
         values: Primitive<Decimal128Type>,
     },
     Text(StringBuilder),
+    /// `bytea` (`\x` then hex digits) and hex-printed binary types (PostGIS EWKB).
     Bytea {
         builder: BinaryBuilder,
         staged: bool,
         /// The decoded bytes of the staged value; reused across rows.
         scratch: Vec<u8>,
+        /// Whether the text starts with bytea's `\x`.
+        prefixed: bool,
     },
     Date(Primitive<Date32Type>),
     Timestamp {
@@ -111,11 +114,6 @@ pub(super) enum Column {
         /// Unescaped keys and values of the staged map; reused across rows.
         scratch: Vec<u8>,
         pairs: Vec<(Range<usize>, Option<Range<usize>>)>,
-    },
-    HexBinary {
-        builder: BinaryBuilder,
-        staged: bool,
-        scratch: Vec<u8>,
     },
     Array(Box<ListColumn>),
     Range(Box<RangeColumn>),
@@ -293,6 +291,7 @@ impl Column {
                 builder: BinaryBuilder::new(),
                 staged: false,
                 scratch: Vec::new(),
+                prefixed: true,
             },
             Conversion::Date => Column::Date(Primitive::new(conversion)),
             Conversion::Timestamp => Column::Timestamp {
@@ -349,10 +348,11 @@ impl Column {
                     bounds: [None, None],
                 }))
             }
-            Conversion::HexBinary => Column::HexBinary {
+            Conversion::HexBinary => Column::Bytea {
                 builder: BinaryBuilder::new(),
                 staged: false,
                 scratch: Vec::new(),
+                prefixed: false,
             },
             Conversion::Array(element) => {
                 let element = element.conversion();
@@ -415,12 +415,20 @@ impl Column {
                 None => Ok(OFFSET_BYTES),
             },
             Column::Bytea {
-                staged, scratch, ..
+                staged,
+                scratch,
+                prefixed,
+                ..
             } => {
                 *staged = false;
                 match text {
                     Some(text) => {
-                        decode_bytea(text, scratch)?;
+                        let hex = if *prefixed {
+                            text.strip_prefix(b"\\x").ok_or(ValueError::ByteaNotHex)?
+                        } else {
+                            text
+                        };
+                        decode_hex(hex, scratch)?;
                         *staged = true;
                         Ok(scratch.len() + OFFSET_BYTES)
                     }
@@ -472,19 +480,6 @@ impl Column {
                 }
                 *staged = true;
                 Ok(scratch.len() + OFFSET_BYTES * (1 + 2 * pairs.len()))
-            }
-            Column::HexBinary {
-                staged, scratch, ..
-            } => {
-                *staged = false;
-                match text {
-                    Some(text) => {
-                        decode_hex(text, scratch)?;
-                        *staged = true;
-                        Ok(scratch.len() + OFFSET_BYTES)
-                    }
-                    None => Ok(OFFSET_BYTES),
-                }
             }
             Column::Array(list) => list.stage(text),
             Column::Range(range) => range.stage(text),
@@ -548,6 +543,7 @@ impl Column {
                 builder,
                 staged,
                 scratch,
+                ..
             } => {
                 if std::mem::take(staged) {
                     builder.append_value(scratch.as_slice());
@@ -612,17 +608,6 @@ impl Column {
                 // Keys and values were appended in pairs, so this cannot fail.
                 let _ = builder.append(valid);
             }
-            Column::HexBinary {
-                builder,
-                staged,
-                scratch,
-            } => {
-                if std::mem::take(staged) {
-                    builder.append_value(scratch.as_slice());
-                } else {
-                    builder.append_null();
-                }
-            }
             Column::Array(list) => list.commit(),
             Column::Range(range) => range.commit(),
         }
@@ -675,7 +660,6 @@ impl Column {
                 nulls.finish(),
             )),
             Column::Hstore { builder, .. } => Arc::new(builder.finish()),
-            Column::HexBinary { builder, .. } => Arc::new(builder.finish()),
             Column::Array(list) => list.finish(),
             Column::Range(range) => range.finish(),
         }

@@ -117,23 +117,6 @@ pub(super) fn parse_decimal(text: &[u8], precision: u8, scale: i8) -> Result<i12
     Ok(if negative { -value } else { value })
 }
 
-/// `\x` followed by pairs of hex digits, decoded into `out` (cleared first).
-pub(super) fn decode_bytea(text: &[u8], out: &mut Vec<u8>) -> Result<(), ValueError> {
-    out.clear();
-    let hex = text.strip_prefix(b"\\x").ok_or(ValueError::ByteaNotHex)?;
-    if !hex.len().is_multiple_of(2) {
-        return Err(ValueError::Malformed);
-    }
-    out.reserve(hex.len() / 2);
-    for pair in hex.chunks_exact(2) {
-        let [high, low] = pair else {
-            return Err(ValueError::Malformed);
-        };
-        out.push((hex_digit(*high)? << 4) | hex_digit(*low)?);
-    }
-    Ok(())
-}
-
 fn hex_digit(byte: u8) -> Result<u8, ValueError> {
     match byte {
         b'0'..=b'9' => Ok(byte - b'0'),
@@ -477,7 +460,8 @@ fn parse_interval_clock(text: &[u8], negative: bool) -> Result<i64, ValueError> 
     i64::try_from(signed).map_err(|_| ValueError::OutOfRange)
 }
 
-/// Hex digits without a prefix (PostGIS prints EWKB so), decoded into `out`.
+/// Hex digits, decoded into `out` (cleared first): bytea after its `\x`, and PostGIS's
+/// EWKB, which is printed without a prefix.
 pub(super) fn decode_hex(text: &[u8], out: &mut Vec<u8>) -> Result<(), ValueError> {
     out.clear();
     if !text.len().is_multiple_of(2) {

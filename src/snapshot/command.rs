@@ -45,16 +45,8 @@ pub async fn run(config: &Config, no_slot: bool) -> Result<(), PipelineError> {
         catalog::ensure_publication(&client, &config.source.publication, &tables).await?;
         lake::app_id(slot)
     };
-    let mut types = pipeline::type_catalog(config)?;
-    let mut replicated = pipeline::open_tables(
-        &client,
-        &lake,
-        &tables,
-        &app_id,
-        &mut types,
-        config.schema.on_type_change,
-    )
-    .await?;
+    let (mut replicated, _) =
+        pipeline::open_tables(config, &client, &lake, &tables, &app_id).await?;
     let unloaded = super::unloaded(&replicated);
     let mut lines = Vec::new();
     for table in &replicated {
