@@ -11,11 +11,8 @@ use arrow::datatypes::{
 use super::text::{parse_date, parse_decimal, parse_timestamp};
 use super::*;
 use crate::pg::pgoutput::RelationColumn;
+use crate::schema::fixtures::typmod;
 use crate::schema::oid;
-
-fn typmod(precision: i32, scale: i32) -> i32 {
-    ((precision << 16) | (scale & 0x7ff)) + 4
-}
 
 fn table(columns: &[(&str, u32, i32)]) -> Arc<TableSchema> {
     let columns: Vec<RelationColumn> = columns

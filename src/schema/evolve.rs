@@ -418,16 +418,8 @@ fn holds(known: &SourceColumn, incoming: &SourceColumn) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::fixtures::{col, typmod};
     use crate::schema::oid;
-
-    fn col(name: &str, type_oid: u32, type_modifier: i32) -> RelationColumn {
-        RelationColumn {
-            is_key: false,
-            name: name.to_owned(),
-            type_oid,
-            type_modifier,
-        }
-    }
 
     /// varchar(n)'s typmod.
     fn varchar(n: i32) -> i32 {
@@ -635,11 +627,6 @@ mod tests {
             ),
             Err(SchemaError::IncompatibleType { .. })
         ));
-    }
-
-    /// The typmod Postgres stores for `numeric(p,s)`.
-    fn typmod(precision: i32, scale: i32) -> i32 {
-        ((precision << 16) | scale) + 4
     }
 
     #[test]

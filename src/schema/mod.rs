@@ -30,6 +30,8 @@
 //!   readable by column name.
 
 mod evolve;
+#[cfg(test)]
+pub(crate) mod fixtures;
 mod types;
 mod widen;
 
@@ -1004,21 +1006,8 @@ fn meta_fields() -> [Field; 7] {
 
 #[cfg(test)]
 mod tests {
+    use super::fixtures::{col, typmod};
     use super::*;
-
-    fn col(name: &str, type_oid: u32, type_modifier: i32) -> RelationColumn {
-        RelationColumn {
-            is_key: false,
-            name: name.to_owned(),
-            type_oid,
-            type_modifier,
-        }
-    }
-
-    /// The typmod Postgres stores for `numeric(p,s)`.
-    fn typmod(precision: i32, scale: i32) -> i32 {
-        ((precision << 16) | (scale & 0x7ff)) + 4
-    }
 
     #[test]
     fn maps_scalar_types() {

@@ -270,6 +270,7 @@ pub(super) const fn max_nesting() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::fixtures::{col as column, typmod};
     use crate::schema::{Element, arrow_type};
 
     fn described(name: &str, kind: CatalogKind) -> Option<CatalogType> {
@@ -279,20 +280,6 @@ mod tests {
             extension: None,
             kind,
         })
-    }
-
-    fn column(name: &str, type_oid: u32, type_modifier: i32) -> RelationColumn {
-        RelationColumn {
-            is_key: false,
-            name: name.to_owned(),
-            type_oid,
-            type_modifier,
-        }
-    }
-
-    /// numeric(p,s)'s typmod.
-    fn typmod(precision: i32, scale: i32) -> i32 {
-        ((precision << 16) | (scale & 0x7ff)) + 4
     }
 
     const MOOD: u32 = 20_000;
