@@ -9,24 +9,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::lake::{assert_no_duplicates, fold, wait_caught_up};
+use support::load::Rng;
 use support::service::{ConfigFile, Service, config_yaml};
 use support::{PgServer, read_delta};
-
-/// A deterministic xorshift generator: the load is reproducible from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// Writes random multi-statement transactions (inserts, updates, deletes over 2,000 keys,
 /// across two tables) until `stop` is set. Returns how many transactions committed.

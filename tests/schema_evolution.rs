@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::lake::{Row, assert_no_duplicates, fold, op, wait_caught_up};
+use support::load::write_until;
 use support::service::{ConfigFile, Service, config_yaml, run_command};
 use support::{PgServer, S3Server, read_delta, read_delta_at};
 
@@ -93,21 +94,15 @@ fn assert_state(
 
 /// Writes small transactions touching only columns every ALTER below keeps, until `stop`.
 async fn background_writes(client: tokio_postgres::Client, stop: Arc<AtomicBool>) -> u64 {
-    let mut n: u64 = 0;
-    while !stop.load(Ordering::Relaxed) {
-        n += 1;
-        let id = 100_000 + n;
-        client
-            .batch_execute(&format!(
-                "BEGIN; INSERT INTO items (id, qty, code) VALUES ({id}, {n}, 'bg');
-                 UPDATE items SET qty = qty + 1 WHERE id = {}; COMMIT;",
-                1 + n % 20
-            ))
-            .await
-            .expect("background write");
-        tokio::time::sleep(Duration::from_millis(40)).await;
-    }
-    n
+    write_until(client, stop, Duration::from_millis(40), |n| {
+        format!(
+            "BEGIN; INSERT INTO items (id, qty, code) VALUES ({}, {n}, 'bg');
+             UPDATE items SET qty = qty + 1 WHERE id = {}; COMMIT;",
+            100_000 + n,
+            1 + n % 20
+        )
+    })
+    .await
 }
 
 fn column_names(read: &support::DeltaRead) -> Vec<&str> {
@@ -413,12 +408,10 @@ async fn an_incompatible_type_change_stops_with_a_clear_error_under_fail() {
 }
 
 /// Inserts rows, now and then adding a column and filling it, and once widening `v`,
-/// until `stop`.
+/// until `stop`. Returns how many columns it added.
 async fn load_with_ddl(client: tokio_postgres::Client, stop: Arc<AtomicBool>) -> u32 {
     let mut added = 0;
-    let mut n: u32 = 0;
-    while !stop.load(Ordering::Relaxed) {
-        n += 1;
+    write_until(client, stop, Duration::from_millis(10), |n| {
         let mut sql = format!("BEGIN; INSERT INTO log (id, v) VALUES ({n}, {n});");
         if n == 40 {
             // A widening: the lake table is rewritten in the version that commits this.
@@ -431,9 +424,9 @@ async fn load_with_ddl(client: tokio_postgres::Client, stop: Arc<AtomicBool>) ->
             ));
         }
         sql.push_str("COMMIT;");
-        client.batch_execute(&sql).await.expect("load transaction");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        sql
+    })
+    .await;
     added
 }
 
@@ -579,19 +572,13 @@ fn every_version_keeps_every_change(table: &str) -> Vec<support::DeltaRead> {
 
 /// Inserts into `wide` until `stop`, touching only `id` and `note`, which no ALTER changes.
 async fn note_writes(client: tokio_postgres::Client, stop: Arc<AtomicBool>) -> u64 {
-    let mut n: u64 = 0;
-    while !stop.load(Ordering::Relaxed) {
-        n += 1;
-        client
-            .batch_execute(&format!(
-                "INSERT INTO wide (id, note) VALUES ({}, 'bg{n}')",
-                100_000 + n
-            ))
-            .await
-            .expect("background write");
-        tokio::time::sleep(Duration::from_millis(40)).await;
-    }
-    n
+    write_until(client, stop, Duration::from_millis(40), |n| {
+        format!(
+            "INSERT INTO wide (id, note) VALUES ({}, 'bg{n}')",
+            100_000 + n
+        )
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -797,21 +784,15 @@ async fn widening_rewrites_the_lake_in_place_while_writes_continue() {
 /// Inserts rows with a numeric qty until `stop`; the INSERT works whether qty is int or
 /// text (an assignment cast), so writes go on across the type change.
 async fn qty_writes(client: tokio_postgres::Client, stop: Arc<AtomicBool>) -> u64 {
-    let mut n: u64 = 0;
-    while !stop.load(Ordering::Relaxed) {
-        n += 1;
-        client
-            .batch_execute(&format!(
-                "BEGIN; INSERT INTO items (id, qty, code) VALUES ({}, {n}, 'bg');
-                 UPDATE items SET code = 'u{n}' WHERE id = {}; COMMIT;",
-                100_000 + n,
-                1 + n % 20
-            ))
-            .await
-            .expect("background write");
-        tokio::time::sleep(Duration::from_millis(40)).await;
-    }
-    n
+    write_until(client, stop, Duration::from_millis(40), |n| {
+        format!(
+            "BEGIN; INSERT INTO items (id, qty, code) VALUES ({}, {n}, 'bg');
+             UPDATE items SET code = 'u{n}' WHERE id = {}; COMMIT;",
+            100_000 + n,
+            1 + n % 20
+        )
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::lake::{Row, assert_no_duplicates, fold, lsn, op, wait_caught_up};
+use support::load::{Rng, write_until};
 use support::service::{ConfigFile, Service, config_yaml, run_command};
 use support::{PgServer, read_delta, try_read_delta};
 
@@ -64,36 +65,28 @@ async fn slot_count(client: &tokio_postgres::Client) -> i64 {
 /// Writes transactions of inserts, updates and deletes over `items` (ids 1..=keys) until
 /// `stop` is set. Returns how many committed.
 async fn write_load(client: tokio_postgres::Client, stop: Arc<AtomicBool>, keys: u64) -> u64 {
-    let mut state = 0x2545_F491_4F6C_DD1D_u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let mut committed = 0;
-    while !stop.load(Ordering::Relaxed) {
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    write_until(client, stop, Duration::ZERO, |_| {
         let mut sql = String::from("BEGIN;");
-        for _ in 0..1 + next() % 5 {
-            let id = 1 + next() % keys;
-            match next() % 3 {
+        for _ in 0..1 + rng.below(5) {
+            let id = 1 + rng.below(keys);
+            match rng.below(3) {
                 0 => sql.push_str(&format!(
                     "INSERT INTO items VALUES ({id}, {}, 'i{}') ON CONFLICT (id) DO UPDATE SET qty = EXCLUDED.qty, note = EXCLUDED.note;",
-                    next() % 1000,
-                    next()
+                    rng.below(1000),
+                    rng.next()
                 )),
                 1 => sql.push_str(&format!(
                     "UPDATE items SET qty = qty + 1, note = 'u{}' WHERE id = {id};",
-                    next()
+                    rng.next()
                 )),
                 _ => sql.push_str(&format!("DELETE FROM items WHERE id = {id};")),
             }
         }
         sql.push_str("COMMIT;");
-        client.batch_execute(&sql).await.expect("load transaction");
-        committed += 1;
-    }
-    committed
+        sql
+    })
+    .await
 }
 
 /// The folded lake of `table` (keyed by `id`, columns id/qty/note) equals the source.

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::lake::{Row, assert_no_duplicates, fold, op, wait_caught_up};
+use support::load::{Rng, write_until};
 use support::service::{ConfigFile, Service, config_yaml, run_command};
 use support::{PgServer, read_delta};
 
@@ -218,24 +219,16 @@ async fn split_copy_partitioned_and_keyless_tables_land_exactly_once() {
 
 /// Updates random rows of `a` and `b` (ids 1..=1000) in small transactions until `stop`.
 async fn write_both(client: tokio_postgres::Client, stop: Arc<AtomicBool>) -> u64 {
-    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-    let mut committed = 0;
-    while !stop.load(Ordering::Relaxed) {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let id = 1 + state % 1000;
-        client
-            .batch_execute(&format!(
-                "BEGIN; UPDATE a SET v = v + 1 WHERE id = {id}; UPDATE b SET v = v + 1 WHERE id = {id};
-                 INSERT INTO b VALUES ({}, 0) ON CONFLICT DO NOTHING; COMMIT;",
-                1000 + committed
-            ))
-            .await
-            .expect("write");
-        committed += 1;
-    }
-    committed
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    write_until(client, stop, Duration::ZERO, |n| {
+        let id = 1 + rng.below(1000);
+        format!(
+            "BEGIN; UPDATE a SET v = v + 1 WHERE id = {id}; UPDATE b SET v = v + 1 WHERE id = {id};
+             INSERT INTO b VALUES ({}, 0) ON CONFLICT DO NOTHING; COMMIT;",
+            999 + n
+        )
+    })
+    .await
 }
 
 /// `id → v` of the folded lake table.

@@ -20,6 +20,7 @@
 #![allow(dead_code)]
 
 pub mod lake;
+pub mod load;
 pub mod service;
 
 use std::ffi::OsStr;
