@@ -142,14 +142,7 @@ fn snapshot(config: &ConfigFile) -> (Duration, u64) {
         .expect("start pg2lake snapshot");
     let mut peak = 0;
     let status = loop {
-        let hwm = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .unwrap_or(0);
-        peak = peak.max(hwm);
+        peak = peak.max(support::service::peak_rss_of(child.id()));
         if let Some(status) = child.try_wait().expect("try_wait") {
             break status;
         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::lake::{Row, assert_no_duplicates, fold, op, wait_caught_up};
 use support::load::{Rng, write_until};
-use support::service::{ConfigFile, Service, config_yaml, run_command};
+use support::service::{ConfigFile, Service, config_yaml, run_command, run_command_measured};
 use support::{PgServer, read_delta};
 
 const COMMAND: Duration = Duration::from_secs(300);
@@ -301,4 +301,73 @@ async fn a_table_added_to_the_config_is_loaded_at_its_own_point_while_writes_go_
     assert_eq!(folded(lake.path(), "b"), source(&db, "b").await, "b");
     let b_rows = lake_rows(lake.path(), "b");
     assert!(b_rows.iter().any(|r| op(r) == "r") && b_rows.iter().any(|r| op(r) != "r"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_larger_than_memory_bound_stays_within_it() {
+    let pg = PgServer::start();
+    let url = pg.create_database("big").await;
+    let db = pg.connect("big").await;
+    // About 460 MB of row data, far more than the copy may hold at once.
+    db.batch_execute(
+        "CREATE TABLE wide (id bigint PRIMARY KEY, body text NOT NULL);
+         ALTER TABLE wide ALTER COLUMN body SET STORAGE PLAIN;
+         INSERT INTO wide SELECT g, repeat(md5(g::text), 14) FROM generate_series(1, 1000000) g;",
+    )
+    .await
+    .expect("build the table");
+    let source_bytes: i64 = db
+        .query_one("SELECT sum(octet_length(body))::int8 FROM wide", &[])
+        .await
+        .expect("size")
+        .get(0);
+    let lake = tempfile::tempdir().expect("tempdir");
+    let config = ConfigFile::new(&config_yaml(
+        &url,
+        "big",
+        &["public.wide"],
+        &lake.path().display().to_string(),
+        "snapshot:\n  parallelism: 2\n  range_size: 16MiB\n",
+    ));
+    let path = config.path().display().to_string();
+    let (out, peak) = run_command_measured(
+        &[
+            "snapshot",
+            "--no-slot",
+            "--config",
+            &path,
+            "--log-format",
+            "json",
+        ],
+        &[],
+        COMMAND,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "snapshot failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        support::count_delta_rows(&lake.path().join("public/wide")),
+        1_000_000
+    );
+    // Chunks of 8 MiB per connection, four queued per table, one row group and one file
+    // being written: far below the table. Buffering the table would pass 400 MiB.
+    const BOUND: u64 = 320 << 20;
+    assert!(
+        source_bytes as u64 > BOUND,
+        "the table ({source_bytes} bytes) must exceed the bound"
+    );
+    println!(
+        "snapshot of a {} MiB table: peak RSS {} MiB",
+        source_bytes >> 20,
+        peak >> 20
+    );
+    assert!(
+        peak < BOUND,
+        "peak RSS {} MiB for a {} MiB table",
+        peak >> 20,
+        source_bytes >> 20
+    );
 }

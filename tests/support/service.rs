@@ -90,14 +90,7 @@ impl Service {
 
     /// Peak resident memory of the process so far (VmHWM), in bytes.
     pub fn peak_rss(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .unwrap_or(0)
+        peak_rss_of(self.pid())
     }
 
     /// Waits until the service logs that it streams changes (slot, publication and
@@ -187,6 +180,15 @@ fn signal(pid: u32, name: &str) {
 
 /// Runs `pg2lake <args…>` to completion with a timeout, capturing its output.
 pub fn run_command(args: &[&str], envs: &[(String, String)], timeout: Duration) -> Output {
+    run_command_measured(args, envs, timeout).0
+}
+
+/// [`run_command`], also returning the peak resident memory (VmHWM) seen while it ran.
+pub fn run_command_measured(
+    args: &[&str],
+    envs: &[(String, String)],
+    timeout: Duration,
+) -> (Output, u64) {
     let mut child = Command::new(pg2lake_bin())
         .args(args)
         .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -196,9 +198,11 @@ pub fn run_command(args: &[&str], envs: &[(String, String)], timeout: Duration) 
         .spawn()
         .expect("start pg2lake");
     let deadline = Instant::now() + timeout;
+    let mut peak = 0;
     loop {
+        peak = peak.max(peak_rss_of(child.id()));
         if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("output");
+            return (child.wait_with_output().expect("output"), peak);
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -208,6 +212,17 @@ pub fn run_command(args: &[&str], envs: &[(String, String)], timeout: Duration) 
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Peak resident memory (VmHWM) of process `pid` so far, in bytes; 0 once it is gone.
+pub fn peak_rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
 }
