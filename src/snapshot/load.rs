@@ -122,20 +122,18 @@ pub async fn copy_tables(
     };
     let first = begin(params, point).await?;
     let err = |what| SnapshotError::query("*", what);
-    let commit_ts_micros: i64 = first
-        .query_one("SELECT (extract(epoch FROM now()) * 1000000)::int8", &[])
-        .await
-        .map_err(err("reading the snapshot time"))?
-        .get(0);
-    let server = first
+    let row = first
         .query_one(
-            "SELECT current_setting('server_version_num')::int, current_setting('block_size')::int8",
+            "SELECT (extract(epoch FROM now()) * 1000000)::int8, \
+                    current_setting('server_version_num')::int, \
+                    current_setting('block_size')::int8",
             &[],
         )
         .await
-        .map_err(err("reading the server version"))?;
-    let version_num: i32 = server.get(0);
-    let block_size: i64 = server.get(1);
+        .map_err(err("reading the snapshot time and server settings"))?;
+    let commit_ts_micros: i64 = row.get(0);
+    let version_num: i32 = row.get(1);
+    let block_size: i64 = row.get(2);
     let range_pages =
         (i64::try_from(options.range_size.as_u64()).unwrap_or(i64::MAX) / block_size.max(1)).max(1);
     let split = parallelism > 1 && version_num >= TID_RANGE_SCAN_VERSION;
@@ -244,7 +242,7 @@ pub async fn copy_tables(
                 Ok((slot, table, Ok(report))) => {
                     slots[slot] = Some(table);
                     metrics::global().snapshot_tables_pending.dec();
-                    reports.push(report);
+                    reports.push((slot, report));
                 }
                 Ok((_, _, Err(error @ SnapshotError::Interrupted { .. }))) => {
                     consequence = Some(error);
@@ -260,14 +258,8 @@ pub async fn copy_tables(
     }
     *tables = slots.into_iter().flatten().collect();
     // Report in the order the tables were asked for.
-    reports.sort_by_key(|r| {
-        indices.iter().position(|&i| {
-            tables
-                .get(i)
-                .is_some_and(|t| t.schema().qualified_name() == r.table)
-        })
-    });
-    Ok(reports)
+    reports.sort_by_key(|(slot, _)| indices.iter().position(|i| i == slot));
+    Ok(reports.into_iter().map(|(_, report)| report).collect())
 }
 
 /// A connection inside the snapshot: a read-only repeatable-read transaction that
