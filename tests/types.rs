@@ -1256,6 +1256,67 @@ async fn catalog_types_added_mid_stream_are_looked_up_and_typed() {
     assert_eq!(row["qs"], serde_json::json!(["1.500", null]));
 }
 
+/// The walsender may send a transaction before the committing backend has made it
+/// visible to other sessions, so a Relation message can name a type that a catalog query
+/// does not see yet. The lookup waits for it instead of recording it as dropped (which
+/// would store the column as text); an OID that never appears is recorded as dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_type_not_visible_yet_is_looked_up_until_it_commits() {
+    use pg2lake::pg::catalog::resolve_types;
+    use pg2lake::pg::pgoutput::RelationColumn;
+    use pg2lake::schema::{CatalogKind, TypeCatalog};
+
+    let pg = PgServer::start();
+    pg.create_database("visibility").await;
+    let creator = pg.connect("visibility").await;
+    let reader = pg.connect("visibility").await;
+    creator
+        .batch_execute("BEGIN; CREATE DOMAIN late_qty AS numeric(8,3);")
+        .await
+        .expect("create the domain, uncommitted");
+    let row = creator
+        .query_one("SELECT 'late_qty'::regtype::oid", &[])
+        .await
+        .expect("the domain's oid");
+    let late: u32 = row.get(0);
+    let column = |type_oid| RelationColumn {
+        is_key: false,
+        name: "q".to_owned(),
+        type_oid,
+        type_modifier: -1,
+    };
+
+    let lookup = tokio::spawn(async move {
+        let mut types = TypeCatalog::default();
+        resolve_types(&reader, &mut types, &[column(late)])
+            .await
+            .expect("type lookup");
+        (types, reader)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !lookup.is_finished(),
+        "the lookup waits for the invisible type"
+    );
+    creator.batch_execute("COMMIT").await.expect("commit");
+    let (mut types, reader) = lookup.await.expect("lookup task");
+    let described = types.get(late).expect("the domain, once committed");
+    assert_eq!(described.qualified_name, "public.late_qty");
+    assert!(
+        matches!(described.kind, CatalogKind::Domain { base: 1700, .. }),
+        "a domain over numeric: {:?}",
+        described.kind
+    );
+
+    // An OID nobody creates: recorded as dropped after the wait, and not looked up again.
+    let never = 4_000_000_000;
+    resolve_types(&reader, &mut types, &[column(never)])
+        .await
+        .expect("type lookup");
+    assert!(types.get(never).is_none());
+    assert!(types.unresolved([never]).is_empty(), "recorded as dropped");
+}
+
 /// A value too wide for its `column_types` decimal stops pg2lake with a one-line error
 /// naming the table, column, type and setting, and commits nothing of its transaction;
 /// an entry naming no column is reported at start.

@@ -4,6 +4,8 @@
 //! Everything here is plain SQL through tokio-postgres; the replication connection
 //! (see [`super::replication`]) is used only for the walsender commands.
 
+use std::time::{Duration, Instant};
+
 use tokio_postgres::Client;
 
 use crate::config::{TableName, TablePattern};
@@ -248,9 +250,22 @@ pub async fn table_columns(
         .collect())
 }
 
+/// How long [`resolve_types`] waits for a type it cannot see yet to become visible.
+///
+/// The walsender may send a transaction as soon as its commit record is flushed, which is
+/// before the committing backend makes the transaction visible to other sessions. A
+/// Relation message can therefore name a type created in that very transaction while a
+/// catalog query on another connection does not see it yet; the gap is usually
+/// microseconds, more on a loaded machine.
+const TYPE_VISIBILITY_WAIT: Duration = Duration::from_secs(2);
+
 /// Looks up, once per OID, the types of `columns` that have database-specific OIDs
 /// (enums, domains, composites, extension types, arrays of those), following domains to
 /// their base type and arrays to their element, and records them in `types`.
+///
+/// An OID the catalog does not hold is looked up again for up to
+/// [`TYPE_VISIBILITY_WAIT`] (see there) before it is recorded as dropped, in which case
+/// its values keep their text form.
 pub async fn resolve_types(
     client: &Client,
     types: &mut TypeCatalog,
@@ -259,22 +274,52 @@ pub async fn resolve_types(
     let mut wanted = types.unresolved(columns.iter().map(|c| c.type_oid));
     // Domains over domains and arrays of domains: a few rounds at most.
     while !wanted.is_empty() {
-        let rows = client
-            .query(
-                "SELECT t.oid, t.typtype::text, t.typcategory::text, t.typbasetype, t.typtypmod, \
-                   t.typelem, t.typname::text, n.nspname::text, \
-                   (SELECT e.extname::text FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid \
-                     WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e' \
-                     LIMIT 1) \
-                 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
-                 WHERE t.oid = ANY($1)",
-                &[&wanted],
-            )
-            .await
-            .map_err(CatalogError::query("reading column types from pg_type"))?;
         let mut next = Vec::new();
-        for row in &rows {
-            let type_oid: u32 = row.get(0);
+        let mut pause = Duration::from_millis(5);
+        let deadline = Instant::now() + TYPE_VISIBILITY_WAIT;
+        loop {
+            for (type_oid, described) in describe_types(client, &wanted).await? {
+                next.extend(TypeCatalog::references(&described));
+                types.insert(type_oid, Some(described));
+            }
+            wanted.retain(|&type_oid| types.get(type_oid).is_none());
+            if wanted.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            tracing::debug!(?wanted, "column types not visible yet, looking again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+        for &type_oid in &wanted {
+            // Dropped since the change was logged: its text form is all there is.
+            types.insert(type_oid, None);
+        }
+        wanted = types.unresolved(next);
+    }
+    Ok(())
+}
+
+/// The catalog's description of each of `oids` that `pg_type` holds.
+async fn describe_types(
+    client: &Client,
+    oids: &[u32],
+) -> Result<Vec<(u32, CatalogType)>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT t.oid, t.typtype::text, t.typcategory::text, t.typbasetype, t.typtypmod, \
+               t.typelem, t.typname::text, n.nspname::text, \
+               (SELECT e.extname::text FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid \
+                 WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e' \
+                 LIMIT 1) \
+             FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
+             WHERE t.oid = ANY($1)",
+            &[&oids],
+        )
+        .await
+        .map_err(CatalogError::query("reading column types from pg_type"))?;
+    Ok(rows
+        .iter()
+        .map(|row| {
             let typtype: String = row.get(1);
             let category: String = row.get(2);
             let kind = match (typtype.as_str(), category.as_str()) {
@@ -298,18 +343,9 @@ pub async fn resolve_types(
                 extension: row.get(8),
                 kind,
             };
-            next.extend(TypeCatalog::references(&described));
-            types.insert(type_oid, Some(described));
-        }
-        for &type_oid in &wanted {
-            if types.get(type_oid).is_none() {
-                // Dropped since the change was logged: its text form is all there is.
-                types.insert(type_oid, None);
-            }
-        }
-        wanted = types.unresolved(next);
-    }
-    Ok(())
+            (row.get(0), described)
+        })
+        .collect())
 }
 
 /// A table's replica identity: which old values Postgres logs for updates and deletes.
