@@ -48,6 +48,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "pg2lake_memory_budget_bytes",
     "pg2lake_object_store_requests_total",
     "pg2lake_object_store_errors_total",
+    "pg2lake_object_store_retries_total",
     "pg2lake_snapshot_rows",
     "pg2lake_snapshot_rows_estimated",
     "pg2lake_snapshot_tables_pending",
@@ -65,7 +66,9 @@ pub const WAL_STATUSES: &[&str] = &["reserved", "extended", "unreserved", "lost"
 /// The values of `pg2lake_errors_total{kind}`.
 pub const ERROR_KINDS: &[&str] = &["object_store", "postgres", "data"];
 
-/// The values of `pg2lake_object_store_requests_total{op}` and `_errors_total{op}`.
+/// The values of `pg2lake_object_store_requests_total{op}`, `_errors_total{op}` and
+/// `_retries_total{op}` (which also has `credentials`, for the S3 client's credential
+/// fetches).
 pub const OBJECT_STORE_OPS: &[&str] = &[
     "put",
     "get",
@@ -144,6 +147,8 @@ pub struct Metrics {
     pub object_store_requests: IntCounterVec,
     /// Object-store requests that failed after the store's own retries, by operation.
     pub object_store_errors: IntCounterVec,
+    /// S3 HTTP attempts that failed in a way the S3 client retries, by operation.
+    pub object_store_retries: IntCounterVec,
     /// Rows the initial load has copied, by table (for the copies of this process).
     pub snapshot_rows: IntGaugeVec,
     /// Rows the initial load expects to copy (planner estimate), by table.
@@ -282,9 +287,17 @@ impl Metrics {
             "Object-store requests that failed after the store's own retries, by operation",
             &["op"],
         );
+        let object_store_retries = counter_vec(
+            &r,
+            "pg2lake_object_store_retries_total",
+            "S3 request attempts that failed in a way the S3 client retries with backoff \
+             (5xx such as 503 Slow Down, 429, 408, connection and timeout errors), by operation",
+            &["op"],
+        );
         for op in OBJECT_STORE_OPS {
             object_store_requests.with_label_values(&[op]).inc_by(0);
             object_store_errors.with_label_values(&[op]).inc_by(0);
+            object_store_retries.with_label_values(&[op]).inc_by(0);
         }
         #[cfg(target_os = "linux")]
         {
@@ -391,6 +404,7 @@ impl Metrics {
             health: Health::new(),
             object_store_requests,
             object_store_errors,
+            object_store_retries,
             snapshot_rows: gauge_vec(
                 &r,
                 "pg2lake_snapshot_rows",

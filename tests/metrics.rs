@@ -4,12 +4,11 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use support::lake::wait_caught_up;
+use support::scrape::{get, sample, sample_or_panic, try_get, with_metrics};
 use support::service::{ConfigFile, Service, config_yaml};
 use support::{PgServer, wait_until};
 
@@ -43,6 +42,7 @@ const DOCUMENTED: &[&str] = &[
     "pg2lake_memory_budget_bytes",
     "pg2lake_object_store_requests_total",
     "pg2lake_object_store_errors_total",
+    "pg2lake_object_store_retries_total",
     "pg2lake_snapshot_rows",
     "pg2lake_snapshot_rows_estimated",
     "pg2lake_snapshot_tables_pending",
@@ -50,55 +50,6 @@ const DOCUMENTED: &[&str] = &[
     "process_cpu_seconds_total",
     "process_open_fds",
 ];
-
-/// One GET against the endpoint: (status code, body).
-fn get(port: u16, path: &str) -> (u16, String) {
-    let mut socket = TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
-    socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
-    write!(socket, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").expect("send request");
-    let mut response = String::new();
-    socket.read_to_string(&mut response).expect("read response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("http head");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    (status, body.to_owned())
-}
-
-/// GET, or `None` while nothing listens yet.
-fn try_get(port: u16, path: &str) -> Option<(u16, String)> {
-    TcpStream::connect(("127.0.0.1", port)).ok()?;
-    Some(get(port, path))
-}
-
-/// The value of the sample `series` (name with labels exactly as exposed).
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let (name, value) = line.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().expect("sample value"))
-    })
-}
-
-fn sample_or_panic(metrics: &str, series: &str) -> f64 {
-    sample(metrics, series).unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
-}
-
-/// The metrics section of a config: listen on `port`, plus `extra` keys.
-fn with_metrics(yaml: &str, port: u16, extra: &str) -> String {
-    let replaced = yaml.replace(
-        "metrics:\n  listen: null\n",
-        &format!("metrics:\n  listen: 127.0.0.1:{port}\n{extra}"),
-    );
-    assert_ne!(
-        replaced, yaml,
-        "config_yaml no longer ends with metrics.listen"
-    );
-    replaced
-}
 
 /// `pg_recvlogical` streaming from `slot`: another consumer that holds the slot.
 fn hold_slot(pg: &PgServer, url: &str, slot: &str) -> Child {

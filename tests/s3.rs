@@ -1,5 +1,6 @@
 //! The same end-to-end path against an S3-compatible server (moto in server mode), with the
-//! lake read back through S3 by the Python `deltalake` reader.
+//! lake read back through S3 by the Python `deltalake` reader; and S3 throttling, retried
+//! and counted.
 
 mod support;
 
@@ -7,8 +8,10 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::lake::{assert_no_duplicates, fold, in_change_order, op, wait_caught_up};
+use support::scrape::{get, sample, with_metrics};
 use support::service::{ConfigFile, Service, config_yaml};
-use support::{PgServer, S3Server, read_delta};
+use support::throttle::ThrottlingProxy;
+use support::{PgServer, S3Server, free_port, read_delta};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn streams_into_an_s3_lake() {
@@ -69,4 +72,88 @@ async fn streams_into_an_s3_lake() {
         "{}",
         service.log()
     );
+}
+
+/// S3 answering `503 Slow Down` to the first requests: the S3 client retries them with
+/// backoff, pg2lake writes the lake as usual, and every throttled attempt shows in
+/// `pg2lake_object_store_retries_total` while `_errors_total` stays at zero.
+#[tokio::test(flavor = "multi_thread")]
+async fn throttled_requests_are_retried_and_counted() {
+    const THROTTLED: usize = 4;
+    let s3 = S3Server::start();
+    let proxy = ThrottlingProxy::start(&s3.endpoint, THROTTLED);
+    let pg = PgServer::start();
+    let url = pg.create_database("throttled").await;
+    let db = pg.connect("throttled").await;
+    db.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY, name text);
+         INSERT INTO items SELECT g, 'n' || g FROM generate_series(1, 50) g;",
+    )
+    .await
+    .unwrap();
+    let lake_url = format!("s3://{}/lake", s3.bucket);
+    let port = free_port();
+    let config = ConfigFile::new(&with_metrics(
+        &config_yaml(
+            &url,
+            "throttled",
+            &["public.items"],
+            &lake_url,
+            &format!(
+                "  endpoint: {}\n  region: us-east-1\n  allow_http: true\n",
+                proxy.endpoint
+            ),
+        ),
+        port,
+        "",
+    ));
+    let credentials = vec![
+        ("AWS_ACCESS_KEY_ID".to_owned(), "test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY".to_owned(), "test".to_owned()),
+    ];
+    let mut service = Service::start(&config, &credentials);
+    service.wait_streaming(Duration::from_secs(60));
+    db.batch_execute("INSERT INTO items SELECT g, 'n' || g FROM generate_series(51, 80) g")
+        .await
+        .unwrap();
+    wait_caught_up(&db, "throttled", Duration::from_secs(60)).await;
+    assert_eq!(
+        proxy.throttled(),
+        THROTTLED,
+        "the proxy throttled its first requests"
+    );
+
+    let (status, metrics) = get(port, "/metrics");
+    assert_eq!(status, 200);
+    let by_op = |name: &str| -> f64 {
+        pg2lake::metrics::OBJECT_STORE_OPS
+            .iter()
+            .chain(std::iter::once(&"credentials"))
+            .filter_map(|op| sample(&metrics, &format!("{name}{{op=\"{op}\"}}")))
+            .sum()
+    };
+    let retries = by_op("pg2lake_object_store_retries_total");
+    assert!(
+        retries >= THROTTLED as f64,
+        "{THROTTLED} throttled attempts, {retries} retries counted:\n{metrics}"
+    );
+    assert_eq!(
+        by_op("pg2lake_object_store_errors_total"),
+        0.0,
+        "every throttled request succeeded on a retry:\n{metrics}"
+    );
+    assert!(by_op("pg2lake_object_store_requests_total") > 0.0);
+    assert!(
+        service.stop(Duration::from_secs(30)).success(),
+        "{}",
+        service.log()
+    );
+
+    let rows = in_change_order(
+        read_delta(&format!("{lake_url}/public/items"), &s3.storage_options()).rows,
+    );
+    assert_no_duplicates(&rows);
+    let state = fold(rows, "id");
+    assert_eq!(state.len(), 80);
+    assert_eq!(state["80"]["name"], json!("n80"));
 }

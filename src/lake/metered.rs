@@ -1,13 +1,19 @@
 //! An object store that counts its requests and failures by operation, for
-//! `pg2lake_object_store_requests_total` and `pg2lake_object_store_errors_total`.
+//! `pg2lake_object_store_requests_total` and `pg2lake_object_store_errors_total`, and an
+//! HTTP connector under the S3 client that counts the attempts it retries, for
+//! `pg2lake_object_store_retries_total`.
 //!
 //! ```text
-//!  Delta log / Parquet writer ─► MeteredStore ─► S3 or local folder
-//!                                  count op, and its failure
+//!  Delta log / Parquet writer ─► MeteredStore ─► S3 client ─► MeteredConnector ─► HTTP
+//!                                  count op,      retries       count retryable
+//!                                  and failure    with backoff  failed attempts
 //! ```
 //!
 //! What counts as a failure: an error the caller sees after the store's own retries
 //! (the S3 client retries throttling, 5xx and connection errors itself, with backoff).
+//! What counts as a retry: an HTTP attempt that failed in a way the S3 client retries
+//! (5xx such as S3's 503 Slow Down, 429, 408, a connection or timeout error); the last
+//! attempt of a request whose retry budget is spent is counted too, and is also a failure.
 //! Answers that are part of normal operation are not failures: not found (probing for a
 //! checkpoint or a table), already exists and precondition failed (a create-only put that
 //! lost a race, which is how Delta detects a concurrent commit), not modified.
@@ -19,6 +25,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use object_store::client::{
+    ClientOptions, HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequest, HttpResponse,
+    HttpService, ReqwestConnector,
+};
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
@@ -185,6 +195,85 @@ impl MultipartUpload for MeteredUpload {
     }
 }
 
+/// Builds the S3 client's HTTP clients (object requests and credential fetches) so that
+/// every attempt passes through [`MeteredHttp`].
+#[derive(Debug, Default)]
+pub struct MeteredConnector {
+    inner: ReqwestConnector,
+}
+
+impl HttpConnector for MeteredConnector {
+    fn connect(&self, options: &ClientOptions) -> Result<HttpClient> {
+        let inner = self.inner.connect(options)?;
+        Ok(HttpClient::new(MeteredHttp { inner }))
+    }
+}
+
+/// One HTTP client of the S3 client; counts the attempts that will be retried.
+#[derive(Debug)]
+struct MeteredHttp {
+    inner: HttpClient,
+}
+
+#[async_trait]
+impl HttpService for MeteredHttp {
+    async fn call(&self, request: HttpRequest) -> std::result::Result<HttpResponse, HttpError> {
+        let op = s3_op(&request);
+        let result = self.inner.execute(request).await;
+        let retryable = match &result {
+            Ok(response) => status_is_retried(response.status().as_u16()),
+            Err(error) => matches!(
+                error.kind(),
+                HttpErrorKind::Connect
+                    | HttpErrorKind::Request
+                    | HttpErrorKind::Timeout
+                    | HttpErrorKind::Interrupted
+            ),
+        };
+        if retryable {
+            metrics::global()
+                .object_store_retries
+                .with_label_values(&[op])
+                .inc();
+        }
+        result
+    }
+}
+
+/// Whether the S3 client retries an answer with this status: server errors (S3 answers
+/// throttling with 503 Slow Down), too many requests, request timeout.
+fn status_is_retried(status: u16) -> bool {
+    (500..600).contains(&status) || status == 429 || status == 408
+}
+
+/// The operation (a value of `OBJECT_STORE_OPS`, or `credentials`) an S3 HTTP request
+/// performs, from its method, query and headers.
+fn s3_op(request: &HttpRequest) -> &'static str {
+    let query = request.uri().query().unwrap_or("");
+    let has = |key: &str| {
+        query
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some(key))
+    };
+    // STS (web identity, assume role) and the instance and container metadata endpoints.
+    let host = request.uri().host().unwrap_or("");
+    if has("Action") || host.starts_with("169.254.") || host.contains("fd00:ec2::254") {
+        return "credentials";
+    }
+    match request.method().as_str() {
+        "PUT" if request.headers().contains_key("x-amz-copy-source") => "copy",
+        "PUT" if has("partNumber") => "multipart_part",
+        "PUT" => "put",
+        "POST" if has("uploads") => "multipart_start",
+        "POST" if has("uploadId") => "multipart_complete",
+        "POST" if has("delete") => "delete",
+        "DELETE" if has("uploadId") => "multipart_abort",
+        "DELETE" => "delete",
+        "GET" if has("list-type") => "list",
+        _ => "get",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use object_store::ObjectStoreExt;
@@ -233,5 +322,86 @@ mod tests {
         assert_eq!(get_errors_now, get_errors);
         let listed: Vec<_> = store.list(Some(&Path::from("metered"))).collect().await;
         assert_eq!(listed.len(), 1);
+    }
+
+    fn request(method: &str, uri: &str, copy: bool) -> HttpRequest {
+        let mut request = HttpRequest::new(object_store::client::HttpRequestBody::empty());
+        *request.method_mut() = method.parse().unwrap();
+        *request.uri_mut() = uri.parse().unwrap();
+        if copy {
+            request.headers_mut().insert(
+                "x-amz-copy-source",
+                object_store::HeaderValue::from_static("/bucket/a"),
+            );
+        }
+        request
+    }
+
+    #[test]
+    fn s3_requests_are_named_by_the_operation_they_perform() {
+        let base = "http://127.0.0.1:9000/bucket/lake/t/part-1.parquet";
+        let cases = [
+            ("PUT", base.to_owned(), false, "put"),
+            ("PUT", base.to_owned(), true, "copy"),
+            (
+                "PUT",
+                format!("{base}?partNumber=2&uploadId=x"),
+                false,
+                "multipart_part",
+            ),
+            ("POST", format!("{base}?uploads"), false, "multipart_start"),
+            (
+                "POST",
+                format!("{base}?uploadId=x"),
+                false,
+                "multipart_complete",
+            ),
+            (
+                "DELETE",
+                format!("{base}?uploadId=x"),
+                false,
+                "multipart_abort",
+            ),
+            ("DELETE", base.to_owned(), false, "delete"),
+            (
+                "POST",
+                "http://127.0.0.1:9000/bucket?delete".to_owned(),
+                false,
+                "delete",
+            ),
+            ("GET", base.to_owned(), false, "get"),
+            ("HEAD", base.to_owned(), false, "get"),
+            (
+                "GET",
+                "http://127.0.0.1:9000/bucket?list-type=2&prefix=lake%2F".to_owned(),
+                false,
+                "list",
+            ),
+            (
+                "POST",
+                "https://sts.amazonaws.com/?Action=AssumeRoleWithWebIdentity".to_owned(),
+                false,
+                "credentials",
+            ),
+            (
+                "PUT",
+                "http://169.254.169.254/latest/api/token".to_owned(),
+                false,
+                "credentials",
+            ),
+        ];
+        for (method, uri, copy, op) in cases {
+            assert_eq!(s3_op(&request(method, &uri, copy)), op, "{method} {uri}");
+        }
+    }
+
+    #[test]
+    fn only_answers_the_s3_client_retries_are_retries() {
+        for status in [500, 502, 503, 504, 429, 408] {
+            assert!(status_is_retried(status), "{status}");
+        }
+        for status in [200, 204, 304, 400, 403, 404, 409, 412] {
+            assert!(!status_is_retried(status), "{status}");
+        }
     }
 }

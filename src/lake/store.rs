@@ -10,7 +10,7 @@ use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use super::metered::MeteredStore;
+use super::metered::{MeteredConnector, MeteredStore};
 use deltalake_core::logstore::{
     LogStore, LogStoreFactory, ObjectStoreRef, StorageConfig, default_logstore, logstore_factories,
 };
@@ -300,7 +300,9 @@ fn s3_store(root: &Url, options: &LakeOptions) -> Result<object_store::aws::Amaz
     let bucket = root.host_str().unwrap_or_default();
     // from_env: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,
     // AWS_WEB_IDENTITY_TOKEN_FILE + AWS_ROLE_ARN (IRSA), AWS_ENDPOINT_URL, …
-    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_http_connector(MeteredConnector::default());
     if let Some(endpoint) = &options.endpoint {
         builder = builder.with_endpoint(endpoint.trim_end_matches('/'));
     }

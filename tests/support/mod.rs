@@ -21,7 +21,9 @@
 
 pub mod lake;
 pub mod load;
+pub mod scrape;
 pub mod service;
+pub mod throttle;
 
 use std::ffi::OsStr;
 use std::io::{Read, Write};
