@@ -66,7 +66,7 @@ pg_bindir() {
     fi
 }
 
-# ensure_system_packages: PostgreSQL server binaries, openssl, and the `postgres` OS
+# ensure_system_packages: PostgreSQL server binaries, PostGIS, openssl, and the `postgres` OS
 # user that the test harness runs the server as when we are root (PostgreSQL refuses
 # to run as root).
 ensure_system_packages() {
@@ -87,6 +87,16 @@ ensure_system_packages() {
         apt_install "${missing[@]}"
     fi
     [ -n "$(pg_bindir)" ] || die "no PostgreSQL server binaries found after install (set PG_BIN)"
+    # PostGIS for the type matrix's geometry and geography columns, for the server's
+    # major version (its extension files live beside the server's own).
+    local major sharedir
+    major="$("$(pg_bindir)/postgres" --version | sed -E 's/[^0-9]*([0-9]+).*/\1/')"
+    sharedir="$("$(pg_bindir)/pg_config" --sharedir 2>/dev/null || echo "/usr/share/postgresql/$major")"
+    if [ ! -f "$sharedir/extension/postgis.control" ]; then
+        echo "installing: postgresql-$major-postgis-3"
+        apt_install "postgresql-$major-postgis-3"
+    fi
+    [ -f "$sharedir/extension/postgis.control" ] || die "PostGIS is missing from $sharedir/extension after install"
     if [ "$(id -u)" -eq 0 ] && ! getent passwd postgres >/dev/null; then
         echo "creating OS user postgres"
         useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres

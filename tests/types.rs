@@ -710,8 +710,7 @@ fn families() -> Vec<Family> {
         },
         Family {
             table: "catalog_types",
-            setup:
-                "CREATE EXTENSION hstore; CREATE EXTENSION citext;
+            setup: "CREATE EXTENSION hstore; CREATE EXTENSION citext;
                     CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy', 'ünï \"q\" ,{}');
                     CREATE DOMAIN price AS numeric(10,2) CHECK (VALUE > -1000000);
                     CREATE DOMAIN positive_price AS price CHECK (VALUE >= 0);
@@ -719,14 +718,7 @@ fn families() -> Vec<Family> {
                     CREATE DOMAIN tags AS text[];
                     CREATE TYPE pair AS (a integer, b text);
                     CREATE TYPE floatrange AS RANGE (subtype = float8);
-                    -- No PostGIS here: a stand-in base type named geometry whose text form
-                    -- is hex EWKB, as PostGIS prints it, built on text's own I/O.
-                    CREATE TYPE geometry;
-                    CREATE FUNCTION geometry_in(cstring) RETURNS geometry
-                      AS 'textin' LANGUAGE internal IMMUTABLE STRICT;
-                    CREATE FUNCTION geometry_out(geometry) RETURNS cstring
-                      AS 'textout' LANGUAGE internal IMMUTABLE STRICT;
-                    CREATE TYPE geometry (INPUT = geometry_in, OUTPUT = geometry_out, LIKE = text);",
+                    CREATE EXTENSION postgis;",
             cases: vec![
                 case(
                     "c_enum",
@@ -812,16 +804,38 @@ fn families() -> Vec<Family> {
                     "floatrange(i, i * 2)",
                     Plain,
                 ),
+                // PostGIS prints EWKB hex; the lake holds those bytes, SRID included.
                 case(
                     "c_geometry",
                     "geometry",
-                    // POINT(1 2) with SRID 4326, and an empty geometry collection.
                     &[
-                        "'0101000020E6100000000000000000F03F0000000000000040'",
-                        "'010700000000000000'",
+                        "'SRID=4326;POINT(1 2)'",
+                        "'GEOMETRYCOLLECTION EMPTY'",
+                        "'SRID=3857;POLYGON Z ((0 0 1,1 0 1,1 1 1,0 0 1))'",
+                        "'LINESTRING M (0 0 0,1e300 -1e-300 1)'",
+                        "'MULTIPOINT((1 1),(2 2))'",
                     ],
-                    "('0101000020E6100000' || lpad(to_hex(i), 16, '0') || '0000000000000040')::geometry",
+                    "ST_SetSRID(ST_MakePoint(i, i * 0.5), 4326)",
                     HexText,
+                ),
+                case(
+                    "c_geography",
+                    "geography",
+                    &[
+                        "'SRID=4326;POINT(-71.0603 42.3583)'",
+                        "'LINESTRING(-180 -90,180 90)'",
+                        "'POINT EMPTY'",
+                    ],
+                    "ST_MakePoint(i % 180, i % 90)::geography",
+                    HexText,
+                ),
+                // geometry's array delimiter is `:`, not `,`: the array's text.
+                case(
+                    "c_geometry_array",
+                    "geometry[]",
+                    &["ARRAY['POINT(1 2)'::geometry, NULL, 'SRID=4326;POINT EMPTY']"],
+                    "ARRAY[ST_MakePoint(i, 0), ST_MakePoint(0, i)]",
+                    Plain,
                 ),
                 case(
                     "c_forced",

@@ -310,7 +310,8 @@ async fn describe_types(
                t.typelem, t.typname::text, n.nspname::text, \
                (SELECT e.extname::text FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid \
                  WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e' \
-                 LIMIT 1) \
+                 LIMIT 1), \
+               (SELECT e.typdelim FROM pg_type e WHERE e.oid = t.typelem) \
              FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
              WHERE t.oid = ANY($1)",
             &[&oids],
@@ -331,6 +332,10 @@ async fn describe_types(
                 },
                 ("b", "A") if row.get::<_, u32>(5) != 0 => CatalogKind::Array {
                     element: row.get(5),
+                    // `"char"`: one byte, read as i8.
+                    delimiter: row
+                        .get::<_, Option<i8>>(9)
+                        .map_or(b',', |d| d.to_ne_bytes()[0]),
                 },
                 ("b", _) => CatalogKind::Base,
                 _ => CatalogKind::Other,

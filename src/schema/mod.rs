@@ -509,9 +509,14 @@ impl Conversion {
                     current = (*base, modifier);
                     continue;
                 }
-                Some(CatalogKind::Array { element }) => {
+                Some(CatalogKind::Array { element, delimiter }) => {
                     if array {
                         // An array of arrays does not exist; keep the text.
+                        return Conversion::Text;
+                    }
+                    if *delimiter != b',' {
+                        // Elements separated by another byte (PostGIS geometry and
+                        // geography use `:`), like builtin `box[]` (`;`): the array's text.
                         return Conversion::Text;
                     }
                     array = true;

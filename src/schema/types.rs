@@ -39,6 +39,9 @@ pub enum CatalogKind {
     Array {
         /// `typelem`.
         element: u32,
+        /// The element type's `typdelim`: what separates elements in the array's text
+        /// form. `,` for nearly every type; PostGIS geometry and geography use `:`.
+        delimiter: u8,
     },
     /// A base type (`'b'`), e.g. from an extension: mapped by name.
     Base,
@@ -128,7 +131,7 @@ impl TypeCatalog {
     pub fn references(described: &CatalogType) -> Option<u32> {
         match described.kind {
             CatalogKind::Domain { base, .. } => Some(base),
-            CatalogKind::Array { element } => Some(element),
+            CatalogKind::Array { element, .. } => Some(element),
             _ => None,
         }
     }
@@ -191,7 +194,7 @@ impl TypeCatalog {
             };
             match &described.kind {
                 CatalogKind::Domain { base, .. } => current = *base,
-                CatalogKind::Array { element } => current = *element,
+                CatalogKind::Array { element, .. } => current = *element,
                 CatalogKind::Base => {
                     return !NAMED_BASE_TYPES.iter().any(|(n, _)| *n == described.name);
                 }
@@ -293,6 +296,7 @@ mod tests {
     const CUBE: u32 = 20_008;
     const TAGS: u32 = 20_009;
     const FLOATRANGE: u32 = 20_010;
+    const GEOMETRY_ARRAY: u32 = 20_011;
 
     fn catalog() -> TypeCatalog {
         let mut types = TypeCatalog::default();
@@ -309,13 +313,22 @@ mod tests {
         types.insert(POSITIVE_PRICE, described("positive_price", positive));
         let prices = CatalogKind::Array {
             element: POSITIVE_PRICE,
+            delimiter: b',',
         };
         types.insert(PRICE_ARRAY, described("_positive_price", prices));
-        let moods = CatalogKind::Array { element: MOOD };
+        let moods = CatalogKind::Array {
+            element: MOOD,
+            delimiter: b',',
+        };
         types.insert(MOOD_ARRAY, described("_mood", moods));
         types.insert(PAIR, described("pair", CatalogKind::Composite));
         types.insert(HSTORE, described("hstore", CatalogKind::Base));
         types.insert(GEOMETRY, described("geometry", CatalogKind::Base));
+        let geometries = CatalogKind::Array {
+            element: GEOMETRY,
+            delimiter: b':',
+        };
+        types.insert(GEOMETRY_ARRAY, described("_geometry", geometries));
         types.insert(CUBE, described("cube", CatalogKind::Base));
         // A domain over text[]: 1009 is the builtin _text.
         let tags = CatalogKind::Domain {
@@ -349,6 +362,8 @@ mod tests {
         assert_eq!(map(PAIR), Conversion::Text);
         assert_eq!(map(HSTORE), Conversion::Hstore);
         assert_eq!(map(GEOMETRY), Conversion::HexBinary);
+        // `{0101…:0101…}`: elements split by `:` are kept as the array's text.
+        assert_eq!(map(GEOMETRY_ARRAY), Conversion::Text);
         assert_eq!(map(CUBE), Conversion::Text);
         assert_eq!(map(TAGS), Conversion::Array(Element::Text));
         assert_eq!(map(FLOATRANGE), Conversion::Text);
