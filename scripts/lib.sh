@@ -66,7 +66,7 @@ pg_bindir() {
     fi
 }
 
-# ensure_system_packages: PostgreSQL server binaries, PostGIS, openssl, and the `postgres` OS
+# ensure_system_packages: PostgreSQL server binaries, openssl, and the `postgres` OS
 # user that the test harness runs the server as when we are root (PostgreSQL refuses
 # to run as root).
 ensure_system_packages() {
@@ -87,8 +87,17 @@ ensure_system_packages() {
         apt_install "${missing[@]}"
     fi
     [ -n "$(pg_bindir)" ] || die "no PostgreSQL server binaries found after install (set PG_BIN)"
-    # PostGIS for the type matrix's geometry and geography columns, for the server's
-    # major version (its extension files live beside the server's own).
+    if [ "$(id -u)" -eq 0 ] && ! getent passwd postgres >/dev/null; then
+        echo "creating OS user postgres"
+        useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres
+    fi
+    echo "postgres: $("$(pg_bindir)/postgres" --version)"
+    echo "openssl: $(openssl version)"
+}
+
+# ensure_postgis: the PostGIS extension for the server's major version (the tests' type
+# matrix has geometry and geography columns; the demo does not need it).
+ensure_postgis() {
     local major sharedir
     major="$("$(pg_bindir)/postgres" --version | sed -E 's/[^0-9]*([0-9]+).*/\1/')"
     sharedir="$("$(pg_bindir)/pg_config" --sharedir 2>/dev/null || echo "/usr/share/postgresql/$major")"
@@ -97,12 +106,6 @@ ensure_system_packages() {
         apt_install "postgresql-$major-postgis-3"
     fi
     [ -f "$sharedir/extension/postgis.control" ] || die "PostGIS is missing from $sharedir/extension after install"
-    if [ "$(id -u)" -eq 0 ] && ! getent passwd postgres >/dev/null; then
-        echo "creating OS user postgres"
-        useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres
-    fi
-    echo "postgres: $("$(pg_bindir)/postgres" --version)"
-    echo "openssl: $(openssl version)"
 }
 
 # ensure_venv: the Python venv with the test tools (moto server, deltalake reader),

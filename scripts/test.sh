@@ -4,7 +4,7 @@
 # (moto) servers that the tests start themselves.
 #
 #   scripts/test.sh                 everything
-#   scripts/test.sh --setup-only    only install PostgreSQL, openssl, the python venv
+#   scripts/test.sh --setup-only    only install PostgreSQL, PostGIS, openssl, the python venv
 #   scripts/test.sh -- ARGS...      pass ARGS to the test runner (e.g. a test filter)
 #
 # Environment: PG2LAKE_VENV (default ~/.cache/pg2lake-venv), CARGO_TARGET_DIR (default
@@ -27,8 +27,9 @@ while [ "$#" -gt 0 ]; do
     shift
 done
 
-step "system packages (PostgreSQL server, openssl, postgres OS user)"
+step "system packages (PostgreSQL server, PostGIS, openssl, postgres OS user)"
 ensure_system_packages
+ensure_postgis
 
 step "python venv for moto and the deltalake reader ($PG2LAKE_VENV)"
 ensure_venv

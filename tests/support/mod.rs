@@ -15,7 +15,7 @@
 //!   and removes the dir.
 //! - PostgreSQL refuses to run as root: when the tests run as root, initdb/pg_ctl run
 //!   as the `postgres` OS user through `runuser`, and the temp dir is chowned to it.
-//! - Nothing is installed here: `scripts/test.sh` installs PostgreSQL, openssl, the
+//! - Nothing is installed here: `scripts/test.sh` installs PostgreSQL, PostGIS, openssl, the
 //!   `postgres` OS user and the Python venv; a missing piece panics naming that script.
 #![allow(dead_code)]
 
@@ -48,7 +48,7 @@ const PORT_ATTEMPTS: usize = 5;
 /// How long a server may take to answer after start.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// What a missing prerequisite's panic tells the reader to run.
-const INSTALL_HINT: &str = "run scripts/test.sh (it installs PostgreSQL, openssl, the postgres OS user and creates the python venv)";
+const INSTALL_HINT: &str = "run scripts/test.sh (it installs PostgreSQL, PostGIS, openssl, the postgres OS user and creates the python venv)";
 
 /// Path of the pg2lake binary built for this test run.
 pub fn pg2lake_bin() -> PathBuf {
