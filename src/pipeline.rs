@@ -24,7 +24,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{Applier, ApplyError, FlushPolicy, ReplicatedTable};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, TableName, TablePattern};
 use crate::lake::{self, Lake, LakeError, LakeOptions, LakeTable};
 use crate::lsn::Lsn;
 use crate::metrics;
@@ -123,6 +123,16 @@ impl PipelineError {
     }
 }
 
+/// Why a replication session ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionEnd {
+    /// Shutdown was requested.
+    Shutdown,
+    /// Tables matching a `schema.*` entry of `tables` appeared; the next session adds them
+    /// to the publication and loads them.
+    TablesAppeared,
+}
+
 /// The type catalog of a session: empty but for the configured column types; the
 /// catalog types are looked up as tables and Relation messages name them.
 pub fn type_catalog(config: &Config) -> Result<TypeCatalog, ConfigError> {
@@ -170,7 +180,9 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> Result<(),
             metrics::global().record_error(err.metric_kind());
         }
         match result {
-            Ok(()) => return Ok(()),
+            Ok(SessionEnd::Shutdown) => return Ok(()),
+            // Not a failure: a new session right away, at the position just confirmed.
+            Ok(SessionEnd::TablesAppeared) => {}
             Err(err) if err.is_transient() && streamed => {
                 metrics::global().reconnects.inc();
                 // The backoff is bounded by reconnect_max_backoff, which /healthz allows for.
@@ -198,7 +210,7 @@ async fn session(
     config: &Config,
     shutdown: &CancellationToken,
     streamed: &mut bool,
-) -> Result<(), PipelineError> {
+) -> Result<SessionEnd, PipelineError> {
     let params = connect::params(config)?;
     let client = connect::sql(&params).await?;
     // Everything that can be checked without writing is checked first, so bad settings
@@ -228,7 +240,7 @@ async fn session(
 
     let mut replication = ReplicationClient::connect(&params).await?;
     let Some(slot) = prepare_slot(config, &client, &mut replication, shutdown).await? else {
-        return Ok(());
+        return Ok(SessionEnd::Shutdown);
     };
     let start = match slot {
         // The slot's own exported snapshot is valid only while `replication` stays idle,
@@ -247,7 +259,7 @@ async fn session(
                 if !copy_unless_stopped(config, &point, &mut replicated, &unloaded, shutdown)
                     .await?
                 {
-                    return Ok(());
+                    return Ok(SessionEnd::Shutdown);
                 }
             }
             created.consistent_point
@@ -262,7 +274,7 @@ async fn session(
                 if !copy_unless_stopped(config, &point, &mut replicated, &unloaded, shutdown)
                     .await?
                 {
-                    return Ok(());
+                    return Ok(SessionEnd::Shutdown);
                 }
                 // Closing the connection drops the temporary slot.
                 drop(exporter);
@@ -297,7 +309,22 @@ async fn session(
         tracing::info!(table, committed_lsn = ?committed.map(|l| l.to_string()), "replicating table");
     }
     tracing::info!(slot = %config.source.slot, start_lsn = %start, tables = tables.len(), "streaming changes");
-    stream_changes(config, &client, &mut stream, &mut applier, start, shutdown).await
+    let end = stream_changes(
+        config,
+        &client,
+        &mut stream,
+        &mut applier,
+        start,
+        &tables,
+        shutdown,
+    )
+    .await?;
+    if end == SessionEnd::TablesAppeared {
+        // Ends START_REPLICATION, so the server releases the slot for the next session
+        // at once instead of when it notices the closed connection.
+        stream.finish().await?;
+    }
+    Ok(end)
 }
 
 /// Opens (or creates) the lake table of every table in `tables`; see [`open_table`].
@@ -475,14 +502,17 @@ async fn prepare_slot(
 }
 
 /// The select loop: timers, then the stream; see each arm for why it has its priority.
+/// `tables` are those of this session; the session ends when `schema.*` entries of the
+/// configuration match tables beyond them.
 async fn stream_changes(
     config: &Config,
     client: &Client,
     stream: &mut ReplicationStream,
     applier: &mut Applier,
     start: Lsn,
+    tables: &[TableName],
     shutdown: &CancellationToken,
-) -> Result<(), PipelineError> {
+) -> Result<SessionEnd, PipelineError> {
     let mut progress = Progress::new(start);
     let mut status_tick = tokio::time::interval(config.source.status_interval);
     status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -495,6 +525,18 @@ async fn stream_changes(
         config.source.heartbeat_interval,
     );
     heartbeat_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let wildcards: Vec<TablePattern> = config
+        .table_patterns()
+        .into_iter()
+        .filter(|p| matches!(p, TablePattern::AllInSchema(_)))
+        .collect();
+    let mut discovery_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + config.source.table_discovery_interval,
+        config.source.table_discovery_interval,
+    );
+    discovery_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Tables that appeared; the session ends at the next transaction boundary.
+    let mut appeared = false;
     // Positions first: the lag is measured against them.
     record_loop(&progress, applier);
     refresh_server_metrics(config, client).await;
@@ -504,7 +546,8 @@ async fn stream_changes(
             biased;
             // Shutdown first, so SIGTERM is honoured even while changes keep arriving.
             () = shutdown.cancelled() => {
-                return stop(stream, applier, &mut progress).await;
+                stop(stream, applier, &mut progress).await?;
+                return Ok(SessionEnd::Shutdown);
             }
             // Status updates before the stream: under a steady stream the stream arm is
             // always ready, and a walsender that hears nothing for wal_sender_timeout
@@ -528,6 +571,10 @@ async fn stream_changes(
                 let lsn = catalog::emit_heartbeat(client).await?;
                 tracing::debug!(lsn = %lsn, "emitted heartbeat");
                 refresh_server_metrics(config, client).await;
+            }
+            // Tables created since the session began that `schema.*` entries match.
+            _ = discovery_tick.tick(), if !wildcards.is_empty() && !appeared => {
+                appeared = tables_appeared(client, &wildcards, tables).await;
             }
             message = stream.next() => {
                 match message? {
@@ -561,6 +608,44 @@ async fn stream_changes(
                     }
                 }
             }
+        }
+        // At a transaction boundary: what is pending is committed and confirmed, and the
+        // next session starts after it.
+        if appeared && !applier.in_transaction() {
+            stop(stream, applier, &mut progress).await?;
+            return Ok(SessionEnd::TablesAppeared);
+        }
+    }
+}
+
+/// Whether `wildcards` (`schema.*` entries) now match tables beyond `tables`. A failed
+/// lookup counts as no and is logged; a broken connection surfaces through the heartbeat.
+async fn tables_appeared(
+    client: &Client,
+    wildcards: &[TablePattern],
+    tables: &[TableName],
+) -> bool {
+    match catalog::resolve_tables(client, wildcards).await {
+        Ok(found) => {
+            let new: Vec<String> = found
+                .iter()
+                .filter(|t| !tables.contains(t))
+                .map(ToString::to_string)
+                .collect();
+            if new.is_empty() {
+                return false;
+            }
+            tracing::info!(
+                tables = %new.join(", "),
+                "new tables match the tables setting; starting a new session to add and load them"
+            );
+            true
+        }
+        // The schemas hold no table right now.
+        Err(CatalogError::NoTables { .. }) => false,
+        Err(err) => {
+            tracing::warn!(error = %err, "looking for new tables failed; trying again later");
+            false
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The initial load over several connections: a table split into page ranges (with emptied
 //! pages and TOASTed values), a partitioned table published via its root, and a table
 //! without a primary key, each copied exactly once and handed off to streaming; and a
-//! table added to the configuration of a running deployment, loaded at its own point.
+//! table added to the configuration of a running deployment, or created under a
+//! `schema.*` entry while pg2lake streams, loaded at its own point.
 
 mod support;
 
@@ -297,6 +298,84 @@ async fn a_table_added_to_the_config_is_loaded_at_its_own_point_while_writes_go_
     wait_caught_up(&db, "grow", CATCH_UP).await;
     assert!(service.stop(STOP).success());
 
+    assert_eq!(folded(lake.path(), "a"), source(&db, "a").await, "a");
+    assert_eq!(folded(lake.path(), "b"), source(&db, "b").await, "b");
+    let b_rows = lake_rows(lake.path(), "b");
+    assert!(b_rows.iter().any(|r| op(r) == "r") && b_rows.iter().any(|r| op(r) != "r"));
+}
+
+/// `public.*` and a table created while pg2lake streams, with writes going on to both the
+/// old and the new table: pg2lake finds it within `source.table_discovery_interval`,
+/// ends the session at a transaction boundary, adds the table to the publication, copies
+/// it at a point of its own and streams it; both tables then equal the source, and the
+/// new session was not counted as a failure.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_created_under_a_schema_pattern_is_found_and_loaded_while_writes_go_on() {
+    let pg = PgServer::start();
+    let url = pg.create_database("found").await;
+    let db = pg.connect("found").await;
+    db.batch_execute(
+        "CREATE TABLE a (id int PRIMARY KEY, v int NOT NULL);
+         INSERT INTO a SELECT g, 0 FROM generate_series(1, 1000) g;",
+    )
+    .await
+    .expect("create a");
+    let lake = tempfile::tempdir().expect("tempdir");
+    let config = ConfigFile::new(&config_yaml(
+        &url,
+        "found",
+        &["public.*"],
+        &lake.path().display().to_string(),
+        "",
+    ));
+    let discovery = [(
+        "PG2LAKE__SOURCE__TABLE_DISCOVERY_INTERVAL".to_owned(),
+        "1s".to_owned(),
+    )];
+    let mut service = Service::start(&config, &discovery);
+    service.wait_streaming(Duration::from_secs(60));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let only_a = tokio::spawn(write_until(
+        pg.connect("found").await,
+        stop.clone(),
+        Duration::ZERO,
+        move |_| format!("UPDATE a SET v = v + 1 WHERE id = {}", 1 + rng.below(1000)),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    db.batch_execute(
+        "CREATE TABLE b (id int PRIMARY KEY, v int NOT NULL);
+         INSERT INTO b SELECT g, 0 FROM generate_series(1, 1000) g;",
+    )
+    .await
+    .expect("create b");
+    let both = tokio::spawn(write_both(pg.connect("found").await, stop.clone()));
+    support::wait_until(
+        Duration::from_secs(120),
+        "a second session streaming",
+        || service.log().matches("streaming changes").count() >= 2,
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let writes = only_a.await.expect("writer") + both.await.expect("writer");
+    assert!(writes > 20, "only {writes} write transactions");
+    wait_caught_up(&db, "found", CATCH_UP).await;
+    assert!(service.stop(STOP).success());
+
+    let log = service.log();
+    assert!(
+        log.contains("new tables match the tables setting") && log.contains("public.b"),
+        "the new table is named in the log:\n{log}"
+    );
+    assert!(
+        log.contains("created temporary slot for the snapshot"),
+        "b is copied at a point of its own:\n{log}"
+    );
+    assert!(
+        !log.contains("reconnecting"),
+        "the new session is not a failure:\n{log}"
+    );
     assert_eq!(folded(lake.path(), "a"), source(&db, "a").await, "a");
     assert_eq!(folded(lake.path(), "b"), source(&db, "b").await, "b");
     let b_rows = lake_rows(lake.path(), "b");

@@ -57,6 +57,8 @@ pub const DEFAULT_PUBLICATION: &str = "pg2lake";
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// Default of `source.heartbeat_interval`.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+/// Default of `source.table_discovery_interval`.
+pub const DEFAULT_TABLE_DISCOVERY_INTERVAL: Duration = Duration::from_secs(30);
 /// Default of `source.connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default of `source.reconnect_max_backoff`.
@@ -376,6 +378,10 @@ pub struct SourceConfig {
     /// the replicated tables are idle.
     #[serde(with = "duration")]
     pub heartbeat_interval: Duration,
+    /// How often `schema.*` entries of `tables` are looked up again while streaming; a
+    /// table created since is added to the publication and loaded by a new session.
+    #[serde(with = "duration")]
+    pub table_discovery_interval: Duration,
     /// Timeout for establishing a connection.
     #[serde(with = "duration")]
     pub connect_timeout: Duration,
@@ -403,6 +409,7 @@ impl Default for SourceConfig {
             publication: DEFAULT_PUBLICATION.to_owned(),
             status_interval: DEFAULT_STATUS_INTERVAL,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            table_discovery_interval: DEFAULT_TABLE_DISCOVERY_INTERVAL,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             reconnect_max_backoff: DEFAULT_RECONNECT_MAX_BACKOFF,
         }
@@ -422,6 +429,7 @@ impl fmt::Debug for SourceConfig {
             .field("publication", &self.publication)
             .field("status_interval", &self.status_interval)
             .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("table_discovery_interval", &self.table_discovery_interval)
             .field("connect_timeout", &self.connect_timeout)
             .field("reconnect_max_backoff", &self.reconnect_max_backoff)
             .finish()
@@ -857,7 +865,8 @@ impl fmt::Display for TableName {
 pub enum TablePattern {
     /// One table.
     Exact(TableName),
-    /// Every table of a schema (`public.*`), as found at start.
+    /// Every table of a schema (`public.*`): those found at start, and tables created
+    /// later, found every `source.table_discovery_interval`.
     AllInSchema(String),
 }
 
@@ -1494,6 +1503,11 @@ impl Config {
         check_nonzero(
             "source.heartbeat_interval",
             source.heartbeat_interval,
+            "30s",
+        )?;
+        check_nonzero(
+            "source.table_discovery_interval",
+            source.table_discovery_interval,
             "30s",
         )?;
         check_nonzero("source.connect_timeout", source.connect_timeout, "10s")?;
