@@ -1331,6 +1331,87 @@ async fn a_type_not_visible_yet_is_looked_up_until_it_commits() {
     assert!(types.unresolved([never]).is_empty(), "recorded as dropped");
 }
 
+/// `column_types: text` keeps what a list column cannot: a multi-dimensional array (or one
+/// with other lower bounds) arrives as Postgres's text form of it, through the snapshot
+/// and through streaming, while an unconfigured array column of the same table is
+/// flattened with a warning that names this fix.
+#[tokio::test(flavor = "multi_thread")]
+async fn column_types_text_keeps_multi_dimensional_arrays_exact() {
+    let pg = PgServer::start();
+    let url = pg.create_database("grids").await;
+    let db = pg.connect("grids").await;
+    let values = [
+        "'{{1,2},{3,NULL}}'",
+        "'[0:1]={5,6}'",
+        "'{{{7}}}'",
+        "'{}'",
+        "NULL",
+        "'{8,9}'",
+    ];
+    let insert = |first_id: usize| {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!("INSERT INTO grids VALUES ({}, {v}, {v});", first_id + i))
+            .collect::<String>()
+    };
+    db.batch_execute(&format!(
+        "CREATE TABLE grids (id int PRIMARY KEY, cells int[], flat int[]); {}",
+        insert(1)
+    ))
+    .await
+    .expect("create and fill");
+    let lake = tempfile::tempdir().expect("temp dir");
+    let config = ConfigFile::new(&config_yaml(
+        &url,
+        "grids",
+        &["public.grids"],
+        &lake.path().display().to_string(),
+        "column_types:\n  public.grids.cells: text\n",
+    ));
+    let mut service = Service::start(&config, &[]);
+    service.wait_streaming(CATCH_UP);
+    db.batch_execute(&insert(101)).await.expect("insert");
+    wait_caught_up(&db, "grids", CATCH_UP).await;
+    service.stop(STOP);
+
+    let read = read_delta(&lake.path().join("public/grids").display().to_string(), &[]);
+    assert_eq!(read.column_type("cells"), Some("string"));
+    assert_eq!(read.column_type("flat"), Some("list<element: int32>"));
+    let source: BTreeMap<i64, Value> = db
+        .query("SELECT id::int8, cells::text FROM grids", &[])
+        .await
+        .expect("read source")
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                r.get::<_, Option<String>>(1)
+                    .map_or(Value::Null, Value::String),
+            )
+        })
+        .collect();
+    let lake_cells: BTreeMap<i64, Value> = read
+        .rows
+        .iter()
+        .map(|r| (r["id"].as_i64().expect("id"), r["cells"].clone()))
+        .collect();
+    assert_eq!(
+        lake_cells.len(),
+        2 * values.len(),
+        "snapshot and streamed rows"
+    );
+    assert_eq!(lake_cells, source);
+    let row = read.rows.iter().find(|r| r["id"] == 1).expect("row 1");
+    assert_eq!(row["flat"], serde_json::json!([1, 2, 3, null]));
+    let log = service.log();
+    assert!(
+        log.lines().any(|l| l.contains("stored as the flat list")
+            && l.contains("column_types: {public.grids.flat: text}")),
+        "the warning names the fix:\n{log}"
+    );
+}
+
 /// A value too wide for its `column_types` decimal stops pg2lake with a one-line error
 /// naming the table, column, type and setting, and commits nothing of its transaction;
 /// an entry naming no column is reported at start.

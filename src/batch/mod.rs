@@ -372,6 +372,10 @@ impl TableBatch {
                     table = %self.schema.qualified_name(),
                     column = %source.name,
                     pg_type = %source.pg_type(),
+                    fix = %format!(
+                        "column_types: {{{}: text}} stores each array's text form, dimensions and bounds included",
+                        crate::schema::column_key(&self.schema.namespace, &self.schema.name, &source.name)
+                    ),
                     "array value with several dimensions or lower bounds other than 1 stored as the flat list of its elements (row-major); its dimensions are not kept"
                 );
             }

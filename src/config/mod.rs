@@ -250,13 +250,17 @@ fn set_by(env_var: Option<&str>) -> String {
 /// is not a widening: keep replicating into a new lake column (see README, schema changes).
 pub const DEFAULT_ON_TYPE_CHANGE: TypeChangePolicy = TypeChangePolicy::NewColumn;
 
-/// `decimal(p,s)` (spaces and case ignored) as a configured decimal conversion.
-fn parse_decimal_type(text: &str) -> Option<Conversion> {
+/// A `column_types` value (spaces and case ignored): `decimal(p,s)` as a configured
+/// decimal conversion, `text` as the column's Postgres text form.
+fn parse_column_type(text: &str) -> Option<Conversion> {
     let compact: String = text
         .chars()
         .filter(|c| !c.is_whitespace())
         .collect::<String>()
         .to_ascii_lowercase();
+    if compact == "text" {
+        return Some(Conversion::Text);
+    }
     let inner = compact.strip_prefix("decimal(")?.strip_suffix(')')?;
     let (precision, scale) = inner.split_once(',')?;
     let precision: u8 = precision.parse().ok()?;
@@ -1616,7 +1620,8 @@ impl Config {
     }
 
     /// `column_types` as conversions by `schema.table.column`; an error names the first
-    /// entry that is not `"schema.table.column": "decimal(p,s)"` with 1 ≤ p ≤ 38, 0 ≤ s ≤ p.
+    /// entry that is not `"schema.table.column": "decimal(p,s)"` with 1 ≤ p ≤ 38, 0 ≤ s ≤ p,
+    /// or `"schema.table.column": text`.
     pub fn configured_types(&self) -> Result<HashMap<String, Conversion>, ConfigError> {
         let mut types = HashMap::with_capacity(self.column_types.len());
         for (key, value) in &self.column_types {
@@ -1630,11 +1635,11 @@ impl Config {
                     ),
                 ));
             }
-            let conversion = parse_decimal_type(value).ok_or_else(|| {
+            let conversion = parse_column_type(value).ok_or_else(|| {
                 ConfigError::invalid(
                     &field,
                     format!(
-                        "column_types.\"{key}\": {value:?} must be decimal(p,s) with 1 <= p <= {MAX_DECIMAL_PRECISION} and 0 <= s <= p (e.g. decimal(20,4))"
+                        "column_types.\"{key}\": {value:?} must be text, or decimal(p,s) with 1 <= p <= {MAX_DECIMAL_PRECISION} and 0 <= s <= p (e.g. decimal(20,4))"
                     ),
                 )
             })?;

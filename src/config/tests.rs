@@ -852,7 +852,7 @@ fn schema_type_change_policy() {
 fn column_types_force_decimals_and_name_bad_entries() {
     let base = "source:\n  url: postgres://u@h/db\ntables: [public.orders]\n";
     let config = Config::from_yaml_str(&format!(
-        "{base}column_types:\n  public.orders.amount: decimal(20, 4)\n  public.orders.total: DECIMAL(38,38)\n"
+        "{base}column_types:\n  public.orders.amount: decimal(20, 4)\n  public.orders.total: DECIMAL(38,38)\n  public.orders.grid: TEXT\n"
     ), &[])
     .expect("valid column_types");
     let types = config.configured_types().unwrap();
@@ -863,7 +863,8 @@ fn column_types_force_decimals_and_name_bad_entries() {
             scale: 4
         }
     );
-    assert_eq!(types.len(), 2);
+    assert_eq!(types["public.orders.grid"], Conversion::Text);
+    assert_eq!(types.len(), 3);
     for (entry, key) in [
         ("orders.amount: decimal(20,4)", "orders.amount"),
         (

@@ -149,8 +149,9 @@ impl TypeCatalog {
         let Some(&configured) = self.configured.get(&key) else {
             return Ok(mapped);
         };
-        // Only numeric columns (also through domains) may be forced into a decimal.
-        if self.base_type(column.type_oid) != oid::NUMERIC {
+        // Any column may keep its text form; only numeric columns (also through
+        // domains) may be forced into a decimal.
+        if configured != Conversion::Text && self.base_type(column.type_oid) != oid::NUMERIC {
             return Err(SchemaError::ConfiguredType {
                 column: key,
                 pg_type: self.type_name(column.type_oid, column.type_modifier),
@@ -465,6 +466,25 @@ mod tests {
         assert!(
             message.contains("column_types.\"public.t.note\"") && message.contains("text"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn any_column_may_keep_its_text_form() {
+        let types = TypeCatalog::new(HashMap::from([
+            ("public.t.grid".to_owned(), Conversion::Text),
+            ("public.t.n".to_owned(), Conversion::Text),
+        ]));
+        let conversion = |c: &RelationColumn| types.conversion("public", "t", c);
+        // int4[] and int4: a list and an integer unless configured.
+        assert_eq!(conversion(&column("grid", 1007, -1)), Ok(Conversion::Text));
+        assert_eq!(
+            conversion(&column("n", oid::INT4, -1)),
+            Ok(Conversion::Text)
+        );
+        assert_eq!(
+            conversion(&column("other", 1007, -1)),
+            Ok(Conversion::Array(Element::Int32))
         );
     }
 }
