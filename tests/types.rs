@@ -1412,6 +1412,84 @@ async fn column_types_text_keeps_multi_dimensional_arrays_exact() {
     );
 }
 
+/// The `stats` of every `add` action in the local Delta log at `table`, in log order.
+fn add_stats(table: &std::path::Path) -> Vec<Value> {
+    let mut logs: Vec<_> = std::fs::read_dir(table.join("_delta_log"))
+        .expect("delta log")
+        .map(|e| e.expect("log entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    logs.sort();
+    let mut stats = Vec::new();
+    for log in logs {
+        for line in std::fs::read_to_string(&log).expect("log file").lines() {
+            let action: Value = serde_json::from_str(line).expect("log action");
+            if let Some(text) = action["add"]["stats"].as_str() {
+                stats.push(serde_json::from_str(text).expect("stats json"));
+            }
+        }
+    }
+    stats
+}
+
+/// Date columns get min/max statistics (readers skip files on date predicates) while
+/// every date is in years 1 to 9999; a file holding `infinity` or a date beyond gets
+/// none for them, and so does the rest of the run; a restart starts with them again.
+#[tokio::test(flavor = "multi_thread")]
+async fn date_columns_have_statistics_while_their_dates_fit() {
+    let pg = PgServer::start();
+    let url = pg.create_database("dated").await;
+    let db = pg.connect("dated").await;
+    db.batch_execute("CREATE TABLE events (id int PRIMARY KEY, day date, n int)")
+        .await
+        .expect("create table");
+    let lake = tempfile::tempdir().expect("temp dir");
+    let config = ConfigFile::new(&config_yaml(
+        &url,
+        "dated",
+        &["public.events"],
+        &lake.path().display().to_string(),
+        "",
+    ));
+    let table = lake.path().join("public/events");
+    let mut service = Service::start(&config, &[]);
+    service.wait_streaming(CATCH_UP);
+    let write = |sql: &'static str| {
+        let db = &db;
+        async move {
+            db.batch_execute(sql).await.expect(sql);
+            wait_caught_up(db, "dated", CATCH_UP).await;
+        }
+    };
+    write("INSERT INTO events VALUES (1, '2024-03-01', 1), (2, '0001-01-01', 2), (3, '9999-12-31', 3)").await;
+    write("INSERT INTO events VALUES (4, 'infinity', 4)").await;
+    write("INSERT INTO events VALUES (5, '2024-05-01', 5)").await;
+    service.stop(STOP);
+    let mut service = Service::start(&config, &[]);
+    service.wait_streaming(CATCH_UP);
+    write("INSERT INTO events VALUES (6, '2025-01-01', 6)").await;
+    service.stop(STOP);
+
+    let stats = add_stats(&table);
+    assert_eq!(stats.len(), 4, "one file per transaction: {stats:?}");
+    assert_eq!(stats[0]["minValues"]["day"], "0001-01-01");
+    assert_eq!(stats[0]["maxValues"]["day"], "9999-12-31");
+    for later in &stats[1..3] {
+        assert!(later["minValues"].get("day").is_none(), "{later}");
+        assert_eq!(later["minValues"]["n"], later["maxValues"]["n"], "{later}");
+    }
+    assert_eq!(stats[3]["minValues"]["day"], "2025-01-01");
+    let read = read_delta(&table.display().to_string(), &[]);
+    let days: Vec<(i64, Value)> = read
+        .rows
+        .iter()
+        .map(|r| (r["id"].as_i64().expect("id"), r["day"].clone()))
+        .collect();
+    assert_eq!(days.len(), 6);
+    assert_eq!(days[0], (1, Value::from("2024-03-01")));
+    assert_eq!(days[5], (6, Value::from("2025-01-01")));
+}
+
 /// A value too wide for its `column_types` decimal stops pg2lake with a one-line error
 /// naming the table, column, type and setting, and commits nothing of its transaction;
 /// an entry naming no column is reported at start.

@@ -50,9 +50,6 @@ use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::schema::types::ColumnPath;
 use url::Url;
 
 use super::layout::table_location;
@@ -60,21 +57,8 @@ use super::store::{Lake, LakeError};
 use crate::lsn::Lsn;
 use crate::schema::widen_array;
 
-/// Rows per Parquet row group: large enough for good compression and scans.
-const ROW_GROUP_ROWS: usize = 128 * 1024;
-/// Bytes per Parquet row group: an open file buffers one row group in memory, so this
-/// bounds the writer's memory per open partition whatever the row width.
-const ROW_GROUP_BYTES: usize = 16 * 1024 * 1024;
-/// zstd level 1: on the snapshot benchmark's table it used less CPU than level 3 and,
-/// with plain-encoded high-cardinality columns, wrote no larger files (39 MB against 41 MB
-/// for 5,000,000 rows).
-const ZSTD_LEVEL: i32 = 1;
-/// Dictionary size at which a column chunk falls back to plain encoding. Low-cardinality
-/// columns (`_op`, status codes, countries) fit far below it and keep their dictionary;
-/// keys, timestamps and free text give up early instead of hashing a whole row group
-/// into a dictionary that is then thrown away (that cost a quarter of the initial load's
-/// CPU at the 1 MiB default).
-const DICTIONARY_PAGE_BYTES: usize = 64 * 1024;
+mod encoding;
+
 /// The partition column of every pg2lake table (see DESIGN.md, lake layout).
 const PARTITION_COLUMN: &str = "date";
 /// Rows per batch read back from a file being rewritten for a widened column.
@@ -113,6 +97,9 @@ pub struct LakeTable {
     target_file_size: u64,
     /// Rows in the files still open in the writer.
     open_rows: usize,
+    /// Whether the writer gives date columns statistics; off for good once a batch holds
+    /// a date outside years 1 to 9999 (see [`encoding`]).
+    date_statistics: bool,
     pending_rows: usize,
     target_file_rows: usize,
     checkpoint_interval: u64,
@@ -208,7 +195,7 @@ impl LakeTable {
             tracing::info!(table = %location, "created delta table");
         }
         let committed = read_committed_lsn(&location, &table, app_id).await?;
-        let writer = new_writer(&location, &table, lake.options().target_file_size)?;
+        let writer = new_writer(&location, &table, lake.options().target_file_size, true)?;
         Ok(LakeTable {
             location,
             table,
@@ -221,6 +208,7 @@ impl LakeTable {
             rewrite: None,
             target_file_size: lake.options().target_file_size,
             open_rows: 0,
+            date_statistics: true,
             pending_rows: 0,
             target_file_rows: lake.options().target_file_rows.max(1),
             checkpoint_interval: lake.options().checkpoint_interval.max(1),
@@ -302,7 +290,7 @@ impl LakeTable {
                 .is_ok_and(|new| new.data_type() != old.data_type())
         });
         self.writer = self
-            .writer_for(&delta_schema, configuration.clone())
+            .writer_for(&delta_schema, configuration.clone(), self.date_statistics)
             .await?;
         if widened {
             self.rewrite_for(&arrow_schema, &delta_schema, configuration)
@@ -362,7 +350,8 @@ impl LakeTable {
                 (removes, sources)
             }
         };
-        let mut writer = self.writer_for(delta_schema, configuration).await?;
+        // Rewritten files keep no date statistics: their dates are not looked at here.
+        let mut writer = self.writer_for(delta_schema, configuration, false).await?;
         let mut adds = Vec::new();
         let files = sources.len();
         for (path, partition_values) in sources {
@@ -444,6 +433,7 @@ impl LakeTable {
         &self,
         schema: &StructType,
         configuration: HashMap<String, String>,
+        date_statistics: bool,
     ) -> Result<RecordBatchWriter, LakeError> {
         let delta_err = |e| LakeError::delta(&self.location, e);
         let staged = CreateBuilder::new()
@@ -455,7 +445,12 @@ impl LakeTable {
             .map_err(delta_err)?;
         let mut shadow = DeltaTable::new(self.table.log_store());
         shadow.state = staged.state;
-        new_writer(&self.location, &shadow, self.target_file_size)
+        new_writer(
+            &self.location,
+            &shadow,
+            self.target_file_size,
+            date_statistics,
+        )
     }
 
     /// Streams `batch` into the table's open Parquet files (one per `date` partition).
@@ -487,6 +482,9 @@ impl LakeTable {
                 ),
             });
         }
+        if self.date_statistics && !encoding::dates_fit_statistics(&batch) {
+            self.stop_date_statistics().await?;
+        }
         self.writer
             .write(batch)
             .await
@@ -496,6 +494,21 @@ impl LakeTable {
         if self.open_rows >= self.target_file_rows {
             self.seal().await?;
         }
+        Ok(())
+    }
+
+    /// Seals the open files, whose dates all fit statistics, and goes on without date
+    /// statistics. The writer keeps its layout (a staged one too): it changes properties
+    /// only by value, so a writer for the committed layout stands in during the swap.
+    async fn stop_date_statistics(&mut self) -> Result<(), LakeError> {
+        self.seal().await?;
+        let stand_in = RecordBatchWriter::for_table(&self.table)
+            .map_err(|e| LakeError::delta(&self.location, e))?;
+        let writer = std::mem::replace(&mut self.writer, stand_in);
+        let properties = encoding::writer_properties(&writer.arrow_schema(), false);
+        self.writer = writer.with_writer_properties(properties);
+        self.date_statistics = false;
+        tracing::debug!(table = %self.location, "a date outside years 1 to 9999: no date statistics from now on");
         Ok(())
     }
 
@@ -679,73 +692,19 @@ impl LakeTable {
     }
 }
 
+/// A writer for `table`'s layout, with date statistics when `date_statistics` is set
+/// (see [`encoding`]).
 fn new_writer(
     location: &Url,
     table: &DeltaTable,
     target_file_size: u64,
+    date_statistics: bool,
 ) -> Result<RecordBatchWriter, LakeError> {
-    let mut properties = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default(),
-        ))
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
-        .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
-        .set_created_by(format!("pg2lake {}", env!("CARGO_PKG_VERSION")));
-    let snapshot = table
-        .snapshot()
-        .map_err(|e| LakeError::delta(location, e))?;
-    let schema: Schema =
-        snapshot
-            .schema()
-            .as_ref()
-            .try_into_arrow()
-            .map_err(|e: arrow::error::ArrowError| LakeError::SchemaMismatch {
-                table: location.to_string(),
-                reason: e.to_string(),
-            })?;
-    for path in date_columns(&schema) {
-        // delta-rs turns a date column's min/max into a chrono date, which panics
-        // beyond year 262143; Postgres dates reach 5874897 and pg2lake stores
-        // `infinity` as the largest date32. Without Parquet statistics for these
-        // columns the Delta log carries none for them either (readers then scan
-        // instead of skipping files on date predicates).
-        properties = properties.set_column_statistics_enabled(path, EnabledStatistics::None);
-    }
-    let properties = properties.build();
-    Ok(RecordBatchWriter::for_table(table)
-        .map_err(|e| LakeError::delta(location, e))?
+    let writer = RecordBatchWriter::for_table(table).map_err(|e| LakeError::delta(location, e))?;
+    let properties = encoding::writer_properties(&writer.arrow_schema(), date_statistics);
+    Ok(writer
         .with_writer_properties(properties)
         .with_target_file_size(target_file_size))
-}
-
-/// The Parquet paths of the date leaves of `schema`: date columns, and dates inside
-/// lists (`<name>.list.<element>`, as Arrow's Parquet writer nests them) and structs.
-fn date_columns(schema: &Schema) -> Vec<ColumnPath> {
-    fn walk(data_type: &DataType, path: &mut Vec<String>, out: &mut Vec<ColumnPath>) {
-        match data_type {
-            DataType::Date32 => out.push(ColumnPath::new(path.clone())),
-            DataType::List(element) => {
-                path.extend(["list".to_owned(), element.name().clone()]);
-                walk(element.data_type(), path, out);
-                path.truncate(path.len() - 2);
-            }
-            DataType::Struct(fields) => {
-                for field in fields {
-                    path.push(field.name().clone());
-                    walk(field.data_type(), path, out);
-                    path.pop();
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    for field in schema.fields() {
-        let mut path = vec![field.name().clone()];
-        walk(field.data_type(), &mut path, &mut out);
-    }
-    out
 }
 
 async fn read_committed_lsn(

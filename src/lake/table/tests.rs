@@ -165,26 +165,6 @@ async fn files_a_killed_writer_left_are_removed_and_committed_ones_kept() {
     assert_eq!(reopened.remove_uncommitted_files().await.unwrap(), 0);
 }
 
-#[test]
-fn date_leaves_are_found_at_any_depth() {
-    use crate::schema::{Conversion, Element};
-    let schema = Schema::new(vec![
-        Field::new("id", DataType::Int64, true),
-        Field::new("day", DataType::Date32, true),
-        Field::new("days", Conversion::Array(Element::Date).data_type(), true),
-        Field::new("span", Conversion::Range(Element::Date).data_type(), true),
-        Field::new("spans", Conversion::Range(Element::Int32).data_type(), true),
-    ]);
-    let paths: Vec<String> = date_columns(&schema)
-        .iter()
-        .map(ColumnPath::string)
-        .collect();
-    assert_eq!(
-        paths,
-        ["day", "days.list.element", "span.lower", "span.upper"]
-    );
-}
-
 fn evolved_schema(extra: DataType) -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, true),
