@@ -97,7 +97,7 @@ pub struct LakeTable {
     target_file_size: u64,
     /// Rows in the files still open in the writer.
     open_rows: usize,
-    /// Whether the writer gives date columns statistics; off for good once a batch holds
+    /// Whether the writer gives date columns statistics; off for this handle once a batch holds
     /// a date outside years 1 to 9999 (see [`encoding`]).
     date_statistics: bool,
     pending_rows: usize,
