@@ -16,6 +16,7 @@
 //! position and skip per table what its Delta log already holds. This one retry layer is
 //! what makes kill -9, Postgres restarts, network cuts and object-store errors safe.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -170,9 +171,15 @@ fn flush_policy(config: &Config) -> FlushPolicy {
 pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> Result<(), PipelineError> {
     let mut streamed = false;
     let mut backoff = INITIAL_BACKOFF;
+    // Tables whose folders hold no uncommitted files of this process's sessions: a session
+    // that ends cleanly commits what it wrote; one that fails may not have.
+    let mut tidy = HashSet::new();
     loop {
         let before = streamed;
-        let result = session(&config, &shutdown, &mut streamed).await;
+        let result = session(&config, &shutdown, &mut streamed, &mut tidy).await;
+        if result.is_err() {
+            tidy.clear();
+        }
         metrics::global().health.set_streaming(false);
         // Our walsender is gone with the session; the next slot poll says otherwise.
         metrics::global().slot_active.set(0);
@@ -205,11 +212,13 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> Result<(),
 }
 
 /// One connection's worth of replication: preflight, slot, stream until shutdown or error.
-/// Sets `streamed` once the server accepted START_REPLICATION.
+/// Sets `streamed` once the server accepted START_REPLICATION. Tables not in `tidy` have
+/// their uncommitted files deleted, and join it.
 async fn session(
     config: &Config,
     shutdown: &CancellationToken,
     streamed: &mut bool,
+    tidy: &mut HashSet<String>,
 ) -> Result<SessionEnd, PipelineError> {
     let params = connect::params(config)?;
     let client = connect::sql(&params).await?;
@@ -293,9 +302,14 @@ async fn session(
     *streamed = true;
     // The server accepted START_REPLICATION, so this process holds the slot: no other
     // pg2lake writes these tables now, and files none of their commits reference are
-    // leftovers of a writer killed before its commit.
+    // leftovers of a writer killed before its commit. A listing per table: once per
+    // process, and again after a failed session.
     for table in &replicated {
-        table.lake().remove_uncommitted_files().await?;
+        let name = table.schema().qualified_name();
+        if !tidy.contains(&name) {
+            table.lake().remove_uncommitted_files().await?;
+            tidy.insert(name);
+        }
     }
     let mut applier = Applier::new(replicated, flush_policy(config), start);
     *applier.types_mut() = types;
