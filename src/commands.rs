@@ -339,6 +339,7 @@ async fn collect_status(config: &Config) -> Result<Status, PipelineError> {
     let lake = Lake::open(pipeline::lake_options(config))?;
     let app_id = lake::app_id(&config.source.slot);
     let mut table_status = Vec::with_capacity(tables.len());
+    let oids = catalog::relation_oids(&client, &tables).await?;
     for table in &tables {
         let location = lake::table_location(lake.root(), &table.schema, &table.name);
         let opened = if lake.table_exists(&location).await? {
@@ -351,6 +352,7 @@ async fn collect_status(config: &Config) -> Result<Status, PipelineError> {
                     &table.name,
                     schema.arrow.clone(),
                     &app_id,
+                    oids.get(table).copied().unwrap_or_default(),
                 )
                 .await?,
             )

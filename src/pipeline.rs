@@ -129,9 +129,10 @@ impl PipelineError {
 enum SessionEnd {
     /// Shutdown was requested.
     Shutdown,
-    /// Tables matching a `schema.*` entry of `tables` appeared; the next session adds them
-    /// to the publication and loads them.
-    TablesAppeared,
+    /// Tables matching a `schema.*` entry of `tables` appeared (the next session adds them
+    /// to the publication and loads them), or a replicated table was dropped and created
+    /// again (the next session refuses to go on with a clear error).
+    TablesChanged,
 }
 
 /// The type catalog of a session: empty but for the configured column types; the
@@ -189,7 +190,7 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> Result<(),
         match result {
             Ok(SessionEnd::Shutdown) => return Ok(()),
             // Not a failure: a new session right away, at the position just confirmed.
-            Ok(SessionEnd::TablesAppeared) => {}
+            Ok(SessionEnd::TablesChanged) => {}
             Err(err) if err.is_transient() && streamed => {
                 metrics::global().reconnects.inc();
                 // The backoff is bounded by reconnect_max_backoff, which /healthz allows for.
@@ -311,6 +312,17 @@ async fn session(
             tidy.insert(name);
         }
     }
+    let sources: Vec<(TableName, u32)> = replicated
+        .iter()
+        .map(|t| {
+            let schema = t.schema();
+            let name = TableName {
+                schema: schema.namespace.clone(),
+                name: schema.name.clone(),
+            };
+            (name, t.lake().source_oid())
+        })
+        .collect();
     let mut applier = Applier::new(replicated, flush_policy(config), start);
     *applier.types_mut() = types;
     if let Some(lsn) = applier.table_positions().filter_map(|(_, lsn)| lsn).max() {
@@ -329,11 +341,11 @@ async fn session(
         &mut stream,
         &mut applier,
         start,
-        &tables,
+        &sources,
         shutdown,
     )
     .await?;
-    if end == SessionEnd::TablesAppeared {
+    if end == SessionEnd::TablesChanged {
         // Ends START_REPLICATION, so the server releases the slot for the next session
         // at once instead of when it notices the closed connection.
         stream.finish().await?;
@@ -355,22 +367,19 @@ pub(crate) async fn open_tables(
     let types = &mut catalog_types;
     let policy = config.schema.on_type_change;
     let mut replicated = Vec::with_capacity(tables.len());
+    let oids = catalog::relation_oids(client, tables).await?;
     for table in tables {
+        let source_oid = oids
+            .get(table)
+            .copied()
+            .ok_or_else(|| CatalogError::TableMissing {
+                table: table.to_string(),
+            })?;
         let columns = catalog::table_columns(client, table).await?;
         catalog::resolve_types(client, types, &columns).await?;
         types.warn_unknown(&table.schema, &table.name, &columns);
-        replicated.push(
-            open_table(
-                lake,
-                &table.schema,
-                &table.name,
-                &columns,
-                app_id,
-                types,
-                policy,
-            )
-            .await?,
-        );
+        replicated
+            .push(open_table(lake, table, source_oid, &columns, app_id, types, policy).await?);
     }
     let columns = replicated.iter().flat_map(|t| {
         let schema = t.schema();
@@ -419,23 +428,33 @@ enum SlotReady {
     Created(CreatedSlot),
 }
 
-/// Opens (or creates) the lake table of `namespace.name` and reconciles its layout with
+/// Opens (or creates) the lake table of `table` (relation `source_oid`; see
+/// [`LakeTable::open`]) and reconciles its layout with
 /// the source's current `columns`: columns added while pg2lake was not running join the
 /// lake layout (committed with the table's next data), dropped ones stay in it, a
 /// widened type rewrites the lake table's files, and any other type change follows
 /// `policy` (under `fail` it stops here, before anything is written).
-pub(crate) async fn open_table(
+async fn open_table(
     lake: &Lake,
-    namespace: &str,
-    name: &str,
+    table: &TableName,
+    source_oid: u32,
     columns: &[RelationColumn],
     app_id: &str,
     types: &TypeCatalog,
     policy: TypeChangePolicy,
 ) -> Result<ReplicatedTable, PipelineError> {
+    let (namespace, name) = (table.schema.as_str(), table.name.as_str());
     // Names the lake cannot hold fail here even when the lake table exists already.
     let source = TableSchema::with_types(namespace, name, columns, types)?;
-    let lake_table = LakeTable::open(lake, namespace, name, source.arrow.clone(), app_id).await?;
+    let lake_table = LakeTable::open(
+        lake,
+        namespace,
+        name,
+        source.arrow.clone(),
+        app_id,
+        source_oid,
+    )
+    .await?;
     let known = TableSchema::from_lake(namespace, name, &*lake_table.arrow_schema()?)?;
     let evolution = known.evolve_with(columns, types, policy)?;
     let mut table =
@@ -516,15 +535,15 @@ async fn prepare_slot(
 }
 
 /// The select loop: timers, then the stream; see each arm for why it has its priority.
-/// `tables` are those of this session; the session ends when `schema.*` entries of the
-/// configuration match tables beyond them.
+/// `sources` are this session's tables and their relation OIDs; the session ends when
+/// they change (see [`tables_changed`]).
 async fn stream_changes(
     config: &Config,
     client: &Client,
     stream: &mut ReplicationStream,
     applier: &mut Applier,
     start: Lsn,
-    tables: &[TableName],
+    sources: &[(TableName, u32)],
     shutdown: &CancellationToken,
 ) -> Result<SessionEnd, PipelineError> {
     let mut progress = Progress::new(start);
@@ -549,8 +568,8 @@ async fn stream_changes(
         config.source.table_discovery_interval,
     );
     discovery_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // Tables that appeared; the session ends at the next transaction boundary.
-    let mut appeared = false;
+    // The tables changed; the session ends at the next transaction boundary.
+    let mut changed = false;
     // Positions first: the lag is measured against them.
     record_loop(&progress, applier);
     refresh_server_metrics(config, client).await;
@@ -586,9 +605,10 @@ async fn stream_changes(
                 tracing::debug!(lsn = %lsn, "emitted heartbeat");
                 refresh_server_metrics(config, client).await;
             }
-            // Tables created since the session began that `schema.*` entries match.
-            _ = discovery_tick.tick(), if !wildcards.is_empty() && !appeared => {
-                appeared = tables_appeared(client, &wildcards, tables).await;
+            // Tables created since the session began that `schema.*` entries match, and
+            // replicated tables dropped and created again.
+            _ = discovery_tick.tick(), if !changed => {
+                changed = tables_changed(client, &wildcards, sources).await;
             }
             message = stream.next() => {
                 match message? {
@@ -625,43 +645,65 @@ async fn stream_changes(
         }
         // At a transaction boundary: what is pending is committed and confirmed, and the
         // next session starts after it.
-        if appeared && !applier.in_transaction() {
+        if changed && !applier.in_transaction() {
             stop(stream, applier, &mut progress).await?;
-            return Ok(SessionEnd::TablesAppeared);
+            return Ok(SessionEnd::TablesChanged);
         }
     }
 }
 
-/// Whether `wildcards` (`schema.*` entries) now match tables beyond `tables`. A failed
-/// lookup counts as no and is logged; a broken connection surfaces through the heartbeat.
-async fn tables_appeared(
+/// Whether the replicated tables changed since the session began: `wildcards`
+/// (`schema.*` entries) match tables beyond `sources`, or a table of `sources` has another
+/// relation OID now (dropped and created again). A failed lookup counts as no and is
+/// logged; a broken connection surfaces through the heartbeat.
+async fn tables_changed(
     client: &Client,
     wildcards: &[TablePattern],
-    tables: &[TableName],
+    sources: &[(TableName, u32)],
 ) -> bool {
+    let names: Vec<TableName> = sources.iter().map(|(table, _)| table.clone()).collect();
+    let current = match catalog::relation_oids(client, &names).await {
+        Ok(current) => current,
+        Err(err) => {
+            tracing::warn!(error = %err, "looking up the replicated tables failed; trying again later");
+            return false;
+        }
+    };
+    let mut changed = false;
+    for (table, oid) in sources {
+        // A dropped table is not a change here: nothing of it arrives any more.
+        if let Some(&now) = current.get(table)
+            && now != *oid
+        {
+            tracing::warn!(table = %table, relation_oid = oid, now, "table was dropped and created again; ending the replication session");
+            changed = true;
+        }
+    }
+    if wildcards.is_empty() {
+        return changed;
+    }
     match catalog::resolve_tables(client, wildcards).await {
         Ok(found) => {
             let new: Vec<String> = found
                 .iter()
-                .filter(|t| !tables.contains(t))
+                .filter(|t| !names.contains(t))
                 .map(ToString::to_string)
                 .collect();
-            if new.is_empty() {
-                return false;
+            if !new.is_empty() {
+                tracing::info!(
+                    tables = %new.join(", "),
+                    "new tables match the tables setting; starting a new session to add and load them"
+                );
+                changed = true;
             }
-            tracing::info!(
-                tables = %new.join(", "),
-                "new tables match the tables setting; starting a new session to add and load them"
-            );
-            true
         }
         // The schemas hold no table right now.
-        Err(CatalogError::NoTables { .. }) => false,
+        Err(CatalogError::NoTables { .. }) => {}
         Err(err) => {
             tracing::warn!(error = %err, "looking for new tables failed; trying again later");
-            false
         }
     }
+    changed
 }
 
 /// Commits what is pending and tells Postgres the new durable position at once, so the

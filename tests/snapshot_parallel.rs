@@ -2,7 +2,8 @@
 //! pages and TOASTed values), a partitioned table published via its root, and a table
 //! without a primary key, each copied exactly once and handed off to streaming; and a
 //! table added to the configuration of a running deployment, or created under a
-//! `schema.*` entry while pg2lake streams, loaded at its own point.
+//! `schema.*` entry while pg2lake streams, loaded at its own point; and a table dropped
+//! and created again under its name, refused with the fix.
 
 mod support;
 
@@ -380,6 +381,70 @@ async fn a_table_created_under_a_schema_pattern_is_found_and_loaded_while_writes
     assert_eq!(folded(lake.path(), "b"), source(&db, "b").await, "b");
     let b_rows = lake_rows(lake.path(), "b");
     assert!(b_rows.iter().any(|r| op(r) == "r") && b_rows.iter().any(|r| op(r) != "r"));
+}
+
+/// A replicated table dropped and created again under its name while pg2lake streams:
+/// the lake table holds the old table's changes and misses the new table's first rows,
+/// so pg2lake stops with an error naming the table and the fix instead of mixing the two.
+/// After the fix (its folder moved away) the next start loads the new table.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_created_again_under_its_name_stops_with_the_fix() {
+    let pg = PgServer::start();
+    let url = pg.create_database("again").await;
+    let db = pg.connect("again").await;
+    db.batch_execute(
+        "CREATE TABLE a (id int PRIMARY KEY, v int NOT NULL);
+         CREATE TABLE b (id int PRIMARY KEY, v int NOT NULL);
+         INSERT INTO a SELECT g, 0 FROM generate_series(1, 100) g;
+         INSERT INTO b SELECT g, 0 FROM generate_series(1, 100) g;",
+    )
+    .await
+    .expect("create tables");
+    let lake = tempfile::tempdir().expect("tempdir");
+    let config = ConfigFile::new(&config_yaml(
+        &url,
+        "again",
+        &["public.a", "public.b"],
+        &lake.path().display().to_string(),
+        "",
+    ));
+    let discovery = [(
+        "PG2LAKE__SOURCE__TABLE_DISCOVERY_INTERVAL".to_owned(),
+        "1s".to_owned(),
+    )];
+    let mut service = Service::start(&config, &discovery);
+    service.wait_streaming(Duration::from_secs(60));
+    db.batch_execute(
+        "UPDATE b SET v = 1 WHERE id <= 10;
+         DROP TABLE b;
+         CREATE TABLE b (id int PRIMARY KEY, v int NOT NULL);
+         INSERT INTO b SELECT g, 2 FROM generate_series(1, 50) g;
+         UPDATE a SET v = 3 WHERE id <= 10;",
+    )
+    .await
+    .expect("drop and create b again");
+    let status = service.wait_exit(Duration::from_secs(60));
+    let log = service.log();
+    assert_eq!(status.code(), Some(1), "log:\n{log}");
+    let line = log.lines().last().unwrap_or_default();
+    for needle in ["public.b", "dropped and created again", "fix:"] {
+        assert!(line.contains(needle), "{line:?} should mention {needle:?}");
+    }
+
+    std::fs::rename(
+        lake.path().join("public/b"),
+        lake.path().join("public/b.replaced"),
+    )
+    .expect("move the old table away");
+    let mut service = Service::start(&config, &discovery);
+    service.wait_streaming(Duration::from_secs(60));
+    db.batch_execute("UPDATE b SET v = 4 WHERE id = 50; UPDATE a SET v = 4 WHERE id = 50;")
+        .await
+        .expect("write after the reload");
+    wait_caught_up(&db, "again", CATCH_UP).await;
+    assert!(service.stop(STOP).success());
+    assert_eq!(folded(lake.path(), "a"), source(&db, "a").await, "a");
+    assert_eq!(folded(lake.path(), "b"), source(&db, "b").await, "b");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -382,8 +382,10 @@ pub struct SourceConfig {
     /// the replicated tables are idle.
     #[serde(with = "duration")]
     pub heartbeat_interval: Duration,
-    /// How often `schema.*` entries of `tables` are looked up again while streaming; a
-    /// table created since is added to the publication and loaded by a new session.
+    /// How often the tables are looked up again while streaming: a table created since
+    /// under a `schema.*` entry is added to the publication and loaded by a new session; a
+    /// replicated table dropped and created again ends the session, and the next one stops
+    /// with an error naming the fix.
     #[serde(with = "duration")]
     pub table_discovery_interval: Duration,
     /// Timeout for establishing a connection.

@@ -98,6 +98,21 @@ pub enum LakeError {
         /// The stored version.
         version: i64,
     },
+    /// The lake table was written from a source table that has since been dropped and
+    /// created again under the same name.
+    #[error(
+        "table {table} was dropped and created again since pg2lake began replicating it (relation oid {recorded}, now {current}): the lake table at {location} holds the old table's changes, and the new table's rows from before it joined the publication are not in it (fix: move that folder away, or delete it, and restart pg2lake to load the new table)"
+    )]
+    SourceReplaced {
+        /// `schema.table`.
+        table: String,
+        /// The table location.
+        location: String,
+        /// The relation OID the lake table was created from.
+        recorded: u32,
+        /// The relation OID of the source table now.
+        current: u32,
+    },
     /// A Delta table exists but was written with a different schema.
     #[error(
         "delta table {table} has a schema pg2lake cannot write to: {reason} (fix: point lake.url at a fresh location or drop that table's folder)"

@@ -4,6 +4,7 @@
 //! Everything here is plain SQL through tokio-postgres; the replication connection
 //! (see [`super::replication`]) is used only for the walsender commands.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
@@ -246,6 +247,37 @@ pub async fn table_columns(
             type_oid: row.get(1),
             type_modifier: row.get(2),
             is_key: row.get(3),
+        })
+        .collect())
+}
+
+/// The relation OID of each of `tables` that exists, by table. A table dropped and
+/// created again under the same name has a new OID: that is how pg2lake tells them apart.
+pub async fn relation_oids(
+    client: &Client,
+    tables: &[TableName],
+) -> Result<HashMap<TableName, u32>, CatalogError> {
+    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, c.oid \
+             FROM unnest($1::text[], $2::text[]) AS t(schema_name, table_name) \
+             JOIN pg_namespace n ON n.nspname = t.schema_name \
+             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name \
+             WHERE c.relkind IN ('r', 'p')",
+            &[&schemas, &names],
+        )
+        .await
+        .map_err(CatalogError::query("looking up the tables' relation oids"))?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let table = TableName {
+                schema: row.get(0),
+                name: row.get(1),
+            };
+            (table, row.get(2))
         })
         .collect())
 }

@@ -59,6 +59,9 @@ use crate::schema::widen_array;
 
 mod encoding;
 
+/// The table property recording the source table's relation OID (see [`LakeTable::open`]).
+pub const SOURCE_OID_PROPERTY: &str = "pg2lake.source.relationOid";
+
 /// The partition column of every pg2lake table (see DESIGN.md, lake layout).
 const PARTITION_COLUMN: &str = "date";
 /// Rows per batch read back from a file being rewritten for a widened column.
@@ -85,6 +88,8 @@ pub struct LakeTable {
     table: DeltaTable,
     writer: RecordBatchWriter,
     app_id: String,
+    /// The relation OID of the source table (see [`LakeTable::open`]).
+    source_oid: u32,
     committed: Option<Lsn>,
     /// Files sealed since the last commit, waiting for it.
     sealed: Vec<Add>,
@@ -136,12 +141,18 @@ impl LakeTable {
     /// lake has none, and reads back the last LSN this app (slot) committed to it. An
     /// existing table keeps its own layout ([`LakeTable::arrow_schema`]); reconciling it
     /// with the source is [`crate::schema::TableSchema::evolve`]'s job.
+    ///
+    /// `source_oid` is the source table's relation OID. A new table records it in its
+    /// configuration ([`SOURCE_OID_PROPERTY`]); a table that recorded another one was
+    /// written from a table that has since been dropped and created again, and opening it
+    /// is an error ([`LakeError::SourceReplaced`]).
     pub async fn open(
         lake: &Lake,
         namespace: &str,
         name: &str,
         arrow_schema: SchemaRef,
         app_id: &str,
+        source_oid: u32,
     ) -> Result<LakeTable, LakeError> {
         let location = table_location(lake.root(), namespace, name);
         let log_store = lake.log_store(&location)?;
@@ -153,6 +164,23 @@ impl LakeTable {
             .map_err(delta_err)?;
         if exists {
             table.load().await.map_err(delta_err)?;
+            let snapshot = table.snapshot().map_err(delta_err)?;
+            let recorded = snapshot
+                .metadata()
+                .configuration()
+                .get(SOURCE_OID_PROPERTY)
+                .and_then(|oid| oid.parse::<u32>().ok());
+            // Tables created before the property existed have none: nothing to compare.
+            if let Some(recorded) = recorded
+                && recorded != source_oid
+            {
+                return Err(LakeError::SourceReplaced {
+                    table: format!("{namespace}.{name}"),
+                    location: location.to_string(),
+                    recorded,
+                    current: source_oid,
+                });
+            }
         } else {
             let delta_schema: StructType = arrow_schema.as_ref().try_into_kernel().map_err(
                 |e: arrow::error::ArrowError| LakeError::SchemaMismatch {
@@ -190,6 +218,9 @@ impl LakeTable {
                     )),
                 )
                 .with_configuration_property(TableProperty::AppendOnly, Some("true"))
+                .with_configuration([(SOURCE_OID_PROPERTY, Some(source_oid.to_string()))])
+                // The source property is pg2lake's own, not a Delta table property.
+                .with_raise_if_key_not_exists(false)
                 .await
                 .map_err(delta_err)?;
             tracing::info!(table = %location, "created delta table");
@@ -201,6 +232,7 @@ impl LakeTable {
             table,
             writer,
             app_id: app_id.to_owned(),
+            source_oid,
             committed,
             sealed: Vec::new(),
             last_commit_files: (0, 0),
@@ -213,6 +245,11 @@ impl LakeTable {
             target_file_rows: lake.options().target_file_rows.max(1),
             checkpoint_interval: lake.options().checkpoint_interval.max(1),
         })
+    }
+
+    /// The relation OID of the source table it is written from.
+    pub fn source_oid(&self) -> u32 {
+        self.source_oid
     }
 
     /// The table's location.
@@ -441,6 +478,7 @@ impl LakeTable {
             .with_columns(schema.fields().cloned())
             .with_partition_columns([PARTITION_COLUMN])
             .with_configuration(configuration.into_iter().map(|(k, v)| (k, Some(v))))
+            .with_raise_if_key_not_exists(false)
             .await
             .map_err(delta_err)?;
         let mut shadow = DeltaTable::new(self.table.log_store());

@@ -9,6 +9,9 @@ use arrow::datatypes::{DataType, Field, Schema};
 use super::*;
 use crate::lake::LakeOptions;
 
+/// The relation OID the tables of these tests are written from.
+const SOURCE: u32 = 16_384;
+
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, true),
@@ -47,7 +50,7 @@ fn lake(dir: &std::path::Path) -> Lake {
 async fn commit_records_the_lsn_and_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let lake = lake(dir.path());
-    let mut table = LakeTable::open(&lake, "public", "t", schema(), "pg2lake:s")
+    let mut table = LakeTable::open(&lake, "public", "t", schema(), "pg2lake:s", SOURCE)
         .await
         .unwrap();
     assert_eq!(table.committed_lsn(), None);
@@ -72,22 +75,54 @@ async fn commit_records_the_lsn_and_survives_reopen() {
     );
     assert!(dir.path().join("public/t/date=2024-10-04").exists());
 
-    let reopened = LakeTable::open(&lake, "public", "t", schema(), "pg2lake:s")
+    let reopened = LakeTable::open(&lake, "public", "t", schema(), "pg2lake:s", SOURCE)
         .await
         .unwrap();
     assert_eq!(reopened.committed_lsn(), Some(Lsn(200)));
     assert_eq!(reopened.version(), Some(2));
-    let other_app = LakeTable::open(&lake, "public", "t", schema(), "pg2lake:other")
+    let other_app = LakeTable::open(&lake, "public", "t", schema(), "pg2lake:other", SOURCE)
         .await
         .unwrap();
     assert_eq!(other_app.committed_lsn(), None);
 }
 
 #[tokio::test]
+async fn a_table_written_from_another_relation_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = lake(dir.path());
+    let mut table = LakeTable::open(&lake, "public", "t", schema(), "a", SOURCE)
+        .await
+        .unwrap();
+    table.write(batch(&[1], 20_000)).await.unwrap();
+    table.commit(Lsn(100)).await.unwrap();
+    // The checkpoint carries the property too: reopen after several commits.
+    for lsn in [200, 300] {
+        table.write(batch(&[2], 20_000)).await.unwrap();
+        table.commit(Lsn(lsn)).await.unwrap();
+    }
+    let err = LakeTable::open(&lake, "public", "t", schema(), "a", SOURCE + 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        LakeError::SourceReplaced { recorded: SOURCE, current, .. } if current == SOURCE + 1
+    ));
+    let message = err.to_string();
+    assert!(
+        message.contains("public.t") && message.contains("fix:"),
+        "{message}"
+    );
+    assert!(!err.is_transient());
+    LakeTable::open(&lake, "public", "t", schema(), "a", SOURCE)
+        .await
+        .expect("the same relation opens");
+}
+
+#[tokio::test]
 async fn abandoned_rows_are_never_committed() {
     let dir = tempfile::tempdir().unwrap();
     let lake = lake(dir.path());
-    let mut table = LakeTable::open(&lake, "public", "t", schema(), "a")
+    let mut table = LakeTable::open(&lake, "public", "t", schema(), "a", SOURCE)
         .await
         .unwrap();
     table.write(batch(&[1], 20_000)).await.unwrap();
@@ -134,7 +169,7 @@ fn parquet_files(dir: &std::path::Path) -> Vec<String> {
 async fn files_a_killed_writer_left_are_removed_and_committed_ones_kept() {
     let dir = tempfile::tempdir().unwrap();
     let lake = lake(dir.path());
-    let mut table = LakeTable::open(&lake, "public", "t", schema(), "a")
+    let mut table = LakeTable::open(&lake, "public", "t", schema(), "a", SOURCE)
         .await
         .unwrap();
     table.write(batch(&[1, 2], 20_000)).await.unwrap();
@@ -150,7 +185,7 @@ async fn files_a_killed_writer_left_are_removed_and_committed_ones_kept() {
         parquet_files(&root)
     );
 
-    let reopened = LakeTable::open(&lake, "public", "t", schema(), "a")
+    let reopened = LakeTable::open(&lake, "public", "t", schema(), "a", SOURCE)
         .await
         .unwrap();
     let committed: Vec<String> = reopened
@@ -199,7 +234,7 @@ fn log_entry(dir: &std::path::Path, version: u64) -> String {
 async fn a_schema_change_is_committed_with_the_next_data() {
     let dir = tempfile::tempdir().unwrap();
     let lake = lake(dir.path());
-    let mut table = LakeTable::open(&lake, "public", "t", schema(), "a")
+    let mut table = LakeTable::open(&lake, "public", "t", schema(), "a", SOURCE)
         .await
         .unwrap();
     // One old-layout file is open when the layout changes.
@@ -227,7 +262,7 @@ async fn a_schema_change_is_committed_with_the_next_data() {
     let metadata = |table: &LakeTable| table.table.snapshot().unwrap().metadata().clone();
     let before = metadata(&table);
 
-    let reopened = LakeTable::open(&lake, "public", "t", schema(), "a")
+    let reopened = LakeTable::open(&lake, "public", "t", schema(), "a", SOURCE)
         .await
         .unwrap();
     assert_eq!(reopened.committed_lsn(), Some(Lsn(10)));
@@ -254,7 +289,7 @@ async fn a_schema_change_is_committed_with_the_next_data() {
 async fn a_staged_schema_change_waits_for_data() {
     let dir = tempfile::tempdir().unwrap();
     let lake = lake(dir.path());
-    let mut table = LakeTable::open(&lake, "public", "t", schema(), "a")
+    let mut table = LakeTable::open(&lake, "public", "t", schema(), "a", SOURCE)
         .await
         .unwrap();
     table.evolve(evolved_schema(DataType::Utf8)).await.unwrap();
@@ -280,7 +315,7 @@ async fn a_staged_schema_change_waits_for_data() {
 async fn a_timestamp_without_time_zone_column_upgrades_the_protocol() {
     let dir = tempfile::tempdir().unwrap();
     let lake = lake(dir.path());
-    let mut table = LakeTable::open(&lake, "public", "t", schema(), "a")
+    let mut table = LakeTable::open(&lake, "public", "t", schema(), "a", SOURCE)
         .await
         .unwrap();
     let ntz = DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None);
@@ -300,7 +335,7 @@ async fn a_timestamp_without_time_zone_column_upgrades_the_protocol() {
     table.write(rows.clone()).await.unwrap();
     table.commit(Lsn(1)).await.unwrap();
     assert!(log_entry(dir.path(), 1).contains("\"protocol\""));
-    let mut reopened = LakeTable::open(&lake, "public", "t", schema(), "a")
+    let mut reopened = LakeTable::open(&lake, "public", "t", schema(), "a", SOURCE)
         .await
         .unwrap();
     let protocol = reopened.table.snapshot().unwrap().protocol().clone();
@@ -381,9 +416,16 @@ fn read_ids(dir: &std::path::Path, table: &LakeTable) -> (Vec<i64>, Vec<DataType
 async fn a_widened_column_rewrites_the_files_in_the_same_version() {
     let dir = tempfile::tempdir().unwrap();
     let lake = lake(dir.path());
-    let mut table = LakeTable::open(&lake, "public", "t", int_schema(DataType::Int32), "a")
-        .await
-        .unwrap();
+    let mut table = LakeTable::open(
+        &lake,
+        "public",
+        "t",
+        int_schema(DataType::Int32),
+        "a",
+        SOURCE,
+    )
+    .await
+    .unwrap();
     // Committed narrow files in two partitions (target_file_rows 2: several files).
     table.write(int_batch(&[1, 2, 3], 20_000)).await.unwrap();
     table.write(int_batch(&[4], 20_001)).await.unwrap();
@@ -428,9 +470,16 @@ async fn a_widened_column_rewrites_the_files_in_the_same_version() {
     );
     assert!(actions.iter().any(|a| a.get("txn").is_some()), "{entry}");
 
-    let reopened = LakeTable::open(&lake, "public", "t", int_schema(DataType::Int32), "a")
-        .await
-        .unwrap();
+    let reopened = LakeTable::open(
+        &lake,
+        "public",
+        "t",
+        int_schema(DataType::Int32),
+        "a",
+        SOURCE,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         reopened.arrow_schema().unwrap(),
         int_schema(DataType::Int64)
