@@ -252,6 +252,15 @@ async fn source(db: &tokio_postgres::Client, table: &str) -> BTreeMap<i64, i64> 
         .collect()
 }
 
+/// `a` and `b` folded from the lake equal the source, with no duplicate, and `b` holds
+/// both copied (`r`) and streamed rows.
+async fn assert_a_and_b_match(lake: &std::path::Path, db: &tokio_postgres::Client) {
+    assert_eq!(folded(lake, "a"), source(db, "a").await, "a");
+    assert_eq!(folded(lake, "b"), source(db, "b").await, "b");
+    let b_rows = lake_rows(lake, "b");
+    assert!(b_rows.iter().any(|r| op(r) == "r") && b_rows.iter().any(|r| op(r) != "r"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_table_added_to_the_config_is_loaded_at_its_own_point_while_writes_go_on() {
     let pg = PgServer::start();
@@ -299,10 +308,7 @@ async fn a_table_added_to_the_config_is_loaded_at_its_own_point_while_writes_go_
     wait_caught_up(&db, "grow", CATCH_UP).await;
     assert!(service.stop(STOP).success());
 
-    assert_eq!(folded(lake.path(), "a"), source(&db, "a").await, "a");
-    assert_eq!(folded(lake.path(), "b"), source(&db, "b").await, "b");
-    let b_rows = lake_rows(lake.path(), "b");
-    assert!(b_rows.iter().any(|r| op(r) == "r") && b_rows.iter().any(|r| op(r) != "r"));
+    assert_a_and_b_match(lake.path(), &db).await;
 }
 
 /// `public.*` and a table created while pg2lake streams, with writes going on to both the
@@ -377,10 +383,7 @@ async fn a_table_created_under_a_schema_pattern_is_found_and_loaded_while_writes
         !log.contains("reconnecting"),
         "the new session is not a failure:\n{log}"
     );
-    assert_eq!(folded(lake.path(), "a"), source(&db, "a").await, "a");
-    assert_eq!(folded(lake.path(), "b"), source(&db, "b").await, "b");
-    let b_rows = lake_rows(lake.path(), "b");
-    assert!(b_rows.iter().any(|r| op(r) == "r") && b_rows.iter().any(|r| op(r) != "r"));
+    assert_a_and_b_match(lake.path(), &db).await;
 }
 
 /// A replicated table dropped and created again under its name while pg2lake streams:
@@ -443,8 +446,7 @@ async fn a_table_created_again_under_its_name_stops_with_the_fix() {
         .expect("write after the reload");
     wait_caught_up(&db, "again", CATCH_UP).await;
     assert!(service.stop(STOP).success());
-    assert_eq!(folded(lake.path(), "a"), source(&db, "a").await, "a");
-    assert_eq!(folded(lake.path(), "b"), source(&db, "b").await, "b");
+    assert_a_and_b_match(lake.path(), &db).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

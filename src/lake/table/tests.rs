@@ -12,6 +12,13 @@ use crate::lake::LakeOptions;
 /// The relation OID the tables of these tests are written from.
 const SOURCE: u32 = 16_384;
 
+/// The table `public.t` of app `a`, written from relation [`SOURCE`].
+async fn open(lake: &Lake, schema: SchemaRef) -> LakeTable {
+    LakeTable::open(lake, "public", "t", schema, "a", SOURCE)
+        .await
+        .unwrap()
+}
+
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, true),
@@ -90,9 +97,7 @@ async fn commit_records_the_lsn_and_survives_reopen() {
 async fn a_table_written_from_another_relation_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let lake = lake(dir.path());
-    let mut table = LakeTable::open(&lake, "public", "t", schema(), "a", SOURCE)
-        .await
-        .unwrap();
+    let mut table = open(&lake, schema()).await;
     table.write(batch(&[1], 20_000)).await.unwrap();
     table.commit(Lsn(100)).await.unwrap();
     // The checkpoint carries the property too: reopen after several commits.
@@ -122,9 +127,7 @@ async fn a_table_written_from_another_relation_is_refused() {
 async fn abandoned_rows_are_never_committed() {
     let dir = tempfile::tempdir().unwrap();
     let lake = lake(dir.path());
-    let mut table = LakeTable::open(&lake, "public", "t", schema(), "a", SOURCE)
-        .await
-        .unwrap();
+    let mut table = open(&lake, schema()).await;
     table.write(batch(&[1], 20_000)).await.unwrap();
     table.abandon_pending();
     assert_eq!(
@@ -169,9 +172,7 @@ fn parquet_files(dir: &std::path::Path) -> Vec<String> {
 async fn files_a_killed_writer_left_are_removed_and_committed_ones_kept() {
     let dir = tempfile::tempdir().unwrap();
     let lake = lake(dir.path());
-    let mut table = LakeTable::open(&lake, "public", "t", schema(), "a", SOURCE)
-        .await
-        .unwrap();
+    let mut table = open(&lake, schema()).await;
     table.write(batch(&[1, 2], 20_000)).await.unwrap();
     table.commit(Lsn(1)).await.unwrap();
     // Two rows with target_file_rows 2 seal a file; a crash now leaves it behind.
@@ -185,9 +186,7 @@ async fn files_a_killed_writer_left_are_removed_and_committed_ones_kept() {
         parquet_files(&root)
     );
 
-    let reopened = LakeTable::open(&lake, "public", "t", schema(), "a", SOURCE)
-        .await
-        .unwrap();
+    let reopened = open(&lake, schema()).await;
     let committed: Vec<String> = reopened
         .table
         .get_file_uris()
@@ -234,9 +233,7 @@ fn log_entry(dir: &std::path::Path, version: u64) -> String {
 async fn a_schema_change_is_committed_with_the_next_data() {
     let dir = tempfile::tempdir().unwrap();
     let lake = lake(dir.path());
-    let mut table = LakeTable::open(&lake, "public", "t", schema(), "a", SOURCE)
-        .await
-        .unwrap();
+    let mut table = open(&lake, schema()).await;
     // One old-layout file is open when the layout changes.
     table.write(batch(&[1], 20_000)).await.unwrap();
     table.evolve(evolved_schema(DataType::Utf8)).await.unwrap();
@@ -262,9 +259,7 @@ async fn a_schema_change_is_committed_with_the_next_data() {
     let metadata = |table: &LakeTable| table.table.snapshot().unwrap().metadata().clone();
     let before = metadata(&table);
 
-    let reopened = LakeTable::open(&lake, "public", "t", schema(), "a", SOURCE)
-        .await
-        .unwrap();
+    let reopened = open(&lake, schema()).await;
     assert_eq!(reopened.committed_lsn(), Some(Lsn(10)));
     assert_eq!(
         reopened.arrow_schema().unwrap(),
@@ -289,9 +284,7 @@ async fn a_schema_change_is_committed_with_the_next_data() {
 async fn a_staged_schema_change_waits_for_data() {
     let dir = tempfile::tempdir().unwrap();
     let lake = lake(dir.path());
-    let mut table = LakeTable::open(&lake, "public", "t", schema(), "a", SOURCE)
-        .await
-        .unwrap();
+    let mut table = open(&lake, schema()).await;
     table.evolve(evolved_schema(DataType::Utf8)).await.unwrap();
     assert_eq!(
         table.commit(Lsn(5)).await.unwrap(),
@@ -315,9 +308,7 @@ async fn a_staged_schema_change_waits_for_data() {
 async fn a_timestamp_without_time_zone_column_upgrades_the_protocol() {
     let dir = tempfile::tempdir().unwrap();
     let lake = lake(dir.path());
-    let mut table = LakeTable::open(&lake, "public", "t", schema(), "a", SOURCE)
-        .await
-        .unwrap();
+    let mut table = open(&lake, schema()).await;
     let ntz = DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None);
     table.evolve(evolved_schema(ntz.clone())).await.unwrap();
     let rows = RecordBatch::try_new(
@@ -335,9 +326,7 @@ async fn a_timestamp_without_time_zone_column_upgrades_the_protocol() {
     table.write(rows.clone()).await.unwrap();
     table.commit(Lsn(1)).await.unwrap();
     assert!(log_entry(dir.path(), 1).contains("\"protocol\""));
-    let mut reopened = LakeTable::open(&lake, "public", "t", schema(), "a", SOURCE)
-        .await
-        .unwrap();
+    let mut reopened = open(&lake, schema()).await;
     let protocol = reopened.table.snapshot().unwrap().protocol().clone();
     let json = serde_json::to_value(&protocol).unwrap();
     assert_eq!(json["minReaderVersion"], 3, "{json}");
@@ -416,16 +405,7 @@ fn read_ids(dir: &std::path::Path, table: &LakeTable) -> (Vec<i64>, Vec<DataType
 async fn a_widened_column_rewrites_the_files_in_the_same_version() {
     let dir = tempfile::tempdir().unwrap();
     let lake = lake(dir.path());
-    let mut table = LakeTable::open(
-        &lake,
-        "public",
-        "t",
-        int_schema(DataType::Int32),
-        "a",
-        SOURCE,
-    )
-    .await
-    .unwrap();
+    let mut table = open(&lake, int_schema(DataType::Int32)).await;
     // Committed narrow files in two partitions (target_file_rows 2: several files).
     table.write(int_batch(&[1, 2, 3], 20_000)).await.unwrap();
     table.write(int_batch(&[4], 20_001)).await.unwrap();
@@ -470,16 +450,7 @@ async fn a_widened_column_rewrites_the_files_in_the_same_version() {
     );
     assert!(actions.iter().any(|a| a.get("txn").is_some()), "{entry}");
 
-    let reopened = LakeTable::open(
-        &lake,
-        "public",
-        "t",
-        int_schema(DataType::Int32),
-        "a",
-        SOURCE,
-    )
-    .await
-    .unwrap();
+    let reopened = open(&lake, int_schema(DataType::Int32)).await;
     assert_eq!(
         reopened.arrow_schema().unwrap(),
         int_schema(DataType::Int64)
