@@ -46,6 +46,8 @@ pub fn config_yaml(url: &str, slot: &str, tables: &[&str], lake_url: &str, extra
 pub struct Service {
     child: Option<Child>,
     log: PathBuf,
+    /// Where this process's output begins in `log`.
+    log_start: u64,
 }
 
 impl Service {
@@ -59,6 +61,8 @@ impl Service {
             .append(true)
             .open(&log)
             .expect("log file");
+        // Earlier runs of the same test may have logged here already.
+        let log_start = log_file.metadata().map_or(0, |m| m.len());
         let child = Command::new(pg2lake_bin())
             .arg("run")
             .arg("--config")
@@ -75,6 +79,7 @@ impl Service {
         Service {
             child: Some(child),
             log,
+            log_start,
         }
     }
 
@@ -93,11 +98,14 @@ impl Service {
         peak_rss_of(self.pid())
     }
 
-    /// Waits until the service logs that it streams changes (slot, publication and
+    /// Waits until this process logs that it streams changes (slot, publication and
     /// initial load done), for at most `timeout`.
     pub fn wait_streaming(&self, timeout: Duration) {
         super::wait_until(timeout, "pg2lake streaming changes", || {
-            self.log().contains("streaming changes")
+            let log = std::fs::read(&self.log).unwrap_or_default();
+            let start = usize::try_from(self.log_start).unwrap_or(usize::MAX);
+            let own = log.get(start..).unwrap_or_default();
+            String::from_utf8_lossy(own).contains("streaming changes")
         });
     }
 
