@@ -263,6 +263,55 @@ async fn run_snapshots_existing_rows_and_hands_off_exactly_under_writes() {
     assert!(service.stop(STOP).success());
 }
 
+/// A table that is empty at the initial load, then written while pg2lake is stopped: the
+/// load committed its (empty) position, so the next start streams each of those changes
+/// from the slot, one row each, instead of copying the table again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_table_streams_the_changes_made_while_pg2lake_was_stopped() {
+    let pg = PgServer::start();
+    let url = pg.create_database("later").await;
+    let db = pg.connect("later").await;
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        .await
+        .expect("create table");
+    let lake = tempfile::tempdir().expect("temp dir");
+    let config = ConfigFile::new(&config_yaml(
+        &url,
+        "later",
+        &["public.t"],
+        &lake.path().display().to_string(),
+        "",
+    ));
+    let mut service = Service::start(&config, &[]);
+    service.wait_streaming(CATCH_UP);
+    assert!(service.stop(STOP).success());
+    let versions = try_read_delta(&lake_table(lake.path(), "t"), &[]).map(|r| r.version);
+    assert_eq!(versions, Some(1), "the empty load is a version of its own");
+
+    db.batch_execute(
+        "INSERT INTO t VALUES (1, 'a'), (2, 'b');
+         UPDATE t SET v = 'c' WHERE id = 1;
+         DELETE FROM t WHERE id = 2;",
+    )
+    .await
+    .expect("writes while stopped");
+    let mut service = Service::start(&config, &[]);
+    service.wait_streaming(CATCH_UP);
+    wait_caught_up(&db, "later", CATCH_UP).await;
+    assert!(service.stop(STOP).success());
+    let log = service.log();
+    assert!(
+        !log.contains("created temporary slot for the snapshot"),
+        "the table is not copied again:\n{log}"
+    );
+    let rows = lake_rows(lake.path(), "t");
+    let ops: Vec<&str> = rows.iter().map(op).collect();
+    assert_eq!(ops, ["c", "c", "u", "d"], "{rows:?}");
+    let state = fold(rows, "id");
+    assert_eq!(state.len(), 1);
+    assert_eq!(state["1"]["v"], json!("c"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn snapshot_command_then_run_misses_and_doubles_nothing() {
     let pg = PgServer::start();

@@ -518,9 +518,11 @@ async fn write_and_commit(
             None => return Err(SnapshotError::interrupted(table.schema())),
         }
     }
-    // An empty table commits nothing and stays unloaded: copying it again next time is
-    // cheap, and a version without rows would only add noise to the table's history.
-    let outcome = table.lake_mut().commit(lsn).await?;
+    // An empty table commits a version without rows: it records that the table holds
+    // everything up to `lsn`, so the changes after it stream from the slot. Left
+    // uncommitted, it would be copied again at the next start, and the changes made in
+    // between would reach the lake as one copy instead of one row each.
+    let outcome = table.lake_mut().commit_position(lsn).await?;
     progress.finish();
     let elapsed = progress.elapsed();
     let version = match outcome {

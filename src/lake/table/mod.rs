@@ -571,6 +571,18 @@ impl LakeTable {
         if self.pending_rows == 0 {
             return Ok(CommitOutcome::NothingToCommit);
         }
+        self.commit_through(lsn).await
+    }
+
+    /// Like [`LakeTable::commit`], but with nothing pending it still commits a version,
+    /// holding only the `txn` action: the table is then known to hold every change up to
+    /// `lsn` (an initial load that found the table empty), and its changes stream from
+    /// there instead of the table being copied again.
+    pub async fn commit_position(&mut self, lsn: Lsn) -> Result<CommitOutcome, LakeError> {
+        self.commit_through(lsn).await
+    }
+
+    async fn commit_through(&mut self, lsn: Lsn) -> Result<CommitOutcome, LakeError> {
         self.seal().await?;
         let mut actions: Vec<Action> = Vec::with_capacity(self.sealed.len() + 2);
         if let Some(staged) = &self.staged_schema {
