@@ -386,6 +386,69 @@ async fn a_table_created_under_a_schema_pattern_is_found_and_loaded_while_writes
     assert_a_and_b_match(lake.path(), &db).await;
 }
 
+/// The least-privilege setup the README gives for `public.*`: a role with REPLICATION
+/// and SELECT, and a publication `FOR TABLES IN SCHEMA public` made by a superuser (the
+/// role owns no table, so it could not add one to a publication). A table created later
+/// is published by Postgres itself; pg2lake finds it, and without SELECT on it stops
+/// with the GRANT to run; after the grant, the next start loads it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_found_under_a_schema_pattern_needs_select_and_is_loaded_after_the_grant() {
+    let pg = PgServer::start();
+    let url = pg.create_database("granted").await;
+    let db = pg.connect("granted").await;
+    db.batch_execute(
+        "CREATE TABLE a (id int PRIMARY KEY, v int NOT NULL);
+         INSERT INTO a SELECT g, 0 FROM generate_series(1, 100) g;
+         CREATE ROLE rep LOGIN REPLICATION;
+         GRANT SELECT ON a TO rep;
+         CREATE PUBLICATION granted FOR TABLES IN SCHEMA public
+           WITH (publish_via_partition_root = true);",
+    )
+    .await
+    .expect("create table, role and publication");
+    let lake = tempfile::tempdir().expect("tempdir");
+    let url = url.replacen(&format!("{}@", pg.superuser()), "rep@", 1);
+    let config = ConfigFile::new(&config_yaml(
+        &url,
+        "granted",
+        &["public.*"],
+        &lake.path().display().to_string(),
+        "",
+    ));
+    let discovery = [(
+        "PG2LAKE__SOURCE__TABLE_DISCOVERY_INTERVAL".to_owned(),
+        "1s".to_owned(),
+    )];
+    let mut service = Service::start(&config, &discovery);
+    service.wait_streaming(Duration::from_secs(60));
+    db.batch_execute(
+        "CREATE TABLE b (id int PRIMARY KEY, v int NOT NULL);
+         INSERT INTO b SELECT g, 0 FROM generate_series(1, 100) g;
+         UPDATE a SET v = 1 WHERE id <= 10;",
+    )
+    .await
+    .expect("create b");
+    let status = service.wait_exit(Duration::from_secs(60));
+    let log = service.log();
+    assert_eq!(status.code(), Some(1), "log:\n{log}");
+    let line = log.lines().last().unwrap_or_default();
+    for needle in ["rep", "\"public\".\"b\"", "GRANT SELECT"] {
+        assert!(line.contains(needle), "{line:?} should mention {needle:?}");
+    }
+
+    db.batch_execute("GRANT SELECT ON b TO rep; UPDATE b SET v = 2 WHERE id <= 10;")
+        .await
+        .expect("grant");
+    let mut service = Service::start(&config, &discovery);
+    service.wait_streaming(Duration::from_secs(60));
+    db.batch_execute("UPDATE a SET v = 3 WHERE id = 50; UPDATE b SET v = 3 WHERE id = 50;")
+        .await
+        .expect("write after the grant");
+    wait_caught_up(&db, "granted", CATCH_UP).await;
+    assert!(service.stop(STOP).success());
+    assert_a_and_b_match(lake.path(), &db).await;
+}
+
 /// A replicated table dropped and created again under its name while pg2lake streams:
 /// the lake table holds the old table's changes and misses the new table's first rows,
 /// so pg2lake stops with an error naming the table and the fix instead of mixing the two.
