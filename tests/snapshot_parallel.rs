@@ -252,6 +252,35 @@ async fn source(db: &tokio_postgres::Client, table: &str) -> BTreeMap<i64, i64> 
         .collect()
 }
 
+/// `PG2LAKE__SOURCE__TABLE_DISCOVERY_INTERVAL=1s`: new and re-created tables are noticed
+/// within a second.
+fn fast_discovery() -> [(String, String); 1] {
+    [(
+        "PG2LAKE__SOURCE__TABLE_DISCOVERY_INTERVAL".to_owned(),
+        "1s".to_owned(),
+    )]
+}
+
+/// Starts pg2lake again after a fix, writes to `a` and `b` once it streams, and checks
+/// both tables against the source (`slot` names the database's slot too).
+async fn restart_write_and_match(
+    config: &ConfigFile,
+    db: &tokio_postgres::Client,
+    slot: &str,
+    lake: &std::path::Path,
+) {
+    let mut service = Service::start(config, &fast_discovery());
+    service.wait_streaming(Duration::from_secs(60));
+    db.batch_execute(
+        "UPDATE a SET v = v + 10 WHERE id = 50; UPDATE b SET v = v + 10 WHERE id = 50;",
+    )
+    .await
+    .expect("write after the fix");
+    wait_caught_up(db, slot, CATCH_UP).await;
+    assert!(service.stop(STOP).success());
+    assert_a_and_b_match(lake, db).await;
+}
+
 /// `a` and `b` folded from the lake equal the source, with no duplicate, and `b` holds
 /// both copied (`r`) and streamed rows.
 async fn assert_a_and_b_match(lake: &std::path::Path, db: &tokio_postgres::Client) {
@@ -335,11 +364,7 @@ async fn a_table_created_under_a_schema_pattern_is_found_and_loaded_while_writes
         &lake.path().display().to_string(),
         "",
     ));
-    let discovery = [(
-        "PG2LAKE__SOURCE__TABLE_DISCOVERY_INTERVAL".to_owned(),
-        "1s".to_owned(),
-    )];
-    let mut service = Service::start(&config, &discovery);
+    let mut service = Service::start(&config, &fast_discovery());
     service.wait_streaming(Duration::from_secs(60));
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -415,11 +440,7 @@ async fn a_table_found_under_a_schema_pattern_needs_select_and_is_loaded_after_t
         &lake.path().display().to_string(),
         "",
     ));
-    let discovery = [(
-        "PG2LAKE__SOURCE__TABLE_DISCOVERY_INTERVAL".to_owned(),
-        "1s".to_owned(),
-    )];
-    let mut service = Service::start(&config, &discovery);
+    let mut service = Service::start(&config, &fast_discovery());
     service.wait_streaming(Duration::from_secs(60));
     db.batch_execute(
         "CREATE TABLE b (id int PRIMARY KEY, v int NOT NULL);
@@ -428,25 +449,15 @@ async fn a_table_found_under_a_schema_pattern_needs_select_and_is_loaded_after_t
     )
     .await
     .expect("create b");
-    let status = service.wait_exit(Duration::from_secs(60));
-    let log = service.log();
-    assert_eq!(status.code(), Some(1), "log:\n{log}");
-    let line = log.lines().last().unwrap_or_default();
-    for needle in ["rep", "\"public\".\"b\"", "GRANT SELECT"] {
-        assert!(line.contains(needle), "{line:?} should mention {needle:?}");
-    }
+    service.wait_error(
+        Duration::from_secs(60),
+        &["rep", "\"public\".\"b\"", "GRANT SELECT"],
+    );
 
     db.batch_execute("GRANT SELECT ON b TO rep; UPDATE b SET v = 2 WHERE id <= 10;")
         .await
         .expect("grant");
-    let mut service = Service::start(&config, &discovery);
-    service.wait_streaming(Duration::from_secs(60));
-    db.batch_execute("UPDATE a SET v = 3 WHERE id = 50; UPDATE b SET v = 3 WHERE id = 50;")
-        .await
-        .expect("write after the grant");
-    wait_caught_up(&db, "granted", CATCH_UP).await;
-    assert!(service.stop(STOP).success());
-    assert_a_and_b_match(lake.path(), &db).await;
+    restart_write_and_match(&config, &db, "granted", lake.path()).await;
 }
 
 /// A replicated table dropped and created again under its name while pg2lake streams:
@@ -474,11 +485,7 @@ async fn a_table_created_again_under_its_name_stops_with_the_fix() {
         &lake.path().display().to_string(),
         "",
     ));
-    let discovery = [(
-        "PG2LAKE__SOURCE__TABLE_DISCOVERY_INTERVAL".to_owned(),
-        "1s".to_owned(),
-    )];
-    let mut service = Service::start(&config, &discovery);
+    let mut service = Service::start(&config, &fast_discovery());
     service.wait_streaming(Duration::from_secs(60));
     db.batch_execute(
         "UPDATE b SET v = 1 WHERE id <= 10;
@@ -489,27 +496,17 @@ async fn a_table_created_again_under_its_name_stops_with_the_fix() {
     )
     .await
     .expect("drop and create b again");
-    let status = service.wait_exit(Duration::from_secs(60));
-    let log = service.log();
-    assert_eq!(status.code(), Some(1), "log:\n{log}");
-    let line = log.lines().last().unwrap_or_default();
-    for needle in ["public.b", "dropped and created again", "fix:"] {
-        assert!(line.contains(needle), "{line:?} should mention {needle:?}");
-    }
+    service.wait_error(
+        Duration::from_secs(60),
+        &["public.b", "dropped and created again", "fix:"],
+    );
 
     std::fs::rename(
         lake.path().join("public/b"),
         lake.path().join("public/b.replaced"),
     )
     .expect("move the old table away");
-    let mut service = Service::start(&config, &discovery);
-    service.wait_streaming(Duration::from_secs(60));
-    db.batch_execute("UPDATE b SET v = 4 WHERE id = 50; UPDATE a SET v = 4 WHERE id = 50;")
-        .await
-        .expect("write after the reload");
-    wait_caught_up(&db, "again", CATCH_UP).await;
-    assert!(service.stop(STOP).success());
-    assert_a_and_b_match(lake.path(), &db).await;
+    restart_write_and_match(&config, &db, "again", lake.path()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

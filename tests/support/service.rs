@@ -156,6 +156,25 @@ impl Service {
         }
     }
 
+    /// Waits up to `timeout` for the process to stop by itself on an error: exit code 1,
+    /// and a last log line `error: …` that mentions each of `needles`. Returns that line.
+    pub fn wait_error(&mut self, timeout: Duration, needles: &[&str]) -> String {
+        let status = self.wait_exit(timeout);
+        let log = self.log();
+        assert_eq!(status.code(), Some(1), "log:\n{log}");
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(line.starts_with("error: "), "{line:?}");
+        for needle in needles {
+            assert!(line.contains(needle), "{line:?} should mention {needle:?}");
+        }
+        line
+    }
+
     /// SIGKILL: a crash at whatever point the process is.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
