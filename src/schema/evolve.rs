@@ -419,7 +419,7 @@ fn holds(known: &SourceColumn, incoming: &SourceColumn) -> bool {
 mod tests {
     use super::*;
     use crate::schema::fixtures::{col, typmod};
-    use crate::schema::oid;
+    use crate::schema::{META_COLUMNS, oid};
 
     /// varchar(n)'s typmod.
     fn varchar(n: i32) -> i32 {
@@ -448,18 +448,8 @@ mod tests {
         .unwrap()
     }
 
-    const META: [&str; 7] = [
-        "_op",
-        "_lsn",
-        "_seq",
-        "_commit_ts",
-        "_xid",
-        "_unchanged",
-        "date",
-    ];
-
     fn with_meta<'a>(source: &[&'a str]) -> Vec<&'a str> {
-        source.iter().copied().chain(META).collect()
+        source.iter().copied().chain(META_COLUMNS).collect()
     }
 
     #[test]
