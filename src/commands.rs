@@ -9,6 +9,7 @@ use crate::config::{Config, TableName};
 use crate::lake::{self, Lake, LakeTable};
 use crate::pg::catalog;
 use crate::pg::connect;
+use crate::pg::publication;
 use crate::pipeline::{self, PipelineError};
 use crate::schema::TableSchema;
 
@@ -47,6 +48,9 @@ impl CommandError {
 /// One line of `check` output.
 struct CheckLine {
     ok: bool,
+    /// Not a failure, but something the operator should know and may want to fix: shown
+    /// with `!` and its fix.
+    warn: bool,
     what: String,
     fix: Option<String>,
 }
@@ -58,9 +62,13 @@ pub async fn check(config: &Config) -> Result<(), CommandError> {
     let mut lines = Vec::new();
     let result = run_checks(config, &mut lines).await;
     for line in &lines {
-        let mark = if line.ok { "✓" } else { "✗" };
+        let mark = match (line.ok, line.warn) {
+            (false, _) => "✗",
+            (true, true) => "!",
+            (true, false) => "✓",
+        };
         match &line.fix {
-            Some(fix) if !line.ok => println!("{mark} {}\n    fix: {fix}", line.what),
+            Some(fix) if !line.ok || line.warn => println!("{mark} {}\n    fix: {fix}", line.what),
             _ => println!("{mark} {}", line.what),
         }
     }
@@ -82,12 +90,14 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
     let client = connect::sql(&params).await?;
     lines.push(CheckLine {
         ok: true,
+        warn: false,
         what: format!("connected to postgres at {}", params.target()),
         fix: None,
     });
     match catalog::check_server(&client).await {
         Ok(settings) => lines.push(CheckLine {
             ok: true,
+            warn: false,
             what: format!(
                 "postgres {}, wal_level logical, role {} may replicate",
                 settings.version, settings.role
@@ -96,6 +106,7 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
         }),
         Err(err) => lines.push(CheckLine {
             ok: false,
+            warn: false,
             what: err.to_string(),
             fix: None,
         }),
@@ -106,14 +117,25 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
         lines,
     );
     let tables = catalog::resolve_tables(&client, &config.table_patterns()).await?;
+    let keyless = publication::keyless_tables(&client, &tables).await?;
+    let inserts = publication::inserts_name(&config.source.publication);
     for table in &tables {
         let identity = catalog::replica_identity(&client, table).await?;
+        let captured = !keyless.contains(table);
         lines.push(CheckLine {
-            ok: identity.captures_updates(),
-            what: format!("table {table}: replica identity {}", identity.describe()),
-            fix: (!identity.captures_updates()).then(|| {
+            ok: true,
+            warn: !captured,
+            what: if captured {
+                format!("table {table}: replica identity {}", identity.describe())
+            } else {
                 format!(
-                    "ALTER TABLE {} REPLICA IDENTITY FULL; (or add a primary key)",
+                    "table {table}: no replica identity (replica identity {}, or a partition's): only its inserts and truncates are captured, through publication {inserts}; its updates and deletes are not in the lake",
+                    identity.describe()
+                )
+            },
+            fix: (!captured).then(|| {
+                format!(
+                    "ALTER TABLE {} REPLICA IDENTITY FULL; (or add a primary key) to capture its updates and deletes too",
                     table.quoted()
                 )
             }),
@@ -124,19 +146,33 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
         let (readable, role) = catalog::can_select(&client, table).await?;
         lines.push(CheckLine {
             ok: readable,
+            warn: false,
             what: format!("table {table}: role {role} may SELECT it (initial load)"),
             fix: (!readable).then(|| format!("GRANT SELECT ON {} TO {role};", table.quoted())),
         });
     }
-    lines.push(publication_line(
-        catalog::publication(&client, &config.source.publication).await?,
+    let existing = publication::publication(&client, &config.source.publication).await?;
+    lines.extend(breaking_lines(
+        existing.as_ref(),
         &config.source.publication,
-        &tables,
+        &keyless,
+    ));
+    // The main publication is for the tables whose updates and deletes are captured.
+    let keyed: Vec<TableName> = tables
+        .iter()
+        .filter(|t| !keyless.contains(t))
+        .cloned()
+        .collect();
+    lines.push(publication_line(
+        existing,
+        &config.source.publication,
+        &keyed,
     ));
     let lake = Lake::open(pipeline::lake_options(config))?;
     match lake.check_writable().await {
         Ok(()) => lines.push(CheckLine {
             ok: true,
+            warn: false,
             what: format!(
                 "lake {} is writable with atomic create-only puts",
                 lake.root()
@@ -145,6 +181,7 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
         }),
         Err(err) => lines.push(CheckLine {
             ok: false,
+            warn: false,
             what: err.to_string(),
             fix: None,
         }),
@@ -189,12 +226,14 @@ async fn column_type_lines(
                     }
                     CheckLine {
                         ok: true,
+                        warn: false,
                         what,
                         fix: None,
                     }
                 }
                 Err(err) => CheckLine {
                     ok: false,
+                    warn: false,
                     what: err.to_string(),
                     fix: None,
                 },
@@ -212,6 +251,7 @@ async fn column_type_lines(
     for key in types.unmatched_configured(present) {
         lines.push(CheckLine {
             ok: false,
+            warn: false,
             what: format!("column_types.\"{key}\" names no column of a configured table"),
             fix: Some(
                 "check the schema.table.column spelling, or remove the entry until the column exists"
@@ -226,6 +266,7 @@ async fn column_type_lines(
 fn capacity_lines(capacity: &catalog::ReplicationCapacity, slot: &str, lines: &mut Vec<CheckLine>) {
     lines.push(CheckLine {
         ok: capacity.slot_room(),
+        warn: false,
         what: format!(
             "replication slots: {} of max_replication_slots {} in use{}",
             capacity.slots_used,
@@ -243,6 +284,7 @@ fn capacity_lines(capacity: &catalog::ReplicationCapacity, slot: &str, lines: &m
     });
     lines.push(CheckLine {
         ok: capacity.sender_room(),
+        warn: false,
         what: format!(
             "wal senders: {} of max_wal_senders {} in use",
             capacity.wal_senders_used, capacity.max_wal_senders
@@ -257,6 +299,7 @@ fn capacity_lines(capacity: &catalog::ReplicationCapacity, slot: &str, lines: &m
     // can invalidate the slot, which then needs a new snapshot.
     lines.push(CheckLine {
         ok: true,
+        warn: false,
         what: if capacity.max_slot_wal_keep_size_mb < 0 {
             "max_slot_wal_keep_size is unlimited: while pg2lake is stopped the slot retains WAL until the disk fills (alert on pg2lake_slot_retained_wal_bytes)".to_owned()
         } else {
@@ -381,11 +424,40 @@ async fn collect_status(config: &Config) -> Result<Status, PipelineError> {
     })
 }
 
+/// Tables without a replica identity that a publication `run` does not change (for all
+/// tables, or for whole schemas) publishes with updates: the application's UPDATE and
+/// DELETE on them fail today. A failure: the fix is the user's to make.
+fn breaking_lines(
+    existing: Option<&publication::Publication>,
+    name: &str,
+    keyless: &std::collections::BTreeSet<TableName>,
+) -> Vec<CheckLine> {
+    let Some(existing) = existing.filter(|p| p.publishes_updates) else {
+        return Vec::new();
+    };
+    keyless
+        .iter()
+        .filter(|t| existing.all_tables || existing.tables.contains(t))
+        .filter(|_| existing.all_tables || existing.by_schema)
+        .map(|table| CheckLine {
+            ok: false,
+            warn: false,
+            what: format!(
+                "publication {name} publishes updates of {table}, which has no replica identity: UPDATE and DELETE on it fail on the primary"
+            ),
+            fix: Some(format!(
+                "ALTER TABLE {} REPLICA IDENTITY FULL; (or add a primary key, or use a publication FOR TABLE of keyed tables: pg2lake then streams this table's inserts through its own insert-only publication)",
+                table.quoted()
+            )),
+        })
+        .collect()
+}
+
 /// Whether the publication publishes the configured tables. A missing or different one
 /// is not a failure: `run` creates or updates it, which needs CREATE on the database and
 /// ownership of the tables.
 fn publication_line(
-    existing: Option<catalog::Publication>,
+    existing: Option<publication::Publication>,
     name: &str,
     tables: &[TableName],
 ) -> CheckLine {
@@ -411,6 +483,7 @@ fn publication_line(
     };
     CheckLine {
         ok: true,
+        warn: false,
         what,
         fix: None,
     }

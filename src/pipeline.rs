@@ -32,6 +32,7 @@ use crate::metrics;
 use crate::pg::catalog::{self, CatalogError};
 use crate::pg::connect::{self, ConnectError};
 use crate::pg::pgoutput::{self, DecodeError, LogicalMessage, RelationColumn};
+use crate::pg::publication::{self, Streaming};
 use crate::pg::replication::{
     CreatedSlot, ReplicationClient, ReplicationError, ReplicationMessage, ReplicationStream,
     SlotSnapshot, StandbyStatus,
@@ -42,6 +43,10 @@ use crate::snapshot::{self, SnapshotError, SnapshotPoint};
 
 /// First wait before reconnecting after a transient failure; doubles up to the maximum.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// How often the replicated tables' replica identities are checked while streaming (see
+/// [`publication`]): the longest the application's UPDATE and DELETE on a table whose key
+/// was just dropped can fail because of pg2lake's publication.
+const IDENTITY_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// How often a slot held by another process is checked again.
 const SLOT_BUSY_RECHECK: Duration = Duration::from_secs(5);
 /// Upper bound on how often the flush policy's age rule is checked.
@@ -230,21 +235,14 @@ async fn session(
     for table in &tables {
         // Zero-valued series from the start, so dashboards and rate() have a baseline.
         metrics::global().register_table(&format!("{}.{}", table.schema, table.name));
-        let identity = catalog::replica_identity(&client, table).await?;
-        if !identity.captures_updates() {
-            tracing::warn!(
-                table = %table,
-                replica_identity = identity.describe(),
-                fix = %format!("ALTER TABLE {} REPLICA IDENTITY FULL; (or add a primary key)", table.quoted()),
-                "updates and deletes of this table cannot be captured"
-            );
-        }
     }
     let lake = Lake::open(lake_options(config))?;
     lake.check_writable().await?;
-    catalog::ensure_publication(&client, &config.source.publication, &tables).await?;
+    let streaming = prepare_publications(config, &client, &tables).await?;
+    let tables = streaming.tables.clone();
     let app_id = lake::app_id(&config.source.slot);
     let (mut replicated, types) = open_tables(config, &client, &lake, &tables, &app_id).await?;
+    record_source_changes(&mut replicated, &streaming)?;
     let unloaded = snapshot::unloaded(&replicated);
     snapshot::check_readable(&client, &replicated, &unloaded).await?;
 
@@ -296,7 +294,7 @@ async fn session(
         .start_logical_replication(
             &config.source.slot,
             Lsn::ZERO,
-            std::slice::from_ref(&config.source.publication),
+            &streaming.publications,
             true,
         )
         .await?;
@@ -335,22 +333,61 @@ async fn session(
         tracing::info!(table, committed_lsn = ?committed.map(|l| l.to_string()), "replicating table");
     }
     tracing::info!(slot = %config.source.slot, start_lsn = %start, tables = tables.len(), "streaming changes");
-    let end = stream_changes(
+    let session = Session {
         config,
-        &client,
-        &mut stream,
-        &mut applier,
-        start,
-        &sources,
-        shutdown,
-    )
-    .await?;
+        client: &client,
+        sources: &sources,
+        streaming: &streaming,
+    };
+    let end = stream_changes(&session, &mut stream, &mut applier, start, shutdown).await?;
     if end == SessionEnd::TablesChanged {
         // Ends START_REPLICATION, so the server releases the slot for the next session
         // at once instead of when it notices the closed connection.
         stream.finish().await?;
     }
     Ok(end)
+}
+
+/// Arranges the publications for `tables` (see [`publication`]) and warns about each
+/// table whose updates and deletes cannot be captured.
+pub(crate) async fn prepare_publications(
+    config: &Config,
+    client: &Client,
+    tables: &[TableName],
+) -> Result<Streaming, PipelineError> {
+    let slot = catalog::slot_info(client, &config.source.slot).await?;
+    let streaming =
+        publication::prepare(client, &config.source.publication, tables, slot.as_ref()).await?;
+    for table in &streaming.keyless {
+        tracing::warn!(
+            table = %table,
+            publication = %publication::inserts_name(&config.source.publication),
+            fix = %format!("ALTER TABLE {} REPLICA IDENTITY FULL; (or add a primary key)", table.quoted()),
+            "updates and deletes of this table cannot be captured: it has no replica identity, so only its inserts and truncates are published"
+        );
+    }
+    Ok(streaming)
+}
+
+/// Records in each lake table which source changes it captures
+/// ([`crate::lake::SOURCE_CHANGES_PROPERTY`]), committed with its next version.
+pub(crate) fn record_source_changes(
+    tables: &mut [ReplicatedTable],
+    streaming: &Streaming,
+) -> Result<(), LakeError> {
+    for table in tables {
+        let schema = table.schema();
+        let name = TableName::new(schema.namespace.clone(), schema.name.clone());
+        let changes = if streaming.keyless.contains(&name) {
+            publication::INSERTS_ONLY
+        } else {
+            publication::ALL_CHANGES
+        };
+        table
+            .lake_mut()
+            .set_property(crate::lake::SOURCE_CHANGES_PROPERTY, changes)?;
+    }
+    Ok(())
 }
 
 /// Opens (or creates) the lake table of every table in `tables`; see [`open_table`].
@@ -534,18 +571,32 @@ async fn prepare_slot(
     }
 }
 
+/// What a streaming session works with besides the stream and the applier.
+struct Session<'a> {
+    config: &'a Config,
+    /// The session's catalog connection.
+    client: &'a Client,
+    /// The session's tables and their relation OIDs; the session ends when they change
+    /// (see [`tables_changed`]).
+    sources: &'a [(TableName, u32)],
+    /// The publications streamed and the tables without a replica identity.
+    streaming: &'a Streaming,
+}
+
 /// The select loop: timers, then the stream; see each arm for why it has its priority.
-/// `sources` are this session's tables and their relation OIDs; the session ends when
-/// they change (see [`tables_changed`]).
 async fn stream_changes(
-    config: &Config,
-    client: &Client,
+    session: &Session<'_>,
     stream: &mut ReplicationStream,
     applier: &mut Applier,
     start: Lsn,
-    sources: &[(TableName, u32)],
     shutdown: &CancellationToken,
 ) -> Result<SessionEnd, PipelineError> {
+    let Session {
+        config,
+        client,
+        sources,
+        ..
+    } = *session;
     let mut progress = Progress::new(start);
     let mut status_tick = tokio::time::interval(config.source.status_interval);
     status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -568,6 +619,11 @@ async fn stream_changes(
         config.source.table_discovery_interval,
     );
     discovery_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut identity_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + IDENTITY_CHECK_INTERVAL,
+        IDENTITY_CHECK_INTERVAL,
+    );
+    identity_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // The tables changed; the session ends at the next transaction boundary.
     let mut changed = false;
     // Positions first: the lag is measured against them.
@@ -609,6 +665,11 @@ async fn stream_changes(
             // replicated tables dropped and created again.
             _ = discovery_tick.tick(), if !changed => {
                 changed = tables_changed(client, &wildcards, sources).await;
+            }
+            // A table that lost its replica identity breaks the application's UPDATE and
+            // DELETE while the main publication holds it: moved out at once, here.
+            _ = identity_tick.tick(), if !changed => {
+                changed = publications_changed(session).await?;
             }
             message = stream.next() => {
                 match message? {
@@ -704,6 +765,47 @@ async fn tables_changed(
         }
     }
     changed
+}
+
+/// Keeps the publication invariant while streaming (see [`publication`]): when a table's
+/// replica identity came or went, moves it between the publications right away and says
+/// that the session should end (the next one records the change in the lake table).
+/// Also says so once the insert-only publication became streamable. A failed lookup
+/// counts as no change and is logged; a broken connection surfaces through the heartbeat.
+async fn publications_changed(session: &Session<'_>) -> Result<bool, PipelineError> {
+    let Session {
+        config,
+        client,
+        streaming,
+        ..
+    } = *session;
+    let keyless = match publication::keyless_tables(client, &streaming.tables).await {
+        Ok(keyless) => keyless,
+        Err(err) => {
+            tracing::warn!(error = %err, "reading the tables' replica identities failed; trying again later");
+            return Ok(false);
+        }
+    };
+    if keyless != streaming.keyless {
+        // An error here stops the session: the application may be failing right now, and
+        // the next session tries again (or stops with the fix).
+        publication::rearrange(client, &config.source.publication, streaming, &keyless).await?;
+        tracing::warn!(
+            tables_without_replica_identity = keyless.len(),
+            "a table's replica identity changed; publications updated, starting a new session"
+        );
+        return Ok(true);
+    }
+    if let publication::InsertsPublication::From(from) = streaming.inserts {
+        let slot = catalog::slot_info(client, &config.source.slot).await;
+        if let Ok(Some(slot)) = slot
+            && slot.restart_lsn.is_some_and(|lsn| lsn >= from)
+        {
+            tracing::info!(streamable_from = %from, "the insert-only publication can be streamed now; starting a new session");
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Commits what is pending and tells Postgres the new durable position at once, so the

@@ -1109,12 +1109,15 @@ impl Config {
                 "source.publication must not be empty (e.g. pg2lake)",
             ));
         }
-        if source.publication.len() > MAX_IDENTIFIER_BYTES {
+        // The insert-only publication's name adds a suffix (see pg::publication).
+        let max_publication = MAX_IDENTIFIER_BYTES - crate::pg::publication::INSERTS_SUFFIX.len();
+        if source.publication.len() > max_publication {
             return Err(ConfigError::invalid(
                 "source.publication",
                 format!(
-                    "source.publication {:?} is longer than {MAX_IDENTIFIER_BYTES} bytes, which Postgres would truncate",
-                    source.publication
+                    "source.publication {:?} is longer than {max_publication} bytes: with the suffix {:?} of its insert-only publication Postgres would truncate it",
+                    source.publication,
+                    crate::pg::publication::INSERTS_SUFFIX
                 ),
             ));
         }

@@ -1,5 +1,5 @@
 //! Catalog work over a normal connection: server settings, the configured tables and
-//! their columns, the publication, the slot, and heartbeats.
+//! their columns, the slot, and heartbeats (the publications are [`super::publication`]'s).
 //!
 //! Everything here is plain SQL through tokio-postgres; the replication connection
 //! (see [`super::replication`]) is used only for the walsender commands.
@@ -60,6 +60,19 @@ pub enum CatalogError {
         /// The configured patterns.
         patterns: String,
     },
+    /// A table without a replica identity needs the insert-only publication (see
+    /// `pg::publication`), which pg2lake's role may not create.
+    #[error(
+        "table {table} has no replica identity, so pg2lake publishes only its inserts and truncates, through publication {publication}, which its role may not create (fix: GRANT CREATE ON DATABASE to pg2lake's role, or have the database owner run CREATE PUBLICATION \"{publication}\" WITH (publish = 'insert, truncate', publish_via_partition_root = true); before pg2lake's slot exists, or ALTER TABLE {quoted_table} REPLICA IDENTITY FULL;)"
+    )]
+    InsertsPublicationMissing {
+        /// The table.
+        table: String,
+        /// The table, quoted for SQL.
+        quoted_table: String,
+        /// The insert-only publication.
+        publication: String,
+    },
     /// The server is too old.
     #[error("postgres {version} is too old: pg2lake needs PostgreSQL 14 or newer")]
     ServerTooOld {
@@ -69,7 +82,9 @@ pub enum CatalogError {
 }
 
 impl CatalogError {
-    fn query(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> CatalogError {
+    pub(crate) fn query(
+        what: impl Into<String>,
+    ) -> impl FnOnce(tokio_postgres::Error) -> CatalogError {
         let what = what.into();
         move |source| CatalogError::Query { what, source }
     }
@@ -460,62 +475,6 @@ pub async fn replica_identity(
     })
 }
 
-/// An existing publication as `pg_publication` describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Publication {
-    /// `FOR ALL TABLES`.
-    pub all_tables: bool,
-    /// `publish_via_partition_root`.
-    pub via_root: bool,
-    /// The published tables, sorted (partitions of a published root are not listed).
-    pub tables: Vec<TableName>,
-}
-
-impl Publication {
-    /// Whether it publishes exactly `tables` (sorted) the way pg2lake needs.
-    pub fn matches(&self, tables: &[TableName]) -> bool {
-        self.all_tables || (self.tables == tables && self.via_root)
-    }
-}
-
-/// Reads a publication, `None` when it does not exist.
-pub async fn publication(
-    client: &Client,
-    publication: &str,
-) -> Result<Option<Publication>, CatalogError> {
-    let Some(row) = client
-        .query_opt(
-            "SELECT puballtables, pubviaroot FROM pg_publication WHERE pubname = $1",
-            &[&publication],
-        )
-        .await
-        .map_err(CatalogError::query("reading the publication"))?
-    else {
-        return Ok(None);
-    };
-    let published = client
-        .query(
-            "SELECT schemaname::text, tablename::text FROM pg_publication_tables \
-             WHERE pubname = $1 ORDER BY 1, 2",
-            &[&publication],
-        )
-        .await
-        .map_err(CatalogError::query("reading the publication's tables"))?;
-    let mut tables: Vec<TableName> = published
-        .iter()
-        .map(|r| TableName {
-            schema: r.get(0),
-            name: r.get(1),
-        })
-        .collect();
-    tables.sort();
-    Ok(Some(Publication {
-        all_tables: row.get(0),
-        via_root: row.get(1),
-        tables,
-    }))
-}
-
 /// Whether the connected role may SELECT `table` (what the initial load needs), and the
 /// role's name.
 pub async fn can_select(
@@ -530,65 +489,6 @@ pub async fn can_select(
         .await
         .map_err(CatalogError::query("checking privileges"))?;
     Ok((row.get(0), row.get(1)))
-}
-
-/// Creates the publication for `tables` when missing, or sets its table list to exactly
-/// `tables` when it differs (a publication `FOR ALL TABLES` is left alone). Partitioned
-/// tables are published through their root.
-pub async fn ensure_publication(
-    client: &Client,
-    publication_name: &str,
-    tables: &[TableName],
-) -> Result<(), CatalogError> {
-    let list = tables
-        .iter()
-        .map(TableName::quoted)
-        .collect::<Vec<_>>()
-        .join(", ");
-    let name = quote_ident(publication_name);
-    match publication(client, publication_name).await? {
-        None => {
-            let sql = format!(
-                "CREATE PUBLICATION {name} FOR TABLE {list} WITH (publish_via_partition_root = true)"
-            );
-            client
-                .batch_execute(&sql)
-                .await
-                .map_err(CatalogError::query(format!(
-                    "creating publication {publication_name} (fix: grant CREATE on the database and ownership of the tables, or create the publication yourself)"
-                )))?;
-            tracing::info!(
-                publication = publication_name,
-                tables = tables.len(),
-                "created publication"
-            );
-        }
-        Some(existing) if existing.all_tables => {
-            tracing::info!(
-                publication = publication_name,
-                "publication is FOR ALL TABLES; leaving it as is"
-            );
-        }
-        Some(existing) if !existing.matches(tables) => {
-            let sql = format!(
-                "ALTER PUBLICATION {name} SET TABLE {list}; \
-                 ALTER PUBLICATION {name} SET (publish_via_partition_root = true)"
-            );
-            client
-                .batch_execute(&sql)
-                .await
-                .map_err(CatalogError::query(format!(
-                    "updating publication {publication_name} to the configured tables (fix: make pg2lake's role own the publication, or update it yourself)"
-                )))?;
-            tracing::info!(
-                publication = publication_name,
-                tables = tables.len(),
-                "updated publication tables"
-            );
-        }
-        Some(_) => {}
-    }
-    Ok(())
 }
 
 /// The state of a replication slot in `pg_replication_slots`.

@@ -3,4 +3,5 @@
 pub mod catalog;
 pub mod connect;
 pub mod pgoutput;
+pub mod publication;
 pub mod replication;

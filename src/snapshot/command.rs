@@ -38,15 +38,20 @@ pub async fn run(config: &Config, no_slot: bool) -> Result<(), PipelineError> {
     let lake = Lake::open(pipeline::lake_options(config))?;
     lake.check_writable().await?;
     let slot = &config.source.slot;
-    let app_id = if no_slot {
-        format!("{}:no-slot", lake::app_id(slot))
+    let (app_id, streaming) = if no_slot {
+        (format!("{}:no-slot", lake::app_id(slot)), None)
     } else {
-        // The slot that will stream these tables needs them in its publication.
-        catalog::ensure_publication(&client, &config.source.publication, &tables).await?;
-        lake::app_id(slot)
+        // The slot that will stream these tables needs them in its publications.
+        let streaming = pipeline::prepare_publications(config, &client, &tables).await?;
+        (lake::app_id(slot), Some(streaming))
     };
+    // Tables waiting for the insert-only publication are loaded once it can be streamed.
+    let tables = streaming.as_ref().map_or(tables, |s| s.tables.clone());
     let (mut replicated, _) =
         pipeline::open_tables(config, &client, &lake, &tables, &app_id).await?;
+    if let Some(streaming) = &streaming {
+        pipeline::record_source_changes(&mut replicated, streaming)?;
+    }
     let unloaded = super::unloaded(&replicated);
     let mut lines = Vec::new();
     for table in &replicated {

@@ -61,6 +61,10 @@ mod encoding;
 
 /// The table property recording the source table's relation OID (see [`LakeTable::open`]).
 pub const SOURCE_OID_PROPERTY: &str = "pg2lake.source.relationOid";
+/// The table property recording which source changes the table captures: every change,
+/// or only inserts and truncates for a source table without a replica identity (see
+/// `pg::publication`).
+pub const SOURCE_CHANGES_PROPERTY: &str = "pg2lake.source.changes";
 
 /// The partition column of every pg2lake table (see DESIGN.md, lake layout).
 const PARTITION_COLUMN: &str = "date";
@@ -312,9 +316,8 @@ impl LakeTable {
         self.seal().await?;
         let delta_err = |e: deltalake_core::DeltaTableError| LakeError::delta(&location, e);
         let snapshot = self.table.snapshot().map_err(delta_err)?;
-        let metadata = snapshot
-            .metadata()
-            .clone()
+        let metadata = self
+            .current_metadata()?
             .with_schema(&delta_schema)
             .map_err(|e| delta_err(e.into()))?;
         let protocol = upgraded_protocol(snapshot.protocol(), &delta_schema, &metadata)
@@ -335,6 +338,43 @@ impl LakeTable {
         }
         self.staged_schema = Some(StagedSchema {
             arrow: arrow_schema,
+            metadata,
+            protocol,
+        });
+        Ok(())
+    }
+
+    /// The table's metadata with a staged change applied.
+    fn current_metadata(&self) -> Result<Metadata, LakeError> {
+        if let Some(staged) = &self.staged_schema {
+            return Ok(staged.metadata.clone());
+        }
+        let snapshot = self
+            .table
+            .snapshot()
+            .map_err(|e| LakeError::delta(&self.location, e))?;
+        Ok(snapshot.metadata().clone())
+    }
+
+    /// The value of one of the table's properties (a staged change included).
+    pub fn property(&self, key: &str) -> Result<Option<String>, LakeError> {
+        Ok(self.current_metadata()?.configuration().get(key).cloned())
+    }
+
+    /// Sets a table property from the next commit on, like a schema change (see
+    /// [`LakeTable::evolve`]); nothing is staged when it has that value already.
+    pub fn set_property(&mut self, key: &str, value: &str) -> Result<(), LakeError> {
+        if self.property(key)?.as_deref() == Some(value) {
+            return Ok(());
+        }
+        let metadata = self
+            .current_metadata()?
+            .add_config_key(key.to_owned(), value.to_owned())
+            .map_err(|e| LakeError::delta(&self.location, e.into()))?;
+        let arrow = self.arrow_schema()?;
+        let protocol = self.staged_schema.take().and_then(|s| s.protocol);
+        self.staged_schema = Some(StagedSchema {
+            arrow,
             metadata,
             protocol,
         });
