@@ -43,6 +43,9 @@ use crate::snapshot::{self, SnapshotError, SnapshotPoint};
 
 /// First wait before reconnecting after a transient failure; doubles up to the maximum.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// How long a session must have streamed to count as healthy: its failure resets the
+/// reconnect backoff (see [`backoff_before_retry`]).
+const HEALTHY_SESSION: Duration = Duration::from_secs(60);
 /// How often the replicated tables' replica identities are checked while streaming (see
 /// [`publication`]): the longest the application's UPDATE and DELETE on a table whose key
 /// was just dropped can fail because of pg2lake's publication.
@@ -175,14 +178,15 @@ fn flush_policy(config: &Config) -> FlushPolicy {
 /// (and Kubernetes restarts the pod with its own backoff). Once streaming, a transient
 /// failure is retried with exponential backoff up to `source.reconnect_max_backoff`.
 pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> Result<(), PipelineError> {
-    let mut streamed = false;
+    // When the latest session began streaming (START_REPLICATION accepted), if ever.
+    let mut streaming_since: Option<Instant> = None;
     let mut backoff = INITIAL_BACKOFF;
     // Tables whose folders hold no uncommitted files of this process's sessions: a session
     // that ends cleanly commits what it wrote; one that fails may not have.
     let mut tidy = HashSet::new();
     loop {
-        let before = streamed;
-        let result = session(&config, &shutdown, &mut streamed, &mut tidy).await;
+        let started = Instant::now();
+        let result = session(&config, &shutdown, &mut streaming_since, &mut tidy).await;
         if result.is_err() {
             tidy.clear();
         }
@@ -196,13 +200,14 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> Result<(),
             Ok(SessionEnd::Shutdown) => return Ok(()),
             // Not a failure: a new session right away, at the position just confirmed.
             Ok(SessionEnd::TablesChanged) => {}
-            Err(err) if err.is_transient() && streamed => {
+            Err(err) if err.is_transient() && streaming_since.is_some() => {
                 metrics::global().reconnects.inc();
                 // The backoff is bounded by reconnect_max_backoff, which /healthz allows for.
                 metrics::global().health.tick();
-                if !before {
-                    backoff = INITIAL_BACKOFF;
-                }
+                let streamed_for = streaming_since
+                    .filter(|since| *since >= started)
+                    .map(|since| since.elapsed());
+                backoff = backoff_before_retry(backoff, streamed_for);
                 tracing::warn!(error = %err, retry_in = ?backoff, "replication session failed; reconnecting");
                 tokio::select! {
                     biased;
@@ -217,13 +222,26 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> Result<(),
     }
 }
 
+/// The wait before the next session, given the one the last failure doubled to and how
+/// long the failed session streamed (`None`: it failed before streaming). A session that
+/// streamed for [`HEALTHY_SESSION`] was healthy: the failure is a new outage and starts
+/// again from [`INITIAL_BACKOFF`]; a session that failed soon after it began streaming
+/// keeps the backoff growing, so a server that drops every session at once is not
+/// hammered.
+fn backoff_before_retry(doubled: Duration, streamed_for: Option<Duration>) -> Duration {
+    match streamed_for {
+        Some(streamed) if streamed >= HEALTHY_SESSION => INITIAL_BACKOFF,
+        _ => doubled,
+    }
+}
+
 /// One connection's worth of replication: preflight, slot, stream until shutdown or error.
-/// Sets `streamed` once the server accepted START_REPLICATION. Tables not in `tidy` have
-/// their uncommitted files deleted, and join it.
+/// Sets `streaming_since` once the server accepted START_REPLICATION. Tables not in `tidy`
+/// have their uncommitted files deleted, and join it.
 async fn session(
     config: &Config,
     shutdown: &CancellationToken,
-    streamed: &mut bool,
+    streaming_since: &mut Option<Instant>,
     tidy: &mut HashSet<String>,
 ) -> Result<SessionEnd, PipelineError> {
     let params = connect::params(config)?;
@@ -298,7 +316,7 @@ async fn session(
             true,
         )
         .await?;
-    *streamed = true;
+    *streaming_since = Some(Instant::now());
     // The server accepted START_REPLICATION, so this process holds the slot: no other
     // pg2lake writes these tables now, and files none of their commits reference are
     // leftovers of a writer killed before its commit. A listing per table: once per
@@ -532,19 +550,16 @@ async fn prepare_slot(
                         fix: "drop it or set source.slot to another name".into(),
                     });
                 }
-                let database: Option<String> = client
-                    .query_one("SELECT current_database()::text", &[])
-                    .await
-                    .ok()
-                    .map(|row| row.get(0));
-                if info.database.is_some() && info.database != database {
+                // A failed lookup is the session's error (transient when the connection
+                // broke), never a mismatch: comparing with nothing would stop pg2lake
+                // for good over a network blip.
+                let database = catalog::current_database(client).await?;
+                if let Some(slot_database) = info.database.as_ref()
+                    && *slot_database != database
+                {
                     return Err(PipelineError::SlotUnusable {
                         slot: slot.clone(),
-                        problem: format!(
-                            "belongs to database {:?}, not {:?}",
-                            info.database.unwrap_or_default(),
-                            database.unwrap_or_default()
-                        ),
+                        problem: format!("belongs to database {slot_database:?}, not {database:?}"),
                         fix: "set source.slot to a slot of this database".into(),
                     });
                 }
@@ -893,4 +908,29 @@ async fn send_status(
         })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_healthy_session_resets_the_reconnect_backoff() {
+        let grown = Duration::from_secs(32);
+        assert_eq!(
+            backoff_before_retry(grown, Some(HEALTHY_SESSION)),
+            INITIAL_BACKOFF,
+            "a new outage after a healthy session starts over"
+        );
+        assert_eq!(
+            backoff_before_retry(grown, Some(Duration::from_secs(1))),
+            grown,
+            "a session dropped right after it began keeps the backoff growing"
+        );
+        assert_eq!(
+            backoff_before_retry(grown, None),
+            grown,
+            "a session that never streamed keeps it growing"
+        );
+    }
 }

@@ -642,6 +642,15 @@ pub async fn server_position(client: &Client, slot: &str) -> Result<ServerPositi
     })
 }
 
+/// The database the connection is to.
+pub async fn current_database(client: &Client) -> Result<String, CatalogError> {
+    let row = client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map_err(CatalogError::query("reading the current database"))?;
+    Ok(row.get(0))
+}
+
 /// The server's current WAL insert position.
 pub async fn current_wal_lsn(client: &Client) -> Result<Lsn, CatalogError> {
     let row = client
