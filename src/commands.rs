@@ -116,6 +116,22 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
         &config.source.slot,
         lines,
     );
+    if catalog::slot_info(&client, &config.source.slot)
+        .await?
+        .is_some_and(|slot| slot.is_lost())
+    {
+        lines.push(CheckLine {
+            ok: false,
+            warn: false,
+            what: format!(
+                "replication slot {} was invalidated (wal_status lost): the changes since its last position are gone from the WAL",
+                config.source.slot
+            ),
+            fix: Some(
+                "start pg2lake run once with source.on_slot_loss: resnapshot (PG2LAKE__SOURCE__ON_SLOT_LOSS=resnapshot) to create the slot again and reload the tables".into(),
+            ),
+        });
+    }
     let tables = catalog::resolve_tables(&client, &config.table_patterns()).await?;
     let keyless = publication::keyless_tables(&client, &tables).await?;
     let inserts = publication::inserts_name(&config.source.publication);

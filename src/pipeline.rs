@@ -25,7 +25,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{Applier, ApplyError, FlushPolicy, ReplicatedTable};
-use crate::config::{Config, ConfigError, TableName, TablePattern};
+use crate::config::{Config, ConfigError, SlotLossPolicy, TableName, TablePattern};
 use crate::lake::{self, Lake, LakeError, LakeOptions, LakeTable};
 use crate::lsn::Lsn;
 use crate::metrics;
@@ -92,6 +92,9 @@ pub enum PipelineError {
         /// What to do.
         fix: String,
     },
+    /// The slot the lake's tables were streamed from is gone.
+    #[error(transparent)]
+    SlotLost(#[from] SlotLost),
     /// The server ended the replication stream.
     #[error("postgres ended the replication stream")]
     StreamEnded,
@@ -115,6 +118,7 @@ impl PipelineError {
             PipelineError::Decode(_)
             | PipelineError::Schema(_)
             | PipelineError::SlotUnusable { .. }
+            | PipelineError::SlotLost(_)
             | PipelineError::Config(_) => false,
         }
     }
@@ -126,10 +130,26 @@ impl PipelineError {
             PipelineError::Connect(_)
             | PipelineError::Catalog(_)
             | PipelineError::Replication(_)
+            | PipelineError::SlotLost(_)
             | PipelineError::StreamEnded => "postgres",
             _ => "data",
         }
     }
+}
+
+/// The slot the lake's tables were streamed from is gone: the changes since its last
+/// position cannot be streamed any more (see [`slot_loss`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "replication slot {slot} {problem}; the changes since its last position are gone from the server's WAL, so the lake's tables ({tables}) cannot be continued (fix: start once with source.on_slot_loss: resnapshot, e.g. PG2LAKE__SOURCE__ON_SLOT_LOSS=resnapshot, to create the slot again and reload every table; the history before stays in the lake)"
+)]
+pub struct SlotLost {
+    /// The slot.
+    slot: String,
+    /// What happened to it.
+    problem: String,
+    /// The tables and the positions they hold.
+    tables: String,
 }
 
 /// Why a replication session ended without an error.
@@ -256,13 +276,30 @@ async fn session(
     }
     let lake = Lake::open(lake_options(config))?;
     lake.check_writable().await?;
-    let streaming = prepare_publications(config, &client, &tables).await?;
+    let slot_now = catalog::slot_info(&client, &config.source.slot).await?;
+    // A lost slot is dropped below, or stops pg2lake: the publications are prepared for
+    // the slot that streams next.
+    let next_slot = slot_now.as_ref().filter(|s| !s.is_lost());
+    let streaming = prepare_publications(config, &client, &tables, next_slot).await?;
     let tables = streaming.tables.clone();
     let app_id = lake::app_id(&config.source.slot);
     let (mut replicated, types) = open_tables(config, &client, &lake, &tables, &app_id).await?;
     record_source_changes(&mut replicated, &streaming)?;
     let unloaded = snapshot::unloaded(&replicated);
-    snapshot::check_readable(&client, &replicated, &unloaded).await?;
+    let reload = slot_loss(config, slot_now.as_ref(), &replicated)?;
+    let mut copied: Vec<usize> = unloaded.iter().chain(&reload).copied().collect();
+    copied.sort_unstable();
+    snapshot::check_readable(&client, &replicated, &copied).await?;
+    if slot_now.as_ref().is_some_and(catalog::SlotInfo::is_lost) {
+        catalog::drop_slot(&client, &config.source.slot).await?;
+        tracing::warn!(slot = %config.source.slot, tables = reload.len(), "dropped the lost replication slot; creating it again and reloading the tables (source.on_slot_loss: resnapshot)");
+    } else if !reload.is_empty() {
+        tracing::warn!(slot = %config.source.slot, tables = reload.len(), "the replication slot is gone; creating it again and reloading the tables (source.on_slot_loss: resnapshot)");
+    }
+    let load = Load {
+        copied: &copied,
+        reload: &reload,
+    };
 
     let mut replication = ReplicationClient::connect(&params).await?;
     let Some(slot) = prepare_slot(config, &client, &mut replication, shutdown).await? else {
@@ -271,20 +308,12 @@ async fn session(
     let start = match slot {
         // The slot's own exported snapshot is valid only while `replication` stays idle,
         // so the copy happens here, before START_REPLICATION is sent on it.
+        // A table already in the lake is among `copied` only when it is reloaded: see
+        // [`slot_loss`]; never does a new slot silently skip what happened before it.
         SlotReady::Created(created) => {
-            if unloaded.is_empty() {
-                // Every table holds changes up to an older slot's position; what happened
-                // between it and this new slot was never decoded.
-                tracing::warn!(
-                    slot = %config.source.slot,
-                    consistent_point = %created.consistent_point,
-                    "created a new slot for tables already in the lake: changes made while no slot existed are not in the lake (delete a table's lake folder to load it again)"
-                );
-            } else {
+            if !copied.is_empty() {
                 let point = SnapshotPoint::of_slot(&created);
-                if !copy_unless_stopped(config, &point, &mut replicated, &unloaded, shutdown)
-                    .await?
-                {
+                if !copy_unless_stopped(config, &point, &mut replicated, load, shutdown).await? {
                     return Ok(SessionEnd::Shutdown);
                 }
             }
@@ -294,12 +323,10 @@ async fn session(
         // temporary slot's consistent point and keep the slot, whose confirmed position is
         // before it, so the tables already loaded lose nothing they still have to stream.
         SlotReady::Existing(position) => {
-            if !unloaded.is_empty() {
+            if !copied.is_empty() {
                 let (exporter, created) = snapshot::temporary_export(&params).await?;
                 let point = SnapshotPoint::of_slot(&created);
-                if !copy_unless_stopped(config, &point, &mut replicated, &unloaded, shutdown)
-                    .await?
-                {
+                if !copy_unless_stopped(config, &point, &mut replicated, load, shutdown).await? {
                     return Ok(SessionEnd::Shutdown);
                 }
                 // Closing the connection drops the temporary slot.
@@ -368,14 +395,14 @@ async fn session(
 
 /// Arranges the publications for `tables` (see [`publication`]) and warns about each
 /// table whose updates and deletes cannot be captured.
+/// `slot` is the slot that streams next, as it is now (`None`: it is created after this).
 pub(crate) async fn prepare_publications(
     config: &Config,
     client: &Client,
     tables: &[TableName],
+    slot: Option<&catalog::SlotInfo>,
 ) -> Result<Streaming, PipelineError> {
-    let slot = catalog::slot_info(client, &config.source.slot).await?;
-    let streaming =
-        publication::prepare(client, &config.source.publication, tables, slot.as_ref()).await?;
+    let streaming = publication::prepare(client, &config.source.publication, tables, slot).await?;
     for table in &streaming.keyless {
         tracing::warn!(
             table = %table,
@@ -455,25 +482,82 @@ pub(crate) async fn open_tables(
     Ok((replicated, catalog_types))
 }
 
-/// Copies `tables[unloaded]` at `point`; `false` when shutdown came first. Nothing of an
-/// unfinished copy is committed, so the next start copies those tables again.
+/// The tables a session copies: `copied` (sorted indices), of which `reload` are tables
+/// already in the lake that are loaded again (see [`slot_loss`]).
+#[derive(Clone, Copy)]
+struct Load<'a> {
+    copied: &'a [usize],
+    reload: &'a [usize],
+}
+
+/// Copies `tables[load.copied]` at `point`, each reloaded table after its truncate
+/// marker; `false` when shutdown came first. Nothing of an unfinished copy is
+/// committed, so the next start copies those tables again.
 async fn copy_unless_stopped(
     config: &Config,
     point: &SnapshotPoint,
     tables: &mut Vec<ReplicatedTable>,
-    unloaded: &[usize],
+    load: Load<'_>,
     shutdown: &CancellationToken,
 ) -> Result<bool, PipelineError> {
     let params = connect::params(config)?;
+    for &i in load.reload {
+        snapshot::write_reload_marker(&mut tables[i], point).await?;
+    }
     tokio::select! {
         biased;
         // Shutdown first: a stop must not wait for a table copy that may take hours.
         () = shutdown.cancelled() => Ok(false),
-        result = snapshot::copy_tables(&params, point, tables, unloaded, &config.snapshot) => {
+        result = snapshot::copy_tables(&params, point, tables, load.copied, &config.snapshot) => {
             result?;
             Ok(true)
         }
     }
+}
+
+/// The tables to reload because the slot their lake state was streamed from is gone, or
+/// the error that stops pg2lake instead (`source.on_slot_loss`). The slot is gone when it
+/// was invalidated (`wal_status` lost), or when it is missing while tables hold changes
+/// streamed from it (a first start has no such table). The changes since its last
+/// position are gone from the server's WAL: going on without a reload would leave a
+/// silent gap in every table.
+fn slot_loss(
+    config: &Config,
+    slot: Option<&catalog::SlotInfo>,
+    tables: &[ReplicatedTable],
+) -> Result<Vec<usize>, SlotLost> {
+    let loaded: Vec<usize> = tables
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.committed_lsn().is_some())
+        .map(|(i, _)| i)
+        .collect();
+    let problem = match slot {
+        Some(slot) if slot.is_lost() => {
+            "was invalidated (wal_status lost: the server removed WAL it still needed, see max_slot_wal_keep_size)"
+        }
+        None if !loaded.is_empty() => "does not exist, but the lake holds tables streamed from it",
+        _ => return Ok(Vec::new()),
+    };
+    if config.source.on_slot_loss == SlotLossPolicy::Resnapshot {
+        return Ok(loaded);
+    }
+    let names: Vec<String> = loaded
+        .iter()
+        .map(|&i| {
+            let table = &tables[i];
+            let position = table
+                .committed_lsn()
+                .map(|l| l.to_string())
+                .unwrap_or_default();
+            format!("{} up to {position}", table.schema().qualified_name())
+        })
+        .collect();
+    Err(SlotLost {
+        slot: config.source.slot.clone(),
+        problem: problem.to_owned(),
+        tables: names.join(", "),
+    })
 }
 
 /// Where streaming starts: an existing slot's position, or a slot just created whose

@@ -8,10 +8,15 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use support::lake::{assert_no_duplicates, in_change_order, op, wait_caught_up};
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use support::lake::{
+    assert_no_duplicates, fold, in_change_order, lsn, op, readme_current_state_query, seq,
+    wait_caught_up,
+};
 use support::service::{ConfigFile, Service, config_yaml, run_command};
-use support::{PgServer, read_delta};
+use support::{PgServer, duckdb_query, read_delta};
 use tokio_postgres::Client;
 
 const CATCH_UP: Duration = Duration::from_secs(60);
@@ -333,5 +338,208 @@ async fn a_keyless_table_left_in_the_main_publication_is_moved_without_losing_in
         "{}",
         service.log()
     );
+    assert_eq!(service.stop(STOP).code(), Some(0));
+}
+
+/// `id → (status, note)` of the source's `orders`.
+async fn source_orders(db: &Client) -> BTreeMap<i64, (Value, Value)> {
+    db.query("SELECT id::int8, status, note FROM orders", &[])
+        .await
+        .expect("read orders")
+        .iter()
+        .map(|r| {
+            let status: Option<String> = r.get(1);
+            let note: Option<String> = r.get(2);
+            (r.get(0), (json!(status), json!(note)))
+        })
+        .collect()
+}
+
+/// The lake's `orders` folded to its current state twice, by the harness and by the
+/// README's DuckDB query, each equal to the source.
+async fn assert_orders_equal(db: &Client, lake: &Path) {
+    let source = source_orders(db).await;
+    let folded: BTreeMap<i64, (Value, Value)> = fold(lake_rows(lake, "orders"), "id")
+        .into_values()
+        .map(|r| {
+            let id = r["id"].as_i64().expect("id");
+            (id, (r["status"].clone(), r["note"].clone()))
+        })
+        .collect();
+    assert_eq!(folded, source, "the folded change log");
+    let result = duckdb_query(
+        &table_uri(lake, "orders"),
+        "orders",
+        &readme_current_state_query(),
+    );
+    let queried: BTreeMap<i64, (Value, Value)> = result
+        .rows
+        .iter()
+        .map(|r| {
+            let id = r["id"].as_i64().expect("id");
+            (id, (r["status"].clone(), r["note"].clone()))
+        })
+        .collect();
+    assert_eq!(queried, source, "the README's DuckDB query");
+}
+
+/// Delta versions of a lake table.
+fn versions(lake: &Path, table: &str) -> usize {
+    std::fs::read_dir(lake.join("public").join(table).join("_delta_log"))
+        .expect("delta log")
+        .filter(|e| {
+            e.as_ref()
+                .expect("entry")
+                .path()
+                .extension()
+                .is_some_and(|x| x == "json")
+        })
+        .count()
+}
+
+/// Changes made while the slot is gone are gone from the WAL pg2lake could read: a
+/// dropped slot, and one invalidated by `max_slot_wal_keep_size`, each stop pg2lake with
+/// the fix and touch nothing; one start with `on_slot_loss: resnapshot` reloads the table
+/// (a truncate marker and the copy in one version), after which the folded lake, and the
+/// README's query, equal the source again and streaming goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_or_lost_slot_stops_with_the_fix_and_a_resnapshot_makes_the_lake_exact() {
+    let pg = PgServer::start();
+    let url = pg.create_database("gone").await;
+    let db = pg.connect("gone").await;
+    db.batch_execute(
+        "CREATE TABLE orders (id int PRIMARY KEY, status text, note text);
+         INSERT INTO orders SELECT g, 'new', 'n' || g FROM generate_series(1, 50) g;",
+    )
+    .await
+    .expect("schema");
+    let lake = tempfile::tempdir().expect("lake dir");
+    let config = ConfigFile::new(&config_yaml(
+        &url,
+        "gone",
+        &["public.orders"],
+        &lake.path().display().to_string(),
+        "",
+    ));
+    let resnapshot = [(
+        "PG2LAKE__SOURCE__ON_SLOT_LOSS".to_owned(),
+        "resnapshot".to_owned(),
+    )];
+    let mut service = Service::start(&config, &[]);
+    service.wait_streaming(Duration::from_secs(60));
+    db.batch_execute("UPDATE orders SET status = 'paid' WHERE id <= 20")
+        .await
+        .expect("update");
+    wait_caught_up(&db, "gone", CATCH_UP).await;
+    assert_eq!(service.stop(STOP).code(), Some(0));
+
+    // Round 1: an operator drops the slot; the application goes on writing.
+    db.batch_execute("SELECT pg_drop_replication_slot('gone')")
+        .await
+        .expect("drop the slot");
+    let gap = "UPDATE orders SET status = 'gap' WHERE id <= 10;
+               DELETE FROM orders WHERE id BETWEEN 11 AND 15;
+               INSERT INTO orders SELECT g, 'gap', NULL FROM generate_series(51, 55) g;";
+    db.batch_execute(gap).await.expect("writes without a slot");
+    let before = versions(lake.path(), "orders");
+    let mut stopped = Service::start(&config, &[]);
+    stopped.wait_error(
+        STOP,
+        &[
+            "replication slot gone does not exist",
+            "public.orders up to",
+            "on_slot_loss: resnapshot",
+        ],
+    );
+    assert_eq!(versions(lake.path(), "orders"), before, "nothing written");
+    let slot: Option<String> = support::lake::confirmed_flush(&db, "gone").await;
+    assert!(slot.is_none(), "no slot created that would hide the gap");
+
+    let mut service = Service::start(&config, &resnapshot);
+    service.wait_streaming(Duration::from_secs(60));
+    db.batch_execute("UPDATE orders SET note = 'after' WHERE id IN (1, 30)")
+        .await
+        .expect("update after");
+    wait_caught_up(&db, "gone", CATCH_UP).await;
+    assert_orders_equal(&db, lake.path()).await;
+    // The reload is one version: the truncate marker first, then the copied rows.
+    let rows = lake_rows(lake.path(), "orders");
+    let marker = rows
+        .iter()
+        .rposition(|r| op(r) == "t")
+        .expect("a truncate marker");
+    let reload: Vec<&serde_json::Map<String, Value>> =
+        rows[marker + 1..].iter().filter(|r| op(r) == "r").collect();
+    assert_eq!(
+        reload.len(),
+        source_orders(&db).await.len(),
+        "every row of the source, once"
+    );
+    assert!(reload.iter().all(|r| lsn(r) == lsn(&rows[marker])));
+    assert_eq!(seq(&rows[marker]), 0);
+    assert_eq!(service.stop(STOP).code(), Some(0));
+
+    // Round 2: the slot falls further behind than max_slot_wal_keep_size allows.
+    for sql in [
+        "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'",
+        "SELECT pg_reload_conf()",
+    ] {
+        db.batch_execute(sql).await.expect("limit retained WAL");
+    }
+    for round in 0..3 {
+        db.batch_execute(&format!(
+            "UPDATE orders SET status = 'lost {round}' WHERE id <= 5; SELECT pg_switch_wal();"
+        ))
+        .await
+        .expect("write and switch WAL");
+    }
+    let started = Instant::now();
+    loop {
+        db.batch_execute("CHECKPOINT").await.expect("checkpoint");
+        let status: Option<String> = db
+            .query_one(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'gone'",
+                &[],
+            )
+            .await
+            .expect("slot status")
+            .get(0);
+        if status.as_deref() == Some("lost") {
+            break;
+        }
+        assert!(started.elapsed() < CATCH_UP, "the slot is still {status:?}");
+        db.batch_execute("INSERT INTO orders VALUES (1000, 'filler', NULL); DELETE FROM orders WHERE id = 1000; SELECT pg_switch_wal();")
+            .await
+            .expect("more WAL");
+    }
+    for sql in [
+        "ALTER SYSTEM RESET max_slot_wal_keep_size",
+        "SELECT pg_reload_conf()",
+    ] {
+        db.batch_execute(sql).await.expect("reset the limit");
+    }
+    let path = config.path().display().to_string();
+    let out = run_command(&["check", "--config", &path], &[], CATCH_UP);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("✗ replication slot gone was invalidated (wal_status lost)"),
+        "{text}"
+    );
+    let before = versions(lake.path(), "orders");
+    let mut stopped = Service::start(&config, &[]);
+    stopped.wait_error(
+        STOP,
+        &["replication slot gone was invalidated", "wal_status lost"],
+    );
+    assert_eq!(versions(lake.path(), "orders"), before, "nothing written");
+
+    let mut service = Service::start(&config, &resnapshot);
+    service.wait_streaming(Duration::from_secs(60));
+    db.batch_execute("INSERT INTO orders VALUES (56, 'streamed', 'x')")
+        .await
+        .expect("insert after");
+    wait_caught_up(&db, "gone", CATCH_UP).await;
+    assert_orders_equal(&db, lake.path()).await;
     assert_eq!(service.stop(STOP).code(), Some(0));
 }

@@ -21,7 +21,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::lake::{Row, assert_no_duplicates, in_change_order, op, wait_caught_up};
+use support::lake::{
+    Row, assert_no_duplicates, in_change_order, op, readme_current_state_query, wait_caught_up,
+};
 use support::service::{ConfigFile, Service, config_yaml};
 use support::{PgServer, duckdb_query, read_delta};
 
@@ -125,33 +127,6 @@ fn fold_carrying_unchanged(rows: &[Row]) -> BTreeMap<i64, Row> {
         }
     }
     state
-}
-
-/// The README's DuckDB current-state query, taken from README.md so the docs cannot drift
-/// from what is tested, with its `delta_scan(...)` source replaced by the view `orders`.
-fn readme_current_state_query() -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("read README.md");
-    let section = readme
-        .split("### Current state of a table")
-        .nth(1)
-        .expect("README has a \"Current state of a table\" section");
-    let after_duckdb = section
-        .split("\nDuckDB")
-        .nth(1)
-        .expect("the section has a DuckDB query");
-    let sql = after_duckdb
-        .split("```sql\n")
-        .nth(1)
-        .and_then(|block| block.split("```").next())
-        .expect("a sql block after \"DuckDB\"");
-    const SOURCE: &str = "delta_scan('./lake/public/orders')";
-    assert_eq!(
-        sql.matches(SOURCE).count(),
-        1,
-        "the query reads {SOURCE} once:\n{sql}"
-    );
-    sql.replace(SOURCE, "orders")
 }
 
 fn note_summary(value: &Value) -> String {

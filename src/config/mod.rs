@@ -398,6 +398,24 @@ pub struct SourceConfig {
     /// Longest wait between reconnection attempts.
     #[serde(with = "duration")]
     pub reconnect_max_backoff: Duration,
+    /// What pg2lake does when the slot the lake's tables were streamed from is gone
+    /// (dropped, or invalidated by `max_slot_wal_keep_size`).
+    pub on_slot_loss: SlotLossPolicy,
+}
+
+/// What pg2lake does when the slot the lake's tables were streamed from is gone
+/// (`source.on_slot_loss`). The changes since the slot's last position are gone from the
+/// server's WAL either way; the lake can only be made whole by copying the tables again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotLossPolicy {
+    /// Stop with an error naming the slot, the tables and the fix, touching nothing.
+    #[default]
+    Fail,
+    /// Create the slot again and reload every table at its snapshot: one Delta version
+    /// per table holding a truncate marker and the table's rows, so the current state is
+    /// exact again and the history before it stays readable.
+    Resnapshot,
 }
 
 impl SourceConfig {
@@ -422,6 +440,7 @@ impl Default for SourceConfig {
             table_discovery_interval: DEFAULT_TABLE_DISCOVERY_INTERVAL,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             reconnect_max_backoff: DEFAULT_RECONNECT_MAX_BACKOFF,
+            on_slot_loss: SlotLossPolicy::Fail,
         }
     }
 }
@@ -442,6 +461,7 @@ impl fmt::Debug for SourceConfig {
             .field("table_discovery_interval", &self.table_discovery_interval)
             .field("connect_timeout", &self.connect_timeout)
             .field("reconnect_max_backoff", &self.reconnect_max_backoff)
+            .field("on_slot_loss", &self.on_slot_loss)
             .finish()
     }
 }

@@ -504,6 +504,16 @@ pub struct SlotInfo {
     pub confirmed_flush_lsn: Option<Lsn>,
     /// Oldest WAL the slot retains.
     pub restart_lsn: Option<Lsn>,
+    /// `wal_status`: reserved, extended, unreserved, or lost (invalidated: the WAL it
+    /// needs is gone, and it can never be streamed again).
+    pub wal_status: Option<String>,
+}
+
+impl SlotInfo {
+    /// Whether the slot was invalidated (`wal_status` lost).
+    pub fn is_lost(&self) -> bool {
+        self.wal_status.as_deref() == Some("lost")
+    }
 }
 
 /// Reads a slot, `None` when it does not exist.
@@ -511,7 +521,7 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
     let row = client
         .query_opt(
             "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text, \
-             restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+             restart_lsn::text, wal_status FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .await
@@ -522,7 +532,19 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
         active_pid: row.get(2),
         confirmed_flush_lsn: row.get::<_, Option<String>>(3).and_then(|s| s.parse().ok()),
         restart_lsn: row.get::<_, Option<String>>(4).and_then(|s| s.parse().ok()),
+        wal_status: row.get(5),
     }))
+}
+
+/// Drops a replication slot that no process uses.
+pub async fn drop_slot(client: &Client, slot: &str) -> Result<(), CatalogError> {
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .map_err(CatalogError::query(format!(
+            "dropping replication slot {slot}"
+        )))?;
+    Ok(())
 }
 
 /// Writes a transactional logical decoding message into the WAL. Its commit reaches

@@ -42,7 +42,9 @@ pub async fn run(config: &Config, no_slot: bool) -> Result<(), PipelineError> {
         (format!("{}:no-slot", lake::app_id(slot)), None)
     } else {
         // The slot that will stream these tables needs them in its publications.
-        let streaming = pipeline::prepare_publications(config, &client, &tables).await?;
+        let existing = catalog::slot_info(&client, slot).await?;
+        let streaming =
+            pipeline::prepare_publications(config, &client, &tables, existing.as_ref()).await?;
         (lake::app_id(slot), Some(streaming))
     };
     // Tables waiting for the insert-only publication are loaded once it can be streamed.

@@ -192,6 +192,28 @@ pub fn unloaded(tables: &[ReplicatedTable]) -> Vec<usize> {
         .collect()
 }
 
+/// Starts the reload of a table that holds changes streamed from a slot that is gone
+/// (`source.on_slot_loss: resnapshot`): a truncate row at the snapshot's position, ordinal
+/// 0, written before the copy so that it lands in the copy's commit, ahead of the copied
+/// rows (whose ordinals start at 1). Readers fold the change log from the last truncate
+/// on, so the current state is the copy, and the history before it stays readable.
+pub async fn write_reload_marker(
+    table: &mut ReplicatedTable,
+    point: &SnapshotPoint,
+) -> Result<(), SnapshotError> {
+    let mut batch = crate::batch::TableBatch::new(table.schema().clone());
+    batch.push_truncate(&crate::batch::ChangeMeta {
+        op: crate::batch::Op::Truncate,
+        lsn: point.lsn,
+        seq: 0,
+        commit_ts_micros: chrono::Utc::now().timestamp_micros(),
+        xid: None,
+    });
+    let rows = batch.finish()?;
+    table.lake_mut().write(rows).await?;
+    Ok(())
+}
+
 /// Fails with a one-line error naming the first of `tables` the role cannot SELECT,
 /// before any slot is created or anything is written.
 pub async fn check_readable(

@@ -104,3 +104,30 @@ pub async fn confirmed_flush(client: &Client, slot: &str) -> Option<String> {
         .expect("slot query")
         .and_then(|row| row.get(0))
 }
+
+/// The README's DuckDB current-state query, taken from README.md so the docs cannot drift
+/// from what is tested, with its `delta_scan(...)` source replaced by the view `orders`.
+pub fn readme_current_state_query() -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let section = readme
+        .split("### Current state of a table")
+        .nth(1)
+        .expect("README has a \"Current state of a table\" section");
+    let after_duckdb = section
+        .split("\nDuckDB")
+        .nth(1)
+        .expect("the section has a DuckDB query");
+    let sql = after_duckdb
+        .split("```sql\n")
+        .nth(1)
+        .and_then(|block| block.split("```").next())
+        .expect("a sql block after \"DuckDB\"");
+    const SOURCE: &str = "delta_scan('./lake/public/orders')";
+    assert_eq!(
+        sql.matches(SOURCE).count(),
+        1,
+        "the query reads {SOURCE} once:\n{sql}"
+    );
+    sql.replace(SOURCE, "orders")
+}
