@@ -50,6 +50,9 @@ const HEALTHY_SESSION: Duration = Duration::from_secs(60);
 /// [`publication`]): the longest the application's UPDATE and DELETE on a table whose key
 /// was just dropped can fail because of pg2lake's publication.
 const IDENTITY_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// The silence limit of the connections (see [`stream_changes`]) when the server's
+/// `wal_sender_timeout` is 0 (off): Postgres's default.
+const DEFAULT_SILENCE_LIMIT: Duration = Duration::from_secs(60);
 /// How often a slot held by another process is checked again.
 const SLOT_BUSY_RECHECK: Duration = Duration::from_secs(5);
 /// Upper bound on how often the flush policy's age rule is checked.
@@ -383,6 +386,9 @@ async fn session(
         client: &client,
         sources: &sources,
         streaming: &streaming,
+        silence_limit: catalog::wal_sender_timeout(&client)
+            .await?
+            .unwrap_or(DEFAULT_SILENCE_LIMIT),
     };
     let end = stream_changes(&session, &mut stream, &mut applier, start, shutdown).await?;
     if end == SessionEnd::TablesChanged {
@@ -680,6 +686,9 @@ struct Session<'a> {
     sources: &'a [(TableName, u32)],
     /// The publications streamed and the tables without a replica identity.
     streaming: &'a Streaming,
+    /// How long the connections may stay silent before they count as cut or stalled: the
+    /// server's `wal_sender_timeout` (see [`stream_changes`]).
+    silence_limit: Duration,
 }
 
 /// The select loop: timers, then the stream; see each arm for why it has its priority.
@@ -694,9 +703,16 @@ async fn stream_changes(
         config,
         client,
         sources,
+        silence_limit,
         ..
     } = *session;
     let mut progress = Progress::new(start);
+    // A cut or frozen network (no RST: a dead route, a NAT entry gone) leaves a socket
+    // that never delivers another byte. The walsender answers a status update that asks
+    // for a reply at once, and one is asked for after half the limit of silence; nothing
+    // for the whole limit means the connection is gone. Postgres's own standbys do the
+    // same with wal_receiver_timeout.
+    let mut last_received = tokio::time::Instant::now();
     let mut status_tick = tokio::time::interval(config.source.status_interval);
     status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let flush_period =
@@ -727,7 +743,7 @@ async fn stream_changes(
     let mut changed = false;
     // Positions first: the lag is measured against them.
     record_loop(&progress, applier);
-    refresh_server_metrics(config, client).await;
+    refresh_server_metrics(config, client, silence_limit).await;
 
     loop {
         tokio::select! {
@@ -743,8 +759,10 @@ async fn stream_changes(
             _ = status_tick.tick() => {
                 // When idle, ask for a keepalive: its position is confirmable, so the slot
                 // keeps up with WAL written by other databases and unpublished tables.
+                // After a long silence, ask too: the answer proves the connection alive.
                 let idle = !applier.in_transaction() && !applier.has_pending();
-                send_status(stream, &progress, idle).await?;
+                let quiet = last_received.elapsed() >= silence_limit / 2;
+                send_status(stream, &progress, idle || quiet).await?;
                 record_loop(&progress, applier);
             }
             // The age rule of the flush policy; cheap when nothing is due.
@@ -756,21 +774,30 @@ async fn stream_changes(
             }
             // Heartbeats keep the slot moving when the only WAL is from other databases.
             _ = heartbeat_tick.tick() => {
-                let lsn = catalog::emit_heartbeat(client).await?;
+                let lsn = within(silence_limit, "emitting a heartbeat", catalog::emit_heartbeat(client)).await??;
                 tracing::debug!(lsn = %lsn, "emitted heartbeat");
-                refresh_server_metrics(config, client).await;
+                refresh_server_metrics(config, client, silence_limit).await;
             }
             // Tables created since the session began that `schema.*` entries match, and
             // replicated tables dropped and created again.
             _ = discovery_tick.tick(), if !changed => {
-                changed = tables_changed(client, &wildcards, sources).await;
+                changed = within(silence_limit, "looking for new tables", tables_changed(client, &wildcards, sources)).await?;
             }
             // A table that lost its replica identity breaks the application's UPDATE and
             // DELETE while the main publication holds it: moved out at once, here.
             _ = identity_tick.tick(), if !changed => {
-                changed = publications_changed(session).await?;
+                changed = within(silence_limit, "checking replica identities", publications_changed(session)).await??;
             }
-            message = stream.next() => {
+            // Bounded by the silence limit (see `last_received`); a message already in
+            // the socket is taken first, so a loop busy elsewhere never trips it.
+            message = tokio::time::timeout_at(last_received + silence_limit, stream.next()) => {
+                let Ok(message) = message else {
+                    return Err(ReplicationError::Timeout(format!(
+                        "nothing from the walsender for {}s (wal_sender_timeout), although a reply was asked for: the connection is cut or stalled",
+                        silence_limit.as_secs()
+                    )).into());
+                };
+                last_received = tokio::time::Instant::now();
                 match message? {
                     None => return Err(PipelineError::StreamEnded),
                     Some(ReplicationMessage::XLogData { wal_start, data, .. }) => {
@@ -864,6 +891,21 @@ async fn tables_changed(
         }
     }
     changed
+}
+
+/// Runs a query of the loop's catalog connection, which a cut or frozen network would
+/// leave waiting for ever, within `limit`; running out is a transient session error.
+async fn within<T>(
+    limit: Duration,
+    what: &str,
+    query: impl std::future::Future<Output = T>,
+) -> Result<T, PipelineError> {
+    tokio::time::timeout(limit, query).await.map_err(|_| {
+        PipelineError::Replication(ReplicationError::Timeout(format!(
+            "{what}: no answer from postgres for {}s (wal_sender_timeout): the connection is cut or stalled",
+            limit.as_secs()
+        )))
+    })
 }
 
 /// Keeps the publication invariant while streaming (see [`publication`]): when a table's
@@ -968,9 +1010,19 @@ fn record_loop(progress: &Progress, applier: &Applier) {
 /// Reads the server's WAL position and the slot's health for the lag and slot metrics.
 /// A failure here only costs a stale metric: the heartbeat on the same connection
 /// reports a broken connection as the session error.
-async fn refresh_server_metrics(config: &Config, client: &Client) {
-    match catalog::server_position(client, &config.source.slot).await {
-        Ok(position) => metrics::global().set_server(&position),
+async fn refresh_server_metrics(config: &Config, client: &Client, limit: Duration) {
+    let position = within(
+        limit,
+        "reading the slot's health",
+        catalog::server_position(client, &config.source.slot),
+    )
+    .await;
+    match position {
+        Ok(Ok(position)) => metrics::global().set_server(&position),
+        Ok(Err(err)) => {
+            metrics::global().record_error("postgres");
+            tracing::warn!(error = %err, "cannot read the replication slot's health");
+        }
         Err(err) => {
             metrics::global().record_error("postgres");
             tracing::warn!(error = %err, "cannot read the replication slot's health");

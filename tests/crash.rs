@@ -1,17 +1,19 @@
-//! kill -9 at arbitrary points while changes stream in, restart, repeat: the lake's change
-//! log folded to current state equals the source, and no change appears twice.
+//! Faults while changes stream in: kill -9 at arbitrary points, and the network to
+//! Postgres cut or frozen. Afterwards the lake's change log folded to current state
+//! equals the source, and no change appears twice.
 
 mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::lake::{assert_no_duplicates, fold, wait_caught_up};
 use support::load::Rng;
+use support::proxy::Proxy;
 use support::service::{ConfigFile, Service, config_yaml};
-use support::{PgServer, read_delta};
+use support::{PgOptions, PgServer, read_delta};
 
 /// Writes random multi-statement transactions (inserts, updates, deletes over 2,000 keys,
 /// across two tables) until `stop` is set. Returns how many transactions committed.
@@ -173,6 +175,86 @@ async fn kill_9_during_load_then_restart_is_exactly_once() {
 
     let mut service = Service::start(&config, &[]);
     wait_caught_up(&db, "crash", Duration::from_secs(300)).await;
+    assert_lake_equals_source(&db, lake.path(), "accounts").await;
+    assert_lake_equals_source(&db, lake.path(), "ledger").await;
+    assert!(service.stop(Duration::from_secs(30)).success());
+}
+
+/// Waits until the service's log holds more than `before` reconnect lines and returns how
+/// many it holds and how long that took.
+fn wait_reconnects(service: &Service, before: usize, within: Duration) -> (usize, Duration) {
+    let started = Instant::now();
+    loop {
+        let now = service
+            .log()
+            .matches("replication session failed; reconnecting")
+            .count();
+        if now > before {
+            return (now, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < within,
+            "pg2lake did not notice within {within:?}:\n{}",
+            service.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The network between pg2lake and Postgres fails twice under load: first it freezes (no
+/// byte moves, no RST: a dead route), then every connection is cut. pg2lake notices the
+/// freeze within the server's wal_sender_timeout plus a status interval, reconnects
+/// once the network is back, and the lake ends exactly equal to the source.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_or_frozen_network_to_postgres_is_noticed_and_loses_nothing() {
+    let pg = PgServer::start_with(PgOptions {
+        conf: vec!["wal_sender_timeout = 5s".into()],
+        ..PgOptions::default()
+    });
+    let url = pg.create_database("net").await;
+    let db = pg.connect("net").await;
+    db.batch_execute(
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text NOT NULL);
+         CREATE TABLE ledger (id int PRIMARY KEY, balance bigint NOT NULL, note text NOT NULL);",
+    )
+    .await
+    .expect("schema");
+    let proxy = Proxy::start(&format!("127.0.0.1:{}", pg.port));
+    let url = url.replace(&format!(":{}/", pg.port), &format!(":{}/", proxy.port));
+    let lake = tempfile::tempdir().expect("lake dir");
+    let config = ConfigFile::new(&config_yaml(
+        &url,
+        "net",
+        &["public.accounts", "public.ledger"],
+        &lake.path().display().to_string(),
+        "",
+    ));
+    let mut service = Service::start(&config, &[]);
+    service.wait_streaming(Duration::from_secs(60));
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = tokio::spawn(load(pg.connect("net").await, stop.clone(), 7));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Frozen: wal_sender_timeout (5 s) and a status interval (1 s) at most, plus slack
+    // for a loaded machine.
+    proxy.freeze();
+    let (reconnects, noticed) = wait_reconnects(&service, 0, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(2));
+    proxy.thaw();
+    eprintln!("a frozen network was noticed after {noticed:?}");
+    wait_caught_up(&db, "net", Duration::from_secs(120)).await;
+
+    proxy.cut();
+    let (_, noticed_cut) = wait_reconnects(&service, reconnects, Duration::from_secs(20));
+    eprintln!("a cut network was noticed after {noticed_cut:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let committed = loader.await.expect("loader");
+    assert!(
+        committed > 50,
+        "the load committed only {committed} transactions"
+    );
+    wait_caught_up(&db, "net", Duration::from_secs(120)).await;
     assert_lake_equals_source(&db, lake.path(), "accounts").await;
     assert_lake_equals_source(&db, lake.path(), "ledger").await;
     assert!(service.stop(Duration::from_secs(30)).success());

@@ -664,6 +664,19 @@ pub async fn server_position(client: &Client, slot: &str) -> Result<ServerPositi
     })
 }
 
+/// The server's `wal_sender_timeout`, `None` when it is 0 (off).
+pub async fn wal_sender_timeout(client: &Client) -> Result<Option<Duration>, CatalogError> {
+    let row = client
+        .query_one(
+            "SELECT setting::int8 FROM pg_settings WHERE name = 'wal_sender_timeout'",
+            &[],
+        )
+        .await
+        .map_err(CatalogError::query("reading wal_sender_timeout"))?;
+    let millis: i64 = row.get(0);
+    Ok((millis > 0).then(|| Duration::from_millis(u64::try_from(millis).unwrap_or(0))))
+}
+
 /// The database the connection is to.
 pub async fn current_database(client: &Client) -> Result<String, CatalogError> {
     let row = client

@@ -21,6 +21,7 @@
 
 pub mod lake;
 pub mod load;
+pub mod proxy;
 pub mod scrape;
 pub mod service;
 pub mod throttle;
