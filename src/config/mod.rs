@@ -375,6 +375,13 @@ pub struct SourceConfig {
     pub sslmode: SslMode,
     /// CA bundle for `verify-ca` / `verify-full`; the system roots when unset.
     pub sslrootcert: Option<PathBuf>,
+    /// Client certificate (PEM, optionally followed by its intermediates) presented when
+    /// the server asks for one (`cert` auth, `clientcert=verify-full`); needs `sslkey`.
+    pub sslcert: Option<PathBuf>,
+    /// Unencrypted private key (PEM) of `sslcert`. A secret: only its path is ever shown.
+    pub sslkey: Option<PathBuf>,
+    /// SCRAM channel binding, with libpq's meanings: `prefer`, `require` or `disable`.
+    pub channel_binding: ChannelBinding,
     /// The logical replication slot.
     pub slot: String,
     /// The publication, created for the configured tables when missing.
@@ -418,11 +425,119 @@ pub enum SlotLossPolicy {
     Resnapshot,
 }
 
+/// Default of `source.channel_binding`.
+pub const DEFAULT_CHANNEL_BINDING: ChannelBinding = ChannelBinding::Prefer;
+
+/// SCRAM channel binding (`source.channel_binding`), with libpq's meaning of each value.
+/// Binding (SCRAM-SHA-256-PLUS, tls-server-end-point) ties the password exchange to the
+/// server certificate this client saw, so a man in the middle that terminates TLS with
+/// another certificate, even one a trusted CA signed, cannot relay the login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelBinding {
+    /// Never bind, even when the server offers it.
+    Disable,
+    /// Bind when the connection uses TLS and the server offers SCRAM-SHA-256-PLUS.
+    #[default]
+    Prefer,
+    /// Log in only through SCRAM-SHA-256-PLUS: no plain connection, no trust, password,
+    /// md5 or certificate-only login.
+    Require,
+}
+
+impl ChannelBinding {
+    /// The libpq name of the value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelBinding::Disable => "disable",
+            ChannelBinding::Prefer => "prefer",
+            ChannelBinding::Require => "require",
+        }
+    }
+}
+
+impl fmt::Display for ChannelBinding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl SourceConfig {
     /// `url` with any password replaced by `***`, for logs and messages.
     pub fn redacted_url(&self) -> String {
         redact_url(&self.url)
     }
+
+    /// The TLS rules: `sslcert` and `sslkey` are set together and both can be read, and
+    /// `channel_binding: require` has TLS to bind to. The files are opened at load time
+    /// so that a wrong path or mode is a configuration error naming the key, not a failed
+    /// connection later; only their first byte is read, and nothing of them is shown.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        match (&self.sslcert, &self.sslkey) {
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "source.sslkey",
+                    "source.sslcert is set but source.sslkey is not (fix: set source.sslkey to the client certificate's private key, or unset both)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "source.sslcert",
+                    "source.sslkey is set but source.sslcert is not (fix: set source.sslcert to the client certificate, or unset both)",
+                ));
+            }
+            (Some(cert), Some(key)) => {
+                check_readable(
+                    "source.sslcert",
+                    cert,
+                    "point it at the PEM client certificate, readable by the user pg2lake runs as",
+                )?;
+                check_readable(
+                    "source.sslkey",
+                    key,
+                    "point it at the PEM private key of source.sslcert, readable by the user pg2lake runs as",
+                )?;
+            }
+        }
+        if self.channel_binding == ChannelBinding::Require && self.sslmode == SslMode::Disable {
+            return Err(ConfigError::invalid(
+                "source.channel_binding",
+                "source.channel_binding is require but source.sslmode is disable: channel binding needs TLS (fix: set source.sslmode to verify-full or require, or source.channel_binding to prefer)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Fails unless `path` is a non-empty file this process may read.
+fn check_readable(key: &str, path: &Path, fix: &str) -> Result<(), ConfigError> {
+    use std::io::Read;
+    let mut first = [0u8; 1];
+    let read = std::fs::File::open(path).and_then(|mut file| file.read(&mut first));
+    let problem = match read {
+        Ok(0) => "the file is empty".to_owned(),
+        Ok(_) => return Ok(()),
+        Err(err) => {
+            // "Permission denied (os error 13)" reads better as "permission denied".
+            let text = err.to_string();
+            let text = text
+                .rsplit_once(" (os error ")
+                .map_or(text.as_str(), |(reason, _)| reason);
+            let mut chars = text.chars();
+            chars
+                .next()
+                .map(|c| c.to_lowercase().chain(chars).collect())
+                .unwrap_or_default()
+        }
+    };
+    Err(ConfigError::invalid(
+        key,
+        format!(
+            "cannot read {key} {}: {problem} (fix: {fix})",
+            path.display()
+        ),
+    ))
 }
 
 impl Default for SourceConfig {
@@ -433,6 +548,9 @@ impl Default for SourceConfig {
             password_file: None,
             sslmode: DEFAULT_SSLMODE,
             sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
+            channel_binding: DEFAULT_CHANNEL_BINDING,
             slot: DEFAULT_SLOT.to_owned(),
             publication: DEFAULT_PUBLICATION.to_owned(),
             status_interval: DEFAULT_STATUS_INTERVAL,
@@ -454,6 +572,9 @@ impl fmt::Debug for SourceConfig {
             .field("password_file", &self.password_file)
             .field("sslmode", &self.sslmode)
             .field("sslrootcert", &self.sslrootcert)
+            .field("sslcert", &self.sslcert)
+            .field("sslkey", &self.sslkey)
+            .field("channel_binding", &self.channel_binding)
             .field("slot", &self.slot)
             .field("publication", &self.publication)
             .field("status_interval", &self.status_interval)
@@ -1081,6 +1202,8 @@ impl Config {
     }
 
     /// Checks the rules that types cannot express; the first broken one is returned.
+    /// The only files it touches are `source.sslcert` and `source.sslkey`, when set,
+    /// which must be readable.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let source = &self.source;
         if source.url.trim().is_empty() {
@@ -1107,6 +1230,7 @@ impl Config {
                 "source.password and source.password_file are both set (fix: keep only one)",
             ));
         }
+        source.validate_tls()?;
         // ReplicationSlotValidateName: lower-case letters, digits and underscores.
         let slot_ok = !source.slot.is_empty()
             && source.slot.len() <= MAX_IDENTIFIER_BYTES

@@ -892,3 +892,137 @@ fn column_types_force_decimals_and_name_bad_entries() {
     )]);
     assert_eq!(c.configured_types().unwrap().len(), 1);
 }
+
+#[test]
+fn tls_defaults() {
+    let c = Config::from_yaml_str(MINIMAL, &[]).unwrap();
+    assert_eq!(c.source.sslcert, None);
+    assert_eq!(c.source.sslkey, None);
+    assert_eq!(c.source.channel_binding, ChannelBinding::Prefer);
+    assert_eq!(c.source.channel_binding, DEFAULT_CHANNEL_BINDING);
+}
+
+/// A client certificate and key pair of (any) readable files.
+fn client_files() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("client.crt");
+    let key = dir.path().join("client.key");
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\n").unwrap();
+    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nsecret-key-bytes\n").unwrap();
+    (dir, cert, key)
+}
+
+#[test]
+fn client_certificate_and_channel_binding_from_file_and_env() {
+    let (_dir, cert, key) = client_files();
+    let yaml = format!(
+        "source:\n  url: postgres://replicator@db:5432/app\n  sslmode: verify-full\n  sslcert: {}\n  sslkey: {}\n  channel_binding: require\ntables: [public.orders]\n",
+        cert.display(),
+        key.display()
+    );
+    let c = Config::from_yaml_str(&yaml, &[]).unwrap();
+    assert_eq!(c.source.sslcert.as_deref(), Some(cert.as_path()));
+    assert_eq!(c.source.sslkey.as_deref(), Some(key.as_path()));
+    assert_eq!(c.source.channel_binding, ChannelBinding::Require);
+    // The key's path may show, its contents never.
+    let shown = format!("{c:?}");
+    assert!(shown.contains("client.key"), "{shown}");
+    assert!(!shown.contains("secret-key-bytes"), "{shown}");
+
+    let c = with_env(&[
+        ("PG2LAKE__SOURCE__SSLCERT", &cert.display().to_string()),
+        ("PG2LAKE__SOURCE__SSLKEY", &key.display().to_string()),
+        ("PG2LAKE__SOURCE__CHANNEL_BINDING", "disable"),
+    ]);
+    assert_eq!(c.source.sslcert.as_deref(), Some(cert.as_path()));
+    assert_eq!(c.source.sslkey.as_deref(), Some(key.as_path()));
+    assert_eq!(c.source.channel_binding, ChannelBinding::Disable);
+}
+
+#[test]
+fn client_certificate_needs_its_key_and_readable_files() {
+    let (dir, cert, key) = client_files();
+    let cert_var = ("PG2LAKE__SOURCE__SSLCERT", cert.display().to_string());
+    let key_var = ("PG2LAKE__SOURCE__SSLKEY", key.display().to_string());
+    let err = error(MINIMAL, &[(cert_var.0, &cert_var.1)]);
+    assert!(
+        err.contains("source.sslcert is set but source.sslkey is not (fix: "),
+        "{err}"
+    );
+    assert!(!err.contains("set by"), "{err}");
+    let err = error(MINIMAL, &[(key_var.0, &key_var.1)]);
+    assert!(
+        err.contains("source.sslkey is set but source.sslcert is not (fix: "),
+        "{err}"
+    );
+
+    let missing = dir.path().join("missing.key").display().to_string();
+    let err = error(
+        MINIMAL,
+        &[
+            (cert_var.0, &cert_var.1),
+            ("PG2LAKE__SOURCE__SSLKEY", &missing),
+        ],
+    );
+    assert!(
+        err.starts_with(&format!(
+            "config error: cannot read source.sslkey {missing}: no such file or directory (fix: "
+        )),
+        "{err}"
+    );
+    assert!(err.ends_with("(set by PG2LAKE__SOURCE__SSLKEY)"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let empty = dir.path().join("empty.crt");
+    std::fs::write(&empty, "").unwrap();
+    let empty = empty.display().to_string();
+    let err = error(
+        MINIMAL,
+        &[
+            ("PG2LAKE__SOURCE__SSLCERT", &empty),
+            (key_var.0, &key_var.1),
+        ],
+    );
+    assert!(
+        err.contains(&format!(
+            "cannot read source.sslcert {empty}: the file is empty"
+        )),
+        "{err}"
+    );
+    let folder = dir.path().display().to_string();
+    let err = error(
+        MINIMAL,
+        &[
+            (cert_var.0, &cert_var.1),
+            ("PG2LAKE__SOURCE__SSLKEY", &folder),
+        ],
+    );
+    assert!(err.contains("cannot read source.sslkey"), "{err}");
+    assert!(!err.contains("secret-key-bytes"), "{err}");
+}
+
+#[test]
+fn channel_binding_rules() {
+    let err = error(
+        MINIMAL,
+        &[
+            ("PG2LAKE__SOURCE__CHANNEL_BINDING", "require"),
+            ("PG2LAKE__SOURCE__SSLMODE", "disable"),
+        ],
+    );
+    assert!(
+        err.contains("source.channel_binding is require but source.sslmode is disable"),
+        "{err}"
+    );
+    assert!(
+        err.ends_with("(set by PG2LAKE__SOURCE__CHANNEL_BINDING)"),
+        "{err}"
+    );
+    let err = error(MINIMAL, &[("PG2LAKE__SOURCE__CHANNEL_BINDING", "allow")]);
+    assert!(err.contains("channel_binding"), "{err}");
+    assert!(err.contains("prefer"), "{err}");
+    for value in ["prefer", "require", "disable"] {
+        let c = with_env(&[("PG2LAKE__SOURCE__CHANNEL_BINDING", value)]);
+        assert_eq!(c.source.channel_binding.as_str(), value);
+    }
+}

@@ -179,7 +179,8 @@ pub struct PgOptions {
     pub hba: Vec<String>,
     /// Extra postgresql.conf lines, applied after the harness's own settings.
     pub conf: Vec<String>,
-    /// Serve TLS (`ssl = on`) with a certificate chain made by the openssl CLI.
+    /// Serve TLS (`ssl = on`) with a certificate chain made by the openssl CLI, and
+    /// verify client certificates signed by the same CA ([`PgServer::client_cert`]).
     pub ssl: bool,
 }
 
@@ -472,7 +473,7 @@ impl PgServer {
             "log_timezone = 'UTC'".to_string(),
             "log_line_prefix = '%m [%p] %q%u@%d '".to_string(),
         ];
-        if self.ssl_ca.is_some() {
+        if let Some(ca) = &self.ssl_ca {
             lines.extend(
                 [
                     "ssl = on",
@@ -481,6 +482,10 @@ impl PgServer {
                 ]
                 .map(String::from),
             );
+            // The server asks every TLS client for a certificate and verifies those signed
+            // by this CA; only `cert` / clientcert=verify-full lines in pg_hba.conf make one
+            // required.
+            lines.push(format!("ssl_ca_file = '{}'", ca.display()));
         }
         lines.extend(options.conf.iter().cloned());
         std::fs::write(self.data.join("pg2lake-test.conf"), lines.join("\n") + "\n")
@@ -490,83 +495,123 @@ impl PgServer {
     /// A CA and a server certificate signed by it (not one self-signed certificate:
     /// webpki, behind rustls, rejects a CA certificate used as the server's own).
     fn make_certs(&mut self) {
-        let dir = self.dir.path();
-        let ext = dir.join("server.ext");
-        std::fs::write(
-            &ext,
-            "basicConstraints = critical, CA:FALSE\n\
-             keyUsage = critical, digitalSignature, keyEncipherment\n\
-             extendedKeyUsage = serverAuth\n\
-             subjectAltName = DNS:localhost, IP:127.0.0.1\n",
-        )
-        .expect("write server.ext");
-        let openssl = |args: &[&OsStr]| {
-            run_checked(
-                Command::new("openssl").args(args).current_dir(dir),
-                "openssl (install it: scripts/test.sh)",
-            );
-        };
-        let os = |s: &'static str| OsStr::new(s);
+        let dir = self.dir.path().to_path_buf();
         let ca_key = dir.join("ca.key");
         let ca_crt = dir.join("ca.crt");
-        let key = self.data.join("server.key");
-        let csr = dir.join("server.csr");
-        let crt = self.data.join("server.crt");
-        openssl(&[
-            os("req"),
-            os("-x509"),
-            os("-newkey"),
-            os("ec"),
-            os("-pkeyopt"),
-            os("ec_paramgen_curve:prime256v1"),
-            os("-nodes"),
-            os("-days"),
-            os("3650"),
-            os("-subj"),
-            os("/CN=pg2lake test CA"),
-            os("-keyout"),
-            ca_key.as_os_str(),
-            os("-out"),
-            ca_crt.as_os_str(),
-        ]);
-        openssl(&[
-            os("req"),
-            os("-new"),
-            os("-newkey"),
-            os("ec"),
-            os("-pkeyopt"),
-            os("ec_paramgen_curve:prime256v1"),
-            os("-nodes"),
-            os("-subj"),
-            os("/CN=localhost"),
-            os("-keyout"),
-            key.as_os_str(),
-            os("-out"),
-            csr.as_os_str(),
-        ]);
-        openssl(&[
-            os("x509"),
-            os("-req"),
-            os("-days"),
-            os("3650"),
-            os("-in"),
-            csr.as_os_str(),
-            os("-CA"),
-            ca_crt.as_os_str(),
-            os("-CAkey"),
-            ca_key.as_os_str(),
-            os("-CAcreateserial"),
-            os("-extfile"),
-            ext.as_os_str(),
-            os("-out"),
-            crt.as_os_str(),
-        ]);
-        // PostgreSQL refuses a key readable by group or others.
-        run_checked(
-            Command::new("chmod").arg("0600").arg(&key),
-            "chmod server.key",
+        openssl(
+            &dir,
+            &[
+                os("req"),
+                os("-x509"),
+                os("-newkey"),
+                os("ec"),
+                os("-pkeyopt"),
+                os("ec_paramgen_curve:prime256v1"),
+                os("-nodes"),
+                os("-days"),
+                os("3650"),
+                os("-subj"),
+                os("/CN=pg2lake test CA"),
+                os("-keyout"),
+                ca_key.as_os_str(),
+                os("-out"),
+                ca_crt.as_os_str(),
+            ],
         );
         self.ssl_ca = Some(ca_crt);
+        self.write_server_cert(&["localhost", "127.0.0.1"]);
+    }
+
+    /// Issues `server.crt` / `server.key` in the data directory for `names` (DNS names
+    /// or IP addresses).
+    fn write_server_cert(&self, names: &[&str]) {
+        let (crt, key) = self.issue_cert("server", names[0], &server_ext(names));
+        std::fs::rename(&crt, self.data.join("server.crt")).expect("move server.crt");
+        std::fs::rename(&key, self.data.join("server.key")).expect("move server.key");
+        self.chown_dir();
+    }
+
+    /// With `ssl`: a client certificate for role `role` (its CN), signed by the server's
+    /// CA, and its unencrypted key: (certificate, key) PEM files.
+    pub fn client_cert(&self, role: &str) -> (PathBuf, PathBuf) {
+        self.issue_cert(
+            &format!("client-{role}"),
+            role,
+            "basicConstraints = critical, CA:FALSE\n\
+             keyUsage = critical, digitalSignature\n\
+             extendedKeyUsage = clientAuth\n",
+        )
+    }
+
+    /// With `ssl`: another server certificate for `names`, signed by the server's CA,
+    /// for a second TLS endpoint (a test's man in the middle): (certificate, key).
+    pub fn issue_server_cert(&self, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        self.issue_cert(stem, names[0], &server_ext(names))
+    }
+
+    /// With `ssl`: gives the server a new certificate for `names` only (e.g. a name
+    /// the clients do not use) and restarts it so that new connections see it.
+    pub fn replace_server_cert(&mut self, names: &[&str]) {
+        self.write_server_cert(names);
+        self.restart();
+    }
+
+    /// A key and a certificate with subject CN `cn` and the extensions `ext`, signed by
+    /// the CA: `<stem>.crt` and `<stem>.key` in the temp dir.
+    fn issue_cert(&self, stem: &str, cn: &str, ext: &str) -> (PathBuf, PathBuf) {
+        let dir = self.dir.path();
+        let ca_crt = self
+            .ssl_ca
+            .as_ref()
+            .expect("the server was started with ssl");
+        let ca_key = dir.join("ca.key");
+        let ext_file = dir.join(format!("{stem}.ext"));
+        std::fs::write(&ext_file, ext).expect("write the extensions file");
+        let key = dir.join(format!("{stem}.key"));
+        let csr = dir.join(format!("{stem}.csr"));
+        let crt = dir.join(format!("{stem}.crt"));
+        let subject = format!("/CN={cn}");
+        openssl(
+            dir,
+            &[
+                os("req"),
+                os("-new"),
+                os("-newkey"),
+                os("ec"),
+                os("-pkeyopt"),
+                os("ec_paramgen_curve:prime256v1"),
+                os("-nodes"),
+                os("-subj"),
+                OsStr::new(&subject),
+                os("-keyout"),
+                key.as_os_str(),
+                os("-out"),
+                csr.as_os_str(),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                os("x509"),
+                os("-req"),
+                os("-days"),
+                os("3650"),
+                os("-in"),
+                csr.as_os_str(),
+                os("-CA"),
+                ca_crt.as_os_str(),
+                os("-CAkey"),
+                ca_key.as_os_str(),
+                os("-CAcreateserial"),
+                os("-extfile"),
+                ext_file.as_os_str(),
+                os("-out"),
+                crt.as_os_str(),
+            ],
+        );
+        // PostgreSQL (and libpq) refuse a key readable by group or others.
+        run_checked(Command::new("chmod").arg("0600").arg(&key), "chmod key");
+        (crt, key)
     }
 
     /// `pg_ctl start -w`; on failure returns the log tail.
@@ -609,6 +654,36 @@ impl PgServer {
         );
         self.running = false;
     }
+}
+
+/// Runs the openssl CLI in `dir`.
+fn openssl(dir: &Path, args: &[&OsStr]) {
+    run_checked(
+        Command::new("openssl").args(args).current_dir(dir),
+        "openssl (install it: scripts/test.sh)",
+    );
+}
+
+fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+/// X.509 extensions of a server certificate valid for `names` (IPs or DNS names).
+fn server_ext(names: &[&str]) -> String {
+    let alt_names: Vec<String> = names
+        .iter()
+        .map(|name| match name.parse::<std::net::IpAddr>() {
+            Ok(_) => format!("IP:{name}"),
+            Err(_) => format!("DNS:{name}"),
+        })
+        .collect();
+    format!(
+        "basicConstraints = critical, CA:FALSE\n\
+         keyUsage = critical, digitalSignature, keyEncipherment\n\
+         extendedKeyUsage = serverAuth\n\
+         subjectAltName = {}\n",
+        alt_names.join(", ")
+    )
 }
 
 impl Drop for PgServer {

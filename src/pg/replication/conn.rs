@@ -14,7 +14,9 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::authentication::sasl::{
+    self, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256,
+};
 use postgres_protocol::message::backend::{DataRowBody, ErrorFields, Message};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -25,6 +27,7 @@ use super::ReplicationError;
 use super::frame::{describe_tag, split_frame};
 use super::params::{ConnectParams, Host, SslMode, encode_options};
 use super::tls;
+use crate::config::ChannelBinding;
 
 /// Read in chunks of at least this size, so a stream of small messages costs few syscalls.
 const READ_CHUNK: usize = 64 * 1024;
@@ -106,6 +109,7 @@ impl Connection {
     /// Connects, negotiates TLS, starts up with `replication=database` and authenticates,
     /// all within `connect_timeout`.
     pub(crate) async fn connect(params: &ConnectParams) -> Result<Connection, ReplicationError> {
+        params.check()?;
         let target = params.target();
         let attempt = Self::connect_inner(params, target.clone());
         if params.connect_timeout.is_zero() {
@@ -144,6 +148,13 @@ impl Connection {
             }
         };
         let tls = matches!(stream, Stream::Tls(_));
+        if params.channel_binding == ChannelBinding::Require && !tls {
+            // Checked before the startup packet, so nothing about the role goes out in
+            // the clear.
+            return Err(ReplicationError::Auth(format!(
+                "channel_binding is require, but postgres at {target} does not accept tls (fix: enable ssl on the server, or set channel_binding to prefer)"
+            )));
+        }
         let mut conn = Connection {
             stream,
             read_buf: BytesMut::with_capacity(READ_CHUNK),
@@ -192,16 +203,28 @@ impl Connection {
     }
 
     async fn authenticate(&mut self, params: &ConnectParams) -> Result<(), ReplicationError> {
+        // Whether a SCRAM-SHA-256-PLUS exchange completed, for channel_binding require.
+        let mut bound = false;
         loop {
             match self.read_message().await? {
-                Backend::Message(Message::AuthenticationOk) => return Ok(()),
+                Backend::Message(Message::AuthenticationOk) => {
+                    if params.channel_binding == ChannelBinding::Require && !bound {
+                        return Err(ReplicationError::Auth(format!(
+                            "channel_binding is require, but postgres let role {} in without SCRAM (trust or certificate authentication), so nothing was bound to the tls session (fix: use scram-sha-256 for this role in pg_hba.conf, or set channel_binding to prefer)",
+                            params.user
+                        )));
+                    }
+                    return Ok(());
+                }
                 Backend::Message(Message::AuthenticationCleartextPassword) => {
+                    refuse_unbound(params, "a cleartext password")?;
                     let password = password(params, "a cleartext password")?;
                     frontend::password_message(password.as_bytes(), &mut self.write_buf)
                         .map_err(nul_in_password)?;
                     self.flush_write_buf().await?;
                 }
                 Backend::Message(Message::AuthenticationMd5Password(body)) => {
+                    refuse_unbound(params, "an md5 password")?;
                     let password = password(params, "an md5 password")?;
                     let hash = md5_hash(params.user.as_bytes(), password.as_bytes(), body.salt());
                     frontend::password_message(hash.as_bytes(), &mut self.write_buf)
@@ -216,10 +239,10 @@ impl Connection {
                     })? {
                         offered.push(mechanism.to_owned());
                     }
-                    self.scram(params, &offered).await?;
+                    bound = self.scram(params, &offered).await?;
                 }
                 Backend::Message(Message::ErrorResponse(body)) => {
-                    return Err(server_error(body.fields()));
+                    return Err(with_refusal_fix(server_error(body.fields()), params));
                 }
                 Backend::Message(Message::AuthenticationGss)
                 | Backend::Message(Message::AuthenticationGssContinue(_)) => {
@@ -239,22 +262,40 @@ impl Connection {
         }
     }
 
-    /// SCRAM-SHA-256 without channel binding. Channel binding (`-PLUS`) would need the
-    /// hash of the server certificate by its signature algorithm; the gs2 header `n`
-    /// tells the server this client does not bind, which it accepts even over TLS.
+    /// SCRAM-SHA-256, with channel binding (SCRAM-SHA-256-PLUS, tls-server-end-point)
+    /// when [`choose_scram`] says so. Returns whether the exchange was bound.
     async fn scram(
         &mut self,
         params: &ConnectParams,
         offered: &[String],
-    ) -> Result<(), ReplicationError> {
-        if !offered.iter().any(|m| m == SCRAM_SHA_256) {
-            return Err(ReplicationError::Auth(format!(
-                "postgres offered SASL mechanisms {offered:?}, none of which pg2lake supports (fix: allow SCRAM-SHA-256 for this role)"
-            )));
-        }
+    ) -> Result<bool, ReplicationError> {
+        let end_point = match &self.stream {
+            Stream::Tls(tls) => Some(match tls.get_ref().1.peer_certificates() {
+                Some([cert, ..]) => tls::tls_server_end_point(cert),
+                _ => Err("the server presented no certificate".to_owned()),
+            }),
+            Stream::Tcp(_) | Stream::Unix(_) => None,
+        };
+        let choice = choose_scram(offered, params.channel_binding, end_point)?;
+        let bound = matches!(choice, ScramChoice::Plus(_));
+        let (mechanism, binding) = match choice {
+            ScramChoice::Plus(data) => (
+                SCRAM_SHA_256_PLUS,
+                sasl::ChannelBinding::tls_server_end_point(data),
+            ),
+            ScramChoice::Plain { client_can_bind } => (
+                SCRAM_SHA_256,
+                if client_can_bind {
+                    sasl::ChannelBinding::unrequested()
+                } else {
+                    sasl::ChannelBinding::unsupported()
+                },
+            ),
+        };
+        tracing::debug!(mechanism, "scram authentication");
         let password = password(params, "a SCRAM-SHA-256 password")?;
-        let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-        frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut self.write_buf)
+        let mut scram = ScramSha256::new(password.as_bytes(), binding);
+        frontend::sasl_initial_response(mechanism, scram.message(), &mut self.write_buf)
             .map_err(|e| ReplicationError::Protocol(format!("SASL initial response: {e}")))?;
         self.flush_write_buf().await?;
         match self.read_message().await? {
@@ -264,7 +305,7 @@ impl Connection {
                 })?;
             }
             Backend::Message(Message::ErrorResponse(body)) => {
-                return Err(server_error(body.fields()));
+                return Err(with_refusal_fix(server_error(body.fields()), params));
             }
             other => return Err(unexpected(&other, "during SCRAM authentication")),
         }
@@ -273,14 +314,19 @@ impl Connection {
         self.flush_write_buf().await?;
         match self.read_message().await? {
             Backend::Message(Message::AuthenticationSaslFinal(body)) => {
-                // Verifies the server's signature: proves the server knows the password too.
+                // Verifies the server's signature: proves the server knows the password too
+                // (and, bound, that it saw the same certificate: the binding data is part
+                // of what it signed).
                 scram.finish(body.data()).map_err(|e| {
                     ReplicationError::Auth(format!(
                         "SCRAM-SHA-256 server signature did not verify: {e}"
                     ))
-                })
+                })?;
+                Ok(bound)
             }
-            Backend::Message(Message::ErrorResponse(body)) => Err(server_error(body.fields())),
+            Backend::Message(Message::ErrorResponse(body)) => {
+                Err(with_refusal_fix(server_error(body.fields()), params))
+            }
             other => Err(unexpected(&other, "during SCRAM authentication")),
         }
     }
@@ -378,7 +424,7 @@ async fn negotiate_tls(
                 .await
                 .map_err(|source| ReplicationError::Tls {
                     target: target.to_owned(),
-                    source,
+                    source: tls::handshake_error(source),
                 })?;
             Ok(Stream::Tls(Box::new(tls)))
         }
@@ -483,6 +529,112 @@ fn log_notice(fields: ErrorFields<'_>) {
     }
 }
 
+/// A refused login's server error, with pg2lake's fix added to the hint when the
+/// settings explain the refusal (see [`ConnectParams::refusal_fix`]).
+fn with_refusal_fix(err: ReplicationError, params: &ConnectParams) -> ReplicationError {
+    match err {
+        ReplicationError::Server {
+            severity,
+            code,
+            message,
+            detail,
+            hint,
+        } => {
+            let hint = match (params.refusal_fix(&code, &message), hint) {
+                (Some(fix), Some(hint)) => Some(format!("{hint}; {fix}")),
+                (Some(fix), None) => Some(fix),
+                (None, hint) => hint,
+            };
+            ReplicationError::Server {
+                severity,
+                code,
+                message,
+                detail,
+                hint,
+            }
+        }
+        other => other,
+    }
+}
+
+/// What to answer a SASL request with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ScramChoice {
+    /// SCRAM-SHA-256-PLUS bound to this tls-server-end-point data.
+    Plus(Vec<u8>),
+    /// SCRAM-SHA-256 unbound. `client_can_bind` is the gs2 flag `y` ("I could bind, but
+    /// you did not offer it"), which lets a server that did offer -PLUS detect that an
+    /// attacker stripped it from the list; `n` otherwise.
+    Plain {
+        /// Whether this client could have bound.
+        client_can_bind: bool,
+    },
+}
+
+/// Picks the SASL mechanism, as libpq does: -PLUS whenever the connection is TLS, the
+/// server offers it, the certificate's binding data can be computed and the policy is
+/// not `disable`. `end_point` is `None` without TLS, else the binding data or why there
+/// is none. Under `require`, every unbound outcome is an error naming its cause.
+fn choose_scram(
+    offered: &[String],
+    policy: ChannelBinding,
+    end_point: Option<Result<Vec<u8>, String>>,
+) -> Result<ScramChoice, ReplicationError> {
+    let plus_offered = offered.iter().any(|m| m == SCRAM_SHA_256_PLUS);
+    let plain_offered = offered.iter().any(|m| m == SCRAM_SHA_256);
+    if !plus_offered && !plain_offered {
+        return Err(ReplicationError::Auth(format!(
+            "postgres offered SASL mechanisms {offered:?}, none of which pg2lake supports (fix: allow SCRAM-SHA-256 for this role)"
+        )));
+    }
+    let end_point = match policy {
+        ChannelBinding::Disable => None,
+        ChannelBinding::Prefer | ChannelBinding::Require => end_point,
+    };
+    let unbound = match end_point {
+        Some(Ok(data)) if plus_offered => return Ok(ScramChoice::Plus(data)),
+        Some(Ok(_)) => (
+            true,
+            "postgres did not offer SCRAM-SHA-256-PLUS (fix: connect to postgres directly rather than through a pooler or proxy that ends tls, or set channel_binding to prefer)".to_owned(),
+        ),
+        Some(Err(reason)) => (
+            false,
+            format!(
+                "{reason} (fix: give the server a certificate signed with ECDSA or RSA and SHA-256, or set channel_binding to prefer)"
+            ),
+        ),
+        None => (
+            false,
+            "the connection does not use tls (fix: set sslmode to verify-full or require)"
+                .to_owned(),
+        ),
+    };
+    let (client_can_bind, why) = unbound;
+    if policy == ChannelBinding::Require {
+        return Err(ReplicationError::Auth(format!(
+            "channel_binding is require, but {why}"
+        )));
+    }
+    if !plain_offered {
+        return Err(ReplicationError::Auth(format!(
+            "postgres offered only SCRAM-SHA-256-PLUS, but {why}"
+        )));
+    }
+    Ok(ScramChoice::Plain { client_can_bind })
+}
+
+/// Under `channel_binding: require`, refuses to send a password outside SCRAM, where
+/// nothing binds it to the tls session.
+fn refuse_unbound(params: &ConnectParams, what: &str) -> Result<(), ReplicationError> {
+    if params.channel_binding == ChannelBinding::Require {
+        return Err(ReplicationError::Auth(format!(
+            "channel_binding is require, but postgres asked for {what} for role {}, which cannot be bound to the tls session (fix: use scram-sha-256 for this role in pg_hba.conf, or set channel_binding to prefer)",
+            params.user
+        )));
+    }
+    Ok(())
+}
+
 fn password<'a>(params: &'a ConnectParams, what: &str) -> Result<&'a str, ReplicationError> {
     params.password.as_deref().ok_or_else(|| {
         ReplicationError::Auth(format!(
@@ -527,4 +679,142 @@ pub(crate) fn unexpected(message: &Backend, context: &str) -> ReplicationError {
         },
     };
     ReplicationError::Protocol(format!("unexpected {name} {context}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offered(mechanisms: &[&str]) -> Vec<String> {
+        mechanisms.iter().map(|m| (*m).to_owned()).collect()
+    }
+
+    const BOTH: &[&str] = &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256];
+
+    fn data() -> Option<Result<Vec<u8>, String>> {
+        Some(Ok(vec![7; 32]))
+    }
+
+    #[test]
+    fn binds_whenever_it_can_unless_disabled() {
+        for policy in [ChannelBinding::Prefer, ChannelBinding::Require] {
+            assert_eq!(
+                choose_scram(&offered(BOTH), policy, data()).unwrap(),
+                ScramChoice::Plus(vec![7; 32]),
+                "{policy}"
+            );
+        }
+        assert_eq!(
+            choose_scram(&offered(BOTH), ChannelBinding::Disable, data()).unwrap(),
+            ScramChoice::Plain {
+                client_can_bind: false
+            }
+        );
+    }
+
+    #[test]
+    fn prefer_falls_back_with_the_right_gs2_flag() {
+        // TLS, but -PLUS not offered: `y`, so a server that did offer it sees the downgrade.
+        assert_eq!(
+            choose_scram(&offered(&[SCRAM_SHA_256]), ChannelBinding::Prefer, data()).unwrap(),
+            ScramChoice::Plain {
+                client_can_bind: true
+            }
+        );
+        // No TLS, or a certificate without binding data: `n`.
+        for end_point in [None, Some(Err("Ed25519".to_owned()))] {
+            assert_eq!(
+                choose_scram(&offered(BOTH), ChannelBinding::Prefer, end_point).unwrap(),
+                ScramChoice::Plain {
+                    client_can_bind: false
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn require_names_why_it_cannot_bind() {
+        let reason = |offer: &[&str], end_point| {
+            choose_scram(&offered(offer), ChannelBinding::Require, end_point)
+                .unwrap_err()
+                .to_string()
+        };
+        let err = reason(&[SCRAM_SHA_256], data());
+        assert!(err.contains("did not offer SCRAM-SHA-256-PLUS"), "{err}");
+        let err = reason(BOTH, None);
+        assert!(err.contains("does not use tls"), "{err}");
+        let err = reason(BOTH, Some(Err("signed with Ed25519".into())));
+        assert!(err.contains("signed with Ed25519"), "{err}");
+        for err in [reason(&[SCRAM_SHA_256], data()), reason(BOTH, None)] {
+            assert!(err.contains("channel_binding is require"), "{err}");
+            assert!(err.contains("(fix: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_mechanisms_are_refused() {
+        let err =
+            choose_scram(&offered(&["SCRAM-SHA-512"]), ChannelBinding::Prefer, None).unwrap_err();
+        assert!(err.to_string().contains("none of which"), "{err}");
+        // Only -PLUS offered and no TLS: nothing this client can do.
+        let err = choose_scram(
+            &offered(&[SCRAM_SHA_256_PLUS]),
+            ChannelBinding::Prefer,
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("only SCRAM-SHA-256-PLUS"), "{err}");
+    }
+
+    #[test]
+    fn refusals_get_the_fix_as_hint() {
+        let mut params = ConnectParams::from_url("postgres://cdc@db/app").unwrap();
+        let refused = |params: &ConnectParams, message: &str, hint: Option<&str>| {
+            with_refusal_fix(
+                ReplicationError::Server {
+                    severity: "FATAL".into(),
+                    code: "28000".into(),
+                    message: message.into(),
+                    detail: None,
+                    hint: hint.map(str::to_owned),
+                },
+                params,
+            )
+            .to_string()
+        };
+        let err = refused(
+            &params,
+            "connection requires a valid client certificate",
+            None,
+        );
+        assert!(
+            err.contains("(hint: pg2lake sent no client certificate"),
+            "{err}"
+        );
+        params.sslcert = Some("/c.crt".into());
+        let err = refused(
+            &params,
+            "connection requires a valid client certificate",
+            None,
+        );
+        assert!(
+            err.contains("did not accept the client certificate"),
+            "{err}"
+        );
+        let err = refused(
+            &params,
+            "certificate authentication failed for user \"cdc\"",
+            Some("server hint"),
+        );
+        assert!(
+            err.contains("(hint: server hint; the client certificate's common name"),
+            "{err}"
+        );
+        let err = refused(
+            &params,
+            "password authentication failed for user \"cdc\"",
+            None,
+        );
+        assert!(!err.contains("hint"), "{err}");
+    }
 }

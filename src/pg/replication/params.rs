@@ -14,6 +14,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::ReplicationError;
+use crate::config::ChannelBinding;
 
 /// Default PostgreSQL port.
 pub const DEFAULT_PORT: u16 = 5432;
@@ -155,6 +156,13 @@ pub struct ConnectParams {
     /// PEM file of trusted root certificates for verify-ca / verify-full; the system's
     /// roots when unset.
     pub sslrootcert: Option<PathBuf>,
+    /// PEM client certificate (and intermediates) presented when the server asks for
+    /// one; needs `sslkey`.
+    pub sslcert: Option<PathBuf>,
+    /// PEM private key of `sslcert`; only its path is ever shown.
+    pub sslkey: Option<PathBuf>,
+    /// SCRAM channel binding (SCRAM-SHA-256-PLUS over TLS), with libpq's meanings.
+    pub channel_binding: ChannelBinding,
     /// Shown in `pg_stat_activity` and `pg_stat_replication`.
     pub application_name: String,
     /// Settings sent in the startup packet as `options=-c k=v ...`.
@@ -174,6 +182,9 @@ impl fmt::Debug for ConnectParams {
             .field("dbname", &self.dbname)
             .field("sslmode", &self.sslmode)
             .field("sslrootcert", &self.sslrootcert)
+            .field("sslcert", &self.sslcert)
+            .field("sslkey", &self.sslkey)
+            .field("channel_binding", &self.channel_binding)
             .field("application_name", &self.application_name)
             .field("options", &self.options)
             .field("connect_timeout", &self.connect_timeout)
@@ -195,6 +206,14 @@ impl ConnectParams {
             .ok_or_else(|| bad("it does not start with postgres:// or postgresql://".into()))?;
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        // An '@' only after the first '/' or '?' means the user info holds one of them
+        // unescaped (as libpq reads it too): the pieces would be taken for a host, port
+        // or parameter, and an error quoting them would print part of the password.
+        if !authority.contains('@') && (path.contains('@') || query.contains('@')) {
+            return Err(bad(
+                "the part before '@' holds a '/' or '?' (fix: percent-encode them in the password or user name: / as %2F, ? as %3F, # as %23, @ as %40)".into(),
+            ));
+        }
         // The password may hold an unescaped '@'; the host never does.
         let (userinfo, hostport) = match authority.rfind('@') {
             Some(at) => (authority.get(..at), authority.get(at + 1..).unwrap_or("")),
@@ -216,6 +235,9 @@ impl ConnectParams {
             dbname: percent_decode(path).map_err(bad)?,
             sslmode: SslMode::default(),
             sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
+            channel_binding: ChannelBinding::default(),
             application_name: DEFAULT_APPLICATION_NAME.to_owned(),
             options: SESSION_OPTIONS
                 .iter()
@@ -267,6 +289,20 @@ impl ConnectParams {
             "dbname" => self.dbname = value,
             "sslmode" => self.sslmode = value.parse().map_err(|e| format!("{e}"))?,
             "sslrootcert" => self.sslrootcert = Some(PathBuf::from(value)),
+            "sslcert" => self.sslcert = Some(PathBuf::from(value)),
+            "sslkey" => self.sslkey = Some(PathBuf::from(value)),
+            "channel_binding" => {
+                self.channel_binding = match value.as_str() {
+                    "disable" => ChannelBinding::Disable,
+                    "prefer" => ChannelBinding::Prefer,
+                    "require" => ChannelBinding::Require,
+                    other => {
+                        return Err(format!(
+                            "channel_binding {other:?} is not supported (use disable, prefer or require)"
+                        ));
+                    }
+                }
+            }
             "application_name" => self.application_name = value,
             "connect_timeout" => {
                 let secs: u64 = value.parse().map_err(|_| {
@@ -278,6 +314,69 @@ impl ConnectParams {
             other => return Err(format!("parameter {other:?} is not supported")),
         }
         Ok(())
+    }
+
+    /// The rules between settings that hold whatever the server does, checked before
+    /// anything is sent: channel binding needs TLS, and a client certificate its key.
+    pub fn check(&self) -> Result<(), ReplicationError> {
+        if self.channel_binding == ChannelBinding::Require {
+            if self.sslmode == SslMode::Disable {
+                return Err(ReplicationError::Config(
+                    "settings: channel_binding require needs tls, but sslmode is disable (fix: set sslmode to verify-full or require, or channel_binding to prefer)".into(),
+                ));
+            }
+            if let Host::Unix(_) = self.host {
+                return Err(ReplicationError::Config(
+                    "settings: channel_binding require needs tls, which a unix socket connection never uses (fix: connect over tcp, or set channel_binding to prefer)".into(),
+                ));
+            }
+        }
+        match (&self.sslcert, &self.sslkey) {
+            (Some(_), None) => Err(ReplicationError::Config(
+                "settings: sslcert is set but sslkey is not (fix: set sslkey to the client certificate's private key, or unset both)".into(),
+            )),
+            (None, Some(_)) => Err(ReplicationError::Config(
+                "settings: sslkey is set but sslcert is not (fix: set sslcert to the client certificate, or unset both)".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The fix for a login the server refused, when these settings explain it: a missing
+    /// or wrong client certificate, or a channel binding check that failed. `code` and
+    /// `message` are the server's SQLSTATE and primary message (not localized codes,
+    /// English messages: the server sends these before the session's lc_messages applies).
+    pub fn refusal_fix(&self, code: &str, message: &str) -> Option<String> {
+        if code == "28000" && message.contains("requires a valid client certificate") {
+            return Some(if self.sslcert.is_none() {
+                "pg2lake sent no client certificate: set sslcert and sslkey (source.sslcert, source.sslkey) to a certificate for this role signed by a CA in the server's ssl_ca_file".to_owned()
+            } else {
+                "the server did not accept the client certificate: it must be signed by a CA in the server's ssl_ca_file".to_owned()
+            });
+        }
+        if code == "28000" && message.starts_with("certificate authentication failed") {
+            return Some(format!(
+                "the client certificate's common name (CN) must be the role name {} or be mapped to it in pg_ident.conf",
+                self.user
+            ));
+        }
+        // "SCRAM channel binding check failed": the binding data differ; "… negotiation
+        // error": the client was told -PLUS was not offered, though the server offered it.
+        if message.contains("channel binding check failed")
+            || message.contains("channel binding negotiation error")
+        {
+            return Some(
+                "the server's certificate is not the one pg2lake saw: something between them ends tls (a man in the middle, or a tls-terminating proxy); connect to the server directly, or set channel_binding to disable only if that proxy is trusted".to_owned(),
+            );
+        }
+        None
+    }
+
+    /// The fix for a failed TLS handshake (`err`, as the TLS connector returned it) when
+    /// it is a certificate problem an operator can fix, such as a host name the server
+    /// certificate does not name.
+    pub fn handshake_fix(&self, err: &std::io::Error) -> Option<&'static str> {
+        super::tls::handshake_fix(err)
     }
 
     /// What the connection is made to, for messages: `host:port` or the socket file path.
@@ -490,6 +589,10 @@ mod tests {
             "postgres://u:secret@h/db?frobnicate=1",
             "postgres://u:secret@h/db?host=a,b",
             "postgres://u:secret@h/d%zzb",
+            // An unescaped '/' or '?' in the password.
+            "postgres://u:sec/ret@h:5432/db",
+            "postgres://u:sec?ret@h:5432/db",
+            "postgres://u:a?secret=1@h/db",
             "not a url secret",
         ] {
             let err = ConnectParams::from_url(url).unwrap_err();
@@ -554,5 +657,69 @@ mod tests {
         );
         assert!(ConnectParams::from_url("postgres://u@h/db?options=-x").is_err());
         assert!(ConnectParams::from_url("postgres://u@h/db?options=-c").is_err());
+    }
+
+    #[test]
+    fn reads_client_certificate_and_channel_binding_from_the_url() {
+        let p = ConnectParams::from_url(
+            "postgres://u@h/db?sslcert=/c/client.crt&sslkey=/c/client.key&channel_binding=require",
+        )
+        .unwrap();
+        assert_eq!(p.sslcert, Some(PathBuf::from("/c/client.crt")));
+        assert_eq!(p.sslkey, Some(PathBuf::from("/c/client.key")));
+        assert_eq!(p.channel_binding, ChannelBinding::Require);
+        let shown = format!("{p:?}");
+        assert!(shown.contains("client.key"), "{shown}");
+        let p = ConnectParams::from_url("postgres://u@h/db").unwrap();
+        assert_eq!(p.channel_binding, ChannelBinding::Prefer);
+        assert_eq!((p.sslcert, p.sslkey), (None, None));
+        assert!(ConnectParams::from_url("postgres://u@h/db?channel_binding=allow").is_err());
+    }
+
+    #[test]
+    fn checks_settings_that_cannot_work_together() {
+        let ok = ConnectParams::from_url("postgres://u@h/db?channel_binding=require").unwrap();
+        ok.check().unwrap();
+        let mut p = ok.clone();
+        p.sslmode = SslMode::Disable;
+        let err = p.check().unwrap_err().to_string();
+        assert!(err.contains("channel_binding require needs tls"), "{err}");
+        assert!(err.contains("sslmode is disable"), "{err}");
+        let mut p = ok.clone();
+        p.host = Host::Unix("/run/postgresql".into());
+        let err = p.check().unwrap_err().to_string();
+        assert!(err.contains("unix socket"), "{err}");
+        let mut p = ok.clone();
+        p.sslcert = Some("/c.crt".into());
+        let err = p.check().unwrap_err().to_string();
+        assert!(err.contains("sslcert is set but sslkey is not"), "{err}");
+        p.sslcert = None;
+        p.sslkey = Some("/c.key".into());
+        let err = p.check().unwrap_err().to_string();
+        assert!(err.contains("sslkey is set but sslcert is not"), "{err}");
+    }
+
+    #[test]
+    fn explains_refusals_the_settings_cause() {
+        let p = ConnectParams::from_url("postgres://cdc@h/db").unwrap();
+        let fix = p
+            .refusal_fix("28000", "connection requires a valid client certificate")
+            .unwrap();
+        assert!(fix.contains("set sslcert and sslkey"), "{fix}");
+        let fix = p
+            .refusal_fix(
+                "28000",
+                "certificate authentication failed for user \"cdc\"",
+            )
+            .unwrap();
+        assert!(fix.contains("role name cdc"), "{fix}");
+        let fix = p
+            .refusal_fix("08P01", "SCRAM channel binding check failed")
+            .unwrap();
+        assert!(fix.contains("something between them ends tls"), "{fix}");
+        assert_eq!(
+            p.refusal_fix("28P01", "password authentication failed"),
+            None
+        );
     }
 }
