@@ -44,21 +44,23 @@ echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets --locked -- -D warnings
+step "cargo clippy --all-targets --features failpoints -- -D warnings"
+cargo clippy --all-targets --locked --features failpoints -- -D warnings
 
 step "deploy files: hadolint, kubernetes-validate, metric names (scripts/check_deploy.py)"
 "$PG2LAKE_VENV/bin/python" scripts/check_deploy.py
 
 # Doc tests first: nextest does not run them, and the runner's summary should be the
 # last thing printed.
+# The tests build pg2lake with the failpoints the fault tests kill it at (compiled out of
+# every other build).
 step "cargo test --doc"
-cargo test --doc --locked
+cargo test --doc --locked --features failpoints
 
 if cargo nextest --version >/dev/null 2>&1; then
     step "cargo nextest run"
-    cargo nextest run --locked --no-fail-fast "${runner_args[@]}"
+    cargo nextest run --locked --no-fail-fast --features failpoints "${runner_args[@]}"
 else
     step "cargo test (cargo-nextest not installed)"
-    cargo test --locked --no-fail-fast "${runner_args[@]}"
+    cargo test --locked --no-fail-fast --features failpoints "${runner_args[@]}"
 fi

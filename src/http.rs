@@ -207,6 +207,12 @@ fn healthz(metrics: &Metrics, limits: ProbeLimits) -> Response {
 }
 
 fn readyz(metrics: &Metrics, limits: ProbeLimits) -> Response {
+    if metrics.health.is_standby() {
+        return Response::text(
+            503,
+            "not streaming: standby, another process streams from the replication slot; taking over when it is released\n",
+        );
+    }
     if !metrics.health.is_streaming() {
         return Response::text(
             503,

@@ -16,6 +16,21 @@
 //!
 //! `pipeline` owns the loop and the reconnects; `main` maps errors to exit codes.
 
+/// A point where the fault tests kill the process (see `tests/failpoints.rs`): with the
+/// `failpoints` feature, `FAILPOINTS=<name>=return` (the `fail` crate's syntax, e.g.
+/// `2*off->return` for the third hit) makes the process abort there at once, as kill -9
+/// would: no destructor runs, nothing is flushed. Compiled out without the feature.
+#[macro_export]
+macro_rules! crash_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        if fail::eval($name, |_| ()).is_some() {
+            eprintln!("failpoint {} hit: aborting", $name);
+            std::process::abort();
+        }
+    };
+}
+
 pub mod apply;
 pub mod batch;
 pub mod cli;

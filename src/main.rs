@@ -18,6 +18,9 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_RUNTIME: u8 = 1;
 
 fn main() -> ExitCode {
+    // Reads FAILPOINTS (see `crash_point!`); only in builds for the fault tests.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let config = match Config::load(cli.command.config_path()) {
         Ok(config) => Arc::new(config),

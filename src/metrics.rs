@@ -164,6 +164,8 @@ pub struct Health {
     last_tick_ms: AtomicU64,
     /// Whether the replication stream is running now.
     streaming: AtomicBool,
+    /// Whether this instance waits for a slot another process streams (a standby).
+    standby: AtomicBool,
 }
 
 impl Health {
@@ -172,6 +174,7 @@ impl Health {
             started: Instant::now(),
             last_tick_ms: AtomicU64::new(0),
             streaming: AtomicBool::new(false),
+            standby: AtomicBool::new(false),
         }
     }
 
@@ -195,6 +198,16 @@ impl Health {
     /// Whether the replication stream runs.
     pub fn is_streaming(&self) -> bool {
         self.streaming.load(Ordering::Relaxed)
+    }
+
+    /// Records whether this instance waits as a standby for a slot another process holds.
+    pub fn set_standby(&self, standby: bool) {
+        self.standby.store(standby, Ordering::Relaxed);
+    }
+
+    /// Whether this instance waits as a standby.
+    pub fn is_standby(&self) -> bool {
+        self.standby.load(Ordering::Relaxed)
     }
 }
 

@@ -53,8 +53,9 @@ const IDENTITY_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// The silence limit of the connections (see [`stream_changes`]) when the server's
 /// `wal_sender_timeout` is 0 (off): Postgres's default.
 const DEFAULT_SILENCE_LIMIT: Duration = Duration::from_secs(60);
-/// How often a slot held by another process is checked again.
-const SLOT_BUSY_RECHECK: Duration = Duration::from_secs(5);
+/// How often a slot held by another process is checked again: a standby takes over
+/// within about this long after the active instance is gone.
+const SLOT_BUSY_RECHECK: Duration = Duration::from_secs(2);
 /// Upper bound on how often the flush policy's age rule is checked.
 const FLUSH_CHECK_MAX_PERIOD: Duration = Duration::from_secs(1);
 
@@ -164,6 +165,9 @@ enum SessionEnd {
     /// to the publication and loads them), or a replicated table was dropped and created
     /// again (the next session refuses to go on with a clear error).
     TablesChanged,
+    /// Another process took the slot while this session prepared: the next one waits
+    /// for it (see [`wait_for_free_slot`]).
+    SlotTaken,
 }
 
 /// The type catalog of a session: empty but for the configured column types; the
@@ -196,20 +200,32 @@ fn flush_policy(config: &Config) -> FlushPolicy {
 
 /// Runs replication until `shutdown` is cancelled, reconnecting after transient failures.
 ///
-/// Failures before the first stream started are returned at once: a wrong password or an
-/// unreachable server at start-up is a configuration problem the operator should see
-/// (and Kubernetes restarts the pod with its own backoff). Once streaming, a transient
-/// failure is retried with exponential backoff up to `source.reconnect_max_backoff`.
+/// Failures before a session first got as far as the slot are returned at once: a wrong
+/// password or an unreachable server at start-up is a configuration problem the operator
+/// should see (and Kubernetes restarts the pod with its own backoff). After that (during
+/// an initial load, or streaming), a transient failure is retried with exponential backoff
+/// up to `source.reconnect_max_backoff`.
 pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> Result<(), PipelineError> {
     // When the latest session began streaming (START_REPLICATION accepted), if ever.
     let mut streaming_since: Option<Instant> = None;
+    // Whether a session got as far as the slot: the settings, the privileges and the lake
+    // are right, so a transient failure after that (a Postgres crash in the middle of an
+    // initial load) is retried like one while streaming.
+    let mut proven = false;
     let mut backoff = INITIAL_BACKOFF;
     // Tables whose folders hold no uncommitted files of this process's sessions: a session
     // that ends cleanly commits what it wrote; one that fails may not have.
     let mut tidy = HashSet::new();
     loop {
         let started = Instant::now();
-        let result = session(&config, &shutdown, &mut streaming_since, &mut tidy).await;
+        let result = session(
+            &config,
+            &shutdown,
+            &mut streaming_since,
+            &mut proven,
+            &mut tidy,
+        )
+        .await;
         if result.is_err() {
             tidy.clear();
         }
@@ -222,8 +238,8 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> Result<(),
         match result {
             Ok(SessionEnd::Shutdown) => return Ok(()),
             // Not a failure: a new session right away, at the position just confirmed.
-            Ok(SessionEnd::TablesChanged) => {}
-            Err(err) if err.is_transient() && streaming_since.is_some() => {
+            Ok(SessionEnd::TablesChanged | SessionEnd::SlotTaken) => {}
+            Err(err) if err.is_transient() && (proven || streaming_since.is_some()) => {
                 metrics::global().reconnects.inc();
                 // The backoff is bounded by reconnect_max_backoff, which /healthz allows for.
                 metrics::global().health.tick();
@@ -259,12 +275,14 @@ fn backoff_before_retry(doubled: Duration, streamed_for: Option<Duration>) -> Du
 }
 
 /// One connection's worth of replication: preflight, slot, stream until shutdown or error.
-/// Sets `streaming_since` once the server accepted START_REPLICATION. Tables not in `tidy`
-/// have their uncommitted files deleted, and join it.
+/// Sets `proven` once the slot is ready, and `streaming_since` once the server accepted
+/// START_REPLICATION. Tables not in `tidy` have their uncommitted files deleted, and join
+/// it.
 async fn session(
     config: &Config,
     shutdown: &CancellationToken,
     streaming_since: &mut Option<Instant>,
+    proven: &mut bool,
     tidy: &mut HashSet<String>,
 ) -> Result<SessionEnd, PipelineError> {
     let params = connect::params(config)?;
@@ -277,6 +295,12 @@ async fn session(
         // Zero-valued series from the start, so dashboards and rate() have a baseline.
         metrics::global().register_table(&format!("{}.{}", table.schema, table.name));
     }
+    let tables = match wait_for_free_slot(config, &client, shutdown).await? {
+        SlotWait::Free => tables,
+        // The tables may have changed while this instance waited as a standby.
+        SlotWait::Released => catalog::resolve_tables(&client, &config.table_patterns()).await?,
+        SlotWait::Shutdown => return Ok(SessionEnd::Shutdown),
+    };
     let lake = Lake::open(lake_options(config))?;
     lake.check_writable().await?;
     let slot_now = catalog::slot_info(&client, &config.source.slot).await?;
@@ -305,10 +329,10 @@ async fn session(
     };
 
     let mut replication = ReplicationClient::connect(&params).await?;
-    let Some(slot) = prepare_slot(config, &client, &mut replication, shutdown).await? else {
-        return Ok(SessionEnd::Shutdown);
-    };
+    let slot = prepare_slot(config, &client, &mut replication).await?;
+    *proven = true;
     let start = match slot {
+        SlotReady::Taken => return Ok(SessionEnd::SlotTaken),
         // The slot's own exported snapshot is valid only while `replication` stays idle,
         // so the copy happens here, before START_REPLICATION is sent on it.
         // A table already in the lake is among `copied` only when it is reloaded: see
@@ -567,10 +591,11 @@ fn slot_loss(
 }
 
 /// Where streaming starts: an existing slot's position, or a slot just created whose
-/// exported snapshot is still valid.
+/// exported snapshot is still valid; or another process took the slot meanwhile.
 enum SlotReady {
     Existing(Lsn),
     Created(CreatedSlot),
+    Taken,
 }
 
 /// Opens (or creates) the lake table of `table` (relation `source_oid`; see
@@ -608,72 +633,113 @@ async fn open_table(
     Ok(table)
 }
 
-/// Makes sure the slot exists, belongs to this database and plugin, and is free.
-/// A slot created here exports its snapshot, which stays valid until `replication` runs
-/// its next command. Returns `None` if shutdown came first.
+/// How [`wait_for_free_slot`] ended.
+enum SlotWait {
+    /// No other process streamed from the slot.
+    Free,
+    /// Another process did, and has released it.
+    Released,
+    /// Shutdown came first.
+    Shutdown,
+}
+
+/// Waits while another process streams from the slot.
+///
+/// That process is the active one of an active/standby pair, or an old pod still
+/// terminating during a rollout: fighting over the slot would make both fail. Waiting
+/// happens before this session reads the lake or touches the publications, so the
+/// instance that takes over starts from what the other one committed last; the slot
+/// itself is the lock (only one walsender can stream it), and a standby checks it every
+/// [`SLOT_BUSY_RECHECK`].
+async fn wait_for_free_slot(
+    config: &Config,
+    client: &Client,
+    shutdown: &CancellationToken,
+) -> Result<SlotWait, PipelineError> {
+    let slot = &config.source.slot;
+    let mut warned = false;
+    loop {
+        // Waiting for a busy slot is a live process, not a stuck one.
+        metrics::global().health.tick();
+        let Some(pid) = catalog::slot_info(client, slot)
+            .await?
+            .and_then(|info| info.active_pid)
+        else {
+            if !warned {
+                return Ok(SlotWait::Free);
+            }
+            metrics::global().health.set_standby(false);
+            tracing::info!(slot, "replication slot was released; taking over");
+            return Ok(SlotWait::Released);
+        };
+        if !warned {
+            tracing::warn!(
+                slot,
+                active_pid = pid,
+                "replication slot is in use by another process; waiting for it to be released (standby)"
+            );
+            warned = true;
+            metrics::global().health.set_standby(true);
+        }
+        metrics::global().slot_active.set(1);
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => {
+                metrics::global().health.set_standby(false);
+                return Ok(SlotWait::Shutdown);
+            }
+            () = tokio::time::sleep(SLOT_BUSY_RECHECK) => {}
+        }
+    }
+}
+
+/// Makes sure the slot exists and belongs to this database and plugin. A slot created
+/// here exports its snapshot, which stays valid until `replication` runs its next
+/// command.
 async fn prepare_slot(
     config: &Config,
     client: &Client,
     replication: &mut ReplicationClient,
-    shutdown: &CancellationToken,
-) -> Result<Option<SlotReady>, PipelineError> {
+) -> Result<SlotReady, PipelineError> {
     let slot = &config.source.slot;
-    loop {
-        // Waiting for a busy slot is a live process, not a stuck one.
-        metrics::global().health.tick();
-        match catalog::slot_info(client, slot).await? {
-            None => {
-                let created = replication
-                    .create_logical_slot(slot, SlotSnapshot::Export)
-                    .await?;
-                tracing::info!(slot, consistent_point = %created.consistent_point, "created replication slot");
-                return Ok(Some(SlotReady::Created(created)));
-            }
-            Some(info) => {
-                if info.plugin.as_deref() != Some("pgoutput") {
-                    return Err(PipelineError::SlotUnusable {
-                        slot: slot.clone(),
-                        problem: format!(
-                            "uses output plugin {:?}, not pgoutput",
-                            info.plugin.unwrap_or_default()
-                        ),
-                        fix: "drop it or set source.slot to another name".into(),
-                    });
-                }
-                // A failed lookup is the session's error (transient when the connection
-                // broke), never a mismatch: comparing with nothing would stop pg2lake
-                // for good over a network blip.
-                let database = catalog::current_database(client).await?;
-                if let Some(slot_database) = info.database.as_ref()
-                    && *slot_database != database
-                {
-                    return Err(PipelineError::SlotUnusable {
-                        slot: slot.clone(),
-                        problem: format!("belongs to database {slot_database:?}, not {database:?}"),
-                        fix: "set source.slot to a slot of this database".into(),
-                    });
-                }
-                if let Some(pid) = info.active_pid {
-                    // Another consumer (an old pod still terminating, or a second
-                    // deployment) holds the slot. Fighting over it would make both fail;
-                    // waiting is right during a rollout and visible otherwise.
-                    tracing::warn!(
-                        slot,
-                        active_pid = pid,
-                        "replication slot is in use by another process; waiting for it to be released"
-                    );
-                    tokio::select! {
-                        biased;
-                        () = shutdown.cancelled() => return Ok(None),
-                        () = tokio::time::sleep(SLOT_BUSY_RECHECK) => continue,
-                    }
-                }
-                return Ok(Some(SlotReady::Existing(
-                    info.confirmed_flush_lsn.unwrap_or_default(),
-                )));
-            }
-        }
+    let Some(info) = catalog::slot_info(client, slot).await? else {
+        let created = replication
+            .create_logical_slot(slot, SlotSnapshot::Export)
+            .await?;
+        tracing::info!(slot, consistent_point = %created.consistent_point, "created replication slot");
+        return Ok(SlotReady::Created(created));
+    };
+    if info.plugin.as_deref() != Some("pgoutput") {
+        return Err(PipelineError::SlotUnusable {
+            slot: slot.clone(),
+            problem: format!(
+                "uses output plugin {:?}, not pgoutput",
+                info.plugin.unwrap_or_default()
+            ),
+            fix: "drop it or set source.slot to another name".into(),
+        });
     }
+    // A failed lookup is the session's error (transient when the connection broke),
+    // never a mismatch: comparing with nothing would stop pg2lake for good over a
+    // network blip.
+    let database = catalog::current_database(client).await?;
+    if let Some(slot_database) = info.database.as_ref()
+        && *slot_database != database
+    {
+        return Err(PipelineError::SlotUnusable {
+            slot: slot.clone(),
+            problem: format!("belongs to database {slot_database:?}, not {database:?}"),
+            fix: "set source.slot to a slot of this database".into(),
+        });
+    }
+    if info.active_pid.is_some() {
+        // Taken since the session began (see [`wait_for_free_slot`]): what this session
+        // read of the lake may be stale by now.
+        return Ok(SlotReady::Taken);
+    }
+    Ok(SlotReady::Existing(
+        info.confirmed_flush_lsn.unwrap_or_default(),
+    ))
 }
 
 /// What a streaming session works with besides the stream and the applier.
@@ -958,6 +1024,8 @@ async fn flush(
 ) -> Result<(), PipelineError> {
     let started = Instant::now();
     let report = applier.flush().await?;
+    // Committed to the lake; Postgres has not heard of it yet.
+    crate::crash_point!("pipeline::after_commit");
     // Only now, after the lake commit, may the position be confirmed.
     progress.confirm(applier.confirmable());
     let m = metrics::global();

@@ -8,123 +8,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-use support::lake::{assert_no_duplicates, fold, wait_caught_up};
+use support::bank::{assert_lake_equals_source, load};
+use support::lake::wait_caught_up;
 use support::load::Rng;
 use support::proxy::Proxy;
+use support::scrape::{get, with_metrics};
 use support::service::{ConfigFile, Service, config_yaml};
-use support::{PgOptions, PgServer, read_delta};
-
-/// Writes random multi-statement transactions (inserts, updates, deletes over 2,000 keys,
-/// across two tables) until `stop` is set. Returns how many transactions committed.
-async fn load(client: tokio_postgres::Client, stop: Arc<AtomicBool>, seed: u64) -> u64 {
-    let mut rng = Rng(seed);
-    let mut committed = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let mut sql = String::from("BEGIN;");
-        for _ in 0..1 + rng.below(20) {
-            let id = rng.below(2000);
-            let table = if rng.below(4) == 0 {
-                "ledger"
-            } else {
-                "accounts"
-            };
-            match rng.below(3) {
-                0 => sql.push_str(&format!(
-                    "INSERT INTO {table} VALUES ({id}, {}, 'n{}') ON CONFLICT (id) DO UPDATE SET balance = EXCLUDED.balance;",
-                    rng.below(1_000_000),
-                    rng.next()
-                )),
-                1 => sql.push_str(&format!(
-                    "UPDATE {table} SET balance = balance + 1, note = 'u{}' WHERE id = {id};",
-                    rng.next()
-                )),
-                _ => sql.push_str(&format!("DELETE FROM {table} WHERE id = {id};")),
-            }
-        }
-        // Now and then a transaction that never happened.
-        let rollback = rng.below(10) == 0;
-        sql.push_str(if rollback { "ROLLBACK;" } else { "COMMIT;" });
-        client.batch_execute(&sql).await.expect("load transaction");
-        if !rollback {
-            committed += 1;
-        }
-        // Paced so the backlog stays within what a debug build catches up with in the
-        // final wait: the test is about exactly-once, not throughput.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    committed
-}
-
-async fn assert_lake_equals_source(
-    client: &tokio_postgres::Client,
-    lake: &std::path::Path,
-    table: &str,
-) {
-    let rows = read_delta(&lake.join("public").join(table).display().to_string(), &[]).rows;
-    assert_no_duplicates(&rows);
-    let history = rows.clone();
-    let state = fold(rows, "id");
-    let source = client
-        .query(
-            &format!("SELECT id, balance, note FROM {table} ORDER BY id"),
-            &[],
-        )
-        .await
-        .expect("read the source table");
-    let source_ids: std::collections::BTreeSet<String> = source
-        .iter()
-        .map(|row| json!(row.get::<_, i32>(0)).to_string())
-        .collect();
-    let lake_ids: std::collections::BTreeSet<String> = state.keys().cloned().collect();
-    if source_ids != lake_ids {
-        // Name the keys that differ and each one's change history in the lake.
-        let differ: Vec<&String> = source_ids.symmetric_difference(&lake_ids).collect();
-        let trail: Vec<_> = history
-            .iter()
-            .filter(|r| differ.contains(&&r["id"].to_string()))
-            .map(|r| {
-                (
-                    r["id"].clone(),
-                    r["_op"].clone(),
-                    r["_lsn"].clone(),
-                    r["_seq"].clone(),
-                )
-            })
-            .collect();
-        panic!(
-            "{table}: keys differ between source ({}) and folded lake ({}): {differ:?}; lake history of those keys: {trail:?}",
-            source_ids.len(),
-            lake_ids.len()
-        );
-    }
-    for row in &source {
-        let id: i32 = row.get(0);
-        let balance: i64 = row.get(1);
-        let note: String = row.get(2);
-        let lake_row = state
-            .get(&json!(id).to_string())
-            .unwrap_or_else(|| panic!("{table}: row {id} missing in the lake"));
-        assert_eq!(
-            lake_row["balance"],
-            json!(balance),
-            "{table}: balance of {id}"
-        );
-        assert_eq!(lake_row["note"], json!(note), "{table}: note of {id}");
-    }
-}
+use support::{PgOptions, PgServer};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_during_load_then_restart_is_exactly_once() {
     let pg = PgServer::start();
     let url = pg.create_database("bank").await;
     let db = pg.connect("bank").await;
-    db.batch_execute(
-        "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text NOT NULL);
-         CREATE TABLE ledger (id int PRIMARY KEY, balance bigint NOT NULL, note text NOT NULL);",
-    )
-    .await
-    .unwrap();
+    db.batch_execute(support::bank::SCHEMA).await.unwrap();
     let lake = tempfile::tempdir().unwrap();
     // Small flushes: many commits, so kills land between, during and after them.
     let config = ConfigFile::new(
@@ -213,12 +110,9 @@ async fn a_cut_or_frozen_network_to_postgres_is_noticed_and_loses_nothing() {
     });
     let url = pg.create_database("net").await;
     let db = pg.connect("net").await;
-    db.batch_execute(
-        "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text NOT NULL);
-         CREATE TABLE ledger (id int PRIMARY KEY, balance bigint NOT NULL, note text NOT NULL);",
-    )
-    .await
-    .expect("schema");
+    db.batch_execute(support::bank::SCHEMA)
+        .await
+        .expect("schema");
     let proxy = Proxy::start(&format!("127.0.0.1:{}", pg.port));
     let url = url.replace(&format!(":{}/", pg.port), &format!(":{}/", proxy.port));
     let lake = tempfile::tempdir().expect("lake dir");
@@ -255,6 +149,152 @@ async fn a_cut_or_frozen_network_to_postgres_is_noticed_and_loses_nothing() {
         "the load committed only {committed} transactions"
     );
     wait_caught_up(&db, "net", Duration::from_secs(120)).await;
+    assert_lake_equals_source(&db, lake.path(), "accounts").await;
+    assert_lake_equals_source(&db, lake.path(), "ledger").await;
+    assert!(service.stop(Duration::from_secs(30)).success());
+}
+
+/// Two instances with one configuration: one streams, the other waits as a standby
+/// (not ready on /readyz, alive on /healthz) and takes over within seconds when the
+/// first is killed. The lake ends exactly equal to the source.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_takes_over_within_seconds_when_the_active_instance_dies() {
+    let pg = PgServer::start();
+    let url = pg.create_database("pair").await;
+    let db = pg.connect("pair").await;
+    db.batch_execute(support::bank::SCHEMA)
+        .await
+        .expect("schema");
+    let lake = tempfile::tempdir().expect("lake dir");
+    let yaml = config_yaml(
+        &url,
+        "pair",
+        &["public.accounts", "public.ledger"],
+        &lake.path().display().to_string(),
+        "",
+    );
+    let (port_a, port_b) = (support::free_port(), support::free_port());
+    let config_a = ConfigFile::new(&with_metrics(&yaml, port_a, ""));
+    let config_b = ConfigFile::new(&with_metrics(&yaml, port_b, ""));
+    let mut active = Service::start(&config_a, &[]);
+    active.wait_streaming(Duration::from_secs(60));
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = tokio::spawn(load(pg.connect("pair").await, stop.clone(), 11));
+
+    let mut standby = Service::start(&config_b, &[]);
+    support::wait_until(Duration::from_secs(30), "the standby waits", || {
+        standby.log().contains("in use by another process")
+    });
+    let (code, body) = get(port_b, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("standby"), "{body}");
+    assert_eq!(get(port_b, "/healthz").0, 200);
+    assert_eq!(get(port_a, "/readyz").0, 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    active.kill9();
+    let killed = Instant::now();
+    support::wait_until(Duration::from_secs(30), "the standby takes over", || {
+        standby.log().contains("streaming changes")
+    });
+    let took = killed.elapsed();
+    eprintln!("the standby took over {took:?} after the active instance died");
+    assert!(took < Duration::from_secs(15), "took over after {took:?}");
+    support::wait_until(Duration::from_secs(30), "the new active is ready", || {
+        get(port_b, "/readyz").0 == 200
+    });
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let committed = loader.await.expect("loader");
+    assert!(
+        committed > 50,
+        "the load committed only {committed} transactions"
+    );
+    wait_caught_up(&db, "pair", Duration::from_secs(120)).await;
+    assert_lake_equals_source(&db, lake.path(), "accounts").await;
+    assert_lake_equals_source(&db, lake.path(), "ledger").await;
+    assert!(standby.stop(Duration::from_secs(30)).success());
+}
+
+/// Postgres crashes (`pg_ctl stop -m immediate`) twice: in the middle of the initial
+/// load of a large table, and while pg2lake receives a large transaction. pg2lake
+/// retries by itself both times, and the lake ends exactly equal to the source.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_crash_mid_load_and_mid_transaction_loses_nothing() {
+    let mut pg = PgServer::start();
+    let url = pg.create_database("crashing").await;
+    {
+        let db = pg.connect("crashing").await;
+        db.batch_execute(support::bank::SCHEMA)
+            .await
+            .expect("schema");
+        db.batch_execute(
+            "INSERT INTO accounts SELECT g, g, repeat('x', 200) || g FROM generate_series(1, 300000) g",
+        )
+        .await
+        .expect("a table that takes a while to copy");
+    }
+    let lake = tempfile::tempdir().expect("lake dir");
+    let config = ConfigFile::new(
+        &config_yaml(
+            &url,
+            "crashing",
+            &["public.accounts", "public.ledger"],
+            &lake.path().display().to_string(),
+            "",
+        )
+        .replace(
+            "heartbeat_interval: 2s\n",
+            "heartbeat_interval: 2s\n  reconnect_max_backoff: 1s\n",
+        ),
+    );
+    let mut service = Service::start(&config, &[]);
+    support::wait_until(Duration::from_secs(60), "the initial load", || {
+        service.log().contains("snapshot of table started")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    pg.kill();
+    assert!(
+        !service
+            .log()
+            .contains("snapshot of table committed\",\"table\":\"public.accounts"),
+        "the crash came too late to interrupt the load"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    pg.restart();
+    service.wait_streaming(Duration::from_secs(180));
+    assert!(
+        service.is_running(),
+        "pg2lake must survive:\n{}",
+        service.log()
+    );
+
+    let db = pg.connect("crashing").await;
+    db.batch_execute(
+        "INSERT INTO ledger SELECT g, g, 'big' || g FROM generate_series(1, 200000) g;
+         UPDATE accounts SET balance = -balance WHERE id % 1000 = 0;",
+    )
+    .await
+    .expect("a large transaction");
+    std::thread::sleep(Duration::from_millis(200));
+    pg.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    pg.restart();
+    let db = pg.connect("crashing").await;
+    db.batch_execute("UPDATE ledger SET balance = 0 WHERE id <= 10")
+        .await
+        .expect("a change after the crash");
+    wait_caught_up(&db, "crashing", Duration::from_secs(180)).await;
+    assert!(
+        service.is_running(),
+        "pg2lake must survive:\n{}",
+        service.log()
+    );
+    assert!(
+        service.log().contains("reconnecting"),
+        "the crashes were noticed"
+    );
     assert_lake_equals_source(&db, lake.path(), "accounts").await;
     assert_lake_equals_source(&db, lake.path(), "ledger").await;
     assert!(service.stop(Duration::from_secs(30)).success());

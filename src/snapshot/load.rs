@@ -522,6 +522,8 @@ async fn write_and_commit(
     // everything up to `lsn`, so the changes after it stream from the slot. Left
     // uncommitted, it would be copied again at the next start, and the changes made in
     // between would reach the lake as one copy instead of one row each.
+    // Every range is copied and written; the table's first version is not committed yet.
+    crate::crash_point!("snapshot::before_commit");
     let outcome = table.lake_mut().commit_position(lsn).await?;
     progress.finish();
     let elapsed = progress.elapsed();

@@ -19,6 +19,7 @@
 //!   `postgres` OS user and the Python venv; a missing piece panics naming that script.
 #![allow(dead_code)]
 
+pub mod bank;
 pub mod lake;
 pub mod load;
 pub mod proxy;

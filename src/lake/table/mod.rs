@@ -643,6 +643,8 @@ impl LakeTable {
                 .sum(),
         );
         actions.extend(self.sealed.drain(..).map(Action::Add));
+        // Every file is uploaded; the version that references them is not written yet.
+        crate::crash_point!("lake::before_commit");
         let result = self.commit_actions(actions, lsn).await;
         match result {
             Ok(version) => {
