@@ -1454,72 +1454,497 @@ mod tests {
         );
     }
 
-    /// Deterministic xorshift64 so the property test needs no extra crates.
-    struct XorShift(u64);
+    /// Property tests: whatever bytes arrive, [`decode`] returns a message or an error
+    /// that names the message kind and an offset inside the input — never a panic.
+    ///
+    /// Valid messages come from strategies for every kind and a test-only encoder that
+    /// mirrors PostgreSQL's proto.c and records where each count and length field sits,
+    /// so mutations can target the fields that drive allocation and slicing.
+    mod properties {
+        use proptest::prelude::*;
+        use proptest::sample::Index;
 
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-        fn below(&mut self, n: usize) -> usize {
-            usize::try_from(self.next() % u64::try_from(n).expect("small")).expect("small")
-        }
-        fn byte(&mut self) -> u8 {
-            self.next().to_le_bytes()[0]
-        }
-    }
+        use super::*;
 
-    #[test]
-    fn random_bytes_never_panic() {
-        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
-        let tags = b"BCORYIUDTM";
-        let markers = b"NKOntub\0";
-        for _ in 0..4000 {
-            let len = rng.below(64);
-            let mut bytes: Vec<u8> = (0..len)
-                .map(|_| {
-                    // Bias toward small numbers and protocol bytes so decoding gets deep
-                    // into messages instead of failing at the first field.
-                    match rng.below(4) {
-                        0 => 0,
-                        1 => markers[rng.below(markers.len())],
-                        _ => rng.byte(),
+        /// Every message tag of protocol 1.
+        const TAGS: &[u8] = b"BCORYIUDTM";
+
+        /// A count or length field of an encoded message.
+        #[derive(Debug, Clone, Copy)]
+        struct SizeField {
+            /// Offset of its first byte.
+            at: usize,
+            /// 2 (Int16) or 4 (Int32) bytes.
+            width: usize,
+        }
+
+        /// An encoded message and where its count and length fields are.
+        #[derive(Default)]
+        struct Wire {
+            bytes: Vec<u8>,
+            sizes: Vec<SizeField>,
+        }
+
+        impl Wire {
+            fn put(&mut self, v: &[u8]) {
+                self.bytes.extend_from_slice(v);
+            }
+            fn byte(&mut self, v: u8) {
+                self.bytes.push(v);
+            }
+            fn size(&mut self, v: &[u8]) {
+                self.sizes.push(SizeField {
+                    at: self.bytes.len(),
+                    width: v.len(),
+                });
+                self.put(v);
+            }
+            fn str(&mut self, s: &str) {
+                self.put(s.as_bytes());
+                self.byte(0);
+            }
+            fn value(&mut self, v: &[u8]) {
+                let len = i32::try_from(v.len()).expect("test value size");
+                self.size(&len.to_be_bytes());
+                self.put(v);
+            }
+            fn tuple(&mut self, values: &[TupleValue]) {
+                let count = u16::try_from(values.len()).expect("test tuple width");
+                self.size(&count.to_be_bytes());
+                for value in values {
+                    match value {
+                        TupleValue::Null => self.byte(b'n'),
+                        TupleValue::UnchangedToast => self.byte(b'u'),
+                        TupleValue::Text(v) => {
+                            self.byte(b't');
+                            self.value(v);
+                        }
+                        TupleValue::Binary(v) => {
+                            self.byte(b'b');
+                            self.value(v);
+                        }
+                    }
+                }
+            }
+            fn old(&mut self, old: &OldTuple) {
+                match old {
+                    OldTuple::Key(_) => self.byte(b'K'),
+                    OldTuple::Full(_) => self.byte(b'O'),
+                }
+                self.tuple(old.values());
+            }
+        }
+
+        /// The wire form of `message`, as PostgreSQL's proto.c writes it.
+        fn encode(message: &LogicalMessage) -> Wire {
+            let mut w = Wire::default();
+            match message {
+                LogicalMessage::Begin(m) => {
+                    w.byte(b'B');
+                    w.put(&m.final_lsn.0.to_be_bytes());
+                    w.put(&m.commit_ts.to_be_bytes());
+                    w.put(&m.xid.to_be_bytes());
+                }
+                LogicalMessage::Commit(m) => {
+                    w.byte(b'C');
+                    w.byte(m.flags);
+                    w.put(&m.commit_lsn.0.to_be_bytes());
+                    w.put(&m.end_lsn.0.to_be_bytes());
+                    w.put(&m.commit_ts.to_be_bytes());
+                }
+                LogicalMessage::Origin(m) => {
+                    w.byte(b'O');
+                    w.put(&m.commit_lsn.0.to_be_bytes());
+                    w.str(&m.name);
+                }
+                LogicalMessage::Relation(m) => {
+                    w.byte(b'R');
+                    w.put(&m.id.to_be_bytes());
+                    w.str(&m.namespace);
+                    w.str(&m.name);
+                    w.byte(m.replica_identity.as_byte());
+                    let count = u16::try_from(m.columns.len()).expect("test column count");
+                    w.size(&count.to_be_bytes());
+                    for column in &m.columns {
+                        w.byte(u8::from(column.is_key));
+                        w.str(&column.name);
+                        w.put(&column.type_oid.to_be_bytes());
+                        w.put(&column.type_modifier.to_be_bytes());
+                    }
+                }
+                LogicalMessage::Type(m) => {
+                    w.byte(b'Y');
+                    w.put(&m.id.to_be_bytes());
+                    w.str(&m.namespace);
+                    w.str(&m.name);
+                }
+                LogicalMessage::Insert(m) => {
+                    w.byte(b'I');
+                    w.put(&m.relation_id.to_be_bytes());
+                    w.byte(b'N');
+                    w.tuple(&m.new);
+                }
+                LogicalMessage::Update(m) => {
+                    w.byte(b'U');
+                    w.put(&m.relation_id.to_be_bytes());
+                    if let Some(old) = &m.old {
+                        w.old(old);
+                    }
+                    w.byte(b'N');
+                    w.tuple(&m.new);
+                }
+                LogicalMessage::Delete(m) => {
+                    w.byte(b'D');
+                    w.put(&m.relation_id.to_be_bytes());
+                    w.old(&m.old);
+                }
+                LogicalMessage::Truncate(m) => {
+                    w.byte(b'T');
+                    let count = u32::try_from(m.relation_ids.len()).expect("test count");
+                    w.size(&count.to_be_bytes());
+                    w.byte(u8::from(m.cascade) | u8::from(m.restart_identity) << 1);
+                    for id in &m.relation_ids {
+                        w.put(&id.to_be_bytes());
+                    }
+                }
+                LogicalMessage::Message(m) => {
+                    w.byte(b'M');
+                    w.byte(u8::from(m.transactional));
+                    w.put(&m.lsn.0.to_be_bytes());
+                    w.str(&m.prefix);
+                    w.value(&m.content);
+                }
+            }
+            w
+        }
+
+        /// The kind a tag announces; an independent copy of the decoder's table.
+        fn kind_of(tag: u8) -> MessageKind {
+            match tag {
+                b'B' => MessageKind::Begin,
+                b'C' => MessageKind::Commit,
+                b'O' => MessageKind::Origin,
+                b'R' => MessageKind::Relation,
+                b'Y' => MessageKind::Type,
+                b'I' => MessageKind::Insert,
+                b'U' => MessageKind::Update,
+                b'D' => MessageKind::Delete,
+                b'T' => MessageKind::Truncate,
+                b'M' => MessageKind::Message,
+                _ => MessageKind::Unknown,
+            }
+        }
+
+        /// Decodes `input` and checks what every outcome must satisfy: a message of the
+        /// kind its tag announces, or an error of that kind whose offset lies within the
+        /// input and whose text names the kind and the offset.
+        fn decode_checked(
+            input: &[u8],
+        ) -> Result<Result<LogicalMessage, DecodeError>, TestCaseError> {
+            let kind = input
+                .first()
+                .map_or(MessageKind::Unknown, |&tag| kind_of(tag));
+            let result = decode(Bytes::copy_from_slice(input));
+            match &result {
+                Ok(message) => prop_assert_eq!(message.kind(), kind),
+                Err(e) => {
+                    prop_assert!(
+                        e.offset <= input.len(),
+                        "offset past the {} input bytes: {e}",
+                        input.len()
+                    );
+                    prop_assert_eq!(e.kind, kind, "{}", e);
+                    let shown = e.to_string();
+                    let named = format!("malformed pgoutput {kind} at offset {}: ", e.offset);
+                    prop_assert!(shown.starts_with(&named), "{shown}");
+                }
+            }
+            Ok(result)
+        }
+
+        /// Names and prefixes: any UTF-8 but NUL, which would end the string early.
+        fn name() -> impl Strategy<Value = String> {
+            "[^\\x00]{0,10}"
+        }
+
+        fn lsn() -> impl Strategy<Value = Lsn> {
+            any::<u64>().prop_map(Lsn)
+        }
+
+        fn payload() -> impl Strategy<Value = Bytes> {
+            prop::collection::vec(any::<u8>(), 0..12).prop_map(Bytes::from)
+        }
+
+        fn tuple() -> impl Strategy<Value = Vec<TupleValue>> {
+            let value = prop_oneof![
+                Just(TupleValue::Null),
+                Just(TupleValue::UnchangedToast),
+                payload().prop_map(TupleValue::Text),
+                payload().prop_map(TupleValue::Binary),
+            ];
+            prop::collection::vec(value, 0..6)
+        }
+
+        fn old_tuple() -> impl Strategy<Value = OldTuple> {
+            prop_oneof![
+                tuple().prop_map(OldTuple::Key),
+                tuple().prop_map(OldTuple::Full)
+            ]
+        }
+
+        fn relation() -> impl Strategy<Value = Relation> {
+            let identity = prop::sample::select(vec![
+                ReplicaIdentity::Default,
+                ReplicaIdentity::Nothing,
+                ReplicaIdentity::Full,
+                ReplicaIdentity::Index,
+            ]);
+            let column = (any::<bool>(), name(), any::<u32>(), any::<i32>()).prop_map(
+                |(is_key, name, type_oid, type_modifier)| RelationColumn {
+                    is_key,
+                    name,
+                    type_oid,
+                    type_modifier,
+                },
+            );
+            (
+                any::<u32>(),
+                name(),
+                name(),
+                identity,
+                prop::collection::vec(column, 0..5),
+            )
+                .prop_map(|(id, namespace, name, replica_identity, columns)| {
+                    Relation {
+                        id,
+                        namespace,
+                        name,
+                        replica_identity,
+                        columns,
                     }
                 })
-                .collect();
-            if let Some(first) = bytes.first_mut()
-                && rng.below(8) != 0
-            {
-                *first = tags[rng.below(tags.len())];
-            }
-            let _ = decode(Bytes::from(bytes));
         }
-    }
 
-    #[test]
-    fn mutated_fixtures_never_panic() {
-        let mut rng = XorShift(0x0123_4567_89AB_CDEF);
-        let fixtures = fixtures();
-        for _ in 0..4000 {
-            let (bytes, _) = &fixtures[rng.below(fixtures.len())];
-            let mut bytes = bytes.to_vec();
-            for _ in 0..=rng.below(3) {
-                if bytes.is_empty() {
-                    break;
-                }
-                let at = rng.below(bytes.len());
-                bytes[at] = match rng.below(3) {
-                    0 => 0xff,
-                    1 => 0,
-                    _ => rng.byte(),
-                };
+        /// Any valid message of any kind.
+        fn message() -> impl Strategy<Value = LogicalMessage> {
+            prop_oneof![
+                (lsn(), any::<i64>(), any::<u32>()).prop_map(|(final_lsn, commit_ts, xid)| {
+                    LogicalMessage::Begin(Begin {
+                        final_lsn,
+                        commit_ts,
+                        xid,
+                    })
+                }),
+                (any::<u8>(), lsn(), lsn(), any::<i64>()).prop_map(
+                    |(flags, commit_lsn, end_lsn, commit_ts)| {
+                        LogicalMessage::Commit(Commit {
+                            flags,
+                            commit_lsn,
+                            end_lsn,
+                            commit_ts,
+                        })
+                    }
+                ),
+                (lsn(), name()).prop_map(|(commit_lsn, name)| {
+                    LogicalMessage::Origin(Origin { commit_lsn, name })
+                }),
+                relation().prop_map(LogicalMessage::Relation),
+                (any::<u32>(), name(), name()).prop_map(|(id, namespace, name)| {
+                    LogicalMessage::Type(TypeMessage {
+                        id,
+                        namespace,
+                        name,
+                    })
+                }),
+                (any::<u32>(), tuple()).prop_map(|(relation_id, new)| {
+                    LogicalMessage::Insert(Insert { relation_id, new })
+                }),
+                (any::<u32>(), prop::option::of(old_tuple()), tuple()).prop_map(
+                    |(relation_id, old, new)| {
+                        LogicalMessage::Update(Update {
+                            relation_id,
+                            old,
+                            new,
+                        })
+                    }
+                ),
+                (any::<u32>(), old_tuple()).prop_map(|(relation_id, old)| {
+                    LogicalMessage::Delete(Delete { relation_id, old })
+                }),
+                (
+                    any::<bool>(),
+                    any::<bool>(),
+                    prop::collection::vec(any::<u32>(), 0..6)
+                )
+                    .prop_map(|(cascade, restart_identity, relation_ids)| {
+                        LogicalMessage::Truncate(Truncate {
+                            cascade,
+                            restart_identity,
+                            relation_ids,
+                        })
+                    }),
+                (any::<bool>(), lsn(), name(), payload()).prop_map(
+                    |(transactional, lsn, prefix, content)| {
+                        LogicalMessage::Message(LogicalDecodingMessage {
+                            transactional,
+                            lsn,
+                            prefix,
+                            content,
+                        })
+                    }
+                ),
+            ]
+        }
+
+        /// Bytes biased toward NULs, markers and value kinds, so that random input gets
+        /// past the first field: zeros make small counts and terminate strings.
+        fn protocol_bytes() -> impl Strategy<Value = Vec<u8>> {
+            let byte = prop_oneof![
+                3 => any::<u8>(),
+                2 => Just(0u8),
+                1 => prop::sample::select(b"NKOntub\xff".to_vec()),
+            ];
+            prop::collection::vec(byte, 0..64)
+        }
+
+        /// One edit of a message's bytes.
+        #[derive(Debug, Clone)]
+        enum Mutation {
+            Truncate(Index),
+            FlipBit(Index, u8),
+            Replace(Index, u8),
+            Insert(Index, u8),
+            Delete(Index),
+        }
+
+        fn mutation() -> impl Strategy<Value = Mutation> {
+            prop_oneof![
+                any::<Index>().prop_map(Mutation::Truncate),
+                (any::<Index>(), 0u8..8).prop_map(|(at, bit)| Mutation::FlipBit(at, bit)),
+                (any::<Index>(), any::<u8>()).prop_map(|(at, b)| Mutation::Replace(at, b)),
+                (any::<Index>(), any::<u8>()).prop_map(|(at, b)| Mutation::Insert(at, b)),
+                any::<Index>().prop_map(Mutation::Delete),
+            ]
+        }
+
+        fn mutate(bytes: &mut Vec<u8>, mutation: &Mutation) {
+            if let Mutation::Insert(at, b) = mutation {
+                bytes.insert(at.index(bytes.len() + 1), *b);
+                return;
             }
-            let _ = decode(Bytes::from(bytes));
+            // The other edits need a byte to act on.
+            if bytes.is_empty() {
+                return;
+            }
+            match mutation {
+                Mutation::Truncate(at) => bytes.truncate(at.index(bytes.len())),
+                Mutation::FlipBit(at, bit) => {
+                    let at = at.index(bytes.len());
+                    bytes[at] ^= 1 << bit;
+                }
+                Mutation::Replace(at, b) => {
+                    let at = at.index(bytes.len());
+                    bytes[at] = *b;
+                }
+                Mutation::Delete(at) => {
+                    bytes.remove(at.index(bytes.len()));
+                }
+                Mutation::Insert(..) => {}
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn arbitrary_bytes_decode_or_name_kind_and_offset(
+                bytes in prop::collection::vec(any::<u8>(), 0..48),
+            ) {
+                let _ = decode_checked(&bytes)?;
+            }
+
+            #[test]
+            fn arbitrary_bodies_after_each_tag_decode_or_name_kind_and_offset(
+                tag in prop::sample::select(TAGS.to_vec()),
+                body in protocol_bytes(),
+            ) {
+                let mut bytes = vec![tag];
+                bytes.extend_from_slice(&body);
+                let _ = decode_checked(&bytes)?;
+            }
+
+            #[test]
+            fn valid_messages_round_trip(message in message()) {
+                let wire = encode(&message);
+                prop_assert_eq!(decode_checked(&wire.bytes)?, Ok(message));
+
+                // Exact: one more byte is an error at the end of the message.
+                let mut longer = wire.bytes.clone();
+                longer.push(0);
+                let e = decode_checked(&longer)?.expect_err("trailing byte");
+                prop_assert_eq!(e.problem, DecodeProblem::TrailingBytes(1));
+                prop_assert_eq!(e.offset, wire.bytes.len());
+            }
+
+            #[test]
+            fn every_truncation_of_a_valid_message_is_an_error(message in message()) {
+                let bytes = encode(&message).bytes;
+                for len in 0..bytes.len() {
+                    let prefix = bytes.get(..len).expect("a prefix");
+                    prop_assert!(
+                        decode_checked(prefix)?.is_err(),
+                        "a {len}-byte prefix of {message:?} decoded"
+                    );
+                }
+            }
+
+            #[test]
+            fn mutated_messages_decode_or_name_kind_and_offset(
+                message in message(),
+                mutations in prop::collection::vec(mutation(), 1..4),
+            ) {
+                let mut bytes = encode(&message).bytes;
+                for mutation in &mutations {
+                    mutate(&mut bytes, mutation);
+                }
+                let _ = decode_checked(&bytes)?;
+            }
+
+            #[test]
+            fn inflated_counts_and_lengths_are_errors_at_their_field(
+                message in message(),
+                which in any::<Index>(),
+                huge in 0x4000_0000u32..=0xffff_fffe,
+            ) {
+                let wire = encode(&message);
+                // Begin, Commit, Origin and Type have no count or length to inflate.
+                if wire.sizes.is_empty() {
+                    return Ok(());
+                }
+                let field = wire.sizes[which.index(wire.sizes.len())];
+                let mut bytes = wire.bytes.clone();
+                // At least 2^14 items or 2^30 bytes, or a negative length: more than any
+                // generated message holds either way.
+                let value = huge.to_be_bytes();
+                let value = value.get(..field.width).expect("2 or 4 bytes");
+                bytes[field.at..field.at + field.width].copy_from_slice(value);
+                let e = decode_checked(&bytes)?.expect_err("an inflated field must not decode");
+                prop_assert!(
+                    matches!(
+                        e.problem,
+                        DecodeProblem::CountTooLarge { .. }
+                            | DecodeProblem::NegativeLength(_)
+                            | DecodeProblem::UnexpectedEnd { .. }
+                    ),
+                    "{e}"
+                );
+                // Named at the field itself, or for a length at the value it announces.
+                prop_assert!(
+                    e.offset == field.at || e.offset == field.at + field.width,
+                    "field at {}, {e}",
+                    field.at
+                );
+            }
         }
     }
 }

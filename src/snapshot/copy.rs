@@ -31,6 +31,8 @@ enum State {
     Header,
     Tuples,
     Done,
+    /// A chunk was rejected; nothing after it is parsed.
+    Failed,
 }
 
 /// Splits a binary COPY stream into rows, whatever the chunk boundaries.
@@ -55,8 +57,25 @@ impl BinaryRows {
     }
 
     /// Parses `chunk` and calls `on_row(data, fields)` for every row it completes: field
-    /// `i` is `data[fields[i]]`, `None` for NULL. Stops at the first error of either kind.
+    /// `i` is `data[fields[i]]`, `None` for NULL. Stops at the first error of either kind;
+    /// after an error, every later `feed` and [`BinaryRows::finish`] fails too.
     pub fn feed<E: From<CopyFormatError>>(
+        &mut self,
+        chunk: &[u8],
+        on_row: impl FnMut(&[u8], &[Option<Range<usize>>]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let result = self.consume(chunk, on_row);
+        if result.is_err() {
+            // An error leaves the parser mid-item with `pending` possibly dropped, and
+            // what remains can look like a finished stream (rejected data after the
+            // trailer leaves `Done` and nothing pending): the error must be final.
+            self.state = State::Failed;
+        }
+        result
+    }
+
+    /// [`BinaryRows::feed`] without making its errors final.
+    fn consume<E: From<CopyFormatError>>(
         &mut self,
         chunk: &[u8],
         mut on_row: impl FnMut(&[u8], &[Option<Range<usize>>]) -> Result<(), E>,
@@ -79,6 +98,7 @@ impl BinaryRows {
         match (self.state, self.pending.is_empty()) {
             (State::Done, true) => Ok(()),
             (State::Done, false) => Err(CopyFormatError("data after the trailer".into())),
+            (State::Failed, _) => Err(CopyFormatError("the stream was rejected earlier".into())),
             _ => Err(CopyFormatError(
                 "the stream ended before its trailer".into(),
             )),
@@ -101,6 +121,17 @@ impl BinaryRows {
                     if &header[..SIGNATURE.len()] != SIGNATURE {
                         return Err(CopyFormatError("bad signature".into()).into());
                     }
+                    // As PostgreSQL's own reader does, reject any of the high 16 flag bits:
+                    // bit 16 puts an OID field before each row's fields and the others are
+                    // undefined critical flags, so either would misframe every row. The
+                    // low 16 bits are defined as safe to ignore.
+                    let flags = be_i32(&header[SIGNATURE.len()..HEADER_BYTES - 4]);
+                    if flags >> 16 != 0 {
+                        return Err(CopyFormatError(format!(
+                            "unrecognized critical flags {flags:#010x} in the header"
+                        ))
+                        .into());
+                    }
                     let extension = be_i32(&header[HEADER_BYTES - 4..]);
                     let Ok(extension) = usize::try_from(extension) else {
                         return Err(CopyFormatError("negative header extension".into()).into());
@@ -122,6 +153,9 @@ impl BinaryRows {
                         at += length;
                     }
                 },
+                State::Failed => {
+                    return Err(CopyFormatError("data after an earlier error".into()).into());
+                }
                 State::Done => {
                     return if at == data.len() {
                         Ok(at)
@@ -291,5 +325,365 @@ mod tests {
                 .feed::<CopyFormatError>(&extra, |_, _| Ok(()))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn critical_header_flags_are_rejected() {
+        // Found by `header_flags_follow_postgres`: bit 16 (WITH OIDS) was accepted,
+        // although it adds a field to every row.
+        let mut oids = stream(&[]);
+        oids[SIGNATURE.len()..HEADER_BYTES - 4].copy_from_slice(&0x0001_0000i32.to_be_bytes());
+        let mut parser = BinaryRows::new(0);
+        let error = parser
+            .feed::<CopyFormatError>(&oids, |_, _| Ok(()))
+            .expect_err("WITH OIDS");
+        assert!(error.to_string().contains("critical flags"), "{error}");
+
+        let mut compatible = stream(&[&[None]]);
+        compatible[SIGNATURE.len()..HEADER_BYTES - 4]
+            .copy_from_slice(&0x0000_8001i32.to_be_bytes());
+        let mut parser = BinaryRows::new(1);
+        assert_eq!(collect(&mut parser, &[&compatible]), vec![vec![None]]);
+        parser.finish().expect("low flag bits are ignorable");
+    }
+
+    #[test]
+    fn an_error_is_final() {
+        // Found by `arbitrary_bytes_give_one_outcome_whatever_the_chunking`: header,
+        // trailer, one more byte. `feed` rejected the byte but `finish` then accepted
+        // the stream, since the parser was left Done with nothing pending.
+        let mut extra = stream(&[]);
+        extra.push(0);
+        let mut parser = BinaryRows::new(0);
+        assert!(
+            parser
+                .feed::<CopyFormatError>(&extra, |_, _| Ok(()))
+                .is_err()
+        );
+        assert!(parser.finish().is_err(), "finish after a rejected chunk");
+        assert!(
+            parser.feed::<CopyFormatError>(&[], |_, _| Ok(())).is_err(),
+            "feed after a rejected chunk"
+        );
+
+        // The same when the error comes from a chunk joined to buffered bytes.
+        let good = stream(&[]);
+        let (head, tail) = good.split_at(5);
+        let mut parser = BinaryRows::new(0);
+        parser
+            .feed::<CopyFormatError>(head, |_, _| Ok(()))
+            .expect("a partial header");
+        let mut rest = tail.to_vec();
+        rest.push(0);
+        assert!(
+            parser
+                .feed::<CopyFormatError>(&rest, |_, _| Ok(()))
+                .is_err()
+        );
+        assert!(parser.finish().is_err());
+    }
+
+    /// Property tests: any stream, split anywhere, gives the same rows and the same
+    /// verdict as when fed whole, and a malformed one ends in an error, never a panic.
+    mod properties {
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+
+        use super::*;
+
+        /// A row as handed out: `None` for NULL.
+        type Row = Vec<Option<Vec<u8>>>;
+
+        /// A count or length field of an encoded stream.
+        #[derive(Debug, Clone, Copy)]
+        struct SizeField {
+            /// Offset of its first byte.
+            at: usize,
+            /// 2 (Int16) or 4 (Int32) bytes.
+            width: usize,
+        }
+
+        /// An encoded stream and where its count and length fields are.
+        #[derive(Default)]
+        struct Wire {
+            bytes: Vec<u8>,
+            sizes: Vec<SizeField>,
+        }
+
+        impl Wire {
+            fn size(&mut self, v: &[u8]) {
+                self.sizes.push(SizeField {
+                    at: self.bytes.len(),
+                    width: v.len(),
+                });
+                self.bytes.extend_from_slice(v);
+            }
+        }
+
+        /// The stream `COPY … TO STDOUT (FORMAT binary)` sends for `rows`.
+        fn encode(extension: &[u8], rows: &[Row]) -> Wire {
+            let mut w = Wire::default();
+            w.bytes.extend_from_slice(SIGNATURE);
+            w.bytes.extend_from_slice(&0i32.to_be_bytes());
+            let len = i32::try_from(extension.len()).expect("test extension size");
+            w.size(&len.to_be_bytes());
+            w.bytes.extend_from_slice(extension);
+            for row in rows {
+                let count = i16::try_from(row.len()).expect("test row width");
+                w.size(&count.to_be_bytes());
+                for field in row {
+                    match field {
+                        Some(value) => {
+                            let len = i32::try_from(value.len()).expect("test value size");
+                            w.size(&len.to_be_bytes());
+                            w.bytes.extend_from_slice(value);
+                        }
+                        None => w.bytes.extend_from_slice(&(-1i32).to_be_bytes()),
+                    }
+                }
+            }
+            w.bytes.extend_from_slice(&(-1i16).to_be_bytes());
+            w
+        }
+
+        /// What a parser made of a whole stream.
+        #[derive(Debug, PartialEq)]
+        struct Outcome {
+            rows: Vec<Row>,
+            /// The first error `feed` returned; feeding stops there.
+            fed: Result<(), String>,
+            /// What `finish` said afterwards, error or not.
+            finished: Result<(), String>,
+        }
+
+        impl Outcome {
+            fn is_ok(&self) -> bool {
+                self.fed.is_ok() && self.finished.is_ok()
+            }
+        }
+
+        /// Feeds `chunks` in order, stopping at the first error, then calls `finish`.
+        fn run(columns: usize, chunks: &[&[u8]]) -> Outcome {
+            let mut parser = BinaryRows::new(columns);
+            let mut rows = Vec::new();
+            let mut fed = Ok(());
+            for chunk in chunks {
+                let result = parser.feed::<CopyFormatError>(chunk, |data, fields| {
+                    rows.push(
+                        fields
+                            .iter()
+                            .map(|f| f.clone().map(|r| data[r].to_vec()))
+                            .collect(),
+                    );
+                    Ok(())
+                });
+                if let Err(e) = result {
+                    fed = Err(e.to_string());
+                    break;
+                }
+            }
+            let finished = parser.finish().map_err(|e| e.to_string());
+            Outcome {
+                rows,
+                fed,
+                finished,
+            }
+        }
+
+        /// `bytes` split at the given cut points (empty chunks included).
+        fn split<'a>(bytes: &'a [u8], cuts: &[Index]) -> Vec<&'a [u8]> {
+            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+            at.sort_unstable();
+            let mut chunks = Vec::with_capacity(at.len() + 1);
+            let mut start = 0;
+            for end in at {
+                chunks.push(&bytes[start..end]);
+                start = end;
+            }
+            chunks.push(&bytes[start..]);
+            chunks
+        }
+
+        /// Feeds `bytes` whole and in the chunks `cuts` makes, checks the two agree and
+        /// that an error from `feed` is final, and returns the outcome.
+        fn run_checked(
+            columns: usize,
+            bytes: &[u8],
+            cuts: &[Index],
+        ) -> Result<Outcome, TestCaseError> {
+            let whole = run(columns, &[bytes]);
+            let chunked = run(columns, &split(bytes, cuts));
+            prop_assert_eq!(&chunked, &whole, "chunk boundaries changed the outcome");
+            if whole.fed.is_err() {
+                prop_assert!(whole.finished.is_err(), "finish accepted a rejected stream");
+            }
+            Ok(whole)
+        }
+
+        /// Column count, header extension and rows of a valid stream.
+        fn stream() -> impl Strategy<Value = (usize, Vec<u8>, Vec<Row>)> {
+            (0usize..5).prop_flat_map(|columns| {
+                let field = prop::option::of(prop::collection::vec(any::<u8>(), 0..10));
+                (
+                    Just(columns),
+                    prop::collection::vec(any::<u8>(), 0..6),
+                    prop::collection::vec(prop::collection::vec(field, columns), 0..6),
+                )
+            })
+        }
+
+        fn cuts() -> impl Strategy<Value = Vec<Index>> {
+            prop::collection::vec(any::<Index>(), 0..6)
+        }
+
+        /// Bytes biased toward 0x00 and 0xff, which make small and -1 counts and lengths.
+        fn protocol_bytes() -> impl Strategy<Value = Vec<u8>> {
+            let byte = prop_oneof![2 => any::<u8>(), 2 => Just(0u8), 1 => Just(0xffu8)];
+            prop::collection::vec(byte, 0..64)
+        }
+
+        /// One edit of a stream's bytes.
+        #[derive(Debug, Clone)]
+        enum Mutation {
+            Truncate(Index),
+            FlipBit(Index, u8),
+            Replace(Index, u8),
+            Insert(Index, u8),
+            Delete(Index),
+        }
+
+        fn mutation() -> impl Strategy<Value = Mutation> {
+            prop_oneof![
+                any::<Index>().prop_map(Mutation::Truncate),
+                (any::<Index>(), 0u8..8).prop_map(|(at, bit)| Mutation::FlipBit(at, bit)),
+                (any::<Index>(), any::<u8>()).prop_map(|(at, b)| Mutation::Replace(at, b)),
+                (any::<Index>(), any::<u8>()).prop_map(|(at, b)| Mutation::Insert(at, b)),
+                any::<Index>().prop_map(Mutation::Delete),
+            ]
+        }
+
+        fn mutate(bytes: &mut Vec<u8>, mutation: &Mutation) {
+            if let Mutation::Insert(at, b) = mutation {
+                bytes.insert(at.index(bytes.len() + 1), *b);
+                return;
+            }
+            // The other edits need a byte to act on.
+            if bytes.is_empty() {
+                return;
+            }
+            match mutation {
+                Mutation::Truncate(at) => bytes.truncate(at.index(bytes.len())),
+                Mutation::FlipBit(at, bit) => {
+                    let at = at.index(bytes.len());
+                    bytes[at] ^= 1 << bit;
+                }
+                Mutation::Replace(at, b) => {
+                    let at = at.index(bytes.len());
+                    bytes[at] = *b;
+                }
+                Mutation::Delete(at) => {
+                    bytes.remove(at.index(bytes.len()));
+                }
+                Mutation::Insert(..) => {}
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            #[test]
+            fn arbitrary_bytes_give_one_outcome_whatever_the_chunking(
+                columns in 0usize..4,
+                with_header in any::<bool>(),
+                body in protocol_bytes(),
+                cuts in cuts(),
+            ) {
+                // A valid header half the time, so the tuple parser sees the bytes.
+                let mut bytes = Vec::new();
+                if with_header {
+                    bytes = encode(&[], &[]).bytes;
+                    bytes.truncate(HEADER_BYTES);
+                }
+                bytes.extend_from_slice(&body);
+                run_checked(columns, &bytes, &cuts)?;
+            }
+
+            #[test]
+            fn valid_streams_decode_whatever_the_chunking(
+                (columns, extension, rows) in stream(),
+                cuts in cuts(),
+            ) {
+                let bytes = encode(&extension, &rows).bytes;
+                let outcome = run_checked(columns, &bytes, &cuts)?;
+                prop_assert_eq!(
+                    outcome,
+                    Outcome { rows, fed: Ok(()), finished: Ok(()) }
+                );
+            }
+
+            #[test]
+            fn every_truncation_of_a_valid_stream_fails_at_finish(
+                (columns, extension, rows) in stream(),
+            ) {
+                let bytes = encode(&extension, &rows).bytes;
+                for len in 0..bytes.len() {
+                    let outcome = run(columns, &[&bytes[..len]]);
+                    prop_assert_eq!(&outcome.fed, &Ok(()), "prefix {}", len);
+                    prop_assert!(outcome.finished.is_err(), "prefix {len} finished");
+                    prop_assert!(rows.starts_with(&outcome.rows), "prefix {len}");
+                }
+            }
+
+            #[test]
+            fn mutated_streams_give_one_outcome_whatever_the_chunking(
+                (columns, extension, rows) in stream(),
+                mutations in prop::collection::vec(mutation(), 1..4),
+                cuts in cuts(),
+            ) {
+                let mut bytes = encode(&extension, &rows).bytes;
+                for mutation in &mutations {
+                    mutate(&mut bytes, mutation);
+                }
+                run_checked(columns, &bytes, &cuts)?;
+            }
+
+            #[test]
+            fn inflated_counts_and_lengths_are_errors(
+                (columns, extension, rows) in stream(),
+                which in any::<Index>(),
+                huge in 0x4000_0000u32..=0xffff_fffe,
+                cuts in cuts(),
+            ) {
+                let wire = encode(&extension, &rows);
+                let field = wire.sizes[which.index(wire.sizes.len())];
+                let mut bytes = wire.bytes.clone();
+                // A negative or over-2^30 length (never -1, which would be a valid NULL),
+                // or a field count of 2^14 or more or negative: -1 turns a row into a
+                // trailer with data after it.
+                let value = huge.to_be_bytes();
+                let value = value.get(..field.width).expect("2 or 4 bytes");
+                bytes[field.at..field.at + field.width].copy_from_slice(value);
+                let outcome = run_checked(columns, &bytes, &cuts)?;
+                prop_assert!(!outcome.is_ok(), "accepted: {outcome:?}");
+            }
+
+            #[test]
+            fn header_flags_follow_postgres(
+                (columns, extension, rows) in stream(),
+                bit in 0u32..32,
+                cuts in cuts(),
+            ) {
+                let mut bytes = encode(&extension, &rows).bytes;
+                let flags = SIGNATURE.len()..SIGNATURE.len() + 4;
+                bytes[flags].copy_from_slice(&(1u32 << bit).to_be_bytes());
+                let outcome = run_checked(columns, &bytes, &cuts)?;
+                if bit < 16 {
+                    // Bits 0-15 are backwards-compatible: readers ignore them.
+                    prop_assert_eq!(outcome, Outcome { rows, fed: Ok(()), finished: Ok(()) });
+                } else {
+                    prop_assert!(outcome.fed.is_err(), "critical flag bit {bit} accepted");
+                }
+            }
+        }
     }
 }
