@@ -219,6 +219,7 @@ fn readyz(metrics: &Metrics, limits: ProbeLimits) -> Response {
             "not streaming: connecting to postgres or reconnecting\n",
         );
     }
+    metrics.refresh_lag();
     let lag = metrics.lag_seconds.get();
     if lag > limits.ready_max_lag.as_secs_f64() {
         return Response::text(

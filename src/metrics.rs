@@ -14,7 +14,7 @@
 //! integration test, the deploy checker and the README all read it.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
@@ -143,6 +143,10 @@ pub struct Metrics {
     pub memory_budget_bytes: IntGauge,
     /// Probe state.
     pub health: Health,
+    /// Commit time (Unix µs) of the oldest source change received and not yet committed
+    /// to the lake, kept across sessions: a session that fails leaves its changes to be
+    /// replayed, and the lag goes on counting from them. `i64::MIN` when there is none.
+    oldest_uncommitted_micros: AtomicI64,
     /// Object-store requests, by operation.
     pub object_store_requests: IntCounterVec,
     /// Object-store requests that failed after the store's own retries, by operation.
@@ -326,6 +330,7 @@ impl Metrics {
                 "Server WAL position minus the position durable in the lake",
             ),
             lag_seconds,
+            oldest_uncommitted_micros: AtomicI64::new(i64::MIN),
             received_lsn: gauge(
                 &r,
                 "pg2lake_received_lsn",
@@ -529,15 +534,42 @@ impl Metrics {
             .set(slot.safe_wal_size.unwrap_or(-1));
     }
 
-    /// Sets the lag in seconds from the commit time (Unix µs) of the oldest source
-    /// change not yet in the lake, or 0 when there is none.
+    /// Notes the commit time (Unix µs) of the oldest source change the session holds
+    /// uncommitted, if any, and updates the lag. A change noted earlier and not
+    /// committed since (its session failed) stays the oldest until [`Self::caught_up`].
     pub fn set_lag_from(&self, oldest_pending_commit_micros: Option<i64>) {
-        let lag = oldest_pending_commit_micros.map_or(0.0, |micros| {
+        if let Some(micros) = oldest_pending_commit_micros {
+            // Only the first: a replay delivers the lost changes again, oldest first.
+            let _ = self.oldest_uncommitted_micros.compare_exchange(
+                i64::MIN,
+                micros,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        self.refresh_lag();
+    }
+
+    /// Notes that everything received is committed to the lake (a successful flush, or
+    /// an idle stream with nothing pending): the lag is 0.
+    pub fn caught_up(&self) {
+        self.oldest_uncommitted_micros
+            .store(i64::MIN, Ordering::Relaxed);
+        self.lag_seconds.set(0.0);
+    }
+
+    /// Recomputes `pg2lake_replication_lag_seconds` for now: it grows while nothing
+    /// commits (an object store that is down), also between sessions.
+    pub fn refresh_lag(&self) {
+        let oldest = self.oldest_uncommitted_micros.load(Ordering::Relaxed);
+        let lag = if oldest == i64::MIN {
+            0.0
+        } else {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-            (now.saturating_sub(micros)).max(0) as f64 / 1e6
-        });
+            (now.saturating_sub(oldest)).max(0) as f64 / 1e6
+        };
         self.lag_seconds.set(lag);
     }
 
@@ -557,6 +589,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        self.refresh_lag();
         let mut out = Vec::with_capacity(16 * 1024);
         if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::warn!(error = %err, "cannot encode metrics");

@@ -887,6 +887,12 @@ async fn stream_changes(
                     Some(ReplicationMessage::PrimaryKeepalive { wal_end, reply_requested, .. }) => {
                         progress.receive(wal_end);
                         applier.idle_position(wal_end);
+                        if !applier.in_transaction() && !applier.has_pending() {
+                            // Everything the server sent is in the lake: a change lost
+                            // with an earlier session was replayed and committed, or was
+                            // in the lake already.
+                            metrics::global().caught_up();
+                        }
                         progress.confirm(applier.confirmable());
                         if reply_requested {
                             // The walsender asks because wal_sender_timeout is near.
@@ -1024,6 +1030,7 @@ async fn flush(
 ) -> Result<(), PipelineError> {
     let started = Instant::now();
     let report = applier.flush().await?;
+    metrics::global().caught_up();
     // Committed to the lake; Postgres has not heard of it yet.
     crate::crash_point!("pipeline::after_commit");
     // Only now, after the lake commit, may the position be confirmed.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use support::bank::{assert_lake_equals_source, load};
+use support::bank::{assert_lake_equals_source, load, stop_and_compare};
 use support::lake::wait_caught_up;
 use support::load::Rng;
 use support::proxy::Proxy;
@@ -142,15 +142,7 @@ async fn a_cut_or_frozen_network_to_postgres_is_noticed_and_loses_nothing() {
     let (_, noticed_cut) = wait_reconnects(&service, reconnects, Duration::from_secs(20));
     eprintln!("a cut network was noticed after {noticed_cut:?}");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    let committed = loader.await.expect("loader");
-    assert!(
-        committed > 50,
-        "the load committed only {committed} transactions"
-    );
-    wait_caught_up(&db, "net", Duration::from_secs(120)).await;
-    assert_lake_equals_source(&db, lake.path(), "accounts").await;
-    assert_lake_equals_source(&db, lake.path(), "ledger").await;
+    stop_and_compare(&stop, loader, &db, "net", lake.path()).await;
     assert!(service.stop(Duration::from_secs(30)).success());
 }
 
@@ -205,15 +197,7 @@ async fn a_standby_takes_over_within_seconds_when_the_active_instance_dies() {
     });
 
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    let committed = loader.await.expect("loader");
-    assert!(
-        committed > 50,
-        "the load committed only {committed} transactions"
-    );
-    wait_caught_up(&db, "pair", Duration::from_secs(120)).await;
-    assert_lake_equals_source(&db, lake.path(), "accounts").await;
-    assert_lake_equals_source(&db, lake.path(), "ledger").await;
+    stop_and_compare(&stop, loader, &db, "pair", lake.path()).await;
     assert!(standby.stop(Duration::from_secs(30)).success());
 }
 

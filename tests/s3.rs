@@ -7,7 +7,9 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
+use support::bank::{SCHEMA, assert_table_equals_source, load};
 use support::lake::{assert_no_duplicates, fold, in_change_order, op, wait_caught_up};
+use support::proxy::Proxy;
 use support::scrape::{get, sample, with_metrics};
 use support::service::{ConfigFile, Service, config_yaml};
 use support::throttle::ThrottlingProxy;
@@ -156,4 +158,102 @@ async fn throttled_requests_are_retried_and_counted() {
     let state = fold(rows, "id");
     assert_eq!(state.len(), 80);
     assert_eq!(state["80"]["name"], json!("n80"));
+}
+
+/// The sum of every sample of the metric `name` (all label values).
+fn total(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// The object store goes down under load for 20 s: every open connection cut, every new
+/// one refused. The S3 client retries with backoff and pg2lake stops reading from the
+/// walsender while its commit waits (backpressure), so memory stays bounded; the retries
+/// and the growing lag show in the metrics, and when the store is back pg2lake catches up
+/// by itself, the lake exactly equal to the source.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_store_outage_is_survived_and_shows_in_the_metrics() {
+    let s3 = S3Server::start();
+    let proxy = Proxy::start(s3.endpoint.trim_start_matches("http://"));
+    let pg = PgServer::start();
+    let url = pg.create_database("outage").await;
+    let db = pg.connect("outage").await;
+    db.batch_execute(SCHEMA).await.expect("schema");
+    let lake_url = format!("s3://{}/outage", s3.bucket);
+    let port = free_port();
+    let yaml = config_yaml(
+        &url,
+        "outage",
+        &["public.accounts", "public.ledger"],
+        &lake_url,
+        &format!(
+            "  endpoint: http://127.0.0.1:{}\n  region: us-east-1\n  allow_http: true\n",
+            proxy.port
+        ),
+    );
+    let config = ConfigFile::new(&with_metrics(&yaml, port, "  ready_max_lag: 5s\n"));
+    let credentials = vec![
+        ("AWS_ACCESS_KEY_ID".to_owned(), "test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY".to_owned(), "test".to_owned()),
+    ];
+    let mut service = Service::start(&config, &credentials);
+    service.wait_streaming(Duration::from_secs(60));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loader = tokio::spawn(load(pg.connect("outage").await, stop.clone(), 3));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let before = get(port, "/metrics").1;
+    proxy.set_down(true);
+    let mut lag = 0.0_f64;
+    let mut not_ready = false;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let metrics = get(port, "/metrics").1;
+        lag = lag.max(sample(&metrics, "pg2lake_replication_lag_seconds").unwrap_or(0.0));
+        not_ready |= get(port, "/readyz").0 == 503;
+    }
+    let during = get(port, "/metrics").1;
+    proxy.set_down(false);
+    assert!(
+        service.is_running(),
+        "pg2lake must ride out the outage:\n{}",
+        service.log()
+    );
+    let failed = |m: &str| {
+        total(m, "pg2lake_object_store_retries_total")
+            + total(m, "pg2lake_object_store_errors_total")
+    };
+    assert!(
+        failed(&during) > failed(&before),
+        "the outage shows as retried or failed requests:\n{during}"
+    );
+    assert!(lag >= 5.0, "the lag grew during the outage: {lag}");
+    assert!(not_ready, "/readyz reported the lag");
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let committed = loader.await.expect("loader");
+    assert!(
+        committed > 50,
+        "the load committed only {committed} transactions"
+    );
+    wait_caught_up(&db, "outage", Duration::from_secs(300)).await;
+    for table in ["accounts", "ledger"] {
+        let uri = format!("{lake_url}/public/{table}");
+        assert_table_equals_source(&db, &uri, &s3.storage_options(), table).await;
+    }
+    let peak = service.peak_rss();
+    assert!(
+        peak < 512 * 1024 * 1024,
+        "peak RSS {} MiB over the default memory_budget",
+        peak >> 20
+    );
+    eprintln!(
+        "after a 20 s object-store outage: peak RSS {} MiB, lag up to {lag:.0} s",
+        peak >> 20
+    );
+    assert!(service.stop(Duration::from_secs(30)).success());
 }

@@ -144,11 +144,36 @@ impl LakeError {
                 }
                 deltalake_core::DeltaTableError::Io { .. } => true,
                 deltalake_core::DeltaTableError::Transaction { .. } => true,
-                _ => false,
+                // A failed upload reaches here wrapped, e.g. as a Parquet error whose
+                // source is the store's: what decides is the store error inside.
+                other => store_error_within(other).is_some_and(store_error_is_transient),
             },
             _ => false,
         }
     }
+}
+
+/// The first object-store error in `err`'s chain of sources.
+fn store_error_within<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a object_store::Error> {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if let Some(store) = err.downcast_ref::<object_store::Error>() {
+            return Some(store);
+        }
+        // The Parquet writer hands store errors on inside an io::Error, whose source()
+        // skips the error it wraps: look at that one too.
+        if let Some(store) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .and_then(|inner| inner.downcast_ref::<object_store::Error>())
+        {
+            return Some(store);
+        }
+        next = err.source();
+    }
+    None
 }
 
 fn store_error_is_transient(err: &object_store::Error) -> bool {
@@ -381,6 +406,39 @@ mod tests {
         assert!(url.path().ends_with("/lake"), "{url}");
         let url = lake_root_url("/tmp/x/").unwrap();
         assert_eq!(url.as_str(), "file:///tmp/x");
+    }
+
+    #[test]
+    fn an_upload_that_failed_inside_the_parquet_writer_is_transient() {
+        let url = Url::parse("s3://bucket/lake/public/t").unwrap();
+        // As the Parquet writer wraps it: the store error inside an io::Error.
+        let store = |source: object_store::Error| {
+            LakeError::delta(
+                &url,
+                deltalake_core::DeltaTableError::Parquet {
+                    source: parquet::errors::ParquetError::External(Box::new(
+                        std::io::Error::other(source),
+                    )),
+                },
+            )
+        };
+        let down = store(object_store::Error::Generic {
+            store: "S3",
+            source: "connection refused".into(),
+        });
+        assert!(down.is_transient(), "{down}");
+        let denied = store(object_store::Error::PermissionDenied {
+            path: "x".into(),
+            source: "403".into(),
+        });
+        assert!(!denied.is_transient(), "{denied}");
+        let data = LakeError::delta(
+            &url,
+            deltalake_core::DeltaTableError::Parquet {
+                source: parquet::errors::ParquetError::General("bad".into()),
+            },
+        );
+        assert!(!data.is_transient(), "{data}");
     }
 
     #[test]

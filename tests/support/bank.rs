@@ -57,6 +57,28 @@ pub async fn load(client: tokio_postgres::Client, stop: Arc<AtomicBool>, seed: u
     committed
 }
 
+/// Stops the [`load`] running as `loader`, checks it did real work, waits until `slot`
+/// has confirmed everything it wrote, and compares both tables of the lake at `lake`
+/// with the source.
+pub async fn stop_and_compare(
+    stop: &AtomicBool,
+    loader: tokio::task::JoinHandle<u64>,
+    client: &tokio_postgres::Client,
+    slot: &str,
+    lake: &std::path::Path,
+) {
+    stop.store(true, Ordering::Relaxed);
+    let committed = loader.await.expect("loader");
+    assert!(
+        committed > 50,
+        "the load committed only {committed} transactions"
+    );
+    super::lake::wait_caught_up(client, slot, Duration::from_secs(120)).await;
+    for table in ["accounts", "ledger"] {
+        assert_lake_equals_source(client, lake, table).await;
+    }
+}
+
 /// Panics unless the folded change log of `table` equals the source table, naming the
 /// keys that differ and their history in the lake.
 pub async fn assert_lake_equals_source(
@@ -64,7 +86,19 @@ pub async fn assert_lake_equals_source(
     lake: &std::path::Path,
     table: &str,
 ) {
-    let rows = read_delta(&lake.join("public").join(table).display().to_string(), &[]).rows;
+    let uri = lake.join("public").join(table).display().to_string();
+    assert_table_equals_source(client, &uri, &[], table).await;
+}
+
+/// [`assert_lake_equals_source`] for the lake table at `uri` (local or `s3://`, with the
+/// reader's `storage_options`).
+pub async fn assert_table_equals_source(
+    client: &tokio_postgres::Client,
+    uri: &str,
+    storage_options: &[(String, String)],
+    table: &str,
+) {
+    let rows = read_delta(uri, storage_options).rows;
     assert_no_duplicates(&rows);
     let history = rows.clone();
     let state = fold(rows, "id");

@@ -2,13 +2,15 @@
 //! network fails: a cut closes every connection at once (the client sees a reset or an
 //! end of stream); a freeze keeps every connection open and silently stops moving bytes
 //! both ways, like a lost route or a dead NAT entry (no RST, no FIN), and connections
-//! opened during a freeze hang as well.
+//! opened during a freeze hang as well; a server that is down closes every connection
+//! as soon as it is opened.
 //!
 //! ```text
 //!  pg2lake ──► Proxy (127.0.0.1:port) ──► upstream
 //!              Pass:   bytes relayed both ways
 //!              Freeze: nothing moves; sockets stay open
 //!              cut():  every open connection is shut down; new ones are relayed
+//!              Down:   new connections are closed at once
 //! ```
 
 use std::io::{ErrorKind, Read, Write};
@@ -25,6 +27,7 @@ pub struct Proxy {
     /// The port to give the client, on 127.0.0.1.
     pub port: u16,
     frozen: Arc<AtomicBool>,
+    down: Arc<AtomicBool>,
     /// Bumped by [`Proxy::cut`]: connections of an older generation shut down.
     generation: Arc<AtomicU64>,
     connections: Arc<Mutex<Vec<TcpStream>>>,
@@ -42,11 +45,13 @@ impl Proxy {
         let proxy = Proxy {
             port,
             frozen: Arc::new(AtomicBool::new(false)),
+            down: Arc::new(AtomicBool::new(false)),
             generation: Arc::new(AtomicU64::new(0)),
             connections: Arc::new(Mutex::new(Vec::new())),
             stop: Arc::new(AtomicBool::new(false)),
         };
         let upstream = upstream.to_owned();
+        let down = proxy.down.clone();
         let (frozen, generation, connections, stop) = (
             proxy.frozen.clone(),
             proxy.generation.clone(),
@@ -63,6 +68,10 @@ impl Proxy {
                     }
                     Err(_) => continue,
                 };
+                if down.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(&upstream) else {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
@@ -100,6 +109,15 @@ impl Proxy {
     /// Moves bytes again.
     pub fn thaw(&self) {
         self.frozen.store(false, Ordering::SeqCst);
+    }
+
+    /// Takes the server down (`true`: every open connection is cut and new ones are
+    /// closed at once) or brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+        if down {
+            self.cut();
+        }
     }
 
     /// Closes every open connection; later connections are relayed.
