@@ -3,8 +3,9 @@
 //! ```text
 //!  PostgreSQL ──walsender (pgoutput)──► pg::replication ─► pg::pgoutput::decode
 //!      │                                                         │ LogicalMessage
-//!      ├── normal connection (pg::connect, pg::catalog):          ▼
-//!      │   settings, tables, publication, slot, heartbeats    apply::Applier
+//!      ├── normal connection (pg::connect, pg::catalog,           ▼
+//!      │   pg::publication): settings, tables, publications,  apply::Applier
+//!      │   slot, heartbeats
 //!      └── snapshot: COPY at the slot's exported snapshot ──► batch::TableBatch (`_op` r)
 //!                                                                 │ per table: batch::TableBatch
 //!                                                                 ▼ (Arrow builders, schema::TableSchema)

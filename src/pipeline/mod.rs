@@ -1,0 +1,584 @@
+//! The apply loop of `pg2lake run`: decode → batch → commit → confirm.
+//!
+//! ```text
+//!  run ─► session ─► preflight (settings, tables, publication, lake) ─► slot ─► snapshot ─► stream
+//!   ▲        │                                                                                │
+//!   │        └─ transient error (network, Postgres restart, store outage) ◄───────────────────┘
+//!   └──────── backoff, then a fresh session that replays from the slot
+//! ```
+//!
+//! The snapshot step copies the tables that have nothing committed in the lake yet (see
+//! `snapshot`): with a slot created in this session, at the slot's own exported snapshot;
+//! with an existing slot, at a temporary slot's.
+//!
+//! `slot` waits for, creates and checks the slot (and says what to do when it is gone);
+//! `stream` is the select loop of a streaming session.
+//!
+//! A session keeps nothing that is not in the lake or in the slot, so any failure is
+//! handled the same way: drop everything, reconnect, resume from the slot's confirmed
+//! position and skip per table what its Delta log already holds. This one retry layer is
+//! what makes kill -9, Postgres restarts, network cuts and object-store errors safe.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::{Applier, ApplyError, FlushPolicy, ReplicatedTable};
+use crate::config::{Config, ConfigError, TableName};
+use crate::lake::{self, Lake, LakeError, LakeOptions, LakeTable};
+use crate::lsn::Lsn;
+use crate::metrics;
+use crate::pg::catalog::{self, CatalogError};
+use crate::pg::connect::{self, ConnectError};
+use crate::pg::pgoutput::{DecodeError, RelationColumn};
+use crate::pg::publication::{self, Streaming};
+use crate::pg::replication::{ReplicationClient, ReplicationError};
+use crate::schema::{SchemaError, TableSchema, TypeCatalog, TypeChangePolicy};
+use crate::snapshot::{self, SnapshotError, SnapshotPoint};
+
+mod slot;
+mod stream;
+
+pub use slot::SlotLost;
+use slot::{SlotReady, SlotWait, prepare_slot, slot_loss, wait_for_free_slot};
+use stream::{DEFAULT_SILENCE_LIMIT, Session, stream_changes};
+
+/// First wait before reconnecting after a transient failure; doubles up to the maximum.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// How long a session must have streamed to count as healthy: its failure resets the
+/// reconnect backoff (see [`backoff_before_retry`]).
+const HEALTHY_SESSION: Duration = Duration::from_secs(60);
+
+/// Why replication stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Connecting over a normal connection failed.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// A catalog query or check failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The replication connection failed.
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    /// A pgoutput message could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// A table's schema cannot be mapped.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// Applying changes failed.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// The lake failed.
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    /// The initial snapshot failed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// The slot exists but cannot be used by this configuration.
+    #[error("replication slot {slot} {problem} (fix: {fix})")]
+    SlotUnusable {
+        /// The slot.
+        slot: String,
+        /// What is wrong.
+        problem: String,
+        /// What to do.
+        fix: String,
+    },
+    /// The slot the lake's tables were streamed from is gone.
+    #[error(transparent)]
+    SlotLost(#[from] SlotLost),
+    /// The server ended the replication stream.
+    #[error("postgres ended the replication stream")]
+    StreamEnded,
+    /// The configuration is invalid (normally caught when it is loaded).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+impl PipelineError {
+    /// Whether a new session may succeed: network and server restarts, an object store
+    /// outage. Configuration, privileges and data problems need a human.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PipelineError::Connect(e) => e.is_transient(),
+            PipelineError::Catalog(e) => e.is_transient(),
+            PipelineError::Replication(e) => e.is_transient(),
+            PipelineError::Apply(e) => e.is_transient(),
+            PipelineError::Lake(e) => e.is_transient(),
+            PipelineError::Snapshot(e) => e.is_transient(),
+            PipelineError::StreamEnded => true,
+            PipelineError::Decode(_)
+            | PipelineError::Schema(_)
+            | PipelineError::SlotUnusable { .. }
+            | PipelineError::SlotLost(_)
+            | PipelineError::Config(_) => false,
+        }
+    }
+
+    /// The `kind` label of `pg2lake_errors_total` for this error.
+    pub fn metric_kind(&self) -> &'static str {
+        match self {
+            PipelineError::Lake(_) | PipelineError::Apply(ApplyError::Lake(_)) => "object_store",
+            PipelineError::Connect(_)
+            | PipelineError::Catalog(_)
+            | PipelineError::Replication(_)
+            | PipelineError::SlotLost(_)
+            | PipelineError::StreamEnded => "postgres",
+            _ => "data",
+        }
+    }
+}
+
+/// Why a replication session ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionEnd {
+    /// Shutdown was requested.
+    Shutdown,
+    /// Tables matching a `schema.*` entry of `tables` appeared (the next session adds them
+    /// to the publication and loads them), or a replicated table was dropped and created
+    /// again (the next session refuses to go on with a clear error).
+    TablesChanged,
+    /// Another process took the slot while this session prepared: the next one waits
+    /// for it (see [`wait_for_free_slot`]).
+    SlotTaken,
+}
+
+/// The type catalog of a session: empty but for the configured column types; the
+/// catalog types are looked up as tables and Relation messages name them.
+pub fn type_catalog(config: &Config) -> Result<TypeCatalog, ConfigError> {
+    Ok(TypeCatalog::new(config.configured_types()?))
+}
+
+/// The lake settings of a configuration.
+pub fn lake_options(config: &Config) -> LakeOptions {
+    LakeOptions {
+        url: config.lake.url.clone(),
+        endpoint: config.lake.endpoint.clone(),
+        region: config.lake.region.clone(),
+        allow_http: config.lake.allow_http,
+        checkpoint_interval: config.lake.checkpoint_interval,
+        log_retention: config.lake.log_retention,
+        target_file_size: config.flush.max_bytes.0,
+        target_file_rows: config.flush.max_rows,
+    }
+}
+
+fn flush_policy(config: &Config) -> FlushPolicy {
+    FlushPolicy {
+        max_rows: config.flush.max_rows,
+        max_bytes: usize::try_from(config.flush.max_bytes.0).unwrap_or(usize::MAX),
+        max_interval: config.flush.max_interval,
+    }
+}
+
+/// Runs replication until `shutdown` is cancelled, reconnecting after transient failures.
+///
+/// Failures before a session first got as far as the slot are returned at once: a wrong
+/// password or an unreachable server at start-up is a configuration problem the operator
+/// should see (and Kubernetes restarts the pod with its own backoff). After that (during
+/// an initial load, or streaming), a transient failure is retried with exponential backoff
+/// up to `source.reconnect_max_backoff`.
+pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> Result<(), PipelineError> {
+    // When the latest session began streaming (START_REPLICATION accepted), if ever.
+    let mut streaming_since: Option<Instant> = None;
+    // Whether a session got as far as the slot: the settings, the privileges and the lake
+    // are right, so a transient failure after that (a Postgres crash in the middle of an
+    // initial load) is retried like one while streaming.
+    let mut proven = false;
+    let mut backoff = INITIAL_BACKOFF;
+    // Tables whose folders hold no uncommitted files of this process's sessions: a session
+    // that ends cleanly commits what it wrote; one that fails may not have.
+    let mut tidy = HashSet::new();
+    loop {
+        let started = Instant::now();
+        let result = session(
+            &config,
+            &shutdown,
+            &mut streaming_since,
+            &mut proven,
+            &mut tidy,
+        )
+        .await;
+        if result.is_err() {
+            tidy.clear();
+        }
+        metrics::global().health.set_streaming(false);
+        // Our walsender is gone with the session; the next slot poll says otherwise.
+        metrics::global().slot_active.set(0);
+        if let Err(err) = &result {
+            metrics::global().record_error(err.metric_kind());
+        }
+        match result {
+            Ok(SessionEnd::Shutdown) => return Ok(()),
+            // Not a failure: a new session right away, at the position just confirmed.
+            Ok(SessionEnd::TablesChanged | SessionEnd::SlotTaken) => {}
+            Err(err) if err.is_transient() && (proven || streaming_since.is_some()) => {
+                metrics::global().reconnects.inc();
+                // The backoff is bounded by reconnect_max_backoff, which /healthz allows for.
+                metrics::global().health.tick();
+                let streamed_for = streaming_since
+                    .filter(|since| *since >= started)
+                    .map(|since| since.elapsed());
+                backoff = backoff_before_retry(backoff, streamed_for);
+                tracing::warn!(error = %err, retry_in = ?backoff, "replication session failed; reconnecting");
+                tokio::select! {
+                    biased;
+                    // Shutdown first: a stopping service must not sit out a backoff.
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(config.source.reconnect_max_backoff);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// The wait before the next session, given the one the last failure doubled to and how
+/// long the failed session streamed (`None`: it failed before streaming). A session that
+/// streamed for [`HEALTHY_SESSION`] was healthy: the failure is a new outage and starts
+/// again from [`INITIAL_BACKOFF`]; a session that failed soon after it began streaming
+/// keeps the backoff growing, so a server that drops every session at once is not
+/// hammered.
+fn backoff_before_retry(doubled: Duration, streamed_for: Option<Duration>) -> Duration {
+    match streamed_for {
+        Some(streamed) if streamed >= HEALTHY_SESSION => INITIAL_BACKOFF,
+        _ => doubled,
+    }
+}
+
+/// One connection's worth of replication: preflight, slot, stream until shutdown or error.
+/// Sets `proven` once the slot is ready, and `streaming_since` once the server accepted
+/// START_REPLICATION. Tables not in `tidy` have their uncommitted files deleted, and join
+/// it.
+async fn session(
+    config: &Config,
+    shutdown: &CancellationToken,
+    streaming_since: &mut Option<Instant>,
+    proven: &mut bool,
+    tidy: &mut HashSet<String>,
+) -> Result<SessionEnd, PipelineError> {
+    let params = connect::params(config)?;
+    let client = connect::sql(&params).await?;
+    // Everything that can be checked without writing is checked first, so bad settings
+    // leave no publication, slot or lake folder behind.
+    catalog::check_server(&client).await?;
+    let tables = catalog::resolve_tables(&client, &config.table_patterns()).await?;
+    for table in &tables {
+        // Zero-valued series from the start, so dashboards and rate() have a baseline.
+        metrics::global().register_table(&format!("{}.{}", table.schema, table.name));
+    }
+    let tables = match wait_for_free_slot(config, &client, shutdown).await? {
+        SlotWait::Free => tables,
+        // The tables may have changed while this instance waited as a standby.
+        SlotWait::Released => catalog::resolve_tables(&client, &config.table_patterns()).await?,
+        SlotWait::Shutdown => return Ok(SessionEnd::Shutdown),
+    };
+    let lake = Lake::open(lake_options(config))?;
+    lake.check_writable().await?;
+    let slot_now = catalog::slot_info(&client, &config.source.slot).await?;
+    // A lost slot is dropped below, or stops pg2lake: the publications are prepared for
+    // the slot that streams next.
+    let next_slot = slot_now.as_ref().filter(|s| !s.is_lost());
+    let streaming = prepare_publications(config, &client, &tables, next_slot).await?;
+    let tables = streaming.tables.clone();
+    let app_id = lake::app_id(&config.source.slot);
+    let (mut replicated, types) = open_tables(config, &client, &lake, &tables, &app_id).await?;
+    record_source_changes(&mut replicated, &streaming)?;
+    let unloaded = snapshot::unloaded(&replicated);
+    let reload = slot_loss(config, slot_now.as_ref(), &replicated)?;
+    let mut copied: Vec<usize> = unloaded.iter().chain(&reload).copied().collect();
+    copied.sort_unstable();
+    snapshot::check_readable(&client, &replicated, &copied).await?;
+    if slot_now.as_ref().is_some_and(catalog::SlotInfo::is_lost) {
+        catalog::drop_slot(&client, &config.source.slot).await?;
+        tracing::warn!(slot = %config.source.slot, tables = reload.len(), "dropped the lost replication slot; creating it again and reloading the tables (source.on_slot_loss: resnapshot)");
+    } else if !reload.is_empty() {
+        tracing::warn!(slot = %config.source.slot, tables = reload.len(), "the replication slot is gone; creating it again and reloading the tables (source.on_slot_loss: resnapshot)");
+    }
+    let load = Load {
+        copied: &copied,
+        reload: &reload,
+    };
+
+    let mut replication = ReplicationClient::connect(&params).await?;
+    let slot = prepare_slot(config, &client, &mut replication).await?;
+    *proven = true;
+    let start = match slot {
+        SlotReady::Taken => return Ok(SessionEnd::SlotTaken),
+        // The slot's own exported snapshot is valid only while `replication` stays idle,
+        // so the copy happens here, before START_REPLICATION is sent on it.
+        // A table already in the lake is among `copied` only when it is reloaded: see
+        // [`slot_loss`]; never does a new slot silently skip what happened before it.
+        SlotReady::Created(created) => {
+            if !copied.is_empty() {
+                let point = SnapshotPoint::of_slot(&created);
+                if !copy_unless_stopped(config, &point, &mut replicated, load, shutdown).await? {
+                    return Ok(SessionEnd::Shutdown);
+                }
+            }
+            created.consistent_point
+        }
+        // The slot is older than these tables' (missing) lake state: copy them at a
+        // temporary slot's consistent point and keep the slot, whose confirmed position is
+        // before it, so the tables already loaded lose nothing they still have to stream.
+        SlotReady::Existing(position) => {
+            if !copied.is_empty() {
+                let (exporter, created) = snapshot::temporary_export(&params).await?;
+                let point = SnapshotPoint::of_slot(&created);
+                if !copy_unless_stopped(config, &point, &mut replicated, load, shutdown).await? {
+                    return Ok(SessionEnd::Shutdown);
+                }
+                // Closing the connection drops the temporary slot.
+                drop(exporter);
+            }
+            position
+        }
+    };
+    let mut stream = replication
+        .start_logical_replication(
+            &config.source.slot,
+            Lsn::ZERO,
+            &streaming.publications,
+            true,
+        )
+        .await?;
+    *streaming_since = Some(Instant::now());
+    // The server accepted START_REPLICATION, so this process holds the slot: no other
+    // pg2lake writes these tables now, and files none of their commits reference are
+    // leftovers of a writer killed before its commit. A listing per table: once per
+    // process, and again after a failed session.
+    for table in &replicated {
+        let name = table.schema().qualified_name();
+        if !tidy.contains(&name) {
+            table.lake().remove_uncommitted_files().await?;
+            tidy.insert(name);
+        }
+    }
+    let sources: Vec<(TableName, u32)> = replicated
+        .iter()
+        .map(|t| {
+            let schema = t.schema();
+            let name = TableName {
+                schema: schema.namespace.clone(),
+                name: schema.name.clone(),
+            };
+            (name, t.lake().source_oid())
+        })
+        .collect();
+    let mut applier = Applier::new(replicated, flush_policy(config), start);
+    *applier.types_mut() = types;
+    if let Some(lsn) = applier.table_positions().filter_map(|(_, lsn)| lsn).max() {
+        metrics::global()
+            .committed_lsn
+            .set(i64::try_from(lsn.0).unwrap_or(i64::MAX));
+    }
+    metrics::global().health.set_streaming(true);
+    for (table, committed) in applier.table_positions() {
+        tracing::info!(table, committed_lsn = ?committed.map(|l| l.to_string()), "replicating table");
+    }
+    tracing::info!(slot = %config.source.slot, start_lsn = %start, tables = tables.len(), "streaming changes");
+    let session = Session {
+        config,
+        client: &client,
+        sources: &sources,
+        streaming: &streaming,
+        silence_limit: catalog::wal_sender_timeout(&client)
+            .await?
+            .unwrap_or(DEFAULT_SILENCE_LIMIT),
+    };
+    let end = stream_changes(&session, &mut stream, &mut applier, start, shutdown).await?;
+    if end == SessionEnd::TablesChanged {
+        // Ends START_REPLICATION, so the server releases the slot for the next session
+        // at once instead of when it notices the closed connection.
+        stream.finish().await?;
+    }
+    Ok(end)
+}
+
+/// Arranges the publications for `tables` (see [`publication`]) and warns about each
+/// table whose updates and deletes cannot be captured.
+/// `slot` is the slot that streams next, as it is now (`None`: it is created after this).
+pub(crate) async fn prepare_publications(
+    config: &Config,
+    client: &Client,
+    tables: &[TableName],
+    slot: Option<&catalog::SlotInfo>,
+) -> Result<Streaming, PipelineError> {
+    let streaming = publication::prepare(client, &config.source.publication, tables, slot).await?;
+    for table in &streaming.keyless {
+        tracing::warn!(
+            table = %table,
+            publication = %publication::inserts_name(&config.source.publication),
+            fix = %format!("ALTER TABLE {} REPLICA IDENTITY FULL; (or add a primary key)", table.quoted()),
+            "updates and deletes of this table cannot be captured: it has no replica identity, so only its inserts and truncates are published"
+        );
+    }
+    Ok(streaming)
+}
+
+/// Records in each lake table which source changes it captures
+/// ([`crate::lake::SOURCE_CHANGES_PROPERTY`]), committed with its next version.
+pub(crate) fn record_source_changes(
+    tables: &mut [ReplicatedTable],
+    streaming: &Streaming,
+) -> Result<(), LakeError> {
+    for table in tables {
+        let schema = table.schema();
+        let name = TableName::new(schema.namespace.clone(), schema.name.clone());
+        let changes = if streaming.keyless.contains(&name) {
+            publication::INSERTS_ONLY
+        } else {
+            publication::ALL_CHANGES
+        };
+        table
+            .lake_mut()
+            .set_property(crate::lake::SOURCE_CHANGES_PROPERTY, changes)?;
+    }
+    Ok(())
+}
+
+/// Opens (or creates) the lake table of every table in `tables`; see [`open_table`].
+/// Column types with database-specific OIDs are looked up first, into the type catalog
+/// returned with the tables (the configured column types and policy come from `config`).
+pub(crate) async fn open_tables(
+    config: &Config,
+    client: &Client,
+    lake: &Lake,
+    tables: &[crate::config::TableName],
+    app_id: &str,
+) -> Result<(Vec<ReplicatedTable>, TypeCatalog), PipelineError> {
+    let mut catalog_types = type_catalog(config)?;
+    let types = &mut catalog_types;
+    let policy = config.schema.on_type_change;
+    let mut replicated = Vec::with_capacity(tables.len());
+    let oids = catalog::relation_oids(client, tables).await?;
+    for table in tables {
+        let source_oid = oids
+            .get(table)
+            .copied()
+            .ok_or_else(|| CatalogError::TableMissing {
+                table: table.to_string(),
+            })?;
+        let columns = catalog::table_columns(client, table).await?;
+        catalog::resolve_types(client, types, &columns).await?;
+        types.warn_unknown(&table.schema, &table.name, &columns);
+        replicated
+            .push(open_table(lake, table, source_oid, &columns, app_id, types, policy).await?);
+    }
+    let columns = replicated.iter().flat_map(|t| {
+        let schema = t.schema();
+        schema.tuple_columns.iter().map(move |&c| {
+            (
+                schema.namespace.as_str(),
+                schema.name.as_str(),
+                schema.columns[c].name.as_str(),
+            )
+        })
+    });
+    for key in types.unmatched_configured(columns) {
+        tracing::warn!(
+            column_types = %key,
+            "column_types names no column of a replicated table; it applies once such a column appears (fix: check the schema.table.column spelling)"
+        );
+    }
+    Ok((replicated, catalog_types))
+}
+
+/// The tables a session copies: `copied` (sorted indices), of which `reload` are tables
+/// already in the lake that are loaded again (see [`slot_loss`]).
+#[derive(Clone, Copy)]
+struct Load<'a> {
+    copied: &'a [usize],
+    reload: &'a [usize],
+}
+
+/// Copies `tables[load.copied]` at `point`, each reloaded table after its truncate
+/// marker; `false` when shutdown came first. Nothing of an unfinished copy is
+/// committed, so the next start copies those tables again.
+async fn copy_unless_stopped(
+    config: &Config,
+    point: &SnapshotPoint,
+    tables: &mut Vec<ReplicatedTable>,
+    load: Load<'_>,
+    shutdown: &CancellationToken,
+) -> Result<bool, PipelineError> {
+    let params = connect::params(config)?;
+    for &i in load.reload {
+        snapshot::write_reload_marker(&mut tables[i], point).await?;
+    }
+    tokio::select! {
+        biased;
+        // Shutdown first: a stop must not wait for a table copy that may take hours.
+        () = shutdown.cancelled() => Ok(false),
+        result = snapshot::copy_tables(&params, point, tables, load.copied, &config.snapshot) => {
+            result?;
+            Ok(true)
+        }
+    }
+}
+
+/// Opens (or creates) the lake table of `table` (relation `source_oid`; see
+/// [`LakeTable::open`]) and reconciles its layout with
+/// the source's current `columns`: columns added while pg2lake was not running join the
+/// lake layout (committed with the table's next data), dropped ones stay in it, a
+/// widened type rewrites the lake table's files, and any other type change follows
+/// `policy` (under `fail` it stops here, before anything is written).
+async fn open_table(
+    lake: &Lake,
+    table: &TableName,
+    source_oid: u32,
+    columns: &[RelationColumn],
+    app_id: &str,
+    types: &TypeCatalog,
+    policy: TypeChangePolicy,
+) -> Result<ReplicatedTable, PipelineError> {
+    let (namespace, name) = (table.schema.as_str(), table.name.as_str());
+    // Names the lake cannot hold fail here even when the lake table exists already.
+    let source = TableSchema::with_types(namespace, name, columns, types)?;
+    let lake_table = LakeTable::open(
+        lake,
+        namespace,
+        name,
+        source.arrow.clone(),
+        app_id,
+        source_oid,
+    )
+    .await?;
+    let known = TableSchema::from_lake(namespace, name, &*lake_table.arrow_schema()?)?;
+    let evolution = known.evolve_with(columns, types, policy)?;
+    let mut table =
+        ReplicatedTable::new(Arc::new(known), lake_table).with_type_change_policy(policy);
+    table.evolve(evolution).await?;
+    Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_healthy_session_resets_the_reconnect_backoff() {
+        let grown = Duration::from_secs(32);
+        assert_eq!(
+            backoff_before_retry(grown, Some(HEALTHY_SESSION)),
+            INITIAL_BACKOFF,
+            "a new outage after a healthy session starts over"
+        );
+        assert_eq!(
+            backoff_before_retry(grown, Some(Duration::from_secs(1))),
+            grown,
+            "a session dropped right after it began keeps the backoff growing"
+        );
+        assert_eq!(
+            backoff_before_retry(grown, None),
+            grown,
+            "a session that never streamed keeps it growing"
+        );
+    }
+}
