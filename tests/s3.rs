@@ -170,7 +170,7 @@ fn total(metrics: &str, name: &str) -> f64 {
 }
 
 /// The object store goes down under load for 20 s: every open connection cut, every new
-/// one refused. The S3 client retries with backoff and pg2lake stops reading from the
+/// one refused; later it hangs for 35 s, past the S3 client's request timeout. The S3 client retries with backoff and pg2lake stops reading from the
 /// walsender while its commit waits (backpressure), so memory stays bounded; the retries
 /// and the growing lag show in the metrics, and when the store is back pg2lake catches up
 /// by itself, the lake exactly equal to the source.
@@ -233,6 +233,25 @@ async fn an_object_store_outage_is_survived_and_shows_in_the_metrics() {
     assert!(lag >= 5.0, "the lag grew during the outage: {lag}");
     assert!(not_ready, "/readyz reported the lag");
 
+    // Then the store hangs instead (no answer, no reset) for longer than the S3 client's
+    // 30 s request timeout: the request times out and is retried, and pg2lake goes on
+    // once the store answers again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = get(port, "/metrics").1;
+    proxy.freeze();
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    proxy.thaw();
+    assert!(
+        service.is_running(),
+        "pg2lake must ride out the stall:\n{}",
+        service.log()
+    );
+    let after = get(port, "/metrics").1;
+    assert!(
+        failed(&after) > failed(&before),
+        "the stall shows as retried or failed requests:\n{after}"
+    );
+
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let committed = loader.await.expect("loader");
@@ -252,7 +271,7 @@ async fn an_object_store_outage_is_survived_and_shows_in_the_metrics() {
         peak >> 20
     );
     eprintln!(
-        "after a 20 s object-store outage: peak RSS {} MiB, lag up to {lag:.0} s",
+        "after a 20 s object-store outage and a 35 s stall: peak RSS {} MiB, lag up to {lag:.0} s",
         peak >> 20
     );
     assert!(service.stop(Duration::from_secs(30)).success());
