@@ -2,6 +2,8 @@
 
 pub mod catalog;
 pub mod connect;
+#[cfg(test)]
+pub(crate) mod mutation;
 pub mod pgoutput;
 pub mod publication;
 pub mod replication;

@@ -390,6 +390,7 @@ mod tests {
         use proptest::sample::Index;
 
         use super::*;
+        use crate::pg::mutation::{mutate, mutation};
 
         /// A row as handed out: `None` for NULL.
         type Row = Vec<Option<Vec<u8>>>;
@@ -540,52 +541,6 @@ mod tests {
         fn protocol_bytes() -> impl Strategy<Value = Vec<u8>> {
             let byte = prop_oneof![2 => any::<u8>(), 2 => Just(0u8), 1 => Just(0xffu8)];
             prop::collection::vec(byte, 0..64)
-        }
-
-        /// One edit of a stream's bytes.
-        #[derive(Debug, Clone)]
-        enum Mutation {
-            Truncate(Index),
-            FlipBit(Index, u8),
-            Replace(Index, u8),
-            Insert(Index, u8),
-            Delete(Index),
-        }
-
-        fn mutation() -> impl Strategy<Value = Mutation> {
-            prop_oneof![
-                any::<Index>().prop_map(Mutation::Truncate),
-                (any::<Index>(), 0u8..8).prop_map(|(at, bit)| Mutation::FlipBit(at, bit)),
-                (any::<Index>(), any::<u8>()).prop_map(|(at, b)| Mutation::Replace(at, b)),
-                (any::<Index>(), any::<u8>()).prop_map(|(at, b)| Mutation::Insert(at, b)),
-                any::<Index>().prop_map(Mutation::Delete),
-            ]
-        }
-
-        fn mutate(bytes: &mut Vec<u8>, mutation: &Mutation) {
-            if let Mutation::Insert(at, b) = mutation {
-                bytes.insert(at.index(bytes.len() + 1), *b);
-                return;
-            }
-            // The other edits need a byte to act on.
-            if bytes.is_empty() {
-                return;
-            }
-            match mutation {
-                Mutation::Truncate(at) => bytes.truncate(at.index(bytes.len())),
-                Mutation::FlipBit(at, bit) => {
-                    let at = at.index(bytes.len());
-                    bytes[at] ^= 1 << bit;
-                }
-                Mutation::Replace(at, b) => {
-                    let at = at.index(bytes.len());
-                    bytes[at] = *b;
-                }
-                Mutation::Delete(at) => {
-                    bytes.remove(at.index(bytes.len()));
-                }
-                Mutation::Insert(..) => {}
-            }
         }
 
         proptest! {
