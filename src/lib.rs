@@ -46,5 +46,6 @@ pub mod pipeline;
 pub mod progress;
 pub mod schema;
 pub mod snapshot;
+pub mod sql;
 pub mod telemetry;
 pub mod terminal;

@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::{DEFAULT_SCHEMA, MAX_IDENTIFIER_BYTES};
+use crate::sql::quote_ident;
 
 /// A schema-qualified table name, as Postgres stores it (case preserved, unquoted).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -165,11 +166,6 @@ fn check_ident_len(ident: &str) -> Result<(), TableNameError> {
         )));
     }
     Ok(())
-}
-
-/// `"ident"` with embedded quotes doubled.
-fn quote_ident(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
 /// The identifier as written in SQL: bare when that reads back the same, else quoted.

@@ -14,6 +14,7 @@ use crate::lsn::Lsn;
 use crate::metrics::{ServerPosition, SlotHealth};
 use crate::pg::pgoutput::RelationColumn;
 use crate::schema::{CatalogKind, CatalogType, TypeCatalog};
+pub use crate::sql::quote_ident;
 
 /// The prefix of pg2lake's heartbeat messages (`pg_logical_emit_message`).
 pub const HEARTBEAT_PREFIX: &str = "pg2lake_heartbeat";
@@ -72,6 +73,14 @@ pub enum CatalogError {
         quoted_table: String,
         /// The insert-only publication.
         publication: String,
+    },
+    /// The server answered with a WAL position pg2lake cannot read.
+    #[error("{what}: postgres answered {text:?}, which is not a WAL position")]
+    UnreadableLsn {
+        /// What pg2lake was reading.
+        what: &'static str,
+        /// The text the server sent.
+        text: String,
     },
     /// The server is too old.
     #[error("postgres {version} is too old: pg2lake needs PostgreSQL 14 or newer")]
@@ -558,8 +567,14 @@ pub async fn emit_heartbeat(client: &Client) -> Result<Lsn, CatalogError> {
         )
         .await
         .map_err(CatalogError::query("emitting a heartbeat message"))?;
-    let lsn: String = row.get(0);
-    Ok(lsn.parse().unwrap_or_default())
+    parse_lsn("emitting a heartbeat message", row.get(0))
+}
+
+/// A WAL position the server sent as text; one that does not parse is an error rather
+/// than 0/0, which would read as "nothing is behind".
+fn parse_lsn(what: &'static str, text: String) -> Result<Lsn, CatalogError> {
+    text.parse()
+        .map_err(|_| CatalogError::UnreadableLsn { what, text })
 }
 
 /// How much room the server has for one more replication consumer, and how much WAL a
@@ -651,10 +666,9 @@ pub async fn server_position(client: &Client, slot: &str) -> Result<ServerPositi
     let Some(row) = rows.first() else {
         return Ok(ServerPosition::default());
     };
-    let current: String = row.get(0);
     let active: Option<bool> = row.get(1);
     Ok(ServerPosition {
-        current: current.parse().unwrap_or_default(),
+        current: parse_lsn("reading the server's WAL position", row.get(0))?,
         slot: active.map(|active| SlotHealth {
             active,
             restart_lsn: row.get::<_, Option<String>>(2).and_then(|s| s.parse().ok()),
@@ -692,22 +706,5 @@ pub async fn current_wal_lsn(client: &Client) -> Result<Lsn, CatalogError> {
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
         .map_err(CatalogError::query("reading the current WAL position"))?;
-    let lsn: String = row.get(0);
-    Ok(lsn.parse().unwrap_or_default())
-}
-
-/// Quotes an SQL identifier the way `quote_ident` does.
-pub fn quote_ident(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quotes_identifiers() {
-        assert_eq!(quote_ident("orders"), "\"orders\"");
-        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
-    }
+    parse_lsn("reading the current WAL position", row.get(0))
 }

@@ -35,7 +35,8 @@ use tokio_postgres::Client;
 
 use crate::config::TableName;
 use crate::lsn::Lsn;
-use crate::pg::catalog::{self, CatalogError, SlotInfo, quote_ident};
+use crate::pg::catalog::{self, CatalogError, SlotInfo};
+use crate::sql::{quote_ident, quote_literal};
 
 /// The suffix of the insert-only publication's name: `<source.publication>_inserts`.
 pub const INSERTS_SUFFIX: &str = "_inserts";
@@ -544,11 +545,6 @@ async fn arrange(
         "updated publications"
     );
     Ok(plan)
-}
-
-/// Quotes an SQL string literal.
-fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 #[cfg(test)]

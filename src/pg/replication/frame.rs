@@ -11,6 +11,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::ReplicationError;
 use crate::lsn::Lsn;
+use crate::sql::{quote_ident, quote_literal};
 
 /// Seconds from the Unix epoch to the PostgreSQL epoch, 2000-01-01 00:00:00 UTC.
 const PG_EPOCH_UNIX_SECS: u64 = 946_684_800;
@@ -187,16 +188,6 @@ pub(crate) fn split_frame(buf: &mut BytesMut) -> Result<Option<(u8, BytesMut)>, 
         return Ok(None);
     }
     Ok(Some((tag, buf.split_to(total))))
-}
-
-/// Quotes an identifier for a replication command: `"name"` with inner quotes doubled.
-pub(crate) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Quotes a string literal for a replication command: `'text'` with inner quotes doubled.
-pub(crate) fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// The `publication_names` option value: a literal holding a comma-separated list of

@@ -34,8 +34,9 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
 use crate::lsn::Lsn;
+use crate::sql::{quote_ident, quote_literal};
 use conn::{Backend, Connection, decode_row, server_error, unexpected};
-use frame::{publication_names, quote_ident, quote_literal};
+use frame::publication_names;
 
 pub use frame::{
     ReplicationMessage, StandbyStatus, encode_status_update, parse_copy_data, pg_now_micros,
