@@ -24,9 +24,6 @@ pub enum CommandError {
         "pg2lake did not stop within shutdown_timeout ({0:?}) (fix: raise shutdown_timeout, or look for a slow object store)"
     )]
     ShutdownTimeout(Duration),
-    /// The command is not built yet.
-    #[error("pg2lake {0} is not available in this version")]
-    NotAvailable(&'static str),
     /// The metrics endpoint could not start.
     #[error(transparent)]
     Http(#[from] crate::http::HttpError),
@@ -36,12 +33,10 @@ pub enum CommandError {
 }
 
 impl CommandError {
-    /// The process exit code: 2 for usage, 1 for everything at run time.
+    /// The process exit code: 1 for everything at run time (bad usage and configuration
+    /// are found, with exit code 2, before a command runs).
     pub fn exit_code(&self) -> u8 {
-        match self {
-            CommandError::NotAvailable(_) => 2,
-            _ => 1,
-        }
+        1
     }
 }
 

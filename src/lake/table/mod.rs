@@ -66,7 +66,7 @@ pub const SOURCE_OID_PROPERTY: &str = "pg2lake.source.relationOid";
 /// `pg::publication`).
 pub const SOURCE_CHANGES_PROPERTY: &str = "pg2lake.source.changes";
 
-/// The partition column of every pg2lake table (see DESIGN.md, lake layout).
+/// The partition column of every pg2lake table (see the README, The lake).
 const PARTITION_COLUMN: &str = "date";
 /// Rows per batch read back from a file being rewritten for a widened column.
 const REWRITE_BATCH_ROWS: usize = 8192;
