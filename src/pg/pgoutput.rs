@@ -1465,41 +1465,20 @@ mod tests {
         use proptest::sample::Index;
 
         use super::*;
-        use crate::pg::mutation::{mutate, mutation};
+        use crate::pg::mutation::{Wire, mutate, mutation};
 
         /// Every message tag of protocol 1.
         const TAGS: &[u8] = b"BCORYIUDTM";
 
-        /// A count or length field of an encoded message.
-        #[derive(Debug, Clone, Copy)]
-        struct SizeField {
-            /// Offset of its first byte.
-            at: usize,
-            /// 2 (Int16) or 4 (Int32) bytes.
-            width: usize,
+        /// The pgoutput fields of a test encoder.
+        trait PgoutputWire {
+            fn str(&mut self, s: &str);
+            fn value(&mut self, v: &[u8]);
+            fn tuple(&mut self, values: &[TupleValue]);
+            fn old(&mut self, old: &OldTuple);
         }
 
-        /// An encoded message and where its count and length fields are.
-        #[derive(Default)]
-        struct Wire {
-            bytes: Vec<u8>,
-            sizes: Vec<SizeField>,
-        }
-
-        impl Wire {
-            fn put(&mut self, v: &[u8]) {
-                self.bytes.extend_from_slice(v);
-            }
-            fn byte(&mut self, v: u8) {
-                self.bytes.push(v);
-            }
-            fn size(&mut self, v: &[u8]) {
-                self.sizes.push(SizeField {
-                    at: self.bytes.len(),
-                    width: v.len(),
-                });
-                self.put(v);
-            }
+        impl PgoutputWire for Wire {
             fn str(&mut self, s: &str) {
                 self.put(s.as_bytes());
                 self.byte(0);
@@ -1871,18 +1850,12 @@ mod tests {
                 which in any::<Index>(),
                 huge in 0x4000_0000u32..=0xffff_fffe,
             ) {
-                let wire = encode(&message);
-                // Begin, Commit, Origin and Type have no count or length to inflate.
-                if wire.sizes.is_empty() {
-                    return Ok(());
-                }
-                let field = wire.sizes[which.index(wire.sizes.len())];
-                let mut bytes = wire.bytes.clone();
                 // At least 2^14 items or 2^30 bytes, or a negative length: more than any
                 // generated message holds either way.
-                let value = huge.to_be_bytes();
-                let value = value.get(..field.width).expect("2 or 4 bytes");
-                bytes[field.at..field.at + field.width].copy_from_slice(value);
+                // Begin, Commit, Origin and Type have no count or length to inflate.
+                let Some((bytes, field)) = encode(&message).inflated(which, huge) else {
+                    return Ok(());
+                };
                 let e = decode_checked(&bytes)?.expect_err("an inflated field must not decode");
                 prop_assert!(
                     matches!(

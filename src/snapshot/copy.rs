@@ -390,45 +390,19 @@ mod tests {
         use proptest::sample::Index;
 
         use super::*;
-        use crate::pg::mutation::{mutate, mutation};
+        use crate::pg::mutation::{Wire, mutate, mutation};
 
         /// A row as handed out: `None` for NULL.
         type Row = Vec<Option<Vec<u8>>>;
 
-        /// A count or length field of an encoded stream.
-        #[derive(Debug, Clone, Copy)]
-        struct SizeField {
-            /// Offset of its first byte.
-            at: usize,
-            /// 2 (Int16) or 4 (Int32) bytes.
-            width: usize,
-        }
-
-        /// An encoded stream and where its count and length fields are.
-        #[derive(Default)]
-        struct Wire {
-            bytes: Vec<u8>,
-            sizes: Vec<SizeField>,
-        }
-
-        impl Wire {
-            fn size(&mut self, v: &[u8]) {
-                self.sizes.push(SizeField {
-                    at: self.bytes.len(),
-                    width: v.len(),
-                });
-                self.bytes.extend_from_slice(v);
-            }
-        }
-
         /// The stream `COPY … TO STDOUT (FORMAT binary)` sends for `rows`.
         fn encode(extension: &[u8], rows: &[Row]) -> Wire {
             let mut w = Wire::default();
-            w.bytes.extend_from_slice(SIGNATURE);
-            w.bytes.extend_from_slice(&0i32.to_be_bytes());
+            w.put(SIGNATURE);
+            w.put(&0i32.to_be_bytes());
             let len = i32::try_from(extension.len()).expect("test extension size");
             w.size(&len.to_be_bytes());
-            w.bytes.extend_from_slice(extension);
+            w.put(extension);
             for row in rows {
                 let count = i16::try_from(row.len()).expect("test row width");
                 w.size(&count.to_be_bytes());
@@ -437,13 +411,13 @@ mod tests {
                         Some(value) => {
                             let len = i32::try_from(value.len()).expect("test value size");
                             w.size(&len.to_be_bytes());
-                            w.bytes.extend_from_slice(value);
+                            w.put(value);
                         }
-                        None => w.bytes.extend_from_slice(&(-1i32).to_be_bytes()),
+                        None => w.put(&(-1i32).to_be_bytes()),
                     }
                 }
             }
-            w.bytes.extend_from_slice(&(-1i16).to_be_bytes());
+            w.put(&(-1i16).to_be_bytes());
             w
         }
 
@@ -609,15 +583,12 @@ mod tests {
                 huge in 0x4000_0000u32..=0xffff_fffe,
                 cuts in cuts(),
             ) {
-                let wire = encode(&extension, &rows);
-                let field = wire.sizes[which.index(wire.sizes.len())];
-                let mut bytes = wire.bytes.clone();
                 // A negative or over-2^30 length (never -1, which would be a valid NULL),
                 // or a field count of 2^14 or more or negative: -1 turns a row into a
-                // trailer with data after it.
-                let value = huge.to_be_bytes();
-                let value = value.get(..field.width).expect("2 or 4 bytes");
-                bytes[field.at..field.at + field.width].copy_from_slice(value);
+                // trailer with data after it. Every stream has its extension length.
+                let (bytes, _) = encode(&extension, &rows)
+                    .inflated(which, huge)
+                    .expect("a header extension length");
                 let outcome = run_checked(columns, &bytes, &cuts)?;
                 prop_assert!(!outcome.is_ok(), "accepted: {outcome:?}");
             }
