@@ -245,17 +245,20 @@ mod tests {
         out
     }
 
+    /// A row as the parser hands it out, copied out of its buffer.
+    fn owned_row(data: &[u8], fields: &[Option<Range<usize>>]) -> Vec<Option<Vec<u8>>> {
+        fields
+            .iter()
+            .map(|f| f.clone().map(|r| data[r].to_vec()))
+            .collect()
+    }
+
     fn collect(parser: &mut BinaryRows, chunks: &[&[u8]]) -> Vec<Vec<Option<Vec<u8>>>> {
         let mut rows = Vec::new();
         for chunk in chunks {
             parser
                 .feed::<CopyFormatError>(chunk, |data, fields| {
-                    rows.push(
-                        fields
-                            .iter()
-                            .map(|f| f.clone().map(|r| data[r].to_vec()))
-                            .collect(),
-                    );
+                    rows.push(owned_row(data, fields));
                     Ok(())
                 })
                 .unwrap();
@@ -444,12 +447,7 @@ mod tests {
             let mut fed = Ok(());
             for chunk in chunks {
                 let result = parser.feed::<CopyFormatError>(chunk, |data, fields| {
-                    rows.push(
-                        fields
-                            .iter()
-                            .map(|f| f.clone().map(|r| data[r].to_vec()))
-                            .collect(),
-                    );
+                    rows.push(owned_row(data, fields));
                     Ok(())
                 });
                 if let Err(e) = result {
