@@ -531,30 +531,21 @@ fn log_notice(fields: ErrorFields<'_>) {
 
 /// A refused login's server error, with pg2lake's fix added to the hint when the
 /// settings explain the refusal (see [`ConnectParams::refusal_fix`]).
-fn with_refusal_fix(err: ReplicationError, params: &ConnectParams) -> ReplicationError {
-    match err {
-        ReplicationError::Server {
-            severity,
-            code,
-            message,
-            detail,
-            hint,
-        } => {
-            let hint = match (params.refusal_fix(&code, &message), hint) {
-                (Some(fix), Some(hint)) => Some(format!("{hint}; {fix}")),
-                (Some(fix), None) => Some(fix),
-                (None, hint) => hint,
-            };
-            ReplicationError::Server {
-                severity,
-                code,
-                message,
-                detail,
-                hint,
-            }
-        }
-        other => other,
+fn with_refusal_fix(mut err: ReplicationError, params: &ConnectParams) -> ReplicationError {
+    if let ReplicationError::Server {
+        code,
+        message,
+        hint,
+        ..
+    } = &mut err
+        && let Some(fix) = params.refusal_fix(code, message)
+    {
+        *hint = Some(match hint.take() {
+            Some(hint) => format!("{hint}; {fix}"),
+            None => fix,
+        });
     }
+    err
 }
 
 /// What to answer a SASL request with.
