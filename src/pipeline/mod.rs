@@ -273,15 +273,17 @@ async fn session(
         // Zero-valued series from the start, so dashboards and rate() have a baseline.
         metrics::global().register_table(&format!("{}.{}", table.schema, table.name));
     }
-    let tables = match wait_for_free_slot(config, &client, shutdown).await? {
-        SlotWait::Free => tables,
+    let (tables, slot_now) = match wait_for_free_slot(config, &client, shutdown).await? {
+        SlotWait::Free(slot) => (tables, slot),
         // The tables may have changed while this instance waited as a standby.
-        SlotWait::Released => catalog::resolve_tables(&client, &config.table_patterns()).await?,
+        SlotWait::Released(slot) => (
+            catalog::resolve_tables(&client, &config.table_patterns()).await?,
+            slot,
+        ),
         SlotWait::Shutdown => return Ok(SessionEnd::Shutdown),
     };
     let lake = Lake::open(lake_options(config))?;
     lake.check_writable().await?;
-    let slot_now = catalog::slot_info(&client, &config.source.slot).await?;
     // A lost slot is dropped below, or stops pg2lake: the publications are prepared for
     // the slot that streams next.
     let next_slot = slot_now.as_ref().filter(|s| !s.is_lost());

@@ -88,12 +88,13 @@ pub(super) enum SlotReady {
     Taken,
 }
 
-/// How [`wait_for_free_slot`] ended.
+/// How [`wait_for_free_slot`] ended. `Free` and `Released` carry the slot as it was
+/// then (`None`: it does not exist).
 pub(super) enum SlotWait {
     /// No other process streamed from the slot.
-    Free,
+    Free(Option<catalog::SlotInfo>),
     /// Another process did, and has released it.
-    Released,
+    Released(Option<catalog::SlotInfo>),
     /// Shutdown came first.
     Shutdown,
 }
@@ -105,8 +106,19 @@ pub(super) enum SlotWait {
 /// happens before this session reads the lake or touches the publications, so the
 /// instance that takes over starts from what the other one committed last; the slot
 /// itself is the lock (only one walsender can stream it), and a standby checks it every
-/// [`SLOT_BUSY_RECHECK`].
+/// [`SLOT_BUSY_RECHECK`]. While it waits, `/readyz` says standby.
 pub(super) async fn wait_for_free_slot(
+    config: &Config,
+    client: &Client,
+    shutdown: &CancellationToken,
+) -> Result<SlotWait, PipelineError> {
+    let result = wait_while_taken(config, client, shutdown).await;
+    // However the wait ended (an error included), this instance is no standby any more.
+    metrics::global().health.set_standby(false);
+    result
+}
+
+async fn wait_while_taken(
     config: &Config,
     client: &Client,
     shutdown: &CancellationToken,
@@ -116,16 +128,13 @@ pub(super) async fn wait_for_free_slot(
     loop {
         // Waiting for a busy slot is a live process, not a stuck one.
         metrics::global().health.tick();
-        let Some(pid) = catalog::slot_info(client, slot)
-            .await?
-            .and_then(|info| info.active_pid)
-        else {
+        let info = catalog::slot_info(client, slot).await?;
+        let Some(pid) = info.as_ref().and_then(|info| info.active_pid) else {
             if !warned {
-                return Ok(SlotWait::Free);
+                return Ok(SlotWait::Free(info));
             }
-            metrics::global().health.set_standby(false);
             tracing::info!(slot, "replication slot was released; taking over");
-            return Ok(SlotWait::Released);
+            return Ok(SlotWait::Released(info));
         };
         if !warned {
             tracing::warn!(
@@ -139,10 +148,7 @@ pub(super) async fn wait_for_free_slot(
         metrics::global().slot_active.set(1);
         tokio::select! {
             biased;
-            () = shutdown.cancelled() => {
-                metrics::global().health.set_standby(false);
-                return Ok(SlotWait::Shutdown);
-            }
+            () = shutdown.cancelled() => return Ok(SlotWait::Shutdown),
             () = tokio::time::sleep(SLOT_BUSY_RECHECK) => {}
         }
     }
