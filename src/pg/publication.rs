@@ -203,6 +203,13 @@ pub enum InsertsPublication {
     Missing,
 }
 
+/// Whether decoding from `slot` (`None`: a slot created after now) can no longer reach a
+/// change before `from`, the position recorded after the insert-only publication was
+/// created: its `restart_lsn` has passed it.
+pub fn slot_has_passed(slot: Option<&SlotInfo>, from: Lsn) -> bool {
+    slot.is_none_or(|slot| slot.restart_lsn.is_some_and(|lsn| lsn >= from))
+}
+
 /// What a replication session streams, as [`prepare`] arranged it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Streaming {
@@ -312,9 +319,7 @@ pub async fn prepare(
 ) -> Result<Streaming, CatalogError> {
     let inserts_name = inserts_name(publication_name);
     let inserts = match ensure_inserts_publication(client, &inserts_name).await? {
-        Some(from) if slot.is_some_and(|s| s.restart_lsn.is_none_or(|lsn| lsn < from)) => {
-            InsertsPublication::From(from)
-        }
+        Some(from) if !slot_has_passed(slot, from) => InsertsPublication::From(from),
         Some(_) => InsertsPublication::Streamed,
         None => InsertsPublication::Missing,
     };
@@ -649,6 +654,23 @@ mod tests {
         let plan = plan(&[t("logs")], &set(&["logs"]), Some(&main), Some(&[]));
         assert_eq!(plan.main_add, vec![t("logs")]);
         assert!(plan.inserts_add.is_empty());
+    }
+
+    #[test]
+    fn the_insert_only_publication_streams_once_the_slot_has_passed_its_creation() {
+        let from: Lsn = "0/2000".parse().unwrap();
+        let slot = |restart: Option<&str>| SlotInfo {
+            plugin: Some("pgoutput".into()),
+            database: None,
+            active_pid: None,
+            confirmed_flush_lsn: None,
+            restart_lsn: restart.map(|l| l.parse().unwrap()),
+            wal_status: None,
+        };
+        assert!(slot_has_passed(None, from), "a slot created after it");
+        assert!(slot_has_passed(Some(&slot(Some("0/2000"))), from));
+        assert!(!slot_has_passed(Some(&slot(Some("0/1FFF"))), from));
+        assert!(!slot_has_passed(Some(&slot(None)), from), "no restart_lsn");
     }
 
     #[test]

@@ -301,9 +301,10 @@ async fn publications_changed(session: &Session<'_>) -> Result<bool, PipelineErr
         return Ok(true);
     }
     if let publication::InsertsPublication::From(from) = streaming.inserts {
-        let slot = catalog::slot_info(client, &config.source.slot).await;
-        if let Ok(Some(slot)) = slot
-            && slot.restart_lsn.is_some_and(|lsn| lsn >= from)
+        // A failed lookup counts as not yet; a slot gone meanwhile ends the session
+        // through the stream.
+        if let Ok(Some(slot)) = catalog::slot_info(client, &config.source.slot).await
+            && publication::slot_has_passed(Some(&slot), from)
         {
             tracing::info!(streamable_from = %from, "the insert-only publication can be streamed now; starting a new session");
             return Ok(true);
