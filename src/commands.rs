@@ -40,12 +40,27 @@ impl CommandError {
     }
 }
 
+/// How a `check` line is marked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// ✓
+    Ok,
+    /// `!`: not a failure, but something the operator should know and may want to fix;
+    /// shown with its fix.
+    Warn,
+    /// ✗, shown with its fix; `check` fails.
+    Fail,
+}
+
+impl Mark {
+    fn ok_if(ok: bool) -> Mark {
+        if ok { Mark::Ok } else { Mark::Fail }
+    }
+}
+
 /// One line of `check` output.
 struct CheckLine {
-    ok: bool,
-    /// Not a failure, but something the operator should know and may want to fix: shown
-    /// with `!` and its fix.
-    warn: bool,
+    mark: Mark,
     what: String,
     fix: Option<String>,
 }
@@ -57,23 +72,23 @@ pub async fn check(config: &Config) -> Result<(), CommandError> {
     let mut lines = Vec::new();
     let result = run_checks(config, &mut lines).await;
     for line in &lines {
-        let mark = match (line.ok, line.warn) {
-            (false, _) => "✗",
-            (true, true) => "!",
-            (true, false) => "✓",
+        let mark = match line.mark {
+            Mark::Fail => "✗",
+            Mark::Warn => "!",
+            Mark::Ok => "✓",
         };
         match &line.fix {
-            Some(fix) if !line.ok || line.warn => println!("{mark} {}\n    fix: {fix}", line.what),
+            Some(fix) if line.mark != Mark::Ok => println!("{mark} {}\n    fix: {fix}", line.what),
             _ => println!("{mark} {}", line.what),
         }
     }
     if let Err(err) = result {
         println!("✗ {err}");
         return Err(CommandError::CheckFailed(
-            lines.iter().filter(|l| !l.ok).count() + 1,
+            lines.iter().filter(|l| l.mark == Mark::Fail).count() + 1,
         ));
     }
-    let failed = lines.iter().filter(|l| !l.ok).count();
+    let failed = lines.iter().filter(|l| l.mark == Mark::Fail).count();
     if failed > 0 {
         return Err(CommandError::CheckFailed(failed));
     }
@@ -84,15 +99,13 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
     let params = connect::params(config)?;
     let client = connect::sql(&params).await?;
     lines.push(CheckLine {
-        ok: true,
-        warn: false,
+        mark: Mark::Ok,
         what: format!("connected to postgres at {}", params.target()),
         fix: None,
     });
     match catalog::check_server(&client).await {
         Ok(settings) => lines.push(CheckLine {
-            ok: true,
-            warn: false,
+            mark: Mark::Ok,
             what: format!(
                 "postgres {}, wal_level logical, role {} may replicate",
                 settings.version, settings.role
@@ -100,8 +113,7 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
             fix: None,
         }),
         Err(err) => lines.push(CheckLine {
-            ok: false,
-            warn: false,
+            mark: Mark::Fail,
             what: err.to_string(),
             fix: None,
         }),
@@ -116,8 +128,7 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
         .is_some_and(|slot| slot.is_lost())
     {
         lines.push(CheckLine {
-            ok: false,
-            warn: false,
+            mark: Mark::Fail,
             what: format!(
                 "replication slot {} was invalidated (wal_status lost): the changes since its last position are gone from the WAL",
                 config.source.slot
@@ -134,8 +145,7 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
         let identity = catalog::replica_identity(&client, table).await?;
         let captured = !keyless.contains(table);
         lines.push(CheckLine {
-            ok: true,
-            warn: !captured,
+            mark: if captured { Mark::Ok } else { Mark::Warn },
             what: if captured {
                 format!("table {table}: replica identity {}", identity.describe())
             } else {
@@ -156,8 +166,7 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
     for table in &tables {
         let (readable, role) = catalog::can_select(&client, table).await?;
         lines.push(CheckLine {
-            ok: readable,
-            warn: false,
+            mark: Mark::ok_if(readable),
             what: format!("table {table}: role {role} may SELECT it (initial load)"),
             fix: (!readable).then(|| format!("GRANT SELECT ON {} TO {role};", table.quoted())),
         });
@@ -182,8 +191,7 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
     let lake = Lake::open(pipeline::lake_options(config))?;
     match lake.check_writable().await {
         Ok(()) => lines.push(CheckLine {
-            ok: true,
-            warn: false,
+            mark: Mark::Ok,
             what: format!(
                 "lake {} is writable with atomic create-only puts",
                 lake.root()
@@ -191,8 +199,7 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
             fix: None,
         }),
         Err(err) => lines.push(CheckLine {
-            ok: false,
-            warn: false,
+            mark: Mark::Fail,
             what: err.to_string(),
             fix: None,
         }),
@@ -236,15 +243,13 @@ async fn column_type_lines(
                         ));
                     }
                     CheckLine {
-                        ok: true,
-                        warn: false,
+                        mark: Mark::Ok,
                         what,
                         fix: None,
                     }
                 }
                 Err(err) => CheckLine {
-                    ok: false,
-                    warn: false,
+                    mark: Mark::Fail,
                     what: err.to_string(),
                     fix: None,
                 },
@@ -261,8 +266,7 @@ async fn column_type_lines(
         .map(|(schema, table, column)| (schema.as_str(), table.as_str(), column.as_str()));
     for key in types.unmatched_configured(present) {
         lines.push(CheckLine {
-            ok: false,
-            warn: false,
+            mark: Mark::Fail,
             what: format!("column_types.\"{key}\" names no column of a configured table"),
             fix: Some(
                 "check the schema.table.column spelling, or remove the entry until the column exists"
@@ -276,8 +280,7 @@ async fn column_type_lines(
 /// The slot and walsender headroom, and the WAL a slot may retain.
 fn capacity_lines(capacity: &catalog::ReplicationCapacity, slot: &str, lines: &mut Vec<CheckLine>) {
     lines.push(CheckLine {
-        ok: capacity.slot_room(),
-        warn: false,
+        mark: Mark::ok_if(capacity.slot_room()),
         what: format!(
             "replication slots: {} of max_replication_slots {} in use{}",
             capacity.slots_used,
@@ -294,8 +297,7 @@ fn capacity_lines(capacity: &catalog::ReplicationCapacity, slot: &str, lines: &m
         )),
     });
     lines.push(CheckLine {
-        ok: capacity.sender_room(),
-        warn: false,
+        mark: Mark::ok_if(capacity.sender_room()),
         what: format!(
             "wal senders: {} of max_wal_senders {} in use",
             capacity.wal_senders_used, capacity.max_wal_senders
@@ -309,8 +311,7 @@ fn capacity_lines(capacity: &catalog::ReplicationCapacity, slot: &str, lines: &m
     // unlimited retention can fill the server's disk while pg2lake is down; a limit
     // can invalidate the slot, which then needs a new snapshot.
     lines.push(CheckLine {
-        ok: true,
-        warn: false,
+        mark: Mark::Ok,
         what: if capacity.max_slot_wal_keep_size_mb < 0 {
             "max_slot_wal_keep_size is unlimited: while pg2lake is stopped the slot retains WAL until the disk fills (alert on pg2lake_slot_retained_wal_bytes)".to_owned()
         } else {
@@ -443,16 +444,15 @@ fn breaking_lines(
     name: &str,
     keyless: &std::collections::BTreeSet<TableName>,
 ) -> Vec<CheckLine> {
-    let Some(existing) = existing.filter(|p| p.publishes_updates) else {
+    let Some(existing) = existing.filter(|p| p.publishes_updates && (p.all_tables || p.by_schema))
+    else {
         return Vec::new();
     };
     keyless
         .iter()
         .filter(|t| existing.all_tables || existing.tables.contains(t))
-        .filter(|_| existing.all_tables || existing.by_schema)
         .map(|table| CheckLine {
-            ok: false,
-            warn: false,
+            mark: Mark::Fail,
             what: format!(
                 "publication {name} publishes updates of {table}, which has no replica identity: UPDATE and DELETE on it fail on the primary"
             ),
@@ -493,8 +493,7 @@ fn publication_line(
         ),
     };
     CheckLine {
-        ok: true,
-        warn: false,
+        mark: Mark::Ok,
         what,
         fix: None,
     }
