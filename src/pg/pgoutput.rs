@@ -1,18 +1,41 @@
-//! Decoding of `pgoutput` logical replication messages, protocol version 1.
+//! Decoding of `pgoutput` logical replication messages, protocol versions 1 and 2.
 //!
 //! One `XLogData` payload from the walsender carries exactly one message; [`decode`]
-//! turns those bytes into a [`LogicalMessage`]:
+//! turns those bytes into a [`LogicalMessage`], and a [`Decoder`] does the same for a
+//! session's messages in order, knowing whether a stream block is open:
 //!
 //! ```text
-//!   walsender ──CopyData('w' XLogData)──▶ replication ──payload: Bytes──▶ decode()
-//!                                                                          │
-//!        Begin · Relation · Insert/Update/Delete/Truncate · Message · Commit ◀┘
+//!   walsender ──CopyData('w' XLogData)──▶ replication ──payload: Bytes──▶ Decoder
+//!                                                                            │
+//!     Begin · Relation · Insert/Update/Delete/Truncate · Message · Commit ◀──┤
+//!     Stream Start · Stream Stop · Stream Commit · Stream Abort (protocol 2) ◀┘
 //! ```
+//!
+//! Protocol 2 (`proto_version '2', streaming 'on'`, PostgreSQL 14+) may send a large
+//! transaction before it commits, in stream blocks between other transactions:
+//!
+//! ```text
+//!   Stream Start(xid, first segment?)                 ┐
+//!     Relation · Type · Origin · Insert · Update ·    │ one stream block; its changes
+//!     Delete · Truncate · Message                     │ carry their (sub)transaction xid
+//!   Stream Stop                                       ┘
+//!   … Begin … Commit of other transactions, whole …
+//!   … more stream blocks, of this xid or others …
+//!   Stream Commit(xid)  or  Stream Abort(xid, subxid)
+//! ```
+//!
+//! Inside a block, Relation, Type, Insert, Update, Delete, Truncate and Message carry an
+//! Int32 xid right after the tag, so the same bytes mean different things inside and
+//! outside a block: [`Decoder::decode`] reads that xid into [`Decoded::xid`], and
+//! [`decode`] decodes a message outside any block. Blocks do not nest, and Begin,
+//! Commit, Stream Commit and Stream Abort come only between blocks; a message out of
+//! place is a [`DecodeProblem::UnexpectedStreamState`].
 //!
 //! Invariants:
 //! - Pure and total: no I/O, no panics and no `unsafe` for any input. Every read is
 //!   bounds-checked and a failure becomes a [`DecodeError`] naming the message kind,
-//!   the byte offset of the offending field and what was wrong.
+//!   the byte offset of the offending field and what was wrong. A failed
+//!   [`Decoder::decode`] leaves the decoder's state as it was.
 //! - Exact: a message must be consumed to its last byte; trailing bytes are an error,
 //!   because they mean this decoder and the server disagree about the format.
 //! - Zero-copy values: column values and logical decoding message contents are
@@ -23,9 +46,10 @@
 //! - Faithful to Postgres: an unchanged TOASTed value is [`TupleValue::UnchangedToast`],
 //!   never a fake NULL; the old tuple of an update or delete keeps its 'K'/'O' meaning.
 //!
-//! Only what PostgreSQL sends for `proto_version '1'` with `messages 'true'` is
-//! understood; streaming and two-phase messages (protocol 2 and later) are rejected as
-//! unknown tags, since pg2lake never asks for them.
+//! Only what PostgreSQL sends for `proto_version '1'` or `'2'` with `messages 'true'`
+//! (and `streaming 'on'`) is understood; two-phase messages (protocol 3) are rejected
+//! as unknown tags, and the abort LSN and timestamp that protocol 4 may add to a Stream
+//! Abort are trailing bytes, since pg2lake never asks for them.
 
 use std::fmt;
 
@@ -67,6 +91,14 @@ pub enum LogicalMessage {
     Truncate(Truncate),
     /// A message from `pg_logical_emit_message` ('M').
     Message(LogicalDecodingMessage),
+    /// Start of a stream block of an in-progress transaction ('S', protocol 2).
+    StreamStart(StreamStart),
+    /// End of the current stream block ('E', protocol 2).
+    StreamStop,
+    /// A streamed transaction committed ('c', protocol 2).
+    StreamCommit(StreamCommit),
+    /// A streamed transaction or one of its subtransactions aborted ('A', protocol 2).
+    StreamAbort(StreamAbort),
 }
 
 impl LogicalMessage {
@@ -83,8 +115,24 @@ impl LogicalMessage {
             LogicalMessage::Delete(_) => MessageKind::Delete,
             LogicalMessage::Truncate(_) => MessageKind::Truncate,
             LogicalMessage::Message(_) => MessageKind::Message,
+            LogicalMessage::StreamStart(_) => MessageKind::StreamStart,
+            LogicalMessage::StreamStop => MessageKind::StreamStop,
+            LogicalMessage::StreamCommit(_) => MessageKind::StreamCommit,
+            LogicalMessage::StreamAbort(_) => MessageKind::StreamAbort,
         }
     }
+}
+
+/// A decoded message and, inside a stream block, the (sub)transaction id it carried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    /// The message.
+    pub message: LogicalMessage,
+    /// The xid a Relation, Type, Insert, Update, Delete, Truncate or Message carried
+    /// inside a stream block: that of the (sub)transaction the change belongs to.
+    /// `None` outside a block and for messages that carry no such field (the stream
+    /// messages keep their own xid in their body).
+    pub xid: Option<u32>,
 }
 
 /// Start of a transaction.
@@ -279,6 +327,40 @@ pub struct LogicalDecodingMessage {
     pub content: Bytes,
 }
 
+/// Start of a stream block: changes of an in-progress transaction follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamStart {
+    /// The top-level transaction id the block streams.
+    pub xid: u32,
+    /// Whether this is the first stream block of that transaction.
+    pub first_segment: bool,
+}
+
+/// A streamed transaction committed; everything streamed for it now holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamCommit {
+    /// The transaction id.
+    pub xid: u32,
+    /// Flags; unused by PostgreSQL (always 0) and kept only for completeness.
+    pub flags: u8,
+    /// The LSN of the commit record.
+    pub commit_lsn: Lsn,
+    /// The LSN just past the commit record: the position to confirm once applied.
+    pub end_lsn: Lsn,
+    /// Commit time in microseconds since 2000-01-01 UTC, as on the wire.
+    pub commit_ts: i64,
+}
+
+/// A streamed transaction, or one of its subtransactions, aborted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamAbort {
+    /// The top-level transaction id.
+    pub xid: u32,
+    /// The aborted subtransaction's id; equal to `xid` when the whole transaction
+    /// aborted, and then everything streamed for it is void.
+    pub subxid: u32,
+}
+
 /// The kind of message being decoded, named in errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MessageKind {
@@ -304,6 +386,14 @@ pub enum MessageKind {
     Truncate,
     /// Logical decoding message ('M').
     Message,
+    /// Stream Start ('S').
+    StreamStart,
+    /// Stream Stop ('E').
+    StreamStop,
+    /// Stream Commit ('c').
+    StreamCommit,
+    /// Stream Abort ('A').
+    StreamAbort,
 }
 
 impl MessageKind {
@@ -321,6 +411,10 @@ impl MessageKind {
             MessageKind::Delete => "Delete message",
             MessageKind::Truncate => "Truncate message",
             MessageKind::Message => "logical decoding message",
+            MessageKind::StreamStart => "Stream Start message",
+            MessageKind::StreamStop => "Stream Stop message",
+            MessageKind::StreamCommit => "Stream Commit message",
+            MessageKind::StreamAbort => "Stream Abort message",
         }
     }
 }
@@ -384,6 +478,13 @@ pub enum DecodeProblem {
     },
     /// Bytes were left after a complete message.
     TrailingBytes(usize),
+    /// The message is not allowed in the stream-block state it arrived in: a Stream
+    /// Start inside a stream block, a Stream Stop outside one, or a Begin, Commit,
+    /// Stream Commit or Stream Abort inside one.
+    UnexpectedStreamState {
+        /// Whether a stream block was open.
+        in_stream: bool,
+    },
 }
 
 impl fmt::Display for DecodeProblem {
@@ -427,12 +528,60 @@ impl fmt::Display for DecodeProblem {
             DecodeProblem::TrailingBytes(n) => {
                 write!(f, "{n} trailing bytes after a complete message")
             }
+            DecodeProblem::UnexpectedStreamState { in_stream: true } => {
+                f.write_str("not allowed inside a stream block")
+            }
+            DecodeProblem::UnexpectedStreamState { in_stream: false } => {
+                f.write_str("not allowed outside a stream block")
+            }
         }
     }
 }
 
-/// Decodes one pgoutput message (the payload of one `XLogData`).
+/// Decodes one pgoutput message (the payload of one `XLogData`) outside any stream
+/// block, as a fresh [`Decoder`] would.
 pub fn decode(buf: Bytes) -> Result<LogicalMessage, DecodeError> {
+    decode_in(buf, false).map(|decoded| decoded.message)
+}
+
+/// Decodes a session's messages in order, knowing whether a stream block is open.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    in_stream: bool,
+}
+
+impl Decoder {
+    /// A decoder for a new session: no stream block is open.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether a Stream Start was decoded and its Stream Stop not yet.
+    pub fn in_stream(&self) -> bool {
+        self.in_stream
+    }
+
+    /// Decodes the next message (the payload of one `XLogData`).
+    ///
+    /// Inside a stream block the xid that Relation, Type, Insert, Update, Delete,
+    /// Truncate and Message carry there is read into [`Decoded::xid`]. Stream Start
+    /// opens the block and Stream Stop closes it. A Stream Start inside a block, a
+    /// Stream Stop outside one, or a Begin, Commit, Stream Commit or Stream Abort inside
+    /// one is a [`DecodeProblem::UnexpectedStreamState`] at offset 0. On any error the
+    /// decoder's state is unchanged.
+    pub fn decode(&mut self, buf: Bytes) -> Result<Decoded, DecodeError> {
+        let decoded = decode_in(buf, self.in_stream)?;
+        match decoded.message {
+            LogicalMessage::StreamStart(_) => self.in_stream = true,
+            LogicalMessage::StreamStop => self.in_stream = false,
+            _ => {}
+        }
+        Ok(decoded)
+    }
+}
+
+/// Decodes one message, inside a stream block or not; changes no state.
+fn decode_in(buf: Bytes, in_stream: bool) -> Result<Decoded, DecodeError> {
     let mut r = Reader {
         buf,
         pos: 0,
@@ -450,8 +599,38 @@ pub fn decode(buf: Bytes) -> Result<LogicalMessage, DecodeError> {
         b'D' => MessageKind::Delete,
         b'T' => MessageKind::Truncate,
         b'M' => MessageKind::Message,
+        b'S' => MessageKind::StreamStart,
+        b'E' => MessageKind::StreamStop,
+        b'c' => MessageKind::StreamCommit,
+        b'A' => MessageKind::StreamAbort,
         other => return Err(r.error_at(0, DecodeProblem::UnknownTag(other))),
     };
+    let (allowed, carries_xid) = match r.kind {
+        // Only between stream blocks.
+        MessageKind::Begin
+        | MessageKind::Commit
+        | MessageKind::StreamStart
+        | MessageKind::StreamCommit
+        | MessageKind::StreamAbort => (!in_stream, false),
+        // Only inside a stream block.
+        MessageKind::StreamStop => (in_stream, false),
+        // Anywhere, and with no xid: pgoutput sends it after a first Stream Start.
+        MessageKind::Origin => (true, false),
+        // Anywhere, with the (sub)transaction's xid inside a block.
+        MessageKind::Relation
+        | MessageKind::Type
+        | MessageKind::Insert
+        | MessageKind::Update
+        | MessageKind::Delete
+        | MessageKind::Truncate
+        | MessageKind::Message => (true, in_stream),
+        // Unknown tags returned above; kept as an error rather than a panic.
+        MessageKind::Unknown => return Err(r.error_at(0, DecodeProblem::UnknownTag(tag))),
+    };
+    if !allowed {
+        return Err(r.error_at(0, DecodeProblem::UnexpectedStreamState { in_stream }));
+    }
+    let xid = if carries_xid { Some(r.u32()?) } else { None };
     let message = match r.kind {
         MessageKind::Begin => LogicalMessage::Begin(Begin {
             final_lsn: r.lsn()?,
@@ -534,11 +713,27 @@ pub fn decode(buf: Bytes) -> Result<LogicalMessage, DecodeError> {
                 content: r.bytes(len)?,
             })
         }
+        MessageKind::StreamStart => LogicalMessage::StreamStart(StreamStart {
+            xid: r.u32()?,
+            first_segment: r.u8()? != 0,
+        }),
+        MessageKind::StreamStop => LogicalMessage::StreamStop,
+        MessageKind::StreamCommit => LogicalMessage::StreamCommit(StreamCommit {
+            xid: r.u32()?,
+            flags: r.u8()?,
+            commit_lsn: r.lsn()?,
+            end_lsn: r.lsn()?,
+            commit_ts: r.i64()?,
+        }),
+        MessageKind::StreamAbort => LogicalMessage::StreamAbort(StreamAbort {
+            xid: r.u32()?,
+            subxid: r.u32()?,
+        }),
         // Unknown tags returned above; kept as an error rather than a panic.
         MessageKind::Unknown => return Err(r.error_at(0, DecodeProblem::UnknownTag(tag))),
     };
     r.finish()?;
-    Ok(message)
+    Ok(Decoded { message, xid })
 }
 
 /// The body of a Relation message, after the tag.
@@ -1072,6 +1267,139 @@ mod tests {
         out
     }
 
+    /// A decoder inside a stream block of transaction 900.
+    fn stream_block() -> Decoder {
+        let mut decoder = Decoder::new();
+        let start = decoder
+            .decode(Enc::tag(b'S').u32(900).u8(1).bytes())
+            .expect("a Stream Start opens a block");
+        assert_eq!(start.xid, None);
+        assert!(decoder.in_stream());
+        decoder
+    }
+
+    /// A decoder inside a stream block or not.
+    fn decoder_in(in_stream: bool) -> Decoder {
+        if in_stream {
+            stream_block()
+        } else {
+            Decoder::new()
+        }
+    }
+
+    /// The tags of the messages that carry an xid inside a stream block.
+    const XID_TAGS: &[u8] = b"RYIUDTM";
+
+    /// `bytes` with `xid` after the tag, as pgoutput sends a change inside a stream block.
+    fn with_xid(bytes: &Bytes, xid: u32) -> Bytes {
+        let mut out = bytes.slice(..1).to_vec();
+        out.extend_from_slice(&xid.to_be_bytes());
+        out.extend_from_slice(&bytes.slice(1..));
+        Bytes::from(out)
+    }
+
+    /// A fixture decoded by a [`Decoder`] inside a stream block or not.
+    struct StreamFixture {
+        in_stream: bool,
+        bytes: Bytes,
+        expected: Decoded,
+    }
+
+    /// Every protocol 2 fixture: the stream messages, and inside a block every change
+    /// fixture with the xid of the subtransaction it belongs to (and Origin, without).
+    fn stream_fixtures() -> Vec<StreamFixture> {
+        let between = |bytes: Bytes, message| StreamFixture {
+            in_stream: false,
+            bytes,
+            expected: Decoded { message, xid: None },
+        };
+        let mut out = vec![
+            between(
+                Enc::tag(b'S').u32(7_654_321).u8(1).bytes(),
+                LogicalMessage::StreamStart(StreamStart {
+                    xid: 7_654_321,
+                    first_segment: true,
+                }),
+            ),
+            between(
+                Enc::tag(b'S').u32(u32::MAX).u8(0).bytes(),
+                LogicalMessage::StreamStart(StreamStart {
+                    xid: u32::MAX,
+                    first_segment: false,
+                }),
+            ),
+            StreamFixture {
+                in_stream: true,
+                bytes: Enc::tag(b'E').bytes(),
+                expected: Decoded {
+                    message: LogicalMessage::StreamStop,
+                    xid: None,
+                },
+            },
+            between(
+                Enc::tag(b'c')
+                    .u32(7_654_321)
+                    .u8(0)
+                    .u64(0x16_B374_D848)
+                    .u64(0x16_B374_D878)
+                    .i64(778_000_000_123_456)
+                    .bytes(),
+                LogicalMessage::StreamCommit(StreamCommit {
+                    xid: 7_654_321,
+                    flags: 0,
+                    commit_lsn: Lsn(0x16_B374_D848),
+                    end_lsn: Lsn(0x16_B374_D878),
+                    commit_ts: 778_000_000_123_456,
+                }),
+            ),
+            // The whole transaction aborted.
+            between(
+                Enc::tag(b'A').u32(7_654_321).u32(7_654_321).bytes(),
+                LogicalMessage::StreamAbort(StreamAbort {
+                    xid: 7_654_321,
+                    subxid: 7_654_321,
+                }),
+            ),
+            // Only a subtransaction aborted (ROLLBACK TO SAVEPOINT).
+            between(
+                Enc::tag(b'A').u32(7_654_321).u32(7_654_330).bytes(),
+                LogicalMessage::StreamAbort(StreamAbort {
+                    xid: 7_654_321,
+                    subxid: 7_654_330,
+                }),
+            ),
+        ];
+        for (bytes, message) in fixtures() {
+            let tag = bytes[0];
+            if XID_TAGS.contains(&tag) {
+                out.push(StreamFixture {
+                    in_stream: true,
+                    bytes: with_xid(&bytes, 7_654_330),
+                    expected: Decoded {
+                        message,
+                        xid: Some(7_654_330),
+                    },
+                });
+            } else if tag == b'O' {
+                out.push(StreamFixture {
+                    in_stream: true,
+                    bytes,
+                    expected: Decoded { message, xid: None },
+                });
+            }
+        }
+        out
+    }
+
+    /// Whether a block is open after `message` was decoded in the state `in_stream`.
+    fn in_stream_after(message: &LogicalMessage, in_stream: bool) -> bool {
+        match message {
+            LogicalMessage::StreamStart(_) => true,
+            LogicalMessage::StreamStop => false,
+            _ => in_stream,
+        }
+    }
+
     #[test]
     fn decodes_every_fixture() {
         for (bytes, expected) in fixtures() {
@@ -1082,6 +1410,7 @@ mod tests {
     #[test]
     fn covers_every_message_kind() {
         let mut kinds: Vec<MessageKind> = fixtures().iter().map(|(_, m)| m.kind()).collect();
+        kinds.extend(stream_fixtures().iter().map(|f| f.expected.message.kind()));
         kinds.dedup();
         for kind in [
             MessageKind::Begin,
@@ -1094,6 +1423,10 @@ mod tests {
             MessageKind::Delete,
             MessageKind::Truncate,
             MessageKind::Message,
+            MessageKind::StreamStart,
+            MessageKind::StreamStop,
+            MessageKind::StreamCommit,
+            MessageKind::StreamAbort,
         ] {
             assert!(kinds.contains(&kind), "no fixture for {kind}");
         }
@@ -1217,17 +1550,19 @@ mod tests {
 
     #[test]
     fn unknown_tag_is_named_as_a_char() {
-        let e = err(Bytes::from_static(b"Sxyz"));
-        assert_eq!(e.problem, DecodeProblem::UnknownTag(b'S'));
+        let e = err(Bytes::from_static(b"Pxyz"));
+        assert_eq!(e.problem, DecodeProblem::UnknownTag(b'P'));
         assert_eq!(
             e.to_string(),
-            "malformed pgoutput message at offset 0: unknown message tag 'S' (0x53)"
+            "malformed pgoutput message at offset 0: unknown message tag 'P' (0x50)"
         );
-        // Protocol 2+ streaming tags are not understood under protocol 1.
-        for tag in [
-            b'S', b'E', b'c', b'A', b'b', b'P', b'K', b'r', b'p', 0, 0xff,
-        ] {
+        // Protocol 3 two-phase tags are not understood, inside a stream block or not.
+        for tag in [b'b', b'P', b'K', b'r', b'p', b's', b'e', 0, 0xff] {
             assert_eq!(err(vec![tag]).problem, DecodeProblem::UnknownTag(tag));
+            let e = stream_block()
+                .decode(Bytes::from(vec![tag]))
+                .expect_err("unknown in a block");
+            assert_eq!(e.problem, DecodeProblem::UnknownTag(tag));
         }
     }
 
@@ -1454,6 +1789,413 @@ mod tests {
         );
     }
 
+    #[test]
+    fn decodes_every_stream_fixture() {
+        for f in stream_fixtures() {
+            let mut decoder = decoder_in(f.in_stream);
+            let decoded = decoder.decode(f.bytes.clone());
+            assert_eq!(decoded.as_ref(), Ok(&f.expected), "bytes {:?}", f.bytes);
+            assert_eq!(
+                decoder.in_stream(),
+                in_stream_after(&f.expected.message, f.in_stream),
+                "{:?}",
+                f.expected
+            );
+            if !f.in_stream {
+                // `decode` decodes a message outside any block.
+                assert_eq!(decode(f.bytes), Ok(f.expected.message));
+            }
+        }
+    }
+
+    #[test]
+    fn protocol_1_fixtures_decode_the_same_through_a_decoder() {
+        for (bytes, expected) in fixtures() {
+            let mut decoder = Decoder::new();
+            assert_eq!(
+                decoder.decode(bytes),
+                Ok(Decoded {
+                    message: expected,
+                    xid: None,
+                })
+            );
+            assert!(!decoder.in_stream());
+        }
+    }
+
+    #[test]
+    fn a_change_carries_its_xid_only_inside_a_block() {
+        let row = [text("42"), TupleValue::Null];
+        let plain = Enc::tag(b'I').u32(16_400).u8(b'N').tuple(&row).bytes();
+        let streamed = Enc::tag(b'I')
+            .u32(901)
+            .u32(16_400)
+            .u8(b'N')
+            .tuple(&row)
+            .bytes();
+        let insert = LogicalMessage::Insert(Insert {
+            relation_id: 16_400,
+            new: row.to_vec(),
+        });
+
+        assert_eq!(decode(plain.clone()), Ok(insert.clone()));
+        let mut decoder = stream_block();
+        assert_eq!(
+            decoder.decode(streamed.clone()),
+            Ok(Decoded {
+                message: insert.clone(),
+                xid: Some(901),
+            })
+        );
+        assert!(decoder.in_stream());
+
+        // Read in the other state, the bytes do not mean the same change.
+        let e = decoder.decode(plain).expect_err("no xid inside a block");
+        assert_eq!(e.kind, MessageKind::Insert);
+        assert_eq!(e.offset, 9);
+        assert!(
+            matches!(
+                e.problem,
+                DecodeProblem::UnexpectedTupleMarker { found: 0, .. }
+            ),
+            "{e}"
+        );
+        assert!(decoder.in_stream());
+        assert!(decode(streamed).is_err());
+
+        // Every change fixture, with its xid, means something else between blocks.
+        for f in stream_fixtures() {
+            if f.expected.xid.is_some() {
+                assert_ne!(
+                    decode(f.bytes.clone()),
+                    Ok(f.expected.message.clone()),
+                    "bytes {:?}",
+                    f.bytes
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn offsets_inside_a_block_count_the_xid() {
+        // Tag (1) + xid (4) + relation id (4) = the marker at 9.
+        let bytes = Enc::tag(b'D').u32(901).u32(1).u8(b'N').tuple(&[]).bytes();
+        let e = stream_block().decode(bytes).expect_err("bad marker");
+        assert_eq!(e.offset, 9);
+        assert!(matches!(
+            e.problem,
+            DecodeProblem::UnexpectedTupleMarker { found: b'N', .. }
+        ));
+        let truncate = Enc::tag(b'T').u32(901).u32(u32::MAX).u8(0).bytes();
+        let e = stream_block().decode(truncate).expect_err("huge count");
+        assert_eq!(e.offset, 5);
+        assert!(matches!(e.problem, DecodeProblem::CountTooLarge { .. }));
+    }
+
+    #[test]
+    fn stream_messages_out_of_place_are_errors() {
+        let stop = Enc::tag(b'E').bytes();
+        let mut decoder = Decoder::new();
+        let e = decoder.decode(stop.clone()).expect_err("no block to stop");
+        assert_eq!(e.kind, MessageKind::StreamStop);
+        assert_eq!(e.offset, 0);
+        assert_eq!(
+            e.problem,
+            DecodeProblem::UnexpectedStreamState { in_stream: false }
+        );
+        assert_eq!(
+            e.to_string(),
+            "malformed pgoutput Stream Stop message at offset 0: not allowed outside a stream block"
+        );
+        assert!(!decoder.in_stream());
+        assert_eq!(err(stop), e);
+
+        let between_blocks_only = [
+            (
+                MessageKind::StreamStart,
+                Enc::tag(b'S').u32(901).u8(0).bytes(),
+            ),
+            (
+                MessageKind::StreamCommit,
+                Enc::tag(b'c').u32(900).u8(0).u64(1).u64(2).i64(3).bytes(),
+            ),
+            (
+                MessageKind::StreamAbort,
+                Enc::tag(b'A').u32(900).u32(900).bytes(),
+            ),
+            (
+                MessageKind::Begin,
+                Enc::tag(b'B').u64(1).i64(2).u32(901).bytes(),
+            ),
+            (
+                MessageKind::Commit,
+                Enc::tag(b'C').u8(0).u64(1).u64(2).i64(3).bytes(),
+            ),
+        ];
+        let mut decoder = stream_block();
+        for (kind, bytes) in between_blocks_only {
+            // Fine between blocks, whatever the body.
+            assert_eq!(
+                Decoder::new()
+                    .decode(bytes.clone())
+                    .map(|d| d.message.kind()),
+                Ok(kind)
+            );
+            for input in [bytes.clone(), bytes.slice(..1)] {
+                let e = decoder.decode(input).expect_err("not inside a block");
+                assert_eq!(e.kind, kind);
+                assert_eq!(e.offset, 0);
+                assert_eq!(
+                    e.problem,
+                    DecodeProblem::UnexpectedStreamState { in_stream: true }
+                );
+                assert!(decoder.in_stream(), "a failed decode closed the block");
+            }
+        }
+        let e = decoder
+            .decode(Enc::tag(b'S').u32(901).u8(1).bytes())
+            .expect_err("blocks do not nest");
+        assert_eq!(
+            e.to_string(),
+            "malformed pgoutput Stream Start message at offset 0: not allowed inside a stream block"
+        );
+    }
+
+    #[test]
+    fn a_failed_decode_leaves_the_state_unchanged() {
+        let mut decoder = Decoder::new();
+        let e = decoder
+            .decode(Enc::tag(b'S').u32(901).bytes())
+            .expect_err("no first-segment flag");
+        assert_eq!(e.kind, MessageKind::StreamStart);
+        assert_eq!(e.offset, 5);
+        assert!(!decoder.in_stream());
+        let e = decoder
+            .decode(Enc::tag(b'S').u32(901).u8(1).u8(0).bytes())
+            .expect_err("trailing byte");
+        assert_eq!(e.problem, DecodeProblem::TrailingBytes(1));
+        assert!(!decoder.in_stream());
+
+        let mut decoder = stream_block();
+        let e = decoder
+            .decode(Enc::tag(b'E').u8(0).bytes())
+            .expect_err("trailing byte");
+        assert_eq!(e.kind, MessageKind::StreamStop);
+        assert_eq!(e.offset, 1);
+        assert_eq!(e.problem, DecodeProblem::TrailingBytes(1));
+        assert!(decoder.in_stream());
+        assert!(decoder.decode(Enc::tag(b'I').u32(901).bytes()).is_err());
+        assert!(decoder.in_stream());
+        assert!(decoder.decode(Bytes::new()).is_err());
+        assert!(decoder.in_stream());
+    }
+
+    #[test]
+    fn a_session_streams_blocks_between_whole_transactions() {
+        let row = [text("1")];
+        // (bytes, expected message, its xid, whether a block is open after it)
+        let session = [
+            (
+                Enc::tag(b'S').u32(900).u8(1).bytes(),
+                LogicalMessage::StreamStart(StreamStart {
+                    xid: 900,
+                    first_segment: true,
+                }),
+                None,
+                true,
+            ),
+            (
+                Enc::tag(b'O').u64(5).str("node_a").bytes(),
+                LogicalMessage::Origin(Origin {
+                    commit_lsn: Lsn(5),
+                    name: "node_a".into(),
+                }),
+                None,
+                true,
+            ),
+            (
+                Enc::tag(b'R')
+                    .u32(900)
+                    .u32(16_400)
+                    .str("public")
+                    .str("t")
+                    .u8(b'd')
+                    .u16(0)
+                    .bytes(),
+                LogicalMessage::Relation(Relation {
+                    id: 16_400,
+                    namespace: "public".into(),
+                    name: "t".into(),
+                    replica_identity: ReplicaIdentity::Default,
+                    columns: Vec::new(),
+                }),
+                Some(900),
+                true,
+            ),
+            (
+                Enc::tag(b'I')
+                    .u32(901)
+                    .u32(16_400)
+                    .u8(b'N')
+                    .tuple(&row)
+                    .bytes(),
+                LogicalMessage::Insert(Insert {
+                    relation_id: 16_400,
+                    new: row.to_vec(),
+                }),
+                Some(901),
+                true,
+            ),
+            (
+                Enc::tag(b'E').bytes(),
+                LogicalMessage::StreamStop,
+                None,
+                false,
+            ),
+            // A small transaction commits whole between the blocks.
+            (
+                Enc::tag(b'B').u64(10).i64(11).u32(950).bytes(),
+                LogicalMessage::Begin(Begin {
+                    final_lsn: Lsn(10),
+                    commit_ts: 11,
+                    xid: 950,
+                }),
+                None,
+                false,
+            ),
+            (
+                Enc::tag(b'I').u32(16_400).u8(b'N').tuple(&row).bytes(),
+                LogicalMessage::Insert(Insert {
+                    relation_id: 16_400,
+                    new: row.to_vec(),
+                }),
+                None,
+                false,
+            ),
+            (
+                Enc::tag(b'C').u8(0).u64(10).u64(12).i64(11).bytes(),
+                LogicalMessage::Commit(Commit {
+                    flags: 0,
+                    commit_lsn: Lsn(10),
+                    end_lsn: Lsn(12),
+                    commit_ts: 11,
+                }),
+                None,
+                false,
+            ),
+            (
+                Enc::tag(b'S').u32(900).u8(0).bytes(),
+                LogicalMessage::StreamStart(StreamStart {
+                    xid: 900,
+                    first_segment: false,
+                }),
+                None,
+                true,
+            ),
+            (
+                Enc::tag(b'D')
+                    .u32(901)
+                    .u32(16_400)
+                    .u8(b'K')
+                    .tuple(&row)
+                    .bytes(),
+                LogicalMessage::Delete(Delete {
+                    relation_id: 16_400,
+                    old: OldTuple::Key(row.to_vec()),
+                }),
+                Some(901),
+                true,
+            ),
+            (
+                Enc::tag(b'E').bytes(),
+                LogicalMessage::StreamStop,
+                None,
+                false,
+            ),
+            (
+                Enc::tag(b'A').u32(900).u32(901).bytes(),
+                LogicalMessage::StreamAbort(StreamAbort {
+                    xid: 900,
+                    subxid: 901,
+                }),
+                None,
+                false,
+            ),
+            (
+                Enc::tag(b'c')
+                    .u32(900)
+                    .u8(0)
+                    .u64(20)
+                    .u64(21)
+                    .i64(22)
+                    .bytes(),
+                LogicalMessage::StreamCommit(StreamCommit {
+                    xid: 900,
+                    flags: 0,
+                    commit_lsn: Lsn(20),
+                    end_lsn: Lsn(21),
+                    commit_ts: 22,
+                }),
+                None,
+                false,
+            ),
+        ];
+        let mut decoder = Decoder::new();
+        for (bytes, message, xid, open) in session {
+            assert_eq!(
+                decoder.decode(bytes),
+                Ok(Decoded {
+                    message: message.clone(),
+                    xid,
+                })
+            );
+            assert_eq!(decoder.in_stream(), open, "after {message:?}");
+        }
+    }
+
+    #[test]
+    fn every_truncation_of_a_stream_fixture_is_an_error() {
+        for f in stream_fixtures() {
+            for len in 0..f.bytes.len() {
+                let mut decoder = decoder_in(f.in_stream);
+                let e = decoder
+                    .decode(f.bytes.slice(..len))
+                    .expect_err("a strict prefix must not decode");
+                assert!(
+                    matches!(
+                        e.problem,
+                        DecodeProblem::UnexpectedEnd { .. }
+                            | DecodeProblem::UnterminatedString
+                            | DecodeProblem::CountTooLarge { .. }
+                    ),
+                    "prefix {len} of {:?}: {e}",
+                    f.expected
+                );
+                assert!(e.offset <= len, "offset past the data: {e}");
+                if len > 0 {
+                    assert_eq!(e.kind, f.expected.message.kind());
+                }
+                assert_eq!(decoder.in_stream(), f.in_stream);
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_garbage_after_a_stream_fixture_is_an_error() {
+        for f in stream_fixtures() {
+            let mut longer = f.bytes.to_vec();
+            longer.push(0);
+            let mut decoder = decoder_in(f.in_stream);
+            let e = decoder
+                .decode(Bytes::from(longer))
+                .expect_err("trailing byte");
+            assert_eq!(e.problem, DecodeProblem::TrailingBytes(1));
+            assert_eq!(e.offset, f.bytes.len());
+            assert_eq!(e.kind, f.expected.message.kind());
+            assert_eq!(decoder.in_stream(), f.in_stream);
+        }
+    }
+
     /// Property tests: whatever bytes arrive, [`decode`] returns a message or an error
     /// that names the message kind and an offset inside the input — never a panic.
     ///
@@ -1467,8 +2209,8 @@ mod tests {
         use super::*;
         use crate::pg::mutation::{Wire, mutate, mutation};
 
-        /// Every message tag of protocol 1.
-        const TAGS: &[u8] = b"BCORYIUDTM";
+        /// Every message tag of protocols 1 and 2.
+        const TAGS: &[u8] = b"BCORYIUDTMSEcA";
 
         /// The pgoutput fields of a test encoder.
         trait PgoutputWire {
@@ -1515,30 +2257,72 @@ mod tests {
             }
         }
 
-        /// The wire form of `message`, as PostgreSQL's proto.c writes it.
-        fn encode(message: &LogicalMessage) -> Wire {
+        /// The tag of a message of `kind`; the inverse of [`kind_of`].
+        fn tag_of(kind: MessageKind) -> u8 {
+            match kind {
+                MessageKind::Begin => b'B',
+                MessageKind::Commit => b'C',
+                MessageKind::Origin => b'O',
+                MessageKind::Relation => b'R',
+                MessageKind::Type => b'Y',
+                MessageKind::Insert => b'I',
+                MessageKind::Update => b'U',
+                MessageKind::Delete => b'D',
+                MessageKind::Truncate => b'T',
+                MessageKind::Message => b'M',
+                MessageKind::StreamStart => b'S',
+                MessageKind::StreamStop => b'E',
+                MessageKind::StreamCommit => b'c',
+                MessageKind::StreamAbort => b'A',
+                MessageKind::Unknown => 0,
+            }
+        }
+
+        /// Whether a message with this tag carries an xid inside a stream block.
+        fn carries_xid(tag: u8) -> bool {
+            b"RYIUDTM".contains(&tag)
+        }
+
+        /// Whether a message of `kind` may come inside a stream block (`in_stream`) or
+        /// between blocks: Stream Stop only inside, Begin, Commit, Stream Start, Commit and
+        /// Abort only between, the rest anywhere.
+        fn allowed_in(kind: MessageKind, in_stream: bool) -> bool {
+            match kind {
+                MessageKind::StreamStop => in_stream,
+                MessageKind::Begin
+                | MessageKind::Commit
+                | MessageKind::StreamStart
+                | MessageKind::StreamCommit
+                | MessageKind::StreamAbort => !in_stream,
+                _ => true,
+            }
+        }
+
+        /// The wire form of `message`, as PostgreSQL's proto.c writes it, with `xid`
+        /// after the tag when it is sent inside a stream block.
+        fn encode(message: &LogicalMessage, xid: Option<u32>) -> Wire {
             let mut w = Wire::default();
+            w.byte(tag_of(message.kind()));
+            if let Some(xid) = xid {
+                w.put(&xid.to_be_bytes());
+            }
             match message {
                 LogicalMessage::Begin(m) => {
-                    w.byte(b'B');
                     w.put(&m.final_lsn.0.to_be_bytes());
                     w.put(&m.commit_ts.to_be_bytes());
                     w.put(&m.xid.to_be_bytes());
                 }
                 LogicalMessage::Commit(m) => {
-                    w.byte(b'C');
                     w.byte(m.flags);
                     w.put(&m.commit_lsn.0.to_be_bytes());
                     w.put(&m.end_lsn.0.to_be_bytes());
                     w.put(&m.commit_ts.to_be_bytes());
                 }
                 LogicalMessage::Origin(m) => {
-                    w.byte(b'O');
                     w.put(&m.commit_lsn.0.to_be_bytes());
                     w.str(&m.name);
                 }
                 LogicalMessage::Relation(m) => {
-                    w.byte(b'R');
                     w.put(&m.id.to_be_bytes());
                     w.str(&m.namespace);
                     w.str(&m.name);
@@ -1553,19 +2337,16 @@ mod tests {
                     }
                 }
                 LogicalMessage::Type(m) => {
-                    w.byte(b'Y');
                     w.put(&m.id.to_be_bytes());
                     w.str(&m.namespace);
                     w.str(&m.name);
                 }
                 LogicalMessage::Insert(m) => {
-                    w.byte(b'I');
                     w.put(&m.relation_id.to_be_bytes());
                     w.byte(b'N');
                     w.tuple(&m.new);
                 }
                 LogicalMessage::Update(m) => {
-                    w.byte(b'U');
                     w.put(&m.relation_id.to_be_bytes());
                     if let Some(old) = &m.old {
                         w.old(old);
@@ -1574,12 +2355,10 @@ mod tests {
                     w.tuple(&m.new);
                 }
                 LogicalMessage::Delete(m) => {
-                    w.byte(b'D');
                     w.put(&m.relation_id.to_be_bytes());
                     w.old(&m.old);
                 }
                 LogicalMessage::Truncate(m) => {
-                    w.byte(b'T');
                     let count = u32::try_from(m.relation_ids.len()).expect("test count");
                     w.size(&count.to_be_bytes());
                     w.byte(u8::from(m.cascade) | u8::from(m.restart_identity) << 1);
@@ -1588,11 +2367,26 @@ mod tests {
                     }
                 }
                 LogicalMessage::Message(m) => {
-                    w.byte(b'M');
                     w.byte(u8::from(m.transactional));
                     w.put(&m.lsn.0.to_be_bytes());
                     w.str(&m.prefix);
                     w.value(&m.content);
+                }
+                LogicalMessage::StreamStart(m) => {
+                    w.put(&m.xid.to_be_bytes());
+                    w.byte(u8::from(m.first_segment));
+                }
+                LogicalMessage::StreamStop => {}
+                LogicalMessage::StreamCommit(m) => {
+                    w.put(&m.xid.to_be_bytes());
+                    w.byte(m.flags);
+                    w.put(&m.commit_lsn.0.to_be_bytes());
+                    w.put(&m.end_lsn.0.to_be_bytes());
+                    w.put(&m.commit_ts.to_be_bytes());
+                }
+                LogicalMessage::StreamAbort(m) => {
+                    w.put(&m.xid.to_be_bytes());
+                    w.put(&m.subxid.to_be_bytes());
                 }
             }
             w
@@ -1611,22 +2405,57 @@ mod tests {
                 b'D' => MessageKind::Delete,
                 b'T' => MessageKind::Truncate,
                 b'M' => MessageKind::Message,
+                b'S' => MessageKind::StreamStart,
+                b'E' => MessageKind::StreamStop,
+                b'c' => MessageKind::StreamCommit,
+                b'A' => MessageKind::StreamAbort,
                 _ => MessageKind::Unknown,
             }
         }
 
-        /// Decodes `input` and checks what every outcome must satisfy: a message of the
-        /// kind its tag announces, or an error of that kind whose offset lies within the
-        /// input and whose text names the kind and the offset.
+        #[test]
+        fn tag_tables_agree() {
+            for tag in 0..=u8::MAX {
+                let kind = kind_of(tag);
+                assert_eq!(kind != MessageKind::Unknown, TAGS.contains(&tag), "{tag}");
+                if kind != MessageKind::Unknown {
+                    assert_eq!(tag_of(kind), tag);
+                }
+            }
+        }
+
+        /// Decodes `input` with a [`Decoder`] inside a stream block or not, and checks
+        /// what every outcome must satisfy: a message of the kind its tag announces, with
+        /// an xid exactly when inside a block its kind carries one, and the block opened
+        /// or closed as a Stream Start or Stop says; or an error of that kind whose offset
+        /// lies within the input and whose text names the kind and the offset, with the
+        /// state unchanged and a misplaced message reported as such. Outside a block,
+        /// [`decode`] agrees.
         fn decode_checked(
             input: &[u8],
-        ) -> Result<Result<LogicalMessage, DecodeError>, TestCaseError> {
-            let kind = input
-                .first()
-                .map_or(MessageKind::Unknown, |&tag| kind_of(tag));
-            let result = decode(Bytes::copy_from_slice(input));
+            in_stream: bool,
+        ) -> Result<Result<Decoded, DecodeError>, TestCaseError> {
+            let tag = input.first().copied();
+            let kind = tag.map_or(MessageKind::Unknown, kind_of);
+            let mut decoder = Decoder { in_stream };
+            let result = decoder.decode(Bytes::copy_from_slice(input));
             match &result {
-                Ok(message) => prop_assert_eq!(message.kind(), kind),
+                Ok(decoded) => {
+                    prop_assert_eq!(decoded.message.kind(), kind);
+                    prop_assert!(allowed_in(kind, in_stream), "{:?} decoded", decoded);
+                    prop_assert_eq!(
+                        decoded.xid.is_some(),
+                        in_stream && tag.is_some_and(carries_xid),
+                        "{:?}",
+                        decoded
+                    );
+                    let open = match kind {
+                        MessageKind::StreamStart => true,
+                        MessageKind::StreamStop => false,
+                        _ => in_stream,
+                    };
+                    prop_assert_eq!(decoder.in_stream(), open);
+                }
                 Err(e) => {
                     prop_assert!(
                         e.offset <= input.len(),
@@ -1637,7 +2466,22 @@ mod tests {
                     let shown = e.to_string();
                     let named = format!("malformed pgoutput {kind} at offset {}: ", e.offset);
                     prop_assert!(shown.starts_with(&named), "{shown}");
+                    prop_assert_eq!(decoder.in_stream(), in_stream, "{}", e);
+                    // Out of place is the first thing checked after the tag, and only then.
+                    let misplaced = kind != MessageKind::Unknown && !allowed_in(kind, in_stream);
+                    prop_assert_eq!(
+                        e.problem == DecodeProblem::UnexpectedStreamState { in_stream },
+                        misplaced,
+                        "{}",
+                        e
+                    );
                 }
+            }
+            if !in_stream {
+                prop_assert_eq!(
+                    decode(Bytes::copy_from_slice(input)),
+                    result.clone().map(|decoded| decoded.message)
+                );
             }
             Ok(result)
         }
@@ -1705,19 +2549,37 @@ mod tests {
                 })
         }
 
-        /// Any valid message of any kind.
-        fn message() -> impl Strategy<Value = LogicalMessage> {
+        fn begin() -> impl Strategy<Value = Begin> {
+            (lsn(), any::<i64>(), any::<u32>()).prop_map(|(final_lsn, commit_ts, xid)| Begin {
+                final_lsn,
+                commit_ts,
+                xid,
+            })
+        }
+
+        fn commit() -> impl Strategy<Value = Commit> {
+            (any::<u8>(), lsn(), lsn(), any::<i64>()).prop_map(
+                |(flags, commit_lsn, end_lsn, commit_ts)| Commit {
+                    flags,
+                    commit_lsn,
+                    end_lsn,
+                    commit_ts,
+                },
+            )
+        }
+
+        fn stream_start() -> impl Strategy<Value = StreamStart> {
+            (any::<u32>(), any::<bool>())
+                .prop_map(|(xid, first_segment)| StreamStart { xid, first_segment })
+        }
+
+        /// A Stream Commit or Stream Abort.
+        fn stream_end() -> impl Strategy<Value = LogicalMessage> {
             prop_oneof![
-                (lsn(), any::<i64>(), any::<u32>()).prop_map(|(final_lsn, commit_ts, xid)| {
-                    LogicalMessage::Begin(Begin {
-                        final_lsn,
-                        commit_ts,
-                        xid,
-                    })
-                }),
-                (any::<u8>(), lsn(), lsn(), any::<i64>()).prop_map(
-                    |(flags, commit_lsn, end_lsn, commit_ts)| {
-                        LogicalMessage::Commit(Commit {
+                (any::<u32>(), any::<u8>(), lsn(), lsn(), any::<i64>()).prop_map(
+                    |(xid, flags, commit_lsn, end_lsn, commit_ts)| {
+                        LogicalMessage::StreamCommit(StreamCommit {
+                            xid,
                             flags,
                             commit_lsn,
                             end_lsn,
@@ -1725,6 +2587,16 @@ mod tests {
                         })
                     }
                 ),
+                (any::<u32>(), any::<u32>()).prop_map(|(xid, subxid)| {
+                    LogicalMessage::StreamAbort(StreamAbort { xid, subxid })
+                }),
+            ]
+        }
+
+        /// Any valid message that may come inside a stream block as well as between
+        /// them: the changes, and the metadata that comes with them.
+        fn change() -> impl Strategy<Value = LogicalMessage> {
+            prop_oneof![
                 (lsn(), name()).prop_map(|(commit_lsn, name)| {
                     LogicalMessage::Origin(Origin { commit_lsn, name })
                 }),
@@ -1776,6 +2648,107 @@ mod tests {
             ]
         }
 
+        /// Any valid message of any kind.
+        fn message() -> impl Strategy<Value = LogicalMessage> {
+            prop_oneof![
+                8 => change(),
+                1 => begin().prop_map(LogicalMessage::Begin),
+                1 => commit().prop_map(LogicalMessage::Commit),
+                1 => stream_start().prop_map(LogicalMessage::StreamStart),
+                1 => Just(LogicalMessage::StreamStop),
+                2 => stream_end(),
+            ]
+        }
+
+        /// A valid message where a session may send it.
+        #[derive(Debug, Clone)]
+        struct Placed {
+            /// Whether a stream block is open when it arrives.
+            in_stream: bool,
+            message: LogicalMessage,
+            /// The xid it carries inside a block, if its kind carries one.
+            xid: Option<u32>,
+        }
+
+        impl Placed {
+            fn wire(&self) -> Wire {
+                encode(&self.message, self.xid)
+            }
+
+            fn decoded(&self) -> Decoded {
+                Decoded {
+                    message: self.message.clone(),
+                    xid: self.xid,
+                }
+            }
+        }
+
+        /// Any valid message, inside a stream block or between blocks as its kind allows.
+        fn placed() -> impl Strategy<Value = Placed> {
+            (message(), any::<bool>(), any::<u32>()).prop_map(|(message, inside, xid)| {
+                let kind = message.kind();
+                let in_stream = match kind {
+                    MessageKind::StreamStop => true,
+                    MessageKind::Begin
+                    | MessageKind::Commit
+                    | MessageKind::StreamStart
+                    | MessageKind::StreamCommit
+                    | MessageKind::StreamAbort => false,
+                    _ => inside,
+                };
+                let xid = (in_stream && carries_xid(tag_of(kind))).then_some(xid);
+                Placed {
+                    in_stream,
+                    message,
+                    xid,
+                }
+            })
+        }
+
+        /// A session's messages in order, as pgoutput sends them under protocol 2:
+        /// whole transactions (Begin, changes, Commit), stream blocks (Stream Start,
+        /// changes each with its subtransaction's xid, Stream Stop) and the Stream Commits
+        /// and Aborts that end streamed transactions, in any order.
+        fn session() -> impl Strategy<Value = Vec<Placed>> {
+            let between = |message| Placed {
+                in_stream: false,
+                message,
+                xid: None,
+            };
+            let whole = (begin(), prop::collection::vec(change(), 0..4), commit()).prop_map(
+                move |(begin, changes, commit)| {
+                    let mut out = vec![between(LogicalMessage::Begin(begin))];
+                    out.extend(changes.into_iter().map(between));
+                    out.push(between(LogicalMessage::Commit(commit)));
+                    out
+                },
+            );
+            let block = (
+                stream_start(),
+                prop::collection::vec((change(), any::<u32>()), 0..4),
+            )
+                .prop_map(move |(start, changes)| {
+                    let mut out = vec![between(LogicalMessage::StreamStart(start))];
+                    for (message, subxid) in changes {
+                        let xid = carries_xid(tag_of(message.kind())).then_some(subxid);
+                        out.push(Placed {
+                            in_stream: true,
+                            message,
+                            xid,
+                        });
+                    }
+                    out.push(Placed {
+                        in_stream: true,
+                        message: LogicalMessage::StreamStop,
+                        xid: None,
+                    });
+                    out
+                });
+            let end = stream_end().prop_map(move |message| vec![between(message)]);
+            prop::collection::vec(prop_oneof![1 => whole, 2 => block, 1 => end], 0..6)
+                .prop_map(|units| units.into_iter().flatten().collect())
+        }
+
         /// Bytes biased toward NULs, markers and value kinds, so that random input gets
         /// past the first field: zeros make small counts and terminate strings.
         fn protocol_bytes() -> impl Strategy<Value = Vec<u8>> {
@@ -1793,70 +2766,74 @@ mod tests {
             #[test]
             fn arbitrary_bytes_decode_or_name_kind_and_offset(
                 bytes in prop::collection::vec(any::<u8>(), 0..48),
+                in_stream in any::<bool>(),
             ) {
-                let _ = decode_checked(&bytes)?;
+                let _ = decode_checked(&bytes, in_stream)?;
             }
 
             #[test]
             fn arbitrary_bodies_after_each_tag_decode_or_name_kind_and_offset(
                 tag in prop::sample::select(TAGS.to_vec()),
                 body in protocol_bytes(),
+                in_stream in any::<bool>(),
             ) {
                 let mut bytes = vec![tag];
                 bytes.extend_from_slice(&body);
-                let _ = decode_checked(&bytes)?;
+                let _ = decode_checked(&bytes, in_stream)?;
             }
 
             #[test]
-            fn valid_messages_round_trip(message in message()) {
-                let wire = encode(&message);
-                prop_assert_eq!(decode_checked(&wire.bytes)?, Ok(message));
+            fn valid_messages_round_trip(placed in placed()) {
+                let wire = placed.wire();
+                prop_assert_eq!(decode_checked(&wire.bytes, placed.in_stream)?, Ok(placed.decoded()));
 
                 // Exact: one more byte is an error at the end of the message.
                 let mut longer = wire.bytes.clone();
                 longer.push(0);
-                let e = decode_checked(&longer)?.expect_err("trailing byte");
+                let e = decode_checked(&longer, placed.in_stream)?.expect_err("trailing byte");
                 prop_assert_eq!(e.problem, DecodeProblem::TrailingBytes(1));
                 prop_assert_eq!(e.offset, wire.bytes.len());
             }
 
             #[test]
-            fn every_truncation_of_a_valid_message_is_an_error(message in message()) {
-                let bytes = encode(&message).bytes;
+            fn every_truncation_of_a_valid_message_is_an_error(placed in placed()) {
+                let bytes = placed.wire().bytes;
                 for len in 0..bytes.len() {
                     let prefix = bytes.get(..len).expect("a prefix");
                     prop_assert!(
-                        decode_checked(prefix)?.is_err(),
-                        "a {len}-byte prefix of {message:?} decoded"
+                        decode_checked(prefix, placed.in_stream)?.is_err(),
+                        "a {len}-byte prefix of {placed:?} decoded"
                     );
                 }
             }
 
             #[test]
             fn mutated_messages_decode_or_name_kind_and_offset(
-                message in message(),
+                placed in placed(),
                 mutations in prop::collection::vec(mutation(), 1..4),
             ) {
-                let mut bytes = encode(&message).bytes;
+                let mut bytes = placed.wire().bytes;
                 for mutation in &mutations {
                     mutate(&mut bytes, mutation);
                 }
-                let _ = decode_checked(&bytes)?;
+                let _ = decode_checked(&bytes, placed.in_stream)?;
             }
 
             #[test]
             fn inflated_counts_and_lengths_are_errors_at_their_field(
-                message in message(),
+                placed in placed(),
                 which in any::<Index>(),
                 huge in 0x4000_0000u32..=0xffff_fffe,
             ) {
                 // At least 2^14 items or 2^30 bytes, or a negative length: more than any
                 // generated message holds either way.
-                // Begin, Commit, Origin and Type have no count or length to inflate.
-                let Some((bytes, field)) = encode(&message).inflated(which, huge) else {
+                // Begin, Commit, Origin, Type and the stream messages have no count or
+                // length to inflate.
+                let Some((bytes, field)) = placed.wire().inflated(which, huge) else {
                     return Ok(());
                 };
-                let e = decode_checked(&bytes)?.expect_err("an inflated field must not decode");
+                let e = decode_checked(&bytes, placed.in_stream)?
+                    .expect_err("an inflated field must not decode");
                 prop_assert!(
                     matches!(
                         e.problem,
@@ -1872,6 +2849,21 @@ mod tests {
                     "field at {}, {e}",
                     field.at
                 );
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(500))]
+
+            #[test]
+            fn sessions_round_trip_through_one_decoder(session in session()) {
+                let mut decoder = Decoder::new();
+                for placed in &session {
+                    prop_assert_eq!(decoder.in_stream(), placed.in_stream, "before {:?}", placed);
+                    let bytes = Bytes::from(placed.wire().bytes);
+                    prop_assert_eq!(decoder.decode(bytes), Ok(placed.decoded()));
+                }
+                prop_assert!(!decoder.in_stream());
             }
         }
     }
