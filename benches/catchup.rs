@@ -135,7 +135,8 @@ fn drain_with_pg_recvlogical(pg: &PgServer, url: &str, end_lsn: &str) -> Duratio
     let started = Instant::now();
     let status = Command::new(pg.bin_dir().join("pg_recvlogical"))
         .args(["--dbname", url, "--slot", RECV_SLOT, "--start", "--no-loop"])
-        .args(["--option", "proto_version=1"])
+        // The protocol pg2lake asks for: large transactions arrive while in progress.
+        .args(["--option", "proto_version=2", "--option", "streaming=on"])
         .args(["--option", &format!("publication_names={SLOT}")])
         .args(["--endpos", end_lsn, "--file", "/dev/null"])
         .status()

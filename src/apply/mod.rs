@@ -15,24 +15,40 @@
 //! a grown layout is staged as a Delta `metaData` action that lands with the table's next
 //! data commit, together with those rows, the new ones and the `txn`.
 //!
+//! A transaction larger than the server's `logical_decoding_work_mem` arrives in stream
+//! blocks before it commits; its rows are spooled and join the pending rows at its
+//! Stream Commit (see [`streamed`]).
+//!
 //! Invariants:
 //! - Lake commits happen only between source transactions, so a reader never sees part
 //!   of one; a transaction larger than a chunk is written as several files first.
 //! - `confirmable` is the end LSN of the last source transaction whose changes are all
-//!   committed (or that touched no replicated table while nothing else was pending).
+//!   committed (or that touched no replicated table while nothing else was pending). A
+//!   transaction still being streamed does not hold it back: it commits after that
+//!   position, so the slot streams it again from its beginning if pg2lake restarts.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow::array::AsArray;
+use arrow::record_batch::RecordBatch;
+
 use crate::batch::{ChangeMeta, Op, TableBatch};
-use crate::lake::{CommitOutcome, LakeError, LakeTable};
+use crate::lake::{CommitOutcome, LakeError};
 use crate::lsn::Lsn;
 use crate::metrics::{self, TableCommit};
-use crate::pg::pgoutput::{self, LogicalMessage, OldTuple, Relation, TupleValue};
-use crate::schema::{
-    Evolution, SchemaError, TableSchema, TypeCatalog, TypeChangeKind, TypeChangePolicy,
+use crate::pg::pgoutput::{
+    self, Decoded, LogicalMessage, OldTuple, Relation, StreamCommit, TupleValue,
 };
+use crate::schema::{OP_COLUMN, SchemaError, TypeCatalog};
+
+mod streamed;
+mod table;
+
+use streamed::{StreamedPart, StreamedTxn, finish_batch};
+pub use table::ReplicatedTable;
 
 /// Rows per Arrow chunk handed to the Parquet writer: bounded memory per table.
 const CHUNK_ROWS: usize = 8192;
@@ -59,6 +75,11 @@ pub enum ApplyError {
     /// A change arrived outside Begin … Commit.
     #[error("pgoutput {0} message outside a transaction (protocol violation)")]
     OutsideTransaction(&'static str),
+    /// A stream message named a transaction whose stream never began.
+    #[error(
+        "pgoutput stream message for transaction {0}, whose first stream segment never arrived (protocol violation)"
+    )]
+    UnknownStreamedTransaction(u32),
     /// A replicated table's columns changed in a way its lake table cannot follow.
     #[error(transparent)]
     Schema(#[from] SchemaError),
@@ -77,141 +98,6 @@ impl ApplyError {
             ApplyError::Lake(err) => err.is_transient(),
             _ => false,
         }
-    }
-}
-
-/// One replicated table: its schema, the rows not yet handed to the writer, the lake table.
-pub struct ReplicatedTable {
-    schema: Arc<TableSchema>,
-    batch: TableBatch,
-    lake: LakeTable,
-    /// Rows handed to the lake writer since its last commit.
-    written: usize,
-    /// Changes per op since the last commit (`metrics::OPS` order), for metrics.
-    op_counts: [u64; 4],
-    /// How type changes the lake column cannot hold are followed.
-    type_change: TypeChangePolicy,
-}
-
-impl ReplicatedTable {
-    /// Pairs a table schema with its opened lake table.
-    pub fn new(schema: Arc<TableSchema>, lake: LakeTable) -> Self {
-        ReplicatedTable {
-            batch: TableBatch::new(schema.clone()),
-            schema,
-            lake,
-            written: 0,
-            op_counts: [0; 4],
-            type_change: TypeChangePolicy::default(),
-        }
-    }
-
-    /// Sets how type changes the lake column cannot hold are followed.
-    pub fn with_type_change_policy(mut self, policy: TypeChangePolicy) -> Self {
-        self.type_change = policy;
-        self
-    }
-
-    /// How type changes the lake column cannot hold are followed.
-    pub fn type_change_policy(&self) -> TypeChangePolicy {
-        self.type_change
-    }
-
-    fn qualified_name(&self) -> String {
-        format!("{}.{}", self.schema.namespace, self.schema.name)
-    }
-
-    /// The table's current schema (source columns and lake layout).
-    pub fn schema(&self) -> &Arc<TableSchema> {
-        &self.schema
-    }
-
-    /// The lake table, for the initial snapshot, which writes and commits it directly.
-    pub fn lake_mut(&mut self) -> &mut LakeTable {
-        &mut self.lake
-    }
-
-    /// The lake table.
-    pub fn lake(&self) -> &LakeTable {
-        &self.lake
-    }
-
-    /// The highest source commit LSN committed to this table, if any.
-    pub fn committed_lsn(&self) -> Option<Lsn> {
-        self.lake.committed_lsn()
-    }
-
-    fn has_pending(&self) -> bool {
-        !self.batch.is_empty() || self.written > 0
-    }
-
-    /// Switches to the schema a Relation message (or the catalog) describes: rows
-    /// buffered with the old one go to the lake writer first, and a grown layout is
-    /// staged in the lake table for its next commit.
-    pub async fn evolve(&mut self, evolution: Evolution) -> Result<(), ApplyError> {
-        if evolution.schema.same_source(&self.schema) {
-            return Ok(());
-        }
-        self.write_chunk().await?;
-        if evolution.layout_changed() {
-            // A widened column makes the lake rewrite its files (see `lake::table`).
-            self.lake.evolve(evolution.schema.arrow.clone()).await?;
-        }
-        let table = self.qualified_name();
-        if evolution.is_visible() {
-            tracing::info!(
-                table = %table,
-                added = ?evolution.added,
-                dropped = ?evolution.dropped,
-                retyped = ?evolution.retyped,
-                "table schema changed"
-            );
-        }
-        for change in &evolution.type_changes {
-            let policy = match change.kind {
-                TypeChangeKind::Widened => "widen",
-                TypeChangeKind::NewColumn => self.type_change.as_str(),
-            };
-            tracing::warn!(
-                table = %table,
-                column = %change.column,
-                old_type = %change.old,
-                new_type = %change.new,
-                policy,
-                lake_column = %change.lake_column,
-                "column type changed"
-            );
-        }
-        // A new column made by a type change counts as that change, not as an added column.
-        let moved = evolution
-            .type_changes
-            .iter()
-            .filter(|c| c.kind == TypeChangeKind::NewColumn)
-            .count();
-        let metrics = metrics::global();
-        metrics.record_schema_changes(
-            &table,
-            "add_column",
-            evolution.added.len() - moved.min(evolution.added.len()),
-        );
-        metrics.record_schema_changes(&table, "drop_column", evolution.dropped.len());
-        metrics.record_schema_changes(&table, "retype", evolution.retyped.len());
-        metrics.record_schema_changes(&table, "widen", evolution.widened().count());
-        metrics.record_schema_changes(&table, "new_column", moved);
-        self.schema = Arc::new(evolution.schema);
-        self.batch = TableBatch::new(self.schema.clone());
-        Ok(())
-    }
-
-    async fn write_chunk(&mut self) -> Result<(), ApplyError> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let rows = self.batch.len();
-        let chunk = self.batch.finish()?;
-        self.lake.write(chunk).await?;
-        self.written += rows;
-        Ok(())
     }
 }
 
@@ -251,6 +137,19 @@ pub struct Applier {
     confirmable: Lsn,
     /// Catalog and configured column types, for Relation messages.
     types: TypeCatalog,
+    /// Transactions being streamed before their commit, by transaction id.
+    streamed: HashMap<u32, StreamedTxn>,
+    /// The transaction of the open stream block.
+    stream_block: Option<u32>,
+}
+
+/// Where a change goes: the rows of committed transactions, or a streamed one's.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// Table index.
+    Committed(usize),
+    /// Transaction id and table index.
+    Streamed(u32, usize),
 }
 
 impl Applier {
@@ -275,6 +174,8 @@ impl Applier {
             last_flushed: None,
             confirmable: start,
             types: TypeCatalog::default(),
+            streamed: HashMap::new(),
+            stream_block: None,
         }
     }
 
@@ -319,9 +220,15 @@ impl Applier {
         self.pending_commit_micros
     }
 
-    /// Approximate bytes of change data buffered and not yet committed.
+    /// Approximate bytes of change data buffered in memory and not yet committed, the
+    /// rows of transactions being streamed included (their spooled rows are not).
     pub fn pending_bytes(&self) -> usize {
         self.pending_bytes
+            + self
+                .streamed
+                .values()
+                .map(StreamedTxn::buffered_bytes)
+                .sum::<usize>()
     }
 
     /// The per-table committed LSNs, for logs.
@@ -344,8 +251,9 @@ impl Applier {
     }
 
     /// Applies one decoded message. Returns `true` when the message completed a
-    /// transaction (a Commit), the point where a flush may happen.
-    pub async fn apply(&mut self, message: LogicalMessage) -> Result<bool, ApplyError> {
+    /// transaction (a Commit or Stream Commit), the point where a flush may happen.
+    pub async fn apply(&mut self, decoded: Decoded) -> Result<bool, ApplyError> {
+        let Decoded { message, xid } = decoded;
         match message {
             LogicalMessage::Begin(begin) => {
                 self.txn = Some(Transaction {
@@ -366,12 +274,56 @@ impl Applier {
                 }
                 Ok(true)
             }
+            LogicalMessage::StreamStart(start) => {
+                if start.first_segment {
+                    // A transaction streamed by an earlier session is streamed again from
+                    // its first segment; nothing of that attempt is kept.
+                    if let Some(earlier) = self.streamed.remove(&start.xid) {
+                        earlier.discard().await;
+                    }
+                    self.streamed.insert(start.xid, StreamedTxn::new(start.xid));
+                } else if !self.streamed.contains_key(&start.xid) {
+                    return Err(ApplyError::UnknownStreamedTransaction(start.xid));
+                }
+                self.stream_block = Some(start.xid);
+                Ok(false)
+            }
+            LogicalMessage::StreamStop => {
+                self.stream_block = None;
+                Ok(false)
+            }
+            LogicalMessage::StreamCommit(commit) => {
+                let txn = self
+                    .streamed
+                    .remove(&commit.xid)
+                    .ok_or(ApplyError::UnknownStreamedTransaction(commit.xid))?;
+                self.commit_streamed(txn, &commit).await?;
+                self.last_commit = Some((commit.commit_lsn, commit.end_lsn));
+                if !self.has_pending() {
+                    self.confirmable = self.confirmable.max(commit.end_lsn);
+                }
+                Ok(true)
+            }
+            LogicalMessage::StreamAbort(abort) => {
+                if abort.subxid == abort.xid {
+                    if let Some(txn) = self.streamed.remove(&abort.xid) {
+                        tracing::debug!(xid = abort.xid, "streamed transaction aborted");
+                        txn.discard().await;
+                    }
+                } else if let Some(txn) = self.streamed.get_mut(&abort.xid) {
+                    txn.abort_subtransaction(abort.subxid);
+                }
+                Ok(false)
+            }
             LogicalMessage::Relation(relation) => {
-                self.on_relation(&relation).await?;
+                match self.stream_block {
+                    Some(stream) => self.on_streamed_relation(stream, relation).await?,
+                    None => self.on_relation(&relation).await?,
+                }
                 Ok(false)
             }
             LogicalMessage::Insert(insert) => {
-                self.on_row(insert.relation_id, Op::Insert, &insert.new, None)
+                self.on_row(insert.relation_id, Op::Insert, &insert.new, None, xid)
                     .await?;
                 Ok(false)
             }
@@ -380,14 +332,14 @@ impl Applier {
                 // key: the row under the old key is gone, so the change log says so
                 // first (as Debezium does), and folding by key stays correct.
                 if let Some(OldTuple::Key(old_key)) = &update.old {
-                    self.on_row(update.relation_id, Op::Delete, old_key, None)
+                    self.on_row(update.relation_id, Op::Delete, old_key, None, xid)
                         .await?;
                 }
                 let old = match &update.old {
                     Some(OldTuple::Full(values)) => Some(values.as_slice()),
                     _ => None,
                 };
-                self.on_row(update.relation_id, Op::Update, &update.new, old)
+                self.on_row(update.relation_id, Op::Update, &update.new, old, xid)
                     .await?;
                 Ok(false)
             }
@@ -395,16 +347,17 @@ impl Applier {
                 let values = match &delete.old {
                     OldTuple::Key(values) | OldTuple::Full(values) => values,
                 };
-                self.on_row(delete.relation_id, Op::Delete, values, None)
+                self.on_row(delete.relation_id, Op::Delete, values, None, xid)
                     .await?;
                 Ok(false)
             }
             LogicalMessage::Truncate(truncate) => {
                 for relation_id in truncate.relation_ids {
-                    if let Some((index, meta)) = self.change_target(relation_id, Op::Truncate)? {
-                        let table = &mut self.tables[index];
-                        table.batch.push_truncate(&meta);
-                        self.note_pending(index, &meta, 0);
+                    if let Some((target, meta)) =
+                        self.change_target(relation_id, Op::Truncate, xid)?
+                    {
+                        self.batch_of(target)?.push_truncate(&meta);
+                        self.noted(target, &meta, 0).await?;
                     }
                 }
                 Ok(false)
@@ -436,13 +389,81 @@ impl Applier {
         Ok(())
     }
 
+    /// A Relation message inside a stream block: the table as the streamed transaction
+    /// sees it (its own ALTER TABLE included). It shapes that transaction's rows, and
+    /// reaches the table's schema when the transaction commits.
+    async fn on_streamed_relation(
+        &mut self,
+        xid: u32,
+        relation: Relation,
+    ) -> Result<(), ApplyError> {
+        let key = (relation.namespace.clone(), relation.name.clone());
+        let index = self.by_name.get(&key).copied();
+        let txn = self
+            .streamed
+            .get_mut(&xid)
+            .ok_or(ApplyError::UnknownStreamedTransaction(xid))?;
+        txn.relation_tables.insert(relation.id, index);
+        if let Some(i) = index {
+            let table = &self.tables[i];
+            let current = txn.schemas.get(&i).unwrap_or(&table.schema).clone();
+            let evolution =
+                current.evolve_with(&relation.columns, &self.types, table.type_change)?;
+            if !evolution.schema.same_source(&current) {
+                let schema = Arc::new(evolution.schema);
+                if let Some(part) = txn.parts.get_mut(&i) {
+                    part.evolve(schema.clone()).await?;
+                }
+                txn.schemas.insert(i, schema);
+            }
+        }
+        txn.relations.push(relation);
+        Ok(())
+    }
+
     /// Where a change of `relation_id` goes, or `None` when it is not replicated or the
-    /// lake table already holds this transaction (a replay after restart).
+    /// lake table already holds this transaction (a replay after restart). `xid` is the
+    /// (sub)transaction a change inside a stream block belongs to.
     fn change_target(
         &mut self,
         relation_id: u32,
         op: Op,
-    ) -> Result<Option<(usize, ChangeMeta)>, ApplyError> {
+        xid: Option<u32>,
+    ) -> Result<Option<(Target, ChangeMeta)>, ApplyError> {
+        if let Some(stream) = self.stream_block {
+            let txn = self
+                .streamed
+                .get_mut(&stream)
+                .ok_or(ApplyError::UnknownStreamedTransaction(stream))?;
+            let ordinal = txn.next_ordinal(xid);
+            let index = match txn
+                .relation_tables
+                .get(&relation_id)
+                .or_else(|| self.by_relation.get(&relation_id))
+            {
+                Some(index) => *index,
+                None => return Err(ApplyError::UnknownRelation(relation_id)),
+            };
+            let Some(index) = index else {
+                return Ok(None);
+            };
+            if !txn.parts.contains_key(&index) {
+                let table = &self.tables[index];
+                let schema = txn.schemas.get(&index).unwrap_or(&table.schema).clone();
+                txn.parts
+                    .insert(index, StreamedPart::new(schema, table.lake.spool(stream)));
+            }
+            // The commit position and time are known at the Stream Commit (see
+            // `streamed::finish_batch`); until then `_seq` holds the change's ordinal.
+            let meta = ChangeMeta {
+                op,
+                lsn: Lsn::ZERO,
+                seq: ordinal,
+                commit_ts_micros: 0,
+                xid: Some(stream),
+            };
+            return Ok(Some((Target::Streamed(stream, index), meta)));
+        }
         let txn = self
             .txn
             .as_mut()
@@ -465,7 +486,7 @@ impl Applier {
             return Ok(None);
         }
         Ok(Some((
-            index,
+            Target::Committed(index),
             ChangeMeta {
                 op,
                 lsn: txn.commit_lsn,
@@ -476,19 +497,31 @@ impl Applier {
         )))
     }
 
+    /// The Arrow builders of `target`.
+    fn batch_of(&mut self, target: Target) -> Result<&mut TableBatch, ApplyError> {
+        match target {
+            Target::Committed(index) => Ok(&mut self.tables[index].batch),
+            Target::Streamed(xid, index) => self
+                .streamed
+                .get_mut(&xid)
+                .and_then(|txn| txn.parts.get_mut(&index))
+                .map(|part| &mut part.batch)
+                .ok_or(ApplyError::UnknownStreamedTransaction(xid)),
+        }
+    }
+
     async fn on_row(
         &mut self,
         relation_id: u32,
         op: Op,
         values: &[TupleValue],
         old: Option<&[TupleValue]>,
+        xid: Option<u32>,
     ) -> Result<(), ApplyError> {
-        let Some((index, meta)) = self.change_target(relation_id, op)? else {
+        let Some((target, meta)) = self.change_target(relation_id, op, xid)? else {
             return Ok(());
         };
-        let table = &mut self.tables[index];
-        let before = table.batch.approx_bytes();
-        match old {
+        let values: Cow<'_, [TupleValue]> = match old {
             // REPLICA IDENTITY FULL sends the old row: an unchanged TOAST value that the
             // new tuple leaves out is the old one, so fill it in rather than report it.
             Some(old)
@@ -496,7 +529,7 @@ impl Applier {
                     .iter()
                     .any(|v| matches!(v, TupleValue::UnchangedToast)) =>
             {
-                let merged: Vec<TupleValue> = values
+                values
                     .iter()
                     .zip(
                         old.iter()
@@ -506,17 +539,95 @@ impl Applier {
                         TupleValue::UnchangedToast => old.clone(),
                         other => other.clone(),
                     })
-                    .collect();
-                table.batch.push(&meta, &merged)?;
+                    .collect()
             }
-            _ => table.batch.push(&meta, values)?,
+            _ => Cow::Borrowed(values),
+        };
+        let batch = self.batch_of(target)?;
+        let before = batch.approx_bytes();
+        batch.push(&meta, &values)?;
+        let added = batch.approx_bytes().saturating_sub(before);
+        self.noted(target, &meta, added).await
+    }
+
+    /// Accounts for a row just pushed to `target`, and hands a full chunk on: to the lake
+    /// writer, or to a streamed transaction's spool.
+    async fn noted(
+        &mut self,
+        target: Target,
+        meta: &ChangeMeta,
+        bytes: usize,
+    ) -> Result<(), ApplyError> {
+        match target {
+            Target::Committed(index) => {
+                self.note_pending(index, meta, bytes);
+                let table = &mut self.tables[index];
+                if table.batch.len() >= CHUNK_ROWS || table.batch.approx_bytes() >= CHUNK_BYTES {
+                    table.write_chunk().await?;
+                }
+            }
+            Target::Streamed(xid, index) => {
+                if let Some(part) = self
+                    .streamed
+                    .get_mut(&xid)
+                    .and_then(|txn| txn.parts.get_mut(&index))
+                    && part.full()
+                {
+                    part.spill().await?;
+                }
+            }
         }
-        let added = table.batch.approx_bytes().saturating_sub(before);
-        self.note_pending(index, &meta, added);
-        let table = &mut self.tables[index];
-        if table.batch.len() >= CHUNK_ROWS || table.batch.approx_bytes() >= CHUNK_BYTES {
+        Ok(())
+    }
+
+    /// The Stream Commit of `txn`: its Relation messages are applied to the tables as a
+    /// transaction sent whole would have applied them, then its spooled rows join the
+    /// pending rows as the committed transaction's.
+    async fn commit_streamed(
+        &mut self,
+        mut txn: StreamedTxn,
+        commit: &StreamCommit,
+    ) -> Result<(), ApplyError> {
+        for relation in std::mem::take(&mut txn.relations) {
+            self.on_relation(&relation).await?;
+        }
+        let commit_ts = pgoutput::pg_epoch_micros_to_unix_micros(commit.commit_ts);
+        let mut committed_rows = 0;
+        for (index, mut part) in std::mem::take(&mut txn.parts) {
+            let table = &mut self.tables[index];
+            if table
+                .committed_lsn()
+                .is_some_and(|committed| committed >= commit.commit_lsn)
+            {
+                // A replay after a restart: the lake holds this transaction already.
+                part.spool.discard().await;
+                continue;
+            }
+            part.spill().await?;
+            // Rows of earlier transactions first, so files follow the commit order.
             table.write_chunk().await?;
+            let mut counts = [0u64; 4];
+            let aborted = &txn.aborted;
+            let rows = table
+                .lake
+                .write_spool(part.spool, |batch| {
+                    let batch = finish_batch(batch, aborted, commit.commit_lsn, commit_ts)?;
+                    count_ops(&batch, &mut counts);
+                    Ok(batch)
+                })
+                .await?;
+            table.written += rows;
+            for (total, n) in table.op_counts.iter_mut().zip(counts) {
+                *total += n;
+            }
+            if rows > 0 {
+                committed_rows += rows;
+                self.pending_rows += rows;
+                self.pending_commit_micros.get_or_insert(commit_ts);
+                self.pending_since.get_or_insert_with(Instant::now);
+            }
         }
+        tracing::debug!(xid = txn.xid, lsn = %commit.commit_lsn, rows = committed_rows, "streamed transaction committed");
         Ok(())
     }
 
@@ -579,6 +690,15 @@ impl Applier {
         Ok(report)
     }
 
+    /// Deletes the spools of the transactions being streamed (the session ends): the slot
+    /// streams them again from their beginning next time.
+    pub async fn discard_streamed(&mut self) {
+        self.stream_block = None;
+        for (_, txn) in self.streamed.drain() {
+            txn.discard().await;
+        }
+    }
+
     /// Drops everything not yet committed (a shutdown inside a transaction): the source
     /// replays it from the slot next time, and the lake never references the files.
     pub fn abandon(&mut self) {
@@ -607,6 +727,23 @@ fn op_index(op: Op) -> Option<usize> {
         Op::Update => Some(1),
         Op::Delete => Some(2),
         Op::Truncate => Some(3),
+    }
+}
+
+/// Adds the changes per op of `batch` (by its `_op` column) to `counts`
+/// (`metrics::OPS` order).
+fn count_ops(batch: &RecordBatch, counts: &mut [u64; 4]) {
+    const COUNTED: [Op; 4] = [Op::Insert, Op::Update, Op::Delete, Op::Truncate];
+    let Some(ops) = batch
+        .column_by_name(OP_COLUMN)
+        .and_then(|column| column.as_string_opt::<i32>())
+    else {
+        return;
+    };
+    for code in ops.iter().flatten() {
+        if let Some(slot) = COUNTED.iter().position(|op| op.as_str() == code) {
+            counts[slot] += 1;
+        }
     }
 }
 

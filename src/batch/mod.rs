@@ -528,7 +528,7 @@ fn value_error(schema: &TableSchema, column: &SourceColumn, source: ValueError) 
 }
 
 /// The UTC calendar date (days since 1970-01-01) of a µs timestamp.
-fn utc_date(micros: i64) -> i32 {
+pub(crate) fn utc_date(micros: i64) -> i32 {
     // |i64::MAX µs| is about 106.8 million days, well inside i32.
     let days = micros.div_euclid(MICROS_PER_DAY);
     i32::try_from(days).unwrap_or(if days < 0 { i32::MIN } else { i32::MAX })

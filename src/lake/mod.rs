@@ -23,4 +23,4 @@ mod table;
 
 pub use layout::{app_id, table_location};
 pub use store::{Lake, LakeError, LakeOptions};
-pub use table::{CommitOutcome, LakeTable, SOURCE_CHANGES_PROPERTY};
+pub use table::{CommitOutcome, LakeTable, SOURCE_CHANGES_PROPERTY, SPOOL_FOLDER, Spool};

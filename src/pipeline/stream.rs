@@ -14,7 +14,7 @@ use crate::config::{Config, TableName, TablePattern};
 use crate::lsn::Lsn;
 use crate::metrics;
 use crate::pg::catalog::{self, CatalogError};
-use crate::pg::pgoutput::{self, LogicalMessage};
+use crate::pg::pgoutput::{Decoder, LogicalMessage};
 use crate::pg::publication::{self, Streaming};
 use crate::pg::replication::{
     ReplicationError, ReplicationMessage, ReplicationStream, StandbyStatus,
@@ -70,6 +70,8 @@ pub(super) async fn stream_changes(
     // for the whole limit means the connection is gone. Postgres's own standbys do the
     // same with wal_receiver_timeout.
     let mut last_received = tokio::time::Instant::now();
+    // Knows whether a stream block (a transaction sent before its commit) is open.
+    let mut decoder = Decoder::new();
     let mut status_tick = tokio::time::interval(config.source.status_interval);
     status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let flush_period =
@@ -159,8 +161,8 @@ pub(super) async fn stream_changes(
                     None => return Err(PipelineError::StreamEnded),
                     Some(ReplicationMessage::XLogData { wal_start, data, .. }) => {
                         progress.receive(wal_start);
-                        let message = pgoutput::decode(data)?;
-                        if let LogicalMessage::Relation(relation) = &message {
+                        let message = decoder.decode(data)?;
+                        if let LogicalMessage::Relation(relation) = &message.message {
                             // Before the Relation is applied: its columns' types with
                             // database-specific OIDs are looked up (once per OID).
                             catalog::resolve_types(client, applier.types_mut(), &relation.columns)
@@ -358,6 +360,8 @@ async fn stop(
     } else if applier.has_pending() {
         flush(stream, applier, progress).await?;
     }
+    // Transactions still being streamed are streamed again from their beginning.
+    applier.discard_streamed().await;
     progress.confirm(applier.confirmable());
     send_status(stream, progress, false).await?;
     tracing::info!(confirmed_lsn = %progress.confirmed(), "replication stopped");

@@ -25,7 +25,7 @@ use parquet::schema::types::ColumnPath;
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Bytes per Parquet row group: an open file buffers one row group in memory, so this
 /// bounds the writer's memory per open partition whatever the row width.
-const ROW_GROUP_BYTES: usize = 16 * 1024 * 1024;
+pub(super) const ROW_GROUP_BYTES: usize = 16 * 1024 * 1024;
 /// zstd level 1: on the snapshot benchmark's table it used less CPU than level 3 and,
 /// with plain-encoded high-cardinality columns, wrote no larger files (39 MB against 41 MB
 /// for 5,000,000 rows).

@@ -58,6 +58,9 @@ use crate::lsn::Lsn;
 use crate::schema::widen_array;
 
 mod encoding;
+mod spool;
+
+pub use spool::{SPOOL_FOLDER, Spool};
 
 /// The table property recording the source table's relation OID (see [`LakeTable::open`]).
 pub const SOURCE_OID_PROPERTY: &str = "pg2lake.source.relationOid";
@@ -483,7 +486,7 @@ impl LakeTable {
         })?;
         for batch in batches {
             let batch = batch.map_err(|e| delta_err(e.into()))?;
-            let batch = conform(&batch, day, arrow).map_err(|e| delta_err(e.into()))?;
+            let batch = conform(&batch, Some(day), arrow).map_err(|e| delta_err(e.into()))?;
             match writer.as_deref_mut() {
                 Some(writer) => writer.write(batch).await.map_err(delta_err)?,
                 None => self.write(batch).await?,
@@ -774,6 +777,38 @@ impl LakeTable {
         Ok(orphans.len())
     }
 
+    /// An empty spool for the rows of the source transaction `xid`, which Postgres
+    /// streams before it commits (see [`Spool`]).
+    pub fn spool(&self, xid: u32) -> Spool {
+        Spool::new(self.table.object_store(), self.location.clone(), xid)
+    }
+
+    /// Writes the rows of `spool` into the table's open files, like [`LakeTable::write`]:
+    /// each batch read back goes through `finish` (which gives it what only the
+    /// transaction's end tells: commit position and time, surviving rows) and is conformed
+    /// to the table's layout by column name. Then the spool files are deleted. Returns
+    /// the rows written.
+    pub async fn write_spool(
+        &mut self,
+        mut spool: Spool,
+        mut finish: impl FnMut(&RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError>,
+    ) -> Result<usize, LakeError> {
+        let location = self.location.clone();
+        let arrow_err = |e: arrow::error::ArrowError| LakeError::delta(&location, e.into());
+        let mut rows = 0;
+        for path in spool.finish().await? {
+            for batch in spool.batches(&path).await? {
+                let batch = finish(&batch?).map_err(arrow_err)?;
+                let layout = self.writer.arrow_schema();
+                let batch = conform(&batch, None, &layout).map_err(arrow_err)?;
+                rows += batch.num_rows();
+                self.write(batch).await?;
+            }
+        }
+        spool.discard().await;
+        Ok(rows)
+    }
+
     /// Drops everything written since the last commit (the files stay unreferenced). A
     /// staged schema change stays staged: the writer already uses its layout.
     pub fn abandon_pending(&mut self) {
@@ -829,12 +864,12 @@ fn partition_date(partition_values: &HashMap<String, Option<String>>) -> Option<
     i32::try_from((date - epoch).num_days()).ok()
 }
 
-/// `batch`, read from a data file, in the layout `arrow`: each column by name, widened
-/// where its type grew (exact; see `schema::widen`), a column the file lacks as nulls,
-/// and the partition column (not stored in the file) as `day`.
+/// `batch`, read from a file, in the layout `arrow`: each column by name, widened where
+/// its type grew (exact; see `schema::widen`), a column the file lacks as nulls, and the
+/// partition column as `day` when given (a data file does not store it).
 fn conform(
     batch: &RecordBatch,
-    day: i32,
+    day: Option<i32>,
     arrow: &SchemaRef,
 ) -> Result<RecordBatch, arrow::error::ArrowError> {
     let rows = batch.num_rows();
@@ -842,7 +877,10 @@ fn conform(
         .fields()
         .iter()
         .map(|field| -> Result<ArrayRef, arrow::error::ArrowError> {
-            if field.name() == PARTITION_COLUMN && field.data_type() == &DataType::Date32 {
+            if let Some(day) = day
+                && field.name() == PARTITION_COLUMN
+                && field.data_type() == &DataType::Date32
+            {
                 return Ok(Arc::new(Date32Array::from(vec![day; rows])));
             }
             match batch.column_by_name(field.name()) {

@@ -363,7 +363,9 @@ impl ReplicationClient {
         digits.parse().ok()
     }
 
-    /// Starts streaming pgoutput (protocol version 1) from `slot` at `start`
+    /// Starts streaming pgoutput (protocol version 2 with `streaming`: a transaction
+    /// larger than the server's `logical_decoding_work_mem` is sent while in progress,
+    /// instead of spilled to the server's disk until it commits) from `slot` at `start`
     /// ([`Lsn::ZERO`] resumes at the slot's confirmed position) and waits for the server
     /// to enter CopyBoth mode. `messages` also streams `pg_logical_emit_message` messages.
     pub async fn start_logical_replication(
@@ -444,7 +446,7 @@ fn start_replication_command(
     messages: bool,
 ) -> String {
     let mut options = format!(
-        "proto_version '1', publication_names {}",
+        "proto_version '2', streaming 'on', publication_names {}",
         publication_names(publications)
     );
     if messages {
@@ -681,11 +683,11 @@ mod tests {
                 &["pub".into(), "Other's".into()],
                 true
             ),
-            "START_REPLICATION SLOT \"s\" LOGICAL 1/A0 (proto_version '1', publication_names '\"pub\",\"Other''s\"', messages 'true')"
+            "START_REPLICATION SLOT \"s\" LOGICAL 1/A0 (proto_version '2', streaming 'on', publication_names '\"pub\",\"Other''s\"', messages 'true')"
         );
         assert_eq!(
             start_replication_command("s", Lsn::ZERO, &["p".into()], false),
-            "START_REPLICATION SLOT \"s\" LOGICAL 0/0 (proto_version '1', publication_names '\"p\"')"
+            "START_REPLICATION SLOT \"s\" LOGICAL 0/0 (proto_version '2', streaming 'on', publication_names '\"p\"')"
         );
     }
 }
