@@ -18,9 +18,9 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::drain::{drain_with_pg_recvlogical, drain_with_pg2lake};
 use support::service::{ConfigFile, Service, config_yaml};
 use support::{PgOptions, PgServer};
 
@@ -30,8 +30,6 @@ const DEFAULT_CHANGES: u64 = 1_000_000;
 const SLOT: &str = "bench";
 /// Slot `pg_recvlogical` reads.
 const RECV_SLOT: &str = "bench_recv";
-/// Longest either consumer may take to drain the backlog.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
 
 fn main() {
     // `cargo bench` passes `--bench`; any filter argument is ignored (one benchmark).
@@ -104,8 +102,16 @@ async fn run(changes: u64) {
         load.as_secs_f64()
     );
 
-    let recv = drain_with_pg_recvlogical(&pg, &url, &end_lsn);
-    let (lake_time, peak_rss) = drain_with_pg2lake(&db, &config, &end_lsn).await;
+    // The protocol pg2lake asks for: large transactions arrive while in progress.
+    let recv = drain_with_pg_recvlogical(
+        &pg,
+        &url,
+        RECV_SLOT,
+        SLOT,
+        &["proto_version=2", "streaming=on"],
+        &end_lsn,
+    );
+    let (lake_time, peak_rss) = drain_with_pg2lake(&db, &config, SLOT, &end_lsn).await;
     let rows = support::count_delta_rows(&lake.path().join("public/items"));
     assert_eq!(
         rows, changes,
@@ -128,56 +134,4 @@ async fn run(changes: u64) {
         "ratio pg2lake / pg_recvlogical throughput: {:.2}",
         rate(lake_time) / rate(recv)
     );
-}
-
-/// Runs `pg_recvlogical` on its own slot until it reaches `end_lsn`; returns the time.
-fn drain_with_pg_recvlogical(pg: &PgServer, url: &str, end_lsn: &str) -> Duration {
-    let started = Instant::now();
-    let status = Command::new(pg.bin_dir().join("pg_recvlogical"))
-        .args(["--dbname", url, "--slot", RECV_SLOT, "--start", "--no-loop"])
-        // The protocol pg2lake asks for: large transactions arrive while in progress.
-        .args(["--option", "proto_version=2", "--option", "streaming=on"])
-        .args(["--option", &format!("publication_names={SLOT}")])
-        .args(["--endpos", end_lsn, "--file", "/dev/null"])
-        .status()
-        .expect("run pg_recvlogical");
-    let elapsed = started.elapsed();
-    assert!(status.success(), "pg_recvlogical failed: {status}");
-    elapsed
-}
-
-/// Starts pg2lake and waits until its slot has confirmed `end_lsn`, which it does only
-/// once every change up to there is committed in the lake. Returns the time and peak RSS.
-async fn drain_with_pg2lake(
-    db: &tokio_postgres::Client,
-    config: &ConfigFile,
-    end_lsn: &str,
-) -> (Duration, u64) {
-    let started = Instant::now();
-    let mut service = Service::start(config, &[]);
-    let deadline = started + DRAIN_TIMEOUT;
-    loop {
-        let done: bool = db
-            .query_one(
-                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
-                &[&end_lsn, &SLOT],
-            )
-            .await
-            .expect("slot position")
-            .get(0);
-        if done {
-            break;
-        }
-        assert!(
-            service.is_running(),
-            "pg2lake exited; log:\n{}",
-            service.log()
-        );
-        assert!(Instant::now() < deadline, "pg2lake did not catch up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let elapsed = started.elapsed();
-    let peak = service.peak_rss();
-    assert!(service.stop(Duration::from_secs(60)).success());
-    (elapsed, peak)
 }

@@ -20,6 +20,7 @@
 #![allow(dead_code)]
 
 pub mod bank;
+pub mod drain;
 pub mod lake;
 pub mod load;
 pub mod proxy;
