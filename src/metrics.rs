@@ -46,6 +46,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "pg2lake_reconnects_total",
     "pg2lake_memory_buffered_bytes",
     "pg2lake_memory_budget_bytes",
+    "pg2lake_streamed_transactions",
     "pg2lake_object_store_requests_total",
     "pg2lake_object_store_errors_total",
     "pg2lake_object_store_retries_total",
@@ -141,6 +142,8 @@ pub struct Metrics {
     pub memory_buffered_bytes: IntGauge,
     /// `pg2lake_memory_budget_bytes`.
     pub memory_budget_bytes: IntGauge,
+    /// `pg2lake_streamed_transactions`.
+    pub streamed_transactions: IntGauge,
     /// Probe state.
     pub health: Health,
     /// Commit time (Unix µs) of the oldest source change received and not yet committed
@@ -417,6 +420,11 @@ impl Metrics {
                 &r,
                 "pg2lake_memory_budget_bytes",
                 "The configured memory_budget",
+            ),
+            streamed_transactions: gauge(
+                &r,
+                "pg2lake_streamed_transactions",
+                "Source transactions being received before their commit, their rows spooled to the lake's store",
             ),
             per_table_labels: AtomicBool::new(true),
             health: Health::new(),

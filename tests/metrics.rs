@@ -40,6 +40,7 @@ const DOCUMENTED: &[&str] = &[
     "pg2lake_reconnects_total",
     "pg2lake_memory_buffered_bytes",
     "pg2lake_memory_budget_bytes",
+    "pg2lake_streamed_transactions",
     "pg2lake_object_store_requests_total",
     "pg2lake_object_store_errors_total",
     "pg2lake_object_store_retries_total",

@@ -231,6 +231,11 @@ impl Applier {
                 .sum::<usize>()
     }
 
+    /// Source transactions being streamed before their commit.
+    pub fn streamed_transactions(&self) -> usize {
+        self.streamed.len()
+    }
+
     /// The per-table committed LSNs, for logs.
     pub fn table_positions(&self) -> impl Iterator<Item = (String, Option<Lsn>)> + '_ {
         self.tables

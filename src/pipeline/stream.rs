@@ -362,6 +362,7 @@ async fn stop(
     }
     // Transactions still being streamed are streamed again from their beginning.
     applier.discard_streamed().await;
+    metrics::global().streamed_transactions.set(0);
     progress.confirm(applier.confirmable());
     send_status(stream, progress, false).await?;
     tracing::info!(confirmed_lsn = %progress.confirmed(), "replication stopped");
@@ -376,6 +377,8 @@ fn record_loop(progress: &Progress, applier: &Applier) {
     m.set_lag_from(applier.oldest_pending_commit_micros());
     m.memory_buffered_bytes
         .set(i64::try_from(applier.pending_bytes()).unwrap_or(i64::MAX));
+    m.streamed_transactions
+        .set(i64::try_from(applier.streamed_transactions()).unwrap_or(i64::MAX));
 }
 
 /// Reads the server's WAL position and the slot's health for the lag and slot metrics.
