@@ -142,6 +142,11 @@ impl LakeError {
                 deltalake_core::DeltaTableError::ObjectStore { source } => {
                     store_error_is_transient(source)
                 }
+                // Reading the log fails this way: the kernel's error holds the store's
+                // without naming it as its source.
+                deltalake_core::DeltaTableError::KernelError(delta_kernel::Error::ObjectStore(
+                    source,
+                )) => store_error_is_transient(source),
                 deltalake_core::DeltaTableError::Io { .. } => true,
                 deltalake_core::DeltaTableError::Transaction { .. } => true,
                 // A failed upload reaches here wrapped, e.g. as a Parquet error whose
@@ -439,6 +444,35 @@ mod tests {
             },
         );
         assert!(!data.is_transient(), "{data}");
+    }
+
+    #[test]
+    fn a_log_read_that_failed_in_the_store_is_transient() {
+        let url = Url::parse("s3://bucket/lake/public/t").unwrap();
+        // As reading the log reports it (a list request during the store outage).
+        let kernel = |source: object_store::Error| {
+            LakeError::delta(
+                &url,
+                deltalake_core::DeltaTableError::KernelError(delta_kernel::Error::ObjectStore(
+                    source,
+                )),
+            )
+        };
+        let down = kernel(object_store::Error::Generic {
+            store: "S3",
+            source: "error sending request".into(),
+        });
+        assert!(down.is_transient(), "{down}");
+        let denied = kernel(object_store::Error::PermissionDenied {
+            path: "x".into(),
+            source: "403".into(),
+        });
+        assert!(!denied.is_transient(), "{denied}");
+        let broken = LakeError::delta(
+            &url,
+            deltalake_core::DeltaTableError::KernelError(delta_kernel::Error::generic("bad log")),
+        );
+        assert!(!broken.is_transient(), "{broken}");
     }
 
     #[test]

@@ -323,6 +323,10 @@ async fn flush(
     progress: &mut Progress,
 ) -> Result<(), PipelineError> {
     let started = Instant::now();
+    // The lag counts from the oldest change this flush holds, whether or not the
+    // status tick saw it pending: should the commit fail (the store down), the lag keeps
+    // growing from there through the sessions that follow.
+    metrics::global().set_lag_from(applier.oldest_pending_commit_micros());
     let report = applier.flush().await?;
     metrics::global().caught_up();
     // Committed to the lake; Postgres has not heard of it yet.
