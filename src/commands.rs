@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::{Config, TableName};
-use crate::lake::{self, Lake, LakeTable};
+use crate::lake::{self, Lake, LakeReader};
 use crate::pg::catalog;
 use crate::pg::connect;
 use crate::pg::publication;
@@ -394,33 +394,17 @@ async fn collect_status(config: &Config) -> Result<Status, PipelineError> {
     let lake = Lake::open(pipeline::lake_options(config))?;
     let app_id = lake::app_id(&config.source.slot);
     let mut table_status = Vec::with_capacity(tables.len());
-    let oids = catalog::relation_oids(&client, &tables).await?;
     for table in &tables {
-        let location = lake::table_location(lake.root(), &table.schema, &table.name);
-        let opened = if lake.table_exists(&location).await? {
-            let columns = catalog::table_columns(&client, table).await?;
-            let schema = TableSchema::new(&table.schema, &table.name, &columns)?;
-            Some(
-                LakeTable::open(
-                    &lake,
-                    &table.schema,
-                    &table.name,
-                    schema.arrow.clone(),
-                    &app_id,
-                    oids.get(table).copied().unwrap_or_default(),
-                )
-                .await?,
-            )
-        } else {
-            None
+        // Read only: status never creates a lake table nor allocates a writer.
+        let reader = LakeReader::open(&lake, &table.schema, &table.name).await?;
+        let committed_lsn = match &reader {
+            Some(reader) => reader.committed_lsn(&app_id).await?,
+            None => None,
         };
         table_status.push(TableStatus {
             table: table.to_string(),
-            lake_version: opened.as_ref().and_then(LakeTable::version),
-            committed_lsn: opened
-                .as_ref()
-                .and_then(LakeTable::committed_lsn)
-                .map(|l| l.to_string()),
+            lake_version: reader.as_ref().and_then(LakeReader::version),
+            committed_lsn: committed_lsn.map(|l| l.to_string()),
         });
     }
     let confirmed = slot.as_ref().and_then(|s| s.confirmed_flush_lsn);

@@ -23,4 +23,6 @@ mod table;
 
 pub use layout::{app_id, table_location};
 pub use store::{Lake, LakeError, LakeOptions};
-pub use table::{CommitOutcome, LakeTable, SOURCE_CHANGES_PROPERTY, SPOOL_FOLDER, Spool};
+pub use table::{
+    CommitOutcome, DataFile, LakeReader, LakeTable, SOURCE_CHANGES_PROPERTY, SPOOL_FOLDER, Spool,
+};

@@ -58,8 +58,10 @@ use crate::lsn::Lsn;
 use crate::schema::widen_array;
 
 mod encoding;
+mod reader;
 mod spool;
 
+pub use reader::{DataFile, LakeReader};
 pub use spool::{SPOOL_FOLDER, Spool};
 
 /// The table property recording the source table's relation OID (see [`LakeTable::open`]).

@@ -1,0 +1,156 @@
+//! A Delta table opened for reading only (`status`, `verify`): never created, never
+//! written, no writer allocated.
+//!
+//! ```text
+//!  open ─► committed layout, txn position ─► files() ─► batches(file): the file's rows in
+//!                                                      the table's layout (missing columns
+//!                                                      null, widened columns widened, the
+//!                                                      date partition filled in)
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use deltalake_core::DeltaTable;
+use deltalake_core::kernel::engine::arrow_conversion::TryIntoArrow;
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use url::Url;
+
+use super::{PARTITION_COLUMN, REWRITE_BATCH_ROWS, conform, partition_date, read_committed_lsn};
+use crate::lake::layout::table_location;
+use crate::lake::store::{Lake, LakeError};
+use crate::lsn::Lsn;
+
+/// One data file of the current version.
+#[derive(Debug, Clone)]
+pub struct DataFile {
+    path: Path,
+    partition_values: HashMap<String, Option<String>>,
+    /// Rows in the file, when its statistics say.
+    pub rows: Option<u64>,
+}
+
+/// A Delta table loaded at its latest version, for reading.
+pub struct LakeReader {
+    location: Url,
+    table: DeltaTable,
+}
+
+impl std::fmt::Debug for LakeReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LakeReader")
+            .field("location", &self.location.as_str())
+            .field("version", &self.version())
+            .finish()
+    }
+}
+
+impl LakeReader {
+    /// Loads the latest version of the Delta table of `namespace.name`; `None` when the
+    /// lake has no such table.
+    pub async fn open(
+        lake: &Lake,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<LakeReader>, LakeError> {
+        let location = table_location(lake.root(), namespace, name);
+        if !lake.table_exists(&location).await? {
+            return Ok(None);
+        }
+        let mut table = DeltaTable::new(lake.log_store(&location)?);
+        table
+            .load()
+            .await
+            .map_err(|e| LakeError::delta(&location, e))?;
+        Ok(Some(LakeReader { location, table }))
+    }
+
+    /// The table's location.
+    pub fn location(&self) -> &Url {
+        &self.location
+    }
+
+    /// The Delta version loaded.
+    pub fn version(&self) -> Option<i64> {
+        self.table.version().and_then(|v| i64::try_from(v).ok())
+    }
+
+    /// The highest source commit LSN the application `app_id` (a slot) committed.
+    pub async fn committed_lsn(&self, app_id: &str) -> Result<Option<Lsn>, LakeError> {
+        read_committed_lsn(&self.location, &self.table, app_id).await
+    }
+
+    /// The committed layout.
+    pub fn arrow_schema(&self) -> Result<SchemaRef, LakeError> {
+        let snapshot = self
+            .table
+            .snapshot()
+            .map_err(|e| LakeError::delta(&self.location, e))?;
+        let schema: Schema = snapshot.schema().as_ref().try_into_arrow().map_err(
+            |e: arrow::error::ArrowError| LakeError::SchemaMismatch {
+                table: self.location.to_string(),
+                reason: e.to_string(),
+            },
+        )?;
+        Ok(Arc::new(schema))
+    }
+
+    /// The data files of the loaded version.
+    pub fn files(&self) -> Result<Vec<DataFile>, LakeError> {
+        let snapshot = self
+            .table
+            .snapshot()
+            .map_err(|e| LakeError::delta(&self.location, e))?;
+        Ok(snapshot
+            .log_data()
+            .iter()
+            .map(|file| DataFile {
+                path: file.object_store_path(),
+                partition_values: file.partition_values_map(),
+                rows: file.num_records().and_then(|n| u64::try_from(n).ok()),
+            })
+            .collect())
+    }
+
+    /// The rows of `file` in the layout `layout`, a batch at a time. The whole file is
+    /// fetched first (a data file is at most about `lake.target_file_size`), and decoded
+    /// as the batches are taken.
+    pub async fn batches(
+        &self,
+        file: &DataFile,
+        layout: &SchemaRef,
+    ) -> Result<impl Iterator<Item = Result<RecordBatch, LakeError>> + use<>, LakeError> {
+        let location = self.location.clone();
+        let store_err = |source| LakeError::Store {
+            url: location.to_string(),
+            source,
+        };
+        let bytes = self
+            .table
+            .object_store()
+            .get(&file.path)
+            .await
+            .map_err(store_err)?
+            .bytes()
+            .await
+            .map_err(store_err)?;
+        let day =
+            partition_date(&file.partition_values).ok_or_else(|| LakeError::SchemaMismatch {
+                table: location.to_string(),
+                reason: format!("a data file has no valid {PARTITION_COLUMN} partition value"),
+            })?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .and_then(|builder| builder.with_batch_size(REWRITE_BATCH_ROWS).build())
+            .map_err(|e| LakeError::delta(&location, e.into()))?;
+        let layout = layout.clone();
+        Ok(reader.map(move |batch| {
+            batch
+                .and_then(|batch| conform(&batch, Some(day), &layout))
+                .map_err(|e| LakeError::delta(&location, e.into()))
+        }))
+    }
+}
