@@ -65,6 +65,28 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Prove that the lake equals the source at one position, table by table; exit 0
+    /// when equal, 1 when a table differs (the keys are listed), 3 when verifying failed.
+    Verify {
+        /// The configuration file.
+        #[command(flatten)]
+        config: ConfigFile,
+        /// Only this table (`schema.name`); repeat for several. Default: every table.
+        #[arg(long = "table", value_name = "SCHEMA.NAME")]
+        tables: Vec<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Read at most this many source rows per second (spares a busy primary).
+        #[arg(long, value_name = "ROWS")]
+        max_rows_per_second: Option<u64>,
+        /// How long to wait for `pg2lake run` to commit the position compared at.
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+        /// The statement timeout of each read of the source (the snapshot lives as long).
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+        statement_timeout: std::time::Duration,
+    },
 }
 
 /// The `--config FILE` argument shared by every subcommand.
@@ -82,7 +104,8 @@ impl Command {
             Command::Run { config }
             | Command::Snapshot { config, .. }
             | Command::Check { config }
-            | Command::Status { config, .. } => &config.path,
+            | Command::Status { config, .. }
+            | Command::Verify { config, .. } => &config.path,
         }
     }
 
@@ -93,6 +116,7 @@ impl Command {
             Command::Snapshot { .. } => "snapshot",
             Command::Check { .. } => "check",
             Command::Status { .. } => "status",
+            Command::Verify { .. } => "verify",
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::pg::connect;
 use crate::pg::publication;
 use crate::pipeline::{self, PipelineError};
 use crate::schema::TableSchema;
+use crate::verify::{Outcome, Report, VerifyError, VerifyOptions};
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -30,13 +31,23 @@ pub enum CommandError {
     /// `check` found problems.
     #[error("{0} preflight check(s) failed; see the list above")]
     CheckFailed(usize),
+    /// `verify` found tables whose lake differs from the source.
+    #[error("{0} table(s) differ from the source; see the report above")]
+    Different(usize),
+    /// `verify` could not finish.
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
 }
 
 impl CommandError {
     /// The process exit code: 1 for everything at run time (bad usage and configuration
-    /// are found, with exit code 2, before a command runs).
+    /// are found, with exit code 2, before a command runs), except that `verify` exits
+    /// with 3 when it could not finish, so 1 always means "differs" there.
     pub fn exit_code(&self) -> u8 {
-        1
+        match self {
+            CommandError::Verify(_) => 3,
+            _ => 1,
+        }
     }
 }
 
@@ -418,6 +429,73 @@ async fn collect_status(config: &Config) -> Result<Status, PipelineError> {
         lag_seconds,
         tables: table_status,
     })
+}
+
+/// `pg2lake verify`: compares every table (or the chosen ones) at one position and
+/// prints the report; fails with [`CommandError::Different`] when a table differs.
+pub async fn verify(
+    config: &Config,
+    options: &VerifyOptions,
+    json: bool,
+) -> Result<(), CommandError> {
+    let report = crate::verify::verify(config, options).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report)
+                .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+        );
+    } else {
+        print_verify(&report);
+    }
+    match report
+        .tables
+        .iter()
+        .filter(|t| t.status == Outcome::Different)
+        .count()
+    {
+        0 => Ok(()),
+        n => Err(CommandError::Different(n)),
+    }
+}
+
+fn print_verify(report: &Report) {
+    println!(
+        "compared at {} (source transactions committed before it)",
+        report.position
+    );
+    for table in &report.tables {
+        let elapsed = table.elapsed_ms as f64 / 1000.0;
+        match table.status {
+            Outcome::Equal => println!(
+                "✓ {}: equal, {} rows ({elapsed:.1}s)",
+                table.table, table.source_rows
+            ),
+            Outcome::Skipped => println!(
+                "- {}: skipped: {}",
+                table.table,
+                table.reason.as_deref().unwrap_or("")
+            ),
+            Outcome::Different => {
+                println!(
+                    "✗ {}: DIFFERENT: source {} rows, lake {} rows; {} of 4096 key buckets differ ({elapsed:.1}s)",
+                    table.table, table.source_rows, table.lake_rows, table.differing_buckets
+                );
+                for key in &table.keys {
+                    let key_text: Vec<String> =
+                        key.key.iter().map(|(c, v)| format!("{c}={v}")).collect();
+                    println!(
+                        "    {}: {}",
+                        key_text.join(", "),
+                        key.difference.replace('_', " ")
+                    );
+                }
+                if table.keys_truncated {
+                    println!("    … more keys differ than are listed");
+                }
+            }
+        }
+    }
 }
 
 /// Tables without a replica identity that a publication `run` does not change (for all

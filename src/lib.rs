@@ -49,3 +49,4 @@ pub mod snapshot;
 pub mod sql;
 pub mod telemetry;
 pub mod terminal;
+pub mod verify;

@@ -76,6 +76,22 @@ async fn dispatch(command: Command, config: Arc<Config>) -> Result<(), commands:
         }
         Command::Check { .. } => commands::check(&config).await,
         Command::Status { json, .. } => commands::status(&config, json).await,
+        Command::Verify {
+            tables,
+            json,
+            max_rows_per_second,
+            wait,
+            statement_timeout,
+            ..
+        } => {
+            let options = pg2lake::verify::VerifyOptions {
+                tables,
+                max_rows_per_second,
+                wait,
+                statement_timeout,
+            };
+            commands::verify(&config, &options, json).await
+        }
     }
 }
 

@@ -275,6 +275,29 @@ pub async fn table_columns(
         .collect())
 }
 
+/// The names of the primary key's columns of `table`, in key order; empty without one.
+pub async fn primary_key_columns(
+    client: &Client,
+    table: &TableName,
+) -> Result<Vec<String>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text \
+             FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE n.nspname = $1 AND c.relname = $2 AND i.indisprimary \
+             ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(CatalogError::query(format!(
+            "reading the primary key of {table}"
+        )))?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
 /// The relation OID of each of `tables` that exists, by table. A table dropped and
 /// created again under the same name has a new OID: that is how pg2lake tells them apart.
 pub async fn relation_oids(

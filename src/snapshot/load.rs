@@ -264,7 +264,10 @@ pub async fn copy_tables(
 
 /// A connection inside the snapshot: a read-only repeatable-read transaction that
 /// imports the exported snapshot.
-async fn begin(params: &ConnectParams, point: &SnapshotPoint) -> Result<Client, SnapshotError> {
+pub(crate) async fn begin(
+    params: &ConnectParams,
+    point: &SnapshotPoint,
+) -> Result<Client, SnapshotError> {
     let client = connect::sql(params).await?;
     let err = |what| SnapshotError::query("*", what);
     client
@@ -339,7 +342,7 @@ fn plan_ranges(
 /// The COPY statement of one range, with every column in its binary send form or, where
 /// pg2lake does not decode that, its text output (`format('%s', …)` calls the type's output
 /// function, as pgoutput does; a plain `::text` cast would not for bool, inet or char(n)).
-fn copy_sql(schema: &TableSchema, from: Option<i64>, to: Option<i64>) -> String {
+pub(crate) fn copy_sql(schema: &TableSchema, from: Option<i64>, to: Option<i64>) -> String {
     let columns: Vec<String> = schema
         .tuple_columns
         .iter()

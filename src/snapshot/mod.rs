@@ -31,6 +31,8 @@ pub mod copy;
 mod load;
 mod progress;
 
+pub(crate) use load::{begin, copy_sql};
+
 pub use load::copy_tables;
 
 use std::time::Duration;

@@ -1,0 +1,154 @@
+//! The lake's change log folded to the state of each key at a position: what the
+//! current-state query of the README computes, done in memory for a share of the keys.
+//!
+//! ```text
+//!  change-log rows with _lsn ≤ position ─► per key: its changes   truncates: (lsn, seq)
+//!  per key, in (_lsn, _seq) order, after the last truncate:
+//!     d ─► gone      c/u/r ─► the row; a column in _unchanged keeps the previous value
+//! ```
+//!
+//! Rows of the change log arrive in any order (files are read as the log lists them), so
+//! a key's changes are kept until every file is read and then folded.
+
+use std::collections::HashMap;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Int64Type, SchemaRef};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+use arrow::row::OwnedRow;
+
+use super::digest::{Digester, row_hash};
+use crate::schema::{LSN_COLUMN, OP_COLUMN, SEQ_COLUMN, UNCHANGED_COLUMN};
+
+/// The hash of a column whose value the change log never sent (an unchanged TOAST value
+/// without an earlier change to carry it from): it matches no source value.
+const UNKNOWN: u64 = u64::MAX;
+
+/// One change of a key.
+struct Change {
+    lsn: i64,
+    seq: i64,
+    delete: bool,
+    /// Per compared column, the value's hash; `None` for an unchanged TOAST value.
+    columns: Box<[Option<u64>]>,
+}
+
+/// The changes of a share of the keys, up to a position.
+pub(super) struct Fold {
+    position: i64,
+    keys: HashMap<OwnedRow, (u64, Vec<Change>)>,
+    truncates: Vec<(i64, i64)>,
+    /// Compared column name → its place among the compared columns.
+    compared: HashMap<String, usize>,
+}
+
+impl Fold {
+    /// Folds changes with `_lsn` ≤ `position`; `compared` are the names of the compared
+    /// columns, in the digester's order.
+    pub fn new(position: i64, compared: &[String]) -> Fold {
+        Fold {
+            position,
+            keys: HashMap::new(),
+            truncates: Vec::new(),
+            compared: compared
+                .iter()
+                .enumerate()
+                .map(|(i, name)| (name.clone(), i))
+                .collect(),
+        }
+    }
+
+    /// Takes the changes of `batch` (in `layout`) whose key `wanted` accepts.
+    pub fn add(
+        &mut self,
+        batch: &RecordBatch,
+        layout: &SchemaRef,
+        digester: &Digester,
+        wanted: impl Fn(u64) -> bool,
+    ) -> Result<(), ArrowError> {
+        let column = |name: &str| {
+            layout
+                .index_of(name)
+                .map(|i| batch.column(i).clone())
+                .map_err(|_| ArrowError::SchemaError(format!("the lake table has no {name}")))
+        };
+        let ops = column(OP_COLUMN)?;
+        let ops = ops.as_string::<i32>();
+        let lsns = column(LSN_COLUMN)?;
+        let lsns = lsns.as_primitive::<Int64Type>();
+        let seqs = column(SEQ_COLUMN)?;
+        let seqs = seqs.as_primitive::<Int64Type>();
+        let unchanged = column(UNCHANGED_COLUMN)?;
+        let unchanged = unchanged.as_list::<i32>();
+        let digested = digester.digest(batch)?;
+        for row in 0..batch.num_rows() {
+            let lsn = lsns.value(row);
+            if lsn > self.position {
+                continue;
+            }
+            let seq = seqs.value(row);
+            let op = ops.value(row);
+            if op == "t" {
+                self.truncates.push((lsn, seq));
+                continue;
+            }
+            let key_hash = digested.key_hashes[row];
+            if !wanted(key_hash) {
+                continue;
+            }
+            let mut columns: Box<[Option<u64>]> = digested.row(row).into_iter().map(Some).collect();
+            if unchanged.is_valid(row) {
+                let names = unchanged.value(row);
+                for name in names.as_string::<i32>().iter().flatten() {
+                    if let Some(&i) = self.compared.get(name) {
+                        columns[i] = None;
+                    }
+                }
+            }
+            let change = Change {
+                lsn,
+                seq,
+                delete: op == "d",
+                columns,
+            };
+            self.keys
+                .entry(digested.keys[row].clone())
+                .or_insert_with(|| (key_hash, Vec::new()))
+                .1
+                .push(change);
+        }
+        Ok(())
+    }
+
+    /// The state of every key that exists at the position: key, key hash, row hash.
+    pub fn finish(self) -> impl Iterator<Item = (OwnedRow, u64, u64)> {
+        let last_truncate = self.truncates.iter().copied().max();
+        self.keys
+            .into_iter()
+            .filter_map(move |(key, (key_hash, mut changes))| {
+                changes.sort_by_key(|c| (c.lsn, c.seq));
+                let mut state: Option<Vec<u64>> = None;
+                for change in changes {
+                    if last_truncate.is_some_and(|t| (change.lsn, change.seq) <= t) {
+                        continue;
+                    }
+                    if change.delete {
+                        state = None;
+                        continue;
+                    }
+                    let previous = state.take();
+                    let row = change
+                        .columns
+                        .iter()
+                        .enumerate()
+                        .map(|(i, value)| {
+                            value.unwrap_or_else(|| previous.as_ref().map_or(UNKNOWN, |p| p[i]))
+                        })
+                        .collect();
+                    state = Some(row);
+                }
+                state.map(|row| (key, key_hash, row_hash(&row)))
+            })
+    }
+}

@@ -1,0 +1,629 @@
+//! `pg2lake verify`: proves, table by table, that the lake equals the source at one
+//! position, and names the keys where it does not.
+//!
+//! ```text
+//!  temporary slot ─► exported snapshot S at consistent point C (position P = C − 1)
+//!  wait until pg2lake's slot confirmed ≥ C: every transaction in S is in the lake
+//!  per table:
+//!    source: COPY in S (binary, as the initial load reads it) ─► Arrow ─► Buckets
+//!    lake:   change log rows with _lsn ≤ P, folded per key     ─► Arrow ─► Buckets
+//!    buckets equal ─► equal; else the differing buckets are read again, key by key,
+//!    on both sides, and the keys that differ are reported (key columns only)
+//! ```
+//!
+//! Invariants:
+//! - Exact, not approximate: the source snapshot and the lake fold are at the same
+//!   position, whatever is written meanwhile.
+//! - Bounded cost: the source is read once by a plain sequential COPY (a statement
+//!   timeout bounds the snapshot's life; a rate limit spares a busy primary) and never
+//!   held in memory; the lake is read a file at a time, its keys folded in as many passes
+//!   as keep a pass near [`KEYS_PER_PASS`] changes.
+//! - Values are compared as the type mapping defines them: both sides are decoded into
+//!   the lake's Arrow types by pg2lake's own conversions and compared byte for byte.
+//! - Values other than key columns never appear in the report.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+use arrow::row::OwnedRow;
+use futures::StreamExt;
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::batch::{BatchError, ChangeMeta, Op, TableBatch};
+use crate::config::{Config, ConfigError, TableName};
+use crate::lake::{self, Lake, LakeError, LakeReader};
+use crate::lsn::Lsn;
+use crate::pg::catalog::{self, CatalogError};
+use crate::pg::connect::{self, ConnectError};
+use crate::pipeline::{self, PipelineError};
+use crate::schema::{SchemaError, TableSchema};
+use crate::snapshot::copy::{BinaryRows, CopyFormatError};
+use crate::snapshot::{self, SnapshotError, SnapshotPoint};
+
+mod digest;
+mod fold;
+
+use digest::{BUCKETS, Buckets, Digester, bucket_of, row_hash};
+use fold::Fold;
+
+/// Changes of the lake folded in one pass; more make more passes over the lake's files.
+const KEYS_PER_PASS: u64 = 2_000_000;
+/// Buckets examined key by key when they differ; the rest are only counted.
+const MAX_BUCKETS_EXAMINED: usize = 64;
+/// Keys listed per table.
+const MAX_KEYS_LISTED: usize = 100;
+/// Rows per Arrow chunk read from the source.
+const CHUNK_ROWS: usize = 8192;
+
+/// How `verify` runs.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Only these tables (`schema.name`); all configured ones when empty.
+    pub tables: Vec<String>,
+    /// Source rows read per second at most.
+    pub max_rows_per_second: Option<u64>,
+    /// How long to wait for pg2lake to commit the position compared at.
+    pub wait: Duration,
+    /// The statement timeout of the source reads.
+    pub statement_timeout: Duration,
+}
+
+/// Why verifying could not finish (a difference is not an error: see [`Report`]).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// Connecting, the catalog, the lake or the snapshot failed.
+    #[error(transparent)]
+    Pipeline(Box<PipelineError>),
+    /// pg2lake did not commit the position in time.
+    #[error(
+        "the lake did not reach position {position} within {waited:?}: slot {slot} has confirmed {confirmed} (fix: make sure `pg2lake run` is streaming, or raise --wait)"
+    )]
+    NotCaughtUp {
+        /// The position compared at.
+        position: Lsn,
+        /// How long verify waited.
+        waited: Duration,
+        /// pg2lake's slot.
+        slot: String,
+        /// What the slot confirmed.
+        confirmed: String,
+    },
+    /// A table asked for with --table is not among the configured ones.
+    #[error(
+        "table {0} is not replicated by this configuration (fix: check --table against tables)"
+    )]
+    UnknownTable(String),
+    /// Rows could not be digested.
+    #[error("table {table}: {source}")]
+    Arrow {
+        /// `schema.name`.
+        table: String,
+        /// What failed.
+        source: ArrowError,
+    },
+    /// Reading the source failed.
+    #[error("table {table}: {what}: {source}")]
+    Query {
+        /// `schema.name`.
+        table: String,
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: tokio_postgres::Error,
+    },
+    /// The source's COPY stream was malformed.
+    #[error("table {table}: {source}")]
+    Format {
+        /// `schema.name`.
+        table: String,
+        /// What was wrong.
+        source: CopyFormatError,
+    },
+}
+
+macro_rules! via_pipeline {
+    ($($error:ty),*) => {$(
+        impl From<$error> for VerifyError {
+            fn from(error: $error) -> Self {
+                VerifyError::Pipeline(Box::new(error.into()))
+            }
+        }
+    )*};
+}
+via_pipeline!(
+    ConnectError,
+    CatalogError,
+    LakeError,
+    SnapshotError,
+    SchemaError,
+    ConfigError
+);
+
+impl From<PipelineError> for VerifyError {
+    fn from(error: PipelineError) -> Self {
+        VerifyError::Pipeline(Box::new(error))
+    }
+}
+
+impl From<BatchError> for VerifyError {
+    fn from(error: BatchError) -> Self {
+        SnapshotError::Batch(error).into()
+    }
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The position compared at: source transactions committed before it.
+    pub position: String,
+    /// Per table.
+    pub tables: Vec<TableReport>,
+}
+
+impl Report {
+    /// Whether every table compared equal.
+    pub fn equal(&self) -> bool {
+        self.tables.iter().all(|t| t.status != Outcome::Different)
+    }
+}
+
+/// The outcome for one table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The folded lake equals the source.
+    Equal,
+    /// They differ; the keys are listed.
+    Different,
+    /// Not compared (the reason says why).
+    Skipped,
+}
+
+/// What `verify` found for one table.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    /// `schema.name`.
+    pub table: String,
+    /// The outcome.
+    pub status: Outcome,
+    /// Why the table was skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Rows of the source in the snapshot.
+    pub source_rows: u64,
+    /// Keys of the folded lake at the position.
+    pub lake_rows: u64,
+    /// Buckets (of 4096, by key hash) whose digests differ.
+    pub differing_buckets: usize,
+    /// The keys that differ (key columns only), at most 100.
+    pub keys: Vec<KeyDifference>,
+    /// Whether more keys differ than are listed (or than the examined buckets hold).
+    pub keys_truncated: bool,
+    /// Wall time.
+    pub elapsed_ms: u64,
+}
+
+/// One key that differs.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyDifference {
+    /// The key columns' values.
+    pub key: BTreeMap<String, String>,
+    /// `missing_in_lake`, `not_in_source` or `values_differ`.
+    pub difference: &'static str,
+}
+
+/// One table to compare: its schema as the pipeline maps it, key and compared columns.
+struct Target {
+    name: String,
+    schema: Arc<TableSchema>,
+    reader: LakeReader,
+    key_columns: Vec<usize>,
+}
+
+/// Runs `verify` for the configured tables (or `options.tables`).
+pub async fn verify(config: &Config, options: &VerifyOptions) -> Result<Report, VerifyError> {
+    let params = connect::params(config)?;
+    let client = connect::sql(&params).await?;
+    catalog::check_server(&client).await?;
+    let mut tables = catalog::resolve_tables(&client, &config.table_patterns()).await?;
+    if !options.tables.is_empty() {
+        for wanted in &options.tables {
+            if !tables.iter().any(|t| &t.to_string() == wanted) {
+                return Err(VerifyError::UnknownTable(wanted.clone()));
+            }
+        }
+        tables.retain(|t| options.tables.contains(&t.to_string()));
+    }
+    // The position: a temporary slot's exported snapshot holds exactly the transactions
+    // that commit before its consistent point.
+    let (exporter, created) = snapshot::temporary_export(&params).await?;
+    let point = SnapshotPoint::of_slot(&created);
+    let source = snapshot::begin(&params, &point).await?;
+    drop(exporter);
+    source
+        .batch_execute(&format!(
+            "SET LOCAL statement_timeout = {}",
+            options.statement_timeout.as_millis()
+        ))
+        .await
+        .map_err(|source| VerifyError::Query {
+            table: "*".into(),
+            what: "setting the statement timeout",
+            source,
+        })?;
+    wait_committed(
+        &client,
+        &config.source.slot,
+        created.consistent_point,
+        options.wait,
+    )
+    .await?;
+
+    let lake = Lake::open(pipeline::lake_options(config))?;
+    let mut types = pipeline::type_catalog(config)?;
+    let mut reports = Vec::with_capacity(tables.len());
+    for table in &tables {
+        let started = Instant::now();
+        let mut report = match target(config, &client, &lake, &mut types, table).await? {
+            Ok(target) => compare(&source, &target, point.lsn, options).await?,
+            Err(reason) => TableReport::skipped(table.to_string(), reason),
+        };
+        report.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        reports.push(report);
+    }
+    let _ = source.batch_execute("ROLLBACK").await;
+    Ok(Report {
+        position: point.lsn.to_string(),
+        tables: reports,
+    })
+}
+
+/// Waits until pg2lake's slot has confirmed `consistent_point`: pg2lake confirms only
+/// what is committed to the lake, so every transaction before it is there.
+async fn wait_committed(
+    client: &Client,
+    slot: &str,
+    consistent_point: Lsn,
+    wait: Duration,
+) -> Result<(), VerifyError> {
+    let started = Instant::now();
+    loop {
+        let info = catalog::slot_info(client, slot).await?;
+        let confirmed = info.as_ref().and_then(|s| s.confirmed_flush_lsn);
+        if confirmed.is_some_and(|c| c >= consistent_point) {
+            return Ok(());
+        }
+        if started.elapsed() >= wait {
+            return Err(VerifyError::NotCaughtUp {
+                position: Lsn(consistent_point.0.saturating_sub(1)),
+                waited: wait,
+                slot: slot.to_owned(),
+                confirmed: match (info, confirmed) {
+                    (None, _) => "nothing (the slot does not exist)".to_owned(),
+                    (Some(_), None) => "nothing".to_owned(),
+                    (Some(_), Some(c)) => c.to_string(),
+                },
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The table as the pipeline maps it, or why it cannot be compared.
+async fn target(
+    config: &Config,
+    client: &Client,
+    lake: &Lake,
+    types: &mut crate::schema::TypeCatalog,
+    table: &TableName,
+) -> Result<Result<Target, String>, VerifyError> {
+    let Some(reader) = LakeReader::open(lake, &table.schema, &table.name).await? else {
+        return Ok(Err("not in the lake yet".to_owned()));
+    };
+    if reader
+        .committed_lsn(&lake::app_id(&config.source.slot))
+        .await?
+        .is_none()
+    {
+        return Ok(Err(format!(
+            "the lake table holds nothing from slot {}",
+            config.source.slot
+        )));
+    }
+    let columns = catalog::table_columns(client, table).await?;
+    catalog::resolve_types(client, types, &columns).await?;
+    let known = TableSchema::from_lake(&table.schema, &table.name, &*reader.arrow_schema()?)?;
+    let schema = known
+        .evolve_with(&columns, types, config.schema.on_type_change)?
+        .schema;
+    // Rows are matched by the replica identity's columns, which delete rows carry; under
+    // REPLICA IDENTITY FULL every column is in it, so the primary key matches instead.
+    let key_names: Vec<String> = if columns.iter().all(|c| c.is_key) {
+        catalog::primary_key_columns(client, table).await?
+    } else {
+        columns
+            .iter()
+            .filter(|c| c.is_key)
+            .map(|c| c.name.clone())
+            .collect()
+    };
+    let key_columns: Vec<usize> = key_names
+        .iter()
+        .filter_map(|name| {
+            let position = columns.iter().position(|c| &c.name == name)?;
+            schema.tuple_columns.get(position).copied()
+        })
+        .collect();
+    if key_columns.is_empty() || key_columns.len() != key_names.len() {
+        return Ok(Err(
+            "no primary key or replica identity index: rows cannot be matched by key".to_owned(),
+        ));
+    }
+    Ok(Ok(Target {
+        name: table.to_string(),
+        schema: Arc::new(schema),
+        reader,
+        key_columns,
+    }))
+}
+
+impl TableReport {
+    fn skipped(table: String, reason: String) -> TableReport {
+        TableReport {
+            table,
+            status: Outcome::Skipped,
+            reason: Some(reason),
+            source_rows: 0,
+            lake_rows: 0,
+            differing_buckets: 0,
+            keys: Vec::new(),
+            keys_truncated: false,
+            elapsed_ms: 0,
+        }
+    }
+}
+
+/// Compares one table: buckets first, then the keys of the buckets that differ.
+async fn compare(
+    source: &Client,
+    target: &Target,
+    position: Lsn,
+    options: &VerifyOptions,
+) -> Result<TableReport, VerifyError> {
+    let layout = target.schema.arrow.clone();
+    let arrow_err = |source| VerifyError::Arrow {
+        table: target.name.clone(),
+        source,
+    };
+    let digester = Digester::new(&layout, &target.key_columns, &target.schema.tuple_columns)
+        .map_err(arrow_err)?;
+    let compared: Vec<String> = target
+        .schema
+        .tuple_columns
+        .iter()
+        .map(|&i| layout.field(i).name().clone())
+        .collect();
+
+    let mut source_buckets = Buckets::default();
+    read_source(source, target, &digester, options, |_, key_hash, row| {
+        source_buckets.add(key_hash, row);
+    })
+    .await?;
+    let mut lake_buckets = Buckets::default();
+    fold_lake(
+        target,
+        &digester,
+        &compared,
+        position,
+        |_| true,
+        |_, key_hash, row| {
+            lake_buckets.add(key_hash, row);
+        },
+    )
+    .await?;
+    let differing = source_buckets.differing(&lake_buckets);
+    let mut report = TableReport {
+        table: target.name.clone(),
+        status: if differing.is_empty() {
+            Outcome::Equal
+        } else {
+            Outcome::Different
+        },
+        reason: None,
+        source_rows: source_buckets.rows(),
+        lake_rows: lake_buckets.rows(),
+        differing_buckets: differing.len(),
+        keys: Vec::new(),
+        keys_truncated: differing.len() > MAX_BUCKETS_EXAMINED,
+        elapsed_ms: 0,
+    };
+    if differing.is_empty() {
+        return Ok(report);
+    }
+    // Key by key, in the buckets that differ.
+    let examined: HashSet<usize> = differing.into_iter().take(MAX_BUCKETS_EXAMINED).collect();
+    let mut source_rows: HashMap<OwnedRow, u64> = HashMap::new();
+    read_source(source, target, &digester, options, |key, key_hash, row| {
+        if examined.contains(&bucket_of(key_hash)) {
+            source_rows.insert(key.clone(), row);
+        }
+    })
+    .await?;
+    let mut lake_rows: HashMap<OwnedRow, u64> = HashMap::new();
+    fold_lake(
+        target,
+        &digester,
+        &compared,
+        position,
+        |key_hash| examined.contains(&bucket_of(key_hash)),
+        |key, _, row| {
+            lake_rows.insert(key, row);
+        },
+    )
+    .await?;
+    let mut differences: Vec<(OwnedRow, &'static str)> = Vec::new();
+    for (key, row) in &source_rows {
+        match lake_rows.get(key) {
+            None => differences.push((key.clone(), "missing_in_lake")),
+            Some(lake) if lake != row => differences.push((key.clone(), "values_differ")),
+            Some(_) => {}
+        }
+    }
+    for key in lake_rows.keys() {
+        if !source_rows.contains_key(key) {
+            differences.push((key.clone(), "not_in_source"));
+        }
+    }
+    differences.sort_by(|a, b| a.0.cmp(&b.0));
+    report.keys_truncated |= differences.len() > MAX_KEYS_LISTED;
+    for (key, difference) in differences.into_iter().take(MAX_KEYS_LISTED) {
+        let key = digester.describe_key(&key, &layout).map_err(arrow_err)?;
+        report.keys.push(KeyDifference {
+            key: key.into_iter().collect(),
+            difference,
+        });
+    }
+    Ok(report)
+}
+
+/// Reads the table in the source snapshot and hands every row's key, key hash and row
+/// hash to `each`.
+async fn read_source(
+    client: &Client,
+    target: &Target,
+    digester: &Digester,
+    options: &VerifyOptions,
+    mut each: impl FnMut(&OwnedRow, u64, u64),
+) -> Result<(), VerifyError> {
+    let query_err = |what| {
+        let table = target.name.clone();
+        move |source| VerifyError::Query {
+            table,
+            what,
+            source,
+        }
+    };
+    let stream = client
+        .copy_out(&snapshot::copy_sql(&target.schema, None, None))
+        .await
+        .map_err(query_err("starting COPY"))?;
+    let mut stream = std::pin::pin!(stream);
+    let mut batch = TableBatch::new(target.schema.clone());
+    let mut rows = BinaryRows::new(target.schema.tuple_columns.len());
+    let meta = ChangeMeta {
+        op: Op::Read,
+        lsn: Lsn::ZERO,
+        seq: 0,
+        commit_ts_micros: 0,
+        xid: None,
+    };
+    let started = Instant::now();
+    let mut read: u64 = 0;
+    let mut digest = |batch: &RecordBatch| -> Result<(), VerifyError> {
+        let digested = digester
+            .digest(batch)
+            .map_err(|source| VerifyError::Arrow {
+                table: target.name.clone(),
+                source,
+            })?;
+        for row in 0..batch.num_rows() {
+            each(
+                &digested.keys[row],
+                digested.key_hashes[row],
+                row_hash(&digested.row(row)),
+            );
+        }
+        Ok(())
+    };
+    while let Some(data) = stream.next().await {
+        let data = data.map_err(query_err("reading COPY data"))?;
+        rows.feed::<RowError>(&data, |row, fields| {
+            batch
+                .push_binary_copy(&meta, row, fields)
+                .map_err(|e| RowError::Batch(Box::new(e)))
+        })
+        .map_err(|error| match error {
+            RowError::Format(source) => VerifyError::Format {
+                table: target.name.clone(),
+                source,
+            },
+            RowError::Batch(error) => (*error).into(),
+        })?;
+        if batch.len() >= CHUNK_ROWS {
+            read += batch.len() as u64;
+            digest(&batch.finish()?)?;
+            throttle(started, read, options.max_rows_per_second).await;
+        }
+    }
+    rows.finish().map_err(|source| VerifyError::Format {
+        table: target.name.clone(),
+        source,
+    })?;
+    if !batch.is_empty() {
+        digest(&batch.finish()?)?;
+    }
+    Ok(())
+}
+
+/// Sleeps as long as reading `read` rows since `started` ran ahead of the rate limit.
+async fn throttle(started: Instant, read: u64, limit: Option<u64>) {
+    if let Some(limit) = limit.filter(|l| *l > 0) {
+        let due = Duration::from_secs_f64(read as f64 / limit as f64);
+        if let Some(ahead) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(ahead).await;
+        }
+    }
+}
+
+/// Why a COPY row could not be taken.
+enum RowError {
+    Format(CopyFormatError),
+    Batch(Box<BatchError>),
+}
+
+impl From<CopyFormatError> for RowError {
+    fn from(error: CopyFormatError) -> Self {
+        RowError::Format(error)
+    }
+}
+
+/// Folds the lake's change log at `position` for the keys `wanted` accepts and hands
+/// every key that exists there, with its key hash and row hash, to `each`. The keys are
+/// split into passes over the files so that one pass holds about [`KEYS_PER_PASS`]
+/// changes.
+async fn fold_lake(
+    target: &Target,
+    digester: &Digester,
+    compared: &[String],
+    position: Lsn,
+    wanted: impl Fn(u64) -> bool,
+    mut each: impl FnMut(OwnedRow, u64, u64),
+) -> Result<(), VerifyError> {
+    let layout: SchemaRef = target.schema.arrow.clone();
+    let files = target.reader.files()?;
+    let changes: u64 = files.iter().map(|f| f.rows.unwrap_or(0)).sum();
+    let passes = changes.div_ceil(KEYS_PER_PASS).max(1);
+    for pass in 0..passes {
+        let in_pass =
+            |key_hash: u64| (key_hash / BUCKETS as u64) % passes == pass && wanted(key_hash);
+        let mut fold = Fold::new(position.as_i64(), compared);
+        for file in &files {
+            for batch in target.reader.batches(file, &layout).await? {
+                fold.add(&batch?, &layout, digester, in_pass)
+                    .map_err(|source| VerifyError::Arrow {
+                        table: target.name.clone(),
+                        source,
+                    })?;
+            }
+        }
+        for (key, key_hash, row) in fold.finish() {
+            each(key, key_hash, row);
+        }
+    }
+    Ok(())
+}
