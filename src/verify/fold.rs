@@ -7,6 +7,9 @@
 //!     d ─► gone      c/u/r ─► the row; a column in _unchanged keeps the previous value
 //! ```
 //!
+//! A key whose changes include one twice (same `_lsn` and `_seq`) never matches the
+//! source, even where the fold would hide it.
+//!
 //! Rows of the change log arrive in any order (files are read as the log lists them), so
 //! a key's changes are kept until every file is read and then folded.
 
@@ -24,6 +27,10 @@ use crate::schema::{LSN_COLUMN, OP_COLUMN, SEQ_COLUMN, UNCHANGED_COLUMN};
 /// The hash of a column whose value the change log never sent (an unchanged TOAST value
 /// without an earlier change to carry it from): it matches no source value.
 const UNKNOWN: u64 = u64::MAX;
+
+/// Mixed into the row hash of a key whose change log holds a change twice, so that it
+/// differs from the source's.
+const DUPLICATED: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// One change of a key.
 struct Change {
@@ -128,6 +135,11 @@ impl Fold {
             .into_iter()
             .filter_map(move |(key, (key_hash, mut changes))| {
                 changes.sort_by_key(|c| (c.lsn, c.seq));
+                // A change the log holds twice (a file committed twice) is a defect even
+                // where folding would hide it: the key is reported.
+                let duplicated = changes
+                    .windows(2)
+                    .any(|w| (w[0].lsn, w[0].seq) == (w[1].lsn, w[1].seq));
                 let mut state: Option<Vec<u64>> = None;
                 for change in changes {
                     if last_truncate.is_some_and(|t| (change.lsn, change.seq) <= t) {
@@ -148,7 +160,13 @@ impl Fold {
                         .collect();
                     state = Some(row);
                 }
-                state.map(|row| (key, key_hash, row_hash(&row)))
+                match state {
+                    Some(row) if duplicated => Some((key, key_hash, row_hash(&row) ^ DUPLICATED)),
+                    Some(row) => Some((key, key_hash, row_hash(&row))),
+                    // Gone at the position, but its history is defective.
+                    None if duplicated => Some((key, key_hash, DUPLICATED)),
+                    None => None,
+                }
             })
     }
 }
