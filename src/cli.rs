@@ -86,6 +86,10 @@ pub enum Command {
         /// The statement timeout of each read of the source (the snapshot lives as long).
         #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
         statement_timeout: std::time::Duration,
+        /// Push the outcome as metrics to this Prometheus Pushgateway (http://host:port),
+        /// for a scheduled run.
+        #[arg(long, value_name = "URL")]
+        push_url: Option<String>,
     },
 }
 

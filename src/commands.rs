@@ -437,17 +437,18 @@ pub async fn verify(
     config: &Config,
     options: &VerifyOptions,
     json: bool,
+    push_url: Option<&str>,
 ) -> Result<(), CommandError> {
     let report = crate::verify::verify(config, options).await?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report)
-                .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
-        );
-    } else {
-        print_verify(&report);
+    if let Some(url) = push_url {
+        // The report is printed whether or not the push works; a failed push fails the
+        // run, so the CronJob shows it.
+        if let Err(err) = crate::verify::push_metrics(url, &config.source.slot, &report).await {
+            print_report(&report, json);
+            return Err(VerifyError::from(err).into());
+        }
     }
+    print_report(&report, json);
     match report
         .tables
         .iter()
@@ -456,6 +457,17 @@ pub async fn verify(
     {
         0 => Ok(()),
         n => Err(CommandError::Different(n)),
+    }
+}
+
+fn print_report(report: &Report, json: bool) {
+    if !json {
+        print_verify(report);
+        return;
+    }
+    match serde_json::to_string_pretty(report) {
+        Ok(text) => println!("{text}"),
+        Err(err) => tracing::error!(error = %err, "cannot render the verify report"),
     }
 }
 

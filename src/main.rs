@@ -82,6 +82,7 @@ async fn dispatch(command: Command, config: Arc<Config>) -> Result<(), commands:
             max_rows_per_second,
             wait,
             statement_timeout,
+            push_url,
             ..
         } => {
             let options = pg2lake::verify::VerifyOptions {
@@ -90,7 +91,7 @@ async fn dispatch(command: Command, config: Arc<Config>) -> Result<(), commands:
                 wait,
                 statement_timeout,
             };
-            commands::verify(&config, &options, json).await
+            commands::verify(&config, &options, json, push_url.as_deref()).await
         }
     }
 }

@@ -47,6 +47,9 @@ use crate::snapshot::{self, SnapshotError, SnapshotPoint};
 
 mod digest;
 mod fold;
+mod push;
+
+pub use push::{PushError, push_metrics};
 
 use digest::{BUCKETS, Buckets, Digester, bucket_of, row_hash};
 use fold::Fold;
@@ -106,6 +109,9 @@ pub enum VerifyError {
         /// What failed.
         source: ArrowError,
     },
+    /// The metrics could not be pushed.
+    #[error(transparent)]
+    Push(#[from] PushError),
     /// Reading the source failed.
     #[error("table {table}: {what}: {source}")]
     Query {
@@ -202,6 +208,9 @@ pub struct TableReport {
     pub differing_buckets: usize,
     /// The keys that differ (key columns only), at most 100.
     pub keys: Vec<KeyDifference>,
+    /// Keys found to differ (in the examined buckets: a lower bound when more than 64
+    /// buckets differ).
+    pub mismatched_keys: u64,
     /// Whether more keys differ than are listed (or than the examined buckets hold).
     pub keys_truncated: bool,
     /// Wall time.
@@ -382,6 +391,7 @@ impl TableReport {
             lake_rows: 0,
             differing_buckets: 0,
             keys: Vec::new(),
+            mismatched_keys: 0,
             keys_truncated: false,
             elapsed_ms: 0,
         }
@@ -439,6 +449,7 @@ async fn compare(
         lake_rows: lake_buckets.rows(),
         differing_buckets: differing.len(),
         keys: Vec::new(),
+        mismatched_keys: 0,
         keys_truncated: differing.len() > MAX_BUCKETS_EXAMINED,
         elapsed_ms: 0,
     };
@@ -480,6 +491,7 @@ async fn compare(
         }
     }
     differences.sort_by(|a, b| a.0.cmp(&b.0));
+    report.mismatched_keys = differences.len() as u64;
     report.keys_truncated |= differences.len() > MAX_KEYS_LISTED;
     for (key, difference) in differences.into_iter().take(MAX_KEYS_LISTED) {
         let key = digester.describe_key(&key, &layout).map_err(arrow_err)?;
