@@ -52,16 +52,24 @@ def problem(where: object, message: str) -> None:
     problems.append(f"{where}: {message}")
 
 
-def metric_names() -> set[str]:
-    """`METRIC_NAMES` parsed from the Rust source: the single list of emitted names."""
-    source = (ROOT / "src/metrics.rs").read_text()
-    match = re.search(r"pub const METRIC_NAMES: &\[&str\] = &\[(.*?)\];", source, re.S)
+def rust_names(path: str, constant: str, least: int) -> set[str]:
+    """The names listed by the `&[&str]` constant `constant` of the Rust file `path`."""
+    source = (ROOT / path).read_text()
+    match = re.search(rf"pub const {constant}: &\[&str\] = &\[(.*?)\];", source, re.S)
     if not match:
-        sys.exit("src/metrics.rs: METRIC_NAMES not found")
+        sys.exit(f"{path}: {constant} not found")
     names = set(re.findall(r'"([a-z_:][a-z0-9_:]*)"', match.group(1)))
-    if len(names) < 10:
-        sys.exit(f"src/metrics.rs: METRIC_NAMES parsed to only {sorted(names)}")
+    if len(names) < least:
+        sys.exit(f"{path}: {constant} parsed to only {sorted(names)}")
     return names
+
+
+def metric_names() -> set[str]:
+    """The single lists of emitted names: `METRIC_NAMES` (served on /metrics) and
+    `PUSHED_METRIC_NAMES` (pushed by a scheduled verify)."""
+    return rust_names("src/metrics.rs", "METRIC_NAMES", 10) | rust_names(
+        "src/verify/push.rs", "PUSHED_METRIC_NAMES", 3
+    )
 
 
 def promql_metrics(expr: str) -> set[str]:
@@ -95,7 +103,10 @@ def check_promql(where: str, expr: str, names: set[str]) -> None:
             if name.endswith(suffix) and name[: -len(suffix)] in names:
                 base = name[: -len(suffix)]
         if base not in names:
-            problem(where, f"{name!r} is not an emitted metric (METRIC_NAMES in src/metrics.rs)")
+            problem(
+                where,
+                f"{name!r} is not an emitted metric (METRIC_NAMES in src/metrics.rs, PUSHED_METRIC_NAMES in src/verify/push.rs)",
+            )
 
 
 def self_test(names: set[str]) -> None:

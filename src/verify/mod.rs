@@ -49,7 +49,7 @@ mod digest;
 mod fold;
 mod push;
 
-pub use push::{PushError, push_metrics};
+pub use push::{PUSHED_METRIC_NAMES, PushError, push_metrics};
 
 use digest::{BUCKETS, Buckets, Digester, bucket_of, row_hash};
 use fold::Fold;

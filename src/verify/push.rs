@@ -17,6 +17,14 @@ use tokio::net::TcpStream;
 
 use super::{Outcome, Report};
 
+/// The metrics a push sends (`scripts/check_deploy.py` checks alerts and dashboards
+/// against them).
+pub const PUSHED_METRIC_NAMES: &[&str] = &[
+    "pg2lake_verify_mismatched_rows",
+    "pg2lake_verify_last_run_timestamp_seconds",
+    "pg2lake_verify_last_success_timestamp_seconds",
+];
+
 /// How long the push may take.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -165,6 +173,13 @@ mod tests {
         assert!(different.contains("pg2lake_verify_mismatched_rows{table=\"public.t\"} 3\n"));
         assert!(different.contains("pg2lake_verify_last_run_timestamp_seconds 1000.5\n"));
         assert!(!different.contains("last_success"));
+        // Exactly the listed names have a TYPE line.
+        let typed: Vec<&str> = equal
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert_eq!(typed, PUSHED_METRIC_NAMES);
     }
 
     #[tokio::test]
