@@ -10,8 +10,9 @@
 //! in `_total`, label values are few (a table, an op, an error kind), and values are
 //! updated per flush, commit or tick, never per row. Every labelled series is created
 //! with its zero value up front, so a scrape shows every metric from the first second
-//! and `rate()` has a starting point. `METRIC_NAMES` is the documented list; the
-//! integration test, the deploy checker and the README all read it.
+//! and `rate()` has a starting point. `METRIC_NAMES` lists them for the deploy checker
+//! (scripts/check_deploy.py); tests/metrics.rs checks that it and the README's metrics
+//! table both name exactly the families a running `pg2lake run` serves.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -54,8 +55,12 @@ pub const METRIC_NAMES: &[&str] = &[
     "pg2lake_snapshot_rows_estimated",
     "pg2lake_snapshot_tables_pending",
     "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
     "process_cpu_seconds_total",
     "process_open_fds",
+    "process_max_fds",
+    "process_threads",
+    "process_start_time_seconds",
 ];
 
 /// The `table` label value used for every table when `metrics.per_table_labels` is off.

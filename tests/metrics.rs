@@ -1,12 +1,17 @@
-//! The metrics endpoint of `pg2lake run` against a real PostgreSQL: every documented
-//! metric is exposed, counters follow the changes written, and the probes follow the
-//! stream (not ready while another consumer holds the slot or Postgres is down).
+//! The metrics endpoint of `pg2lake run` against a real PostgreSQL: the metric families
+//! it serves are exactly the ones README.md's metrics table documents (and
+//! `pg2lake::metrics::METRIC_NAMES` lists), counters follow the changes written, and the
+//! probes follow the stream (not ready while another consumer holds the slot or Postgres
+//! is down).
 
 mod support;
 
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use pg2lake::metrics::METRIC_NAMES;
 use support::lake::wait_caught_up;
 use support::scrape::{get, sample, sample_or_panic, try_get, with_metrics};
 use support::service::{ConfigFile, Service, config_yaml};
@@ -17,40 +22,115 @@ const STOP: Duration = Duration::from_secs(30);
 /// How long the probes may take to follow a change of state (slot recheck is 5 s).
 const PROBE_FOLLOWS: Duration = Duration::from_secs(30);
 
-/// The test's own copy of the documented metric names: it must equal
-/// `pg2lake::metrics::METRIC_NAMES`, so the README table cannot drift from the code.
-const DOCUMENTED: &[&str] = &[
-    "pg2lake_replication_lag_bytes",
-    "pg2lake_replication_lag_seconds",
-    "pg2lake_received_lsn",
-    "pg2lake_committed_lsn",
-    "pg2lake_confirmed_lsn",
-    "pg2lake_slot_retained_wal_bytes",
-    "pg2lake_slot_active",
-    "pg2lake_slot_wal_status",
-    "pg2lake_slot_safe_wal_size_bytes",
-    "pg2lake_changes_total",
-    "pg2lake_rows_written_total",
-    "pg2lake_parquet_files_total",
-    "pg2lake_parquet_bytes_total",
-    "pg2lake_delta_commits_total",
-    "pg2lake_schema_changes_total",
-    "pg2lake_flush_duration_seconds",
-    "pg2lake_errors_total",
-    "pg2lake_reconnects_total",
-    "pg2lake_memory_buffered_bytes",
-    "pg2lake_memory_budget_bytes",
-    "pg2lake_streamed_transactions",
-    "pg2lake_object_store_requests_total",
-    "pg2lake_object_store_errors_total",
-    "pg2lake_object_store_retries_total",
-    "pg2lake_snapshot_rows",
-    "pg2lake_snapshot_rows_estimated",
-    "pg2lake_snapshot_tables_pending",
-    "process_resident_memory_bytes",
-    "process_cpu_seconds_total",
-    "process_open_fds",
-];
+/// The README section whose first table documents every metric `/metrics` serves.
+const METRICS_SECTION: &str = "## Metrics and probes";
+
+/// The metric names of README.md's metrics table: every backticked name in the first
+/// column (one cell may list several), in table order. Panics when the section or its
+/// table is missing, or when a row names no metric, so a reshaped README cannot turn
+/// the check into a comparison with nothing.
+fn documented_names(readme: &str) -> Vec<String> {
+    let mut lines = readme
+        .lines()
+        .skip_while(|line| line.trim_end() != METRICS_SECTION)
+        .skip(1)
+        .take_while(|line| !line.starts_with("## "))
+        .skip_while(|line| !line.starts_with('|'));
+    let header = lines
+        .next()
+        .unwrap_or_else(|| panic!("no table under {METRICS_SECTION:?} in README.md"));
+    let rule = lines.next().unwrap_or_default();
+    assert!(
+        rule.starts_with("|---") || rule.starts_with("| ---"),
+        "the first table under {METRICS_SECTION:?} has no header row: {header:?} then {rule:?}"
+    );
+    let mut names = Vec::new();
+    for row in lines.take_while(|line| line.starts_with('|')) {
+        let first_cell = row.split('|').nth(1).unwrap_or_default();
+        let before = names.len();
+        for name in first_cell.split('`').skip(1).step_by(2) {
+            assert!(
+                !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "not a metric name in README.md's metrics table: {name:?} in {row:?}"
+            );
+            names.push(name.to_owned());
+        }
+        assert!(
+            names.len() > before,
+            "README.md metrics row without a `name` in its first column: {row:?}"
+        );
+    }
+    assert!(
+        !names.is_empty(),
+        "the table under {METRICS_SECTION:?} in README.md has no rows"
+    );
+    names
+}
+
+fn readme() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The metric families of a Prometheus text exposition: the names of its `# TYPE`
+/// lines (a histogram has one, for its `_bucket`, `_sum` and `_count` samples).
+fn exposed_names(exposition: &str) -> BTreeSet<String> {
+    exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .map(|rest| {
+            let name = rest.split_whitespace().next();
+            name.unwrap_or_else(|| panic!("bad TYPE line: {rest:?}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+/// `listed` against `emitted`: (emitted and not listed, listed and not emitted), each
+/// sorted. A name listed twice is an error of the list.
+fn mismatch(listed: &[String], emitted: &BTreeSet<String>) -> (Vec<String>, Vec<String>) {
+    let set: BTreeSet<String> = listed.iter().cloned().collect();
+    assert_eq!(set.len(), listed.len(), "a name listed twice: {listed:?}");
+    let missing = emitted.difference(&set).cloned().collect();
+    let extra = set.difference(emitted).cloned().collect();
+    (missing, extra)
+}
+
+/// How the names of `readme`'s metrics table and of `pg2lake::metrics::METRIC_NAMES`
+/// (which scripts/check_deploy.py reads) differ from the metric families of
+/// `exposition`, one line per list and direction; empty when they agree.
+fn name_differences(readme: &str, exposition: &str) -> Vec<String> {
+    let emitted = exposed_names(exposition);
+    let in_code: Vec<String> = METRIC_NAMES.iter().map(|&n| n.to_owned()).collect();
+    let mut differences = Vec::new();
+    for (list, names) in [
+        ("README.md's metrics table", documented_names(readme)),
+        ("pg2lake::metrics::METRIC_NAMES", in_code),
+    ] {
+        let (missing, extra) = mismatch(&names, &emitted);
+        if !missing.is_empty() {
+            differences.push(format!("emitted but not in {list}: {}", missing.join(", ")));
+        }
+        if !extra.is_empty() {
+            differences.push(format!("in {list} but not emitted: {}", extra.join(", ")));
+        }
+    }
+    differences
+}
+
+/// Panics, naming each difference, unless README.md's metrics table and `METRIC_NAMES`
+/// both list exactly the metric families of the scrape `exposition`.
+fn assert_names_match(exposition: &str, when: &str) {
+    let differences = name_differences(&readme(), exposition);
+    assert!(
+        differences.is_empty(),
+        "/metrics {when}:\n{}",
+        differences.join("\n")
+    );
+}
 
 /// `pg_recvlogical` streaming from `slot`: another consumer that holds the slot.
 fn hold_slot(pg: &PgServer, url: &str, slot: &str) -> Child {
@@ -65,9 +145,70 @@ fn hold_slot(pg: &PgServer, url: &str, slot: &str) -> Child {
         .expect("start pg_recvlogical")
 }
 
+/// The name check itself, without a server, on this library's own exposition: the
+/// README agrees with it, and each kind of drift is reported by name. The service test
+/// below applies the same check to what a running `pg2lake run` serves.
 #[test]
-fn documented_names_are_the_emitted_ones() {
-    assert_eq!(DOCUMENTED, pg2lake::metrics::METRIC_NAMES);
+fn the_name_check_reports_undocumented_and_unemitted_metrics() {
+    let readme = readme();
+    let metrics = pg2lake::metrics::global();
+    metrics.register_table("public.t");
+    let exposition = String::from_utf8(metrics.render()).expect("utf-8 exposition");
+    assert_eq!(name_differences(&readme, &exposition), Vec::<String>::new());
+
+    // A metric registered in code, documented nowhere.
+    let registered = format!(
+        "{exposition}# HELP pg2lake_new_total new\n# TYPE pg2lake_new_total counter\n\
+         pg2lake_new_total 0\n"
+    );
+    assert_eq!(
+        name_differences(&readme, &registered),
+        [
+            "emitted but not in README.md's metrics table: pg2lake_new_total",
+            "emitted but not in pg2lake::metrics::METRIC_NAMES: pg2lake_new_total",
+        ]
+    );
+
+    // A README row dropped: the table's first row, one in the middle, its last one
+    // with a single name, and one name of the row that lists several.
+    let edited = |from: &str, to: &str| {
+        assert_eq!(readme.matches(from).count(), 1, "{from:?} in README.md");
+        readme.replacen(from, to, 1)
+    };
+    for name in [
+        "pg2lake_replication_lag_bytes",
+        "pg2lake_reconnects_total",
+        "pg2lake_snapshot_tables_pending",
+    ] {
+        let row = readme
+            .lines()
+            .find(|line| line.starts_with(&format!("| `{name}` |")))
+            .unwrap_or_else(|| panic!("no README row for {name}"));
+        assert_eq!(
+            name_differences(&edited(&format!("{row}\n"), ""), &exposition),
+            [format!(
+                "emitted but not in README.md's metrics table: {name}"
+            )]
+        );
+    }
+    assert_eq!(
+        name_differences(&edited("`process_open_fds`", ""), &exposition),
+        ["emitted but not in README.md's metrics table: process_open_fds"]
+    );
+
+    // A README row for a metric nobody emits, after the table's last row.
+    let last = readme
+        .lines()
+        .skip_while(|line| line.trim_end() != METRICS_SECTION)
+        .skip_while(|line| !line.starts_with('|'))
+        .take_while(|line| line.starts_with('|'))
+        .last()
+        .expect("the metrics table");
+    let fake = format!("{last}\n| `pg2lake_fake_total` | counter | | never emitted |\n");
+    assert_eq!(
+        name_differences(&edited(&format!("{last}\n"), &fake), &exposition),
+        ["in README.md's metrics table but not emitted: pg2lake_fake_total"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -123,12 +264,8 @@ async fn metrics_follow_changes_and_probes_follow_the_stream() {
     assert!(body.contains("not streaming"), "{body}");
     let (status, before) = get(port, "/metrics");
     assert_eq!(status, 200);
-    for name in DOCUMENTED {
-        assert!(
-            before.contains(&format!("# TYPE {name} ")),
-            "{name} not exposed before streaming:\n{before}"
-        );
-    }
+    // Every table's series are created before the slot wait, so all metrics show.
+    assert_names_match(&before, "before streaming");
 
     // The other consumer goes away: pg2lake takes the slot and becomes ready.
     holder.kill().expect("stop pg_recvlogical");
@@ -152,12 +289,7 @@ async fn metrics_follow_changes_and_probes_follow_the_stream() {
     });
 
     let (_, text) = get(port, "/metrics");
-    for name in DOCUMENTED {
-        assert!(
-            text.contains(&format!("# TYPE {name} ")),
-            "{name} not exposed:\n{text}"
-        );
-    }
+    assert_names_match(&text, "streaming");
     let expect = |series: &str, value: f64| {
         assert_eq!(sample_or_panic(&text, series), value, "{series}");
     };
