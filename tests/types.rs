@@ -18,7 +18,7 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use serde_json::{Map, Value};
 use support::lake::{Row, wait_caught_up};
-use support::service::{ConfigFile, Service, config_yaml};
+use support::service::{ConfigFile, Service, config_yaml, run_command};
 use support::{PgServer, read_delta};
 
 const CATCH_UP: Duration = Duration::from_secs(180);
@@ -1185,6 +1185,21 @@ async fn type_matrix_round_trips_through_snapshot_and_streaming() {
         insert_rows(&db, family, 2 * STREAM_ID_OFFSET).await;
     }
     wait_caught_up(&db, "types", CATCH_UP).await;
+    // verify reads the source by binary COPY and compares with the streamed (text)
+    // values as the lake holds them: every type must compare equal.
+    let path = config.path().display().to_string();
+    let out = run_command(&["verify", "--config", &path, "--json"], &[], CATCH_UP);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "verify finds every type table equal: {report:#}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verified = report["tables"].as_array().cloned().unwrap_or_default();
+    assert_eq!(verified.len(), families.len(), "{report:#}");
+    for table in &verified {
+        assert_eq!(table["status"], "equal", "{table:#}");
+    }
     service.stop(STOP);
 
     let mut outcome = Outcome::new();
