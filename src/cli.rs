@@ -77,6 +77,10 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Read the source from this read replica (a standby of the source) instead of
+        /// the primary; the position is checked against the primary's slot.
+        #[arg(long, value_name = "URL")]
+        source_url: Option<String>,
         /// Read at most this many source rows per second (spares a busy primary).
         #[arg(long, value_name = "ROWS")]
         max_rows_per_second: Option<u64>,

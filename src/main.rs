@@ -83,10 +83,12 @@ async fn dispatch(command: Command, config: Arc<Config>) -> Result<(), commands:
             wait,
             statement_timeout,
             push_url,
+            source_url,
             ..
         } => {
             let options = pg2lake::verify::VerifyOptions {
                 tables,
+                source_url,
                 max_rows_per_second,
                 wait,
                 statement_timeout,

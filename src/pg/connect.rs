@@ -68,7 +68,13 @@ impl ConnectError {
 /// The connection parameters of `config.source`: the URL, with the password, sslmode,
 /// certificate and channel binding settings layered on top.
 pub fn params(config: &Config) -> Result<ConnectParams, ConnectError> {
-    let mut params = ConnectParams::from_url(&config.source.url)?;
+    params_with_url(config, &config.source.url)
+}
+
+/// [`params`] for another server of the same cluster (a read replica) at `url`, with
+/// the source's password and TLS settings.
+pub fn params_with_url(config: &Config, url: &str) -> Result<ConnectParams, ConnectError> {
+    let mut params = ConnectParams::from_url(url)?;
     if let Some(password) = config.source_password()? {
         params.password = Some(password.expose().to_owned());
     }

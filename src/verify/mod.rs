@@ -60,6 +60,8 @@ const KEYS_PER_PASS: u64 = 2_000_000;
 const MAX_BUCKETS_EXAMINED: usize = 64;
 /// Keys listed per table.
 const MAX_KEYS_LISTED: usize = 100;
+/// How long WAL replay on a replica may take to pause.
+const REPLAY_PAUSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Rows per Arrow chunk read from the source.
 const CHUNK_ROWS: usize = 8192;
 
@@ -68,6 +70,8 @@ const CHUNK_ROWS: usize = 8192;
 pub struct VerifyOptions {
     /// Only these tables (`schema.name`); all configured ones when empty.
     pub tables: Vec<String>,
+    /// Read the source from this read replica instead of the primary.
+    pub source_url: Option<String>,
     /// Source rows read per second at most.
     pub max_rows_per_second: Option<u64>,
     /// How long to wait for pg2lake to commit the position compared at.
@@ -96,6 +100,16 @@ pub enum VerifyError {
         /// What the slot confirmed.
         confirmed: String,
     },
+    /// `--source-url` names a server that is not a standby.
+    #[error(
+        "--source-url is not a read replica (pg_is_in_recovery() is false) (fix: give a standby of the source, or leave --source-url out to read the primary)"
+    )]
+    NotAReplica,
+    /// WAL replay on the replica did not pause.
+    #[error(
+        "WAL replay on the replica did not pause within 30s, so no position can be fixed (fix: check the replica's log)"
+    )]
+    ReplayNotPaused,
     /// A table asked for with --table is not among the configured ones.
     #[error(
         "table {0} is not replicated by this configuration (fix: check --table against tables)"
@@ -248,12 +262,25 @@ pub async fn verify(config: &Config, options: &VerifyOptions) -> Result<Report, 
         }
         tables.retain(|t| options.tables.contains(&t.to_string()));
     }
-    // The position: a temporary slot's exported snapshot holds exactly the transactions
-    // that commit before its consistent point.
-    let (exporter, created) = snapshot::temporary_export(&params).await?;
-    let point = SnapshotPoint::of_slot(&created);
-    let source = snapshot::begin(&params, &point).await?;
-    drop(exporter);
+    let (source, point, consistent_point) = match &options.source_url {
+        // The position: a temporary slot's exported snapshot holds exactly the
+        // transactions that commit before its consistent point.
+        None => {
+            let (exporter, created) = snapshot::temporary_export(&params).await?;
+            let point = SnapshotPoint::of_slot(&created);
+            let source = snapshot::begin(&params, &point).await?;
+            drop(exporter);
+            (source, point, created.consistent_point)
+        }
+        Some(url) => {
+            let (source, replayed) = replica_snapshot(config, url).await?;
+            let point = SnapshotPoint {
+                name: None,
+                lsn: Lsn(replayed.0.saturating_sub(1)),
+            };
+            (source, point, replayed)
+        }
+    };
     source
         .batch_execute(&format!(
             "SET LOCAL statement_timeout = {}",
@@ -265,13 +292,7 @@ pub async fn verify(config: &Config, options: &VerifyOptions) -> Result<Report, 
             what: "setting the statement timeout",
             source,
         })?;
-    wait_committed(
-        &client,
-        &config.source.slot,
-        created.consistent_point,
-        options.wait,
-    )
-    .await?;
+    wait_committed(&client, &config.source.slot, consistent_point, options.wait).await?;
 
     let lake = Lake::open(pipeline::lake_options(config))?;
     let mut types = pipeline::type_catalog(config)?;
@@ -290,6 +311,75 @@ pub async fn verify(config: &Config, options: &VerifyOptions) -> Result<Report, 
         position: point.lsn.to_string(),
         tables: reports,
     })
+}
+
+/// A snapshot on the read replica at `url` whose position is known exactly: replay is
+/// paused while the snapshot is taken, so it holds precisely the transactions whose
+/// commit record ends at or before the replayed position returned. Replay resumes at
+/// once, whatever happens.
+async fn replica_snapshot(config: &Config, url: &str) -> Result<(Client, Lsn), VerifyError> {
+    let params = connect::params_with_url(config, url)?;
+    let control = connect::sql(&params).await?;
+    let query_err = |what| {
+        move |source| VerifyError::Query {
+            table: "*".into(),
+            what,
+            source,
+        }
+    };
+    let standby: bool = control
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .map_err(query_err("asking the replica whether it is a standby"))?
+        .get(0);
+    if !standby {
+        return Err(VerifyError::NotAReplica);
+    }
+    let source = connect::sql(&params).await?;
+    control
+        .batch_execute("SELECT pg_wal_replay_pause()")
+        .await
+        .map_err(query_err(
+            "pausing WAL replay on the replica (needs superuser, or EXECUTE on pg_wal_replay_pause and pg_wal_replay_resume)",
+        ))?;
+    let taken = async {
+        let started = Instant::now();
+        loop {
+            let state: String = control
+                .query_one("SELECT pg_get_wal_replay_pause_state()", &[])
+                .await
+                .map_err(query_err("waiting for WAL replay to pause"))?
+                .get(0);
+            if state == "paused" {
+                break;
+            }
+            if started.elapsed() > REPLAY_PAUSE_TIMEOUT {
+                return Err(VerifyError::ReplayNotPaused);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let replayed: String = control
+            .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
+            .await
+            .map_err(query_err("reading the replayed position"))?
+            .get(0);
+        // The first statement of a repeatable-read transaction takes its snapshot.
+        source
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1")
+            .await
+            .map_err(query_err("taking the snapshot on the replica"))?;
+        replayed
+            .parse::<Lsn>()
+            .map_err(|_| VerifyError::ReplayNotPaused)
+    }
+    .await;
+    let resumed = control
+        .batch_execute("SELECT pg_wal_replay_resume()")
+        .await
+        .map_err(query_err("resuming WAL replay on the replica"));
+    let replayed = taken?;
+    resumed?;
+    Ok((source, replayed))
 }
 
 /// Waits until pg2lake's slot has confirmed `consistent_point`: pg2lake confirms only

@@ -53,6 +53,21 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// What a missing prerequisite's panic tells the reader to run.
 const INSTALL_HINT: &str = "run scripts/test.sh (it installs PostgreSQL, PostGIS, openssl, the postgres OS user and creates the python venv)";
 
+/// A fresh temp dir for a server. As root it must be reachable by the postgres user: a
+/// TMPDIR under /root would not be, /tmp always is. The short path also keeps the unix
+/// socket path under its 107-byte limit.
+fn server_dir(as_postgres: bool, prefix: &str) -> tempfile::TempDir {
+    let base = if as_postgres {
+        PathBuf::from("/tmp")
+    } else {
+        std::env::temp_dir()
+    };
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&base)
+        .expect("create temp dir for postgres")
+}
+
 /// Path of the pg2lake binary built for this test run.
 pub fn pg2lake_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pg2lake"))
@@ -222,18 +237,7 @@ impl PgServer {
                 "running as root needs the OS user {PG_OS_USER:?} to run PostgreSQL: {INSTALL_HINT}"
             );
         }
-        // As root the dir must be reachable by the postgres user: a TMPDIR under /root
-        // would not be, /tmp always is. The short path also keeps the unix socket path
-        // under its 107-byte limit.
-        let base = if as_postgres {
-            PathBuf::from("/tmp")
-        } else {
-            std::env::temp_dir()
-        };
-        let dir = tempfile::Builder::new()
-            .prefix("pg2lake-pg-")
-            .tempdir_in(&base)
-            .expect("create temp dir for postgres");
+        let dir = server_dir(as_postgres, "pg2lake-pg-");
         let data = dir.path().join("data");
         let log = dir.path().join("postgres.log");
         let mut server = PgServer {
@@ -281,16 +285,54 @@ impl PgServer {
             server.make_certs();
         }
 
+        server.start_on_free_port(&options);
+        server
+    }
+
+    /// A hot standby of this server: `pg_basebackup -R` into a fresh temp dir, started
+    /// on a free port, streaming from this server (physical replication).
+    pub fn start_standby(&self) -> PgServer {
+        let dir = server_dir(self.as_postgres, "pg2lake-standby-");
+        let mut server = PgServer {
+            port: 0,
+            bin: self.bin.clone(),
+            data: dir.path().join("data"),
+            log: dir.path().join("postgres.log"),
+            ssl_ca: None,
+            as_postgres: self.as_postgres,
+            running: false,
+            dir,
+        };
+        server.chown_dir();
+        let data_arg = server.data.clone();
+        run_checked(
+            server
+                .pg_command("pg_basebackup")
+                .arg("-D")
+                .arg(&data_arg)
+                .args(["-h", HOST, "-p", &self.port.to_string(), "-U", SUPERUSER])
+                .args(["-R", "-X", "stream", "--no-sync"]),
+            "pg_basebackup",
+        );
+        // The copied configuration includes pg2lake-test.conf, rewritten with the
+        // standby's own port and socket directory.
+        server.start_on_free_port(&PgOptions::default());
+        server
+    }
+
+    /// Writes the settings with a free port and starts; retries on another port when a
+    /// parallel process took the free one first.
+    fn start_on_free_port(&mut self, options: &PgOptions) {
         for attempt in 1..=PORT_ATTEMPTS {
-            server.port = free_port();
-            server.write_conf(&options);
-            server.chown_dir();
-            match server.try_start() {
-                Ok(()) => return server,
+            self.port = free_port();
+            self.write_conf(options);
+            self.chown_dir();
+            match self.try_start() {
+                Ok(()) => return,
                 Err(log) if attempt < PORT_ATTEMPTS && port_taken(&log) => continue,
                 Err(log) => panic!(
                     "postgres did not start on port {} (attempt {attempt}); log tail:\n{log}",
-                    server.port
+                    self.port
                 ),
             }
         }
