@@ -28,9 +28,17 @@ use crate::schema::{LSN_COLUMN, OP_COLUMN, SEQ_COLUMN, UNCHANGED_COLUMN};
 /// without an earlier change to carry it from): it matches no source value.
 const UNKNOWN: u64 = u64::MAX;
 
-/// Mixed into the row hash of a key whose change log holds a change twice, so that it
-/// differs from the source's.
-const DUPLICATED: u64 = 0x9e37_79b9_7f4a_7c15;
+/// One key as the fold leaves it at the position.
+pub(super) struct Folded {
+    /// The key.
+    pub key: OwnedRow,
+    /// Its hash.
+    pub key_hash: u64,
+    /// The row's hash; `None` when the key does not exist at the position.
+    pub row: Option<u64>,
+    /// Whether the key's change log holds a change twice.
+    pub duplicated: bool,
+}
 
 /// One change of a key.
 struct Change {
@@ -128,8 +136,9 @@ impl Fold {
         Ok(())
     }
 
-    /// The state of every key that exists at the position: key, key hash, row hash.
-    pub fn finish(self) -> impl Iterator<Item = (OwnedRow, u64, u64)> {
+    /// Every key that exists at the position, and every key whose change log holds a
+    /// change twice.
+    pub fn finish(self) -> impl Iterator<Item = Folded> {
         let last_truncate = self.truncates.iter().copied().max();
         self.keys
             .into_iter()
@@ -160,13 +169,13 @@ impl Fold {
                         .collect();
                     state = Some(row);
                 }
-                match state {
-                    Some(row) if duplicated => Some((key, key_hash, row_hash(&row) ^ DUPLICATED)),
-                    Some(row) => Some((key, key_hash, row_hash(&row))),
-                    // Gone at the position, but its history is defective.
-                    None if duplicated => Some((key, key_hash, DUPLICATED)),
-                    None => None,
-                }
+                let row = state.map(|row| row_hash(&row));
+                (row.is_some() || duplicated).then_some(Folded {
+                    key,
+                    key_hash,
+                    row,
+                    duplicated,
+                })
             })
     }
 }

@@ -52,7 +52,7 @@ mod push;
 pub use push::{PUSHED_METRIC_NAMES, PushError, push_metrics};
 
 use digest::{BUCKETS, Buckets, Digester, bucket_of, row_hash};
-use fold::Fold;
+use fold::{Fold, Folded};
 
 /// Changes of the lake folded in one pass; more make more passes over the lake's files.
 const KEYS_PER_PASS: u64 = 2_000_000;
@@ -211,7 +211,8 @@ pub struct TableReport {
     pub table: String,
     /// The outcome.
     pub status: Outcome,
-    /// Why the table was skipped.
+    /// Why the table was skipped, or why it differs without keys listed (the lake has no
+    /// table for it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Rows of the source in the snapshot.
@@ -236,7 +237,8 @@ pub struct TableReport {
 pub struct KeyDifference {
     /// The key columns' values.
     pub key: BTreeMap<String, String>,
-    /// `missing_in_lake`, `not_in_source` or `values_differ`.
+    /// `missing_in_lake`, `not_in_source`, `values_differ`, or `duplicated_change` (the
+    /// key's change log holds a change twice).
     pub difference: &'static str,
 }
 
@@ -301,7 +303,14 @@ pub async fn verify(config: &Config, options: &VerifyOptions) -> Result<Report, 
         let started = Instant::now();
         let mut report = match target(config, &client, &lake, &mut types, table).await? {
             Ok(target) => compare(&source, &target, point.lsn, options).await?,
-            Err(reason) => TableReport::skipped(table.to_string(), reason),
+            Err(Unverifiable::Keyless) => TableReport::unverified(
+                table.to_string(),
+                Outcome::Skipped,
+                "no primary key or replica identity index: rows cannot be matched by key",
+            ),
+            Err(Unverifiable::Missing(reason)) => {
+                TableReport::unverified(table.to_string(), Outcome::Different, &reason)
+            }
         };
         report.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         reports.push(report);
@@ -413,6 +422,14 @@ async fn wait_committed(
     }
 }
 
+/// Why a table cannot be compared.
+enum Unverifiable {
+    /// The lake lacks the table: a difference (the source's rows are not in the lake).
+    Missing(String),
+    /// Rows cannot be matched without a key: skipped.
+    Keyless,
+}
+
 /// The table as the pipeline maps it, or why it cannot be compared.
 async fn target(
     config: &Config,
@@ -420,19 +437,22 @@ async fn target(
     lake: &Lake,
     types: &mut crate::schema::TypeCatalog,
     table: &TableName,
-) -> Result<Result<Target, String>, VerifyError> {
+) -> Result<Result<Target, Unverifiable>, VerifyError> {
     let Some(reader) = LakeReader::open(lake, &table.schema, &table.name).await? else {
-        return Ok(Err("not in the lake yet".to_owned()));
+        return Ok(Err(Unverifiable::Missing(
+            "the lake has no table for it (check lake.url, or whether its folder was deleted)"
+                .to_owned(),
+        )));
     };
     if reader
         .committed_lsn(&lake::app_id(&config.source.slot))
         .await?
         .is_none()
     {
-        return Ok(Err(format!(
+        return Ok(Err(Unverifiable::Missing(format!(
             "the lake table holds nothing from slot {}",
             config.source.slot
-        )));
+        ))));
     }
     let columns = catalog::table_columns(client, table).await?;
     catalog::resolve_types(client, types, &columns).await?;
@@ -459,9 +479,7 @@ async fn target(
         })
         .collect();
     if key_columns.is_empty() || key_columns.len() != key_names.len() {
-        return Ok(Err(
-            "no primary key or replica identity index: rows cannot be matched by key".to_owned(),
-        ));
+        return Ok(Err(Unverifiable::Keyless));
     }
     Ok(Ok(Target {
         name: table.to_string(),
@@ -472,11 +490,11 @@ async fn target(
 }
 
 impl TableReport {
-    fn skipped(table: String, reason: String) -> TableReport {
+    fn unverified(table: String, status: Outcome, reason: &str) -> TableReport {
         TableReport {
             table,
-            status: Outcome::Skipped,
-            reason: Some(reason),
+            status,
+            reason: Some(reason.to_owned()),
             source_rows: 0,
             lake_rows: 0,
             differing_buckets: 0,
@@ -515,14 +533,16 @@ async fn compare(
     })
     .await?;
     let mut lake_buckets = Buckets::default();
+    let mut lake_rows = 0;
     fold_lake(
         target,
         &digester,
         &compared,
         position,
         |_| true,
-        |_, key_hash, row| {
-            lake_buckets.add(key_hash, row);
+        |folded| {
+            lake_rows += u64::from(folded.row.is_some());
+            lake_buckets.add(folded.key_hash, lake_digest(&folded));
         },
     )
     .await?;
@@ -536,7 +556,7 @@ async fn compare(
         },
         reason: None,
         source_rows: source_buckets.rows(),
-        lake_rows: lake_buckets.rows(),
+        lake_rows,
         differing_buckets: differing.len(),
         keys: Vec::new(),
         mismatched_keys: 0,
@@ -555,29 +575,35 @@ async fn compare(
         }
     })
     .await?;
-    let mut lake_rows: HashMap<OwnedRow, u64> = HashMap::new();
+    let mut lake_keys: HashMap<OwnedRow, (Option<u64>, bool)> = HashMap::new();
     fold_lake(
         target,
         &digester,
         &compared,
         position,
         |key_hash| examined.contains(&bucket_of(key_hash)),
-        |key, _, row| {
-            lake_rows.insert(key, row);
+        |folded| {
+            lake_keys.insert(folded.key, (folded.row, folded.duplicated));
         },
     )
     .await?;
     let mut differences: Vec<(OwnedRow, &'static str)> = Vec::new();
-    for (key, row) in &source_rows {
-        match lake_rows.get(key) {
-            None => differences.push((key.clone(), "missing_in_lake")),
-            Some(lake) if lake != row => differences.push((key.clone(), "values_differ")),
-            Some(_) => {}
+    for (key, (lake, duplicated)) in &lake_keys {
+        let source = source_rows.get(key);
+        let difference = match (source, lake) {
+            _ if *duplicated => Some("duplicated_change"),
+            (None, Some(_)) => Some("not_in_source"),
+            (Some(_), None) => Some("missing_in_lake"),
+            (Some(source), Some(lake)) if source != lake => Some("values_differ"),
+            _ => None,
+        };
+        if let Some(difference) = difference {
+            differences.push((key.clone(), difference));
         }
     }
-    for key in lake_rows.keys() {
-        if !source_rows.contains_key(key) {
-            differences.push((key.clone(), "not_in_source"));
+    for key in source_rows.keys() {
+        if !lake_keys.contains_key(key) {
+            differences.push((key.clone(), "missing_in_lake"));
         }
     }
     differences.sort_by(|a, b| a.0.cmp(&b.0));
@@ -672,6 +698,18 @@ async fn read_source(
     Ok(())
 }
 
+/// What a folded key adds to the lake's buckets: its row's hash, changed when its change
+/// log holds a change twice so that it never matches the source.
+fn lake_digest(folded: &Folded) -> u64 {
+    const DUPLICATED: u64 = 0x9e37_79b9_7f4a_7c15;
+    let row = folded.row.unwrap_or(0);
+    if folded.duplicated {
+        row ^ DUPLICATED
+    } else {
+        row
+    }
+}
+
 /// Sleeps as long as reading `read` rows since `started` ran ahead of the rate limit.
 async fn throttle(started: Instant, read: u64, limit: Option<u64>) {
     if let Some(limit) = limit.filter(|l| *l > 0) {
@@ -695,7 +733,7 @@ impl From<CopyFormatError> for RowError {
 }
 
 /// Folds the lake's change log at `position` for the keys `wanted` accepts and hands
-/// every key that exists there, with its key hash and row hash, to `each`. The keys are
+/// every key that exists there (or whose change log holds a change twice) to `each`. The keys are
 /// split into passes over the files so that one pass holds about [`KEYS_PER_PASS`]
 /// changes.
 async fn fold_lake(
@@ -704,7 +742,7 @@ async fn fold_lake(
     compared: &[String],
     position: Lsn,
     wanted: impl Fn(u64) -> bool,
-    mut each: impl FnMut(OwnedRow, u64, u64),
+    mut each: impl FnMut(Folded),
 ) -> Result<(), VerifyError> {
     let layout: SchemaRef = target.schema.arrow.clone();
     let files = target.reader.files()?;
@@ -723,8 +761,8 @@ async fn fold_lake(
                     })?;
             }
         }
-        for (key, key_hash, row) in fold.finish() {
-            each(key, key_hash, row);
+        for folded in fold.finish() {
+            each(folded);
         }
     }
     Ok(())

@@ -311,7 +311,8 @@ impl PgServer {
                 .arg("-D")
                 .arg(&data_arg)
                 .args(["-h", HOST, "-p", &self.port.to_string(), "-U", SUPERUSER])
-                .args(["-R", "-X", "stream", "--no-sync"]),
+                // A fast checkpoint: a spread one waits most of checkpoint_timeout.
+                .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]),
             "pg_basebackup",
         );
         // The copied configuration includes pg2lake-test.conf, rewritten with the
