@@ -20,7 +20,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::drain::{drain_with_pg_recvlogical, drain_with_pg2lake};
+use support::bench::{block_on, drain_with_pg_recvlogical, drain_with_pg2lake, size_from_env};
 use support::service::{ConfigFile, Service, config_yaml};
 use support::{PgOptions, PgServer};
 
@@ -33,12 +33,7 @@ const RECV_SLOT: &str = "bench_recv";
 
 fn main() {
     // `cargo bench` passes `--bench`; any filter argument is ignored (one benchmark).
-    let changes: u64 = std::env::var("BENCH_CHANGES")
-        .ok()
-        .map(|v| v.parse().expect("BENCH_CHANGES is a number"))
-        .unwrap_or(DEFAULT_CHANGES);
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    runtime.block_on(run(changes));
+    block_on(run(size_from_env("BENCH_CHANGES", DEFAULT_CHANGES)));
 }
 
 async fn run(changes: u64) {

@@ -24,7 +24,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::drain::{drain_with_pg_recvlogical, drain_with_pg2lake};
+use support::bench::{block_on, drain_with_pg_recvlogical, drain_with_pg2lake, size_from_env};
 use support::service::{ConfigFile, Service, config_yaml};
 use support::{PgOptions, PgServer};
 
@@ -45,12 +45,7 @@ struct SlotStats {
 }
 
 fn main() {
-    let rows: u64 = std::env::var("BENCH_ROWS")
-        .ok()
-        .map(|v| v.parse().expect("BENCH_ROWS is a number"))
-        .unwrap_or(DEFAULT_ROWS);
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    runtime.block_on(run(rows));
+    block_on(run(size_from_env("BENCH_ROWS", DEFAULT_ROWS)));
 }
 
 async fn run(rows: u64) {

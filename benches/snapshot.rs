@@ -19,6 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use support::bench::{block_on, build_items, size_from_env};
 use support::service::{ConfigFile, config_yaml};
 use support::{PgOptions, PgServer, pg2lake_bin};
 
@@ -28,12 +29,7 @@ const DEFAULT_ROWS: u64 = 5_000_000;
 const SELECT: &str = "SELECT id, qty, note, at, price, doc FROM items";
 
 fn main() {
-    let rows: u64 = std::env::var("BENCH_ROWS")
-        .ok()
-        .map(|v| v.parse().expect("BENCH_ROWS is a number"))
-        .unwrap_or(DEFAULT_ROWS);
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    runtime.block_on(run(rows));
+    block_on(run(size_from_env("BENCH_ROWS", DEFAULT_ROWS)));
 }
 
 async fn run(rows: u64) {
@@ -44,21 +40,7 @@ async fn run(rows: u64) {
     let url = pg.create_database("bench").await;
     let db = pg.connect("bench").await;
     let started = Instant::now();
-    db.batch_execute(&format!(
-        "CREATE TABLE items (id bigint PRIMARY KEY, qty int NOT NULL, note text, at timestamptz NOT NULL,
-                             price numeric(12,2), doc jsonb);
-         INSERT INTO items
-           SELECT g, g % 1000, 'item number ' || g, timestamptz '2026-01-01' + g * interval '1 second',
-                  (g % 100000) / 100.0, jsonb_build_object('k', g, 'tag', 'x' || (g % 97))
-           FROM generate_series(1, {rows}) g;"
-    ))
-    .await
-    .expect("build the table");
-    // On its own: VACUUM cannot run inside the implicit transaction of a multi-statement
-    // query. It sets the hint bits and the row estimate the copy reports progress with.
-    db.batch_execute("VACUUM ANALYZE items")
-        .await
-        .expect("vacuum");
+    build_items(&db, rows).await;
     println!(
         "built items with {rows} rows in {:.1}s",
         started.elapsed().as_secs_f64()

@@ -16,6 +16,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use support::bench::{block_on, build_items, size_from_env};
 use support::lake::wait_caught_up;
 use support::service::{ConfigFile, Service, config_yaml, run_command_measured};
 use support::{PgOptions, PgServer};
@@ -26,12 +27,7 @@ const DEFAULT_ROWS: u64 = 3_000_000;
 const SLOT: &str = "bench";
 
 fn main() {
-    let rows: u64 = std::env::var("BENCH_ROWS")
-        .ok()
-        .map(|v| v.parse().expect("BENCH_ROWS is a number"))
-        .unwrap_or(DEFAULT_ROWS);
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    runtime.block_on(run(rows));
+    block_on(run(size_from_env("BENCH_ROWS", DEFAULT_ROWS)));
 }
 
 async fn run(rows: u64) {
@@ -41,19 +37,7 @@ async fn run(rows: u64) {
     });
     let url = pg.create_database("bench").await;
     let db = pg.connect("bench").await;
-    db.batch_execute(&format!(
-        "CREATE TABLE items (id bigint PRIMARY KEY, qty int NOT NULL, note text, at timestamptz NOT NULL,
-                             price numeric(12,2), doc jsonb);
-         INSERT INTO items
-           SELECT g, g % 1000, 'item number ' || g, timestamptz '2026-01-01' + g * interval '1 second',
-                  (g % 100000) / 100.0, jsonb_build_object('k', g, 'tag', 'x' || (g % 97))
-           FROM generate_series(1, {rows}) g;"
-    ))
-    .await
-    .expect("build the table");
-    db.batch_execute("VACUUM ANALYZE items")
-        .await
-        .expect("vacuum");
+    build_items(&db, rows).await;
 
     let lake = tempfile::tempdir().expect("lake dir");
     let config = ConfigFile::new(&config_yaml(

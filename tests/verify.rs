@@ -1,5 +1,6 @@
 //! `pg2lake verify` against a real Postgres and a lake written by `pg2lake run`: equal
-//! lakes verify clean while writes go on; damaged lakes are caught with the keys named.
+//! lakes verify clean while writes go on, on the primary and on a read replica; damaged
+//! lakes are caught with the keys named.
 
 mod support;
 
@@ -29,7 +30,7 @@ fn verify(config: &ConfigFile, args: &[&str]) -> (i32, Value, Output) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_equal_lake_verifies_clean_while_writes_go_on() {
+async fn an_equal_lake_verifies_clean_on_the_primary_and_a_replica_while_writes_go_on() {
     let pg = PgServer::start();
     let url = pg.create_database("bank").await;
     let db = pg.connect("bank").await;
@@ -66,6 +67,53 @@ async fn an_equal_lake_verifies_clean_while_writes_go_on() {
             assert_eq!(table["source_rows"], table["lake_rows"], "{table:#}");
         }
     }
+    // A hot standby of the source, read at its replayed position (--source-url).
+    let standby = pg.start_standby();
+    let replica_url = standby.url("bank");
+    for round in 0..2 {
+        let round_started = std::time::Instant::now();
+        let (code, report, out) = verify(&config, &["--source-url", &replica_url]);
+        eprintln!(
+            "verify on the replica, round {round}: {:.1}s",
+            round_started.elapsed().as_secs_f64()
+        );
+        assert_eq!(
+            code,
+            0,
+            "round {round}: {report:#}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for table in report["tables"].as_array().expect("tables") {
+            assert_eq!(table["status"], "equal", "{table:#}");
+            assert!(
+                table["source_rows"].as_u64().expect("rows") > 0,
+                "{table:#}"
+            );
+        }
+    }
+    // Replay runs again: a row written now reaches the standby.
+    db.batch_execute("INSERT INTO accounts VALUES (100000, 1, 'after verify')")
+        .await
+        .expect("insert");
+    let replica = standby.connect("bank").await;
+    support::wait_until_async(TIMEOUT, "the standby replaying after verify", || async {
+        replica
+            .query_opt("SELECT 1 FROM accounts WHERE id = 100000", &[])
+            .await
+            .expect("query the standby")
+            .is_some()
+    })
+    .await;
+
+    // The primary is not a replica: refused, exit 3, nothing compared.
+    let (code, _, out) = verify(&config, &["--source-url", &url]);
+    assert_eq!(code, 3, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a read replica"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // The same source against a lake that lacks the tables (a wrong lake.url, a deleted
     // folder): a difference, never a pass.
     let empty = tempfile::tempdir().expect("empty lake dir");
@@ -454,78 +502,4 @@ async fn a_damaged_lake_is_caught_with_the_keys_named() {
         "waited {waited:?}: {stderr}"
     );
     eprintln!("a damaged lake is caught: {:?}", started.elapsed());
-}
-
-/// `--source-url` reads a hot standby: the lake verifies equal at the replayed position
-/// while writes go on at the primary, and a server that is not a standby is refused.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_read_replica_verifies_at_its_replayed_position() {
-    let pg = PgServer::start();
-    let url = pg.create_database("bank").await;
-    let db = pg.connect("bank").await;
-    db.batch_execute(SCHEMA).await.expect("schema");
-    let started = std::time::Instant::now();
-    let standby = pg.start_standby();
-    eprintln!("standby started in {:.1}s", started.elapsed().as_secs_f64());
-    let lake = tempfile::tempdir().expect("lake dir");
-    let config = ConfigFile::new(&config_yaml(
-        &url,
-        "replica",
-        &["public.accounts", "public.ledger"],
-        &lake.path().display().to_string(),
-        "",
-    ));
-    let mut service = Service::start(&config, &[]);
-    service.wait_streaming(TIMEOUT);
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = tokio::spawn(load(pg.connect("bank").await, stop.clone(), 23));
-    tokio::time::sleep(Duration::from_secs(3)).await;
-
-    let replica_url = standby.url("bank");
-    for round in 0..2 {
-        let round_started = std::time::Instant::now();
-        let (code, report, out) = verify(&config, &["--source-url", &replica_url]);
-        eprintln!(
-            "verify on the replica, round {round}: {:.1}s",
-            round_started.elapsed().as_secs_f64()
-        );
-        assert_eq!(
-            code,
-            0,
-            "round {round}: {report:#}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for table in report["tables"].as_array().expect("tables") {
-            assert_eq!(table["status"], "equal", "{table:#}");
-            assert!(
-                table["source_rows"].as_u64().expect("rows") > 0,
-                "{table:#}"
-            );
-        }
-    }
-    // Replay runs again: a row written now reaches the standby.
-    db.batch_execute("INSERT INTO accounts VALUES (100000, 1, 'after verify')")
-        .await
-        .expect("insert");
-    let replica = standby.connect("bank").await;
-    support::wait_until_async(TIMEOUT, "the standby replaying after verify", || async {
-        replica
-            .query_opt("SELECT 1 FROM accounts WHERE id = 100000", &[])
-            .await
-            .expect("query the standby")
-            .is_some()
-    })
-    .await;
-
-    // The primary is not a replica: refused, exit 3, nothing compared.
-    let (code, _, out) = verify(&config, &["--source-url", &url]);
-    assert_eq!(code, 3, "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not a read replica"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stop.store(true, Ordering::Relaxed);
-    loader.await.expect("loader");
-    assert!(service.stop(Duration::from_secs(30)).success());
 }

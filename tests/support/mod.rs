@@ -20,7 +20,7 @@
 #![allow(dead_code)]
 
 pub mod bank;
-pub mod drain;
+pub mod bench;
 pub mod lake;
 pub mod load;
 pub mod proxy;

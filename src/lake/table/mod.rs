@@ -288,17 +288,7 @@ impl LakeTable {
         if let Some(staged) = &self.staged_schema {
             return Ok(staged.arrow.clone());
         }
-        let snapshot = self
-            .table
-            .snapshot()
-            .map_err(|e| LakeError::delta(&self.location, e))?;
-        let schema: Schema = snapshot.schema().as_ref().try_into_arrow().map_err(
-            |e: arrow::error::ArrowError| LakeError::SchemaMismatch {
-                table: self.location.to_string(),
-                reason: e.to_string(),
-            },
-        )?;
-        Ok(Arc::new(schema))
+        committed_schema(&self.location, &self.table)
     }
 
     /// Changes the table's layout to `arrow_schema` from the next commit on: files
@@ -834,6 +824,23 @@ fn new_writer(
     Ok(writer
         .with_writer_properties(properties)
         .with_target_file_size(target_file_size))
+}
+
+/// The committed layout of `table` as Arrow.
+fn committed_schema(location: &Url, table: &DeltaTable) -> Result<SchemaRef, LakeError> {
+    let snapshot = table
+        .snapshot()
+        .map_err(|e| LakeError::delta(location, e))?;
+    let schema: Schema =
+        snapshot
+            .schema()
+            .as_ref()
+            .try_into_arrow()
+            .map_err(|e: arrow::error::ArrowError| LakeError::SchemaMismatch {
+                table: location.to_string(),
+                reason: e.to_string(),
+            })?;
+    Ok(Arc::new(schema))
 }
 
 async fn read_committed_lsn(

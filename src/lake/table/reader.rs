@@ -9,18 +9,19 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use deltalake_core::DeltaTable;
-use deltalake_core::kernel::engine::arrow_conversion::TryIntoArrow;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use url::Url;
 
-use super::{PARTITION_COLUMN, REWRITE_BATCH_ROWS, conform, partition_date, read_committed_lsn};
+use super::{
+    PARTITION_COLUMN, REWRITE_BATCH_ROWS, committed_schema, conform, partition_date,
+    read_committed_lsn,
+};
 use crate::lake::layout::table_location;
 use crate::lake::store::{Lake, LakeError};
 use crate::lsn::Lsn;
@@ -86,17 +87,7 @@ impl LakeReader {
 
     /// The committed layout.
     pub fn arrow_schema(&self) -> Result<SchemaRef, LakeError> {
-        let snapshot = self
-            .table
-            .snapshot()
-            .map_err(|e| LakeError::delta(&self.location, e))?;
-        let schema: Schema = snapshot.schema().as_ref().try_into_arrow().map_err(
-            |e: arrow::error::ArrowError| LakeError::SchemaMismatch {
-                table: self.location.to_string(),
-                reason: e.to_string(),
-            },
-        )?;
-        Ok(Arc::new(schema))
+        committed_schema(&self.location, &self.table)
     }
 
     /// The data files of the loaded version.

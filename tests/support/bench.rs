@@ -1,11 +1,47 @@
-//! Draining a queued backlog of WAL, for the benchmarks: pg2lake until its slot confirms a
-//! position, `pg_recvlogical` until it reaches one.
+//! What the benchmarks share: the size knob, the `items` table, and draining a queued
+//! backlog of WAL (pg2lake until its slot confirms a position, `pg_recvlogical` until it
+//! reaches one).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::PgServer;
 use super::service::{ConfigFile, Service};
+
+/// The number in the environment variable `var` (e.g. `BENCH_ROWS`), or `default`.
+pub fn size_from_env(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("{var} is a number")))
+        .unwrap_or(default)
+}
+
+/// Runs `bench` on a fresh multi-threaded runtime.
+pub fn block_on<F: std::future::Future>(bench: F) -> F::Output {
+    tokio::runtime::Runtime::new()
+        .expect("tokio runtime")
+        .block_on(bench)
+}
+
+/// Creates `items` (bigint key, int, text, timestamptz, numeric(12,2), jsonb) with
+/// `rows` rows, then VACUUM ANALYZE (hint bits set, the row estimate known).
+pub async fn build_items(db: &tokio_postgres::Client, rows: u64) {
+    db.batch_execute(&format!(
+        "CREATE TABLE items (id bigint PRIMARY KEY, qty int NOT NULL, note text, at timestamptz NOT NULL,
+                             price numeric(12,2), doc jsonb);
+         INSERT INTO items
+           SELECT g, g % 1000, 'item number ' || g, timestamptz '2026-01-01' + g * interval '1 second',
+                  (g % 100000) / 100.0, jsonb_build_object('k', g, 'tag', 'x' || (g % 97))
+           FROM generate_series(1, {rows}) g;"
+    ))
+    .await
+    .expect("build the table");
+    // On its own: VACUUM cannot run inside the implicit transaction of a multi-statement
+    // query.
+    db.batch_execute("VACUUM ANALYZE items")
+        .await
+        .expect("vacuum");
+}
 
 /// Longest a consumer may take to drain a backlog.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
