@@ -27,6 +27,9 @@ use crate::schema::{LSN_COLUMN, OP_COLUMN, SEQ_COLUMN, UNCHANGED_COLUMN};
 /// The hash of a column whose value the change log never sent (an unchanged TOAST value
 /// without an earlier change to carry it from): it matches no source value.
 const UNKNOWN: u64 = u64::MAX;
+/// Marks a column whose unchanged TOAST value a change did not send. A value hashing to
+/// it would be taken for one (a 2^-64 chance).
+const UNSENT: u64 = u64::MAX - 1;
 
 /// One key as the fold leaves it at the position.
 pub(super) struct Folded {
@@ -45,8 +48,9 @@ struct Change {
     lsn: i64,
     seq: i64,
     delete: bool,
-    /// Per compared column, the value's hash; `None` for an unchanged TOAST value.
-    columns: Box<[Option<u64>]>,
+    /// Per compared column, the value's hash; [`UNSENT`] for an unchanged TOAST value
+    /// (a sentinel rather than an `Option`, which would double the memory per change).
+    columns: Box<[u64]>,
 }
 
 /// The changes of a share of the keys, up to a position.
@@ -112,12 +116,12 @@ impl Fold {
             if !wanted(key_hash) {
                 continue;
             }
-            let mut columns: Box<[Option<u64>]> = digested.row(row).into_iter().map(Some).collect();
+            let mut columns: Box<[u64]> = digested.row(row).into_boxed_slice();
             if unchanged.is_valid(row) {
                 let names = unchanged.value(row);
                 for name in names.as_string::<i32>().iter().flatten() {
                     if let Some(&i) = self.compared.get(name) {
-                        columns[i] = None;
+                        columns[i] = UNSENT;
                     }
                 }
             }
@@ -164,7 +168,11 @@ impl Fold {
                         .iter()
                         .enumerate()
                         .map(|(i, value)| {
-                            value.unwrap_or_else(|| previous.as_ref().map_or(UNKNOWN, |p| p[i]))
+                            if *value == UNSENT {
+                                previous.as_ref().map_or(UNKNOWN, |p| p[i])
+                            } else {
+                                *value
+                            }
                         })
                         .collect();
                     state = Some(row);
