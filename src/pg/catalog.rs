@@ -102,19 +102,7 @@ impl CatalogError {
     /// missing privileges, settings and tables need a human.
     pub fn is_transient(&self) -> bool {
         match self {
-            CatalogError::Query { source, .. } => {
-                source.is_closed()
-                    || source.as_db_error().is_none()
-                    || source.code().is_some_and(|c| {
-                        let code = c.code();
-                        code.starts_with("08")
-                            || code.starts_with("57P")
-                            || code == "53300"
-                            || code == "55006"
-                            || code == "40001"
-                            || code == "40P01"
-                    })
-            }
+            CatalogError::Query { source, .. } => super::sqlstate::query_error_is_transient(source),
             _ => false,
         }
     }

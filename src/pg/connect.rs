@@ -51,13 +51,7 @@ impl ConnectError {
     pub fn is_transient(&self) -> bool {
         match self {
             ConnectError::Connect { source, .. } | ConnectError::Refused { source, .. } => {
-                match source.code() {
-                    None => true,
-                    Some(code) => {
-                        let code = code.code();
-                        code.starts_with("08") || code.starts_with("57P") || code == "53300"
-                    }
-                }
+                super::sqlstate::query_error_is_transient(source)
             }
             ConnectError::Params(err) => err.is_transient(),
             ConnectError::Config(_) => false,

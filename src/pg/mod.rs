@@ -7,3 +7,4 @@ pub(crate) mod mutation;
 pub mod pgoutput;
 pub mod publication;
 pub mod replication;
+pub mod sqlstate;

@@ -123,12 +123,21 @@ impl PipelineError {
     /// The `kind` label of `pg2lake_errors_total` for this error.
     pub fn metric_kind(&self) -> &'static str {
         match self {
-            PipelineError::Lake(_) | PipelineError::Apply(ApplyError::Lake(_)) => "object_store",
+            PipelineError::Lake(_)
+            | PipelineError::Apply(ApplyError::Lake(_))
+            | PipelineError::Snapshot(SnapshotError::Lake(_)) => "object_store",
             PipelineError::Connect(_)
             | PipelineError::Catalog(_)
             | PipelineError::Replication(_)
             | PipelineError::SlotLost(_)
-            | PipelineError::StreamEnded => "postgres",
+            | PipelineError::StreamEnded
+            | PipelineError::Snapshot(
+                SnapshotError::Connect(_)
+                | SnapshotError::Catalog(_)
+                | SnapshotError::Replication(_)
+                | SnapshotError::Query { .. }
+                | SnapshotError::Interrupted { .. },
+            ) => "postgres",
             _ => "data",
         }
     }
@@ -563,6 +572,24 @@ async fn open_table(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_errors_are_counted_by_their_cause() {
+        let lake = PipelineError::Snapshot(SnapshotError::Lake(LakeError::SchemaMismatch {
+            table: "t".into(),
+            reason: "r".into(),
+        }));
+        assert_eq!(lake.metric_kind(), "object_store");
+        let interrupted = PipelineError::Snapshot(SnapshotError::Interrupted {
+            table: "public.t".into(),
+        });
+        assert_eq!(interrupted.metric_kind(), "postgres");
+        let unreadable = PipelineError::Snapshot(SnapshotError::NotReadable {
+            table: "public.t".into(),
+            role: "r".into(),
+        });
+        assert_eq!(unreadable.metric_kind(), "data");
+    }
 
     #[test]
     fn a_healthy_session_resets_the_reconnect_backoff() {

@@ -125,7 +125,7 @@ impl SnapshotError {
             SnapshotError::Lake(e) => e.is_transient(),
             SnapshotError::Catalog(e) => e.is_transient(),
             SnapshotError::Query { source, .. } => {
-                source.is_closed() || source.as_db_error().is_none()
+                crate::pg::sqlstate::query_error_is_transient(source)
             }
             SnapshotError::Interrupted { .. } => true,
             SnapshotError::NotReadable { .. }

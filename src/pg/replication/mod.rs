@@ -146,19 +146,7 @@ impl ReplicationError {
                     | std::io::ErrorKind::UnexpectedEof
                     | std::io::ErrorKind::TimedOut
             ),
-            ReplicationError::Server { code, .. } => {
-                code.starts_with("08") // connection exception
-                    || matches!(
-                        code.as_str(),
-                        "57P01" // admin_shutdown
-                            | "57P02" // crash_shutdown
-                            | "57P03" // cannot_connect_now (starting up, recovery)
-                            | "53300" // too_many_connections
-                            // object_in_use: the slot is still held by a consumer that is
-                            // going away (an old pod during a rollout).
-                            | "55006"
-                    )
-            }
+            ReplicationError::Server { code, .. } => crate::pg::sqlstate::is_transient(code),
             ReplicationError::Auth(_)
             | ReplicationError::Protocol(_)
             | ReplicationError::Config(_) => false,
