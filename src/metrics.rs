@@ -519,8 +519,8 @@ impl Metrics {
 
     /// Records the replication positions of the session.
     pub fn set_positions(&self, received: Lsn, confirmed: Lsn) {
-        self.received_lsn.set(saturating_i64(received.0));
-        self.confirmed_lsn.set(saturating_i64(confirmed.0));
+        self.received_lsn.set(received.as_i64());
+        self.confirmed_lsn.set(confirmed.as_i64());
     }
 
     /// Records the server's side: its WAL position and the slot's state.

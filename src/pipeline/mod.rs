@@ -385,9 +385,7 @@ async fn session(
     let mut applier = Applier::new(replicated, flush_policy(config), start);
     *applier.types_mut() = types;
     if let Some(lsn) = applier.table_positions().filter_map(|(_, lsn)| lsn).max() {
-        metrics::global()
-            .committed_lsn
-            .set(i64::try_from(lsn.0).unwrap_or(i64::MAX));
+        metrics::global().committed_lsn.set(lsn.as_i64());
     }
     metrics::global().health.set_streaming(true);
     for (table, committed) in applier.table_positions() {

@@ -336,8 +336,7 @@ async fn flush(
     let m = metrics::global();
     m.flush_duration.observe(started.elapsed().as_secs_f64());
     if let Some(lsn) = applier.last_commit_lsn() {
-        m.committed_lsn
-            .set(i64::try_from(lsn.0).unwrap_or(i64::MAX));
+        m.committed_lsn.set(lsn.as_i64());
     }
     record_loop(progress, applier);
     tracing::info!(
