@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use support::bench::{block_on, drain_with_pg_recvlogical, drain_with_pg2lake, size_from_env};
 use support::service::{ConfigFile, Service, config_yaml};
-use support::{PgOptions, PgServer};
+use support::{PgOptions, PgServer, SlotStats, slot_stats};
 
 /// Rows inserted when `BENCH_ROWS` is unset.
 const DEFAULT_ROWS: u64 = 5_000_000;
@@ -34,15 +34,6 @@ const DEFAULT_ROWS: u64 = 5_000_000;
 const SLOT: &str = "bench";
 /// Slot `pg_recvlogical` reads.
 const RECV_SLOT: &str = "bench_recv";
-
-/// What a slot's statistics say about the transaction.
-#[derive(Debug)]
-struct SlotStats {
-    spill_bytes: i64,
-    spill_txns: i64,
-    stream_bytes: i64,
-    stream_txns: i64,
-}
 
 fn main() {
     block_on(run(size_from_env("BENCH_ROWS", DEFAULT_ROWS)));
@@ -112,9 +103,9 @@ async fn run(rows: u64) {
 
     let recv =
         drain_with_pg_recvlogical(&pg, &url, RECV_SLOT, SLOT, &["proto_version=1"], &end_lsn);
-    let recv_stats = slot_stats(&db, RECV_SLOT).await;
+    let recv_stats = final_slot_stats(&db, RECV_SLOT).await;
     let (lake_time, peak_rss) = drain_with_pg2lake(&db, &config, SLOT, &end_lsn).await;
-    let lake_stats = slot_stats(&db, SLOT).await;
+    let lake_stats = final_slot_stats(&db, SLOT).await;
     let lake_rows = support::count_delta_rows(&lake.path().join("public/events"));
     assert_eq!(
         lake_rows, rows,
@@ -146,28 +137,12 @@ async fn run(rows: u64) {
 }
 
 /// The slot's statistics, once the walsender that used it has reported them.
-async fn slot_stats(db: &tokio_postgres::Client, slot: &str) -> SlotStats {
-    let read = || async {
-        let row = db
-            .query_one(
-                "SELECT spill_bytes, spill_txns, stream_bytes, stream_txns \
-                 FROM pg_stat_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .expect("slot statistics");
-        SlotStats {
-            spill_bytes: row.get(0),
-            spill_txns: row.get(1),
-            stream_bytes: row.get(2),
-            stream_txns: row.get(3),
-        }
-    };
+async fn final_slot_stats(db: &tokio_postgres::Client, slot: &str) -> SlotStats {
     // A walsender reports its counts when it exits: wait until they stop changing.
-    let mut last = read().await;
+    let mut last = slot_stats(db, slot).await;
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let now = read().await;
+        let now = slot_stats(db, slot).await;
         if now.spill_bytes == last.spill_bytes && now.stream_bytes == last.stream_bytes {
             return now;
         }

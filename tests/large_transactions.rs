@@ -53,7 +53,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::lake::{Row, assert_no_duplicates, fold, lsn, op, seq, wait_caught_up};
 use support::service::{ConfigFile, Service, config_yaml};
-use support::{DeltaRead, PgOptions, PgServer, count_delta_rows, read_delta, try_read_delta};
+use support::{
+    DeltaRead, PgOptions, PgServer, SlotStats, count_delta_rows, read_delta, try_read_delta,
+};
 use tokio_postgres::Client;
 
 /// Slot and publication name.
@@ -69,40 +71,8 @@ const SPOOL_CLEAN: Duration = Duration::from_secs(15);
 const START: Duration = Duration::from_secs(120);
 const STOP: Duration = Duration::from_secs(30);
 
-/// The slot's row of `pg_stat_replication_slots`.
-#[derive(Clone, Copy)]
-struct SlotStats {
-    stream_txns: i64,
-    stream_bytes: i64,
-    spill_txns: i64,
-    spill_bytes: i64,
-}
-
-impl std::fmt::Display for SlotStats {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "stream_txns {} stream_bytes {} spill_txns {} spill_bytes {}",
-            self.stream_txns, self.stream_bytes, self.spill_txns, self.spill_bytes
-        )
-    }
-}
-
 async fn slot_stats(db: &Client) -> SlotStats {
-    let row = db
-        .query_one(
-            "SELECT stream_txns, stream_bytes, spill_txns, spill_bytes \
-             FROM pg_stat_replication_slots WHERE slot_name = $1",
-            &[&SLOT],
-        )
-        .await
-        .expect("slot statistics");
-    SlotStats {
-        stream_txns: row.get(0),
-        stream_bytes: row.get(1),
-        spill_txns: row.get(2),
-        spill_bytes: row.get(3),
-    }
+    support::slot_stats(db, SLOT).await
 }
 
 /// Waits until the walsender has streamed more of in-progress transactions than it had

@@ -29,6 +29,29 @@ fn verify(config: &ConfigFile, args: &[&str]) -> (i32, Value, Output) {
     (out.status.code().unwrap_or(-1), report, out)
 }
 
+/// Runs verify with `args` and asserts exit 0 with every table equal, non-empty, and the
+/// same row count on both sides.
+fn assert_all_equal(config: &ConfigFile, args: &[&str], what: &str) {
+    let (code, report, out) = verify(config, args);
+    assert_eq!(
+        code,
+        0,
+        "{what}: {report:#}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for table in report["tables"].as_array().expect("tables") {
+        assert_eq!(table["status"], "equal", "{what}: {table:#}");
+        assert!(
+            table["source_rows"].as_u64().expect("rows") > 0,
+            "{what}: {table:#}"
+        );
+        assert_eq!(
+            table["source_rows"], table["lake_rows"],
+            "{what}: {table:#}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_equal_lake_verifies_clean_on_the_primary_and_a_replica_while_writes_go_on() {
     let pg = PgServer::start();
@@ -51,45 +74,22 @@ async fn an_equal_lake_verifies_clean_on_the_primary_and_a_replica_while_writes_
 
     // Twice while the load goes on: the position makes it exact.
     for round in 0..2 {
-        let (code, report, out) = verify(&config, &[]);
-        assert_eq!(
-            code,
-            0,
-            "round {round}: {report:#}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for table in report["tables"].as_array().expect("tables") {
-            assert_eq!(table["status"], "equal", "{table:#}");
-            assert!(
-                table["source_rows"].as_u64().expect("rows") > 0,
-                "{table:#}"
-            );
-            assert_eq!(table["source_rows"], table["lake_rows"], "{table:#}");
-        }
+        assert_all_equal(&config, &[], &format!("primary, round {round}"));
     }
     // A hot standby of the source, read at its replayed position (--source-url).
     let standby = pg.start_standby();
     let replica_url = standby.url("bank");
     for round in 0..2 {
-        let round_started = std::time::Instant::now();
-        let (code, report, out) = verify(&config, &["--source-url", &replica_url]);
+        let round_started = Instant::now();
+        assert_all_equal(
+            &config,
+            &["--source-url", &replica_url],
+            &format!("replica, round {round}"),
+        );
         eprintln!(
             "verify on the replica, round {round}: {:.1}s",
             round_started.elapsed().as_secs_f64()
         );
-        assert_eq!(
-            code,
-            0,
-            "round {round}: {report:#}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for table in report["tables"].as_array().expect("tables") {
-            assert_eq!(table["status"], "equal", "{table:#}");
-            assert!(
-                table["source_rows"].as_u64().expect("rows") > 0,
-                "{table:#}"
-            );
-        }
     }
     // Replay runs again: a row written now reaches the standby.
     db.batch_execute("INSERT INTO accounts VALUES (100000, 1, 'after verify')")

@@ -68,6 +68,49 @@ fn server_dir(as_postgres: bool, prefix: &str) -> tempfile::TempDir {
         .expect("create temp dir for postgres")
 }
 
+/// A slot's row of `pg_stat_replication_slots`: what the walsender spilled to the
+/// server's disk and what it streamed before commit.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotStats {
+    /// Transactions streamed while in progress.
+    pub stream_txns: i64,
+    /// Bytes of them.
+    pub stream_bytes: i64,
+    /// Transactions spilled to `pg_replslot`.
+    pub spill_txns: i64,
+    /// Bytes spilled.
+    pub spill_bytes: i64,
+}
+
+impl std::fmt::Display for SlotStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stream_txns {} stream_bytes {} spill_txns {} spill_bytes {}",
+            self.stream_txns, self.stream_bytes, self.spill_txns, self.spill_bytes
+        )
+    }
+}
+
+/// The statistics of `slot` as the server reports them now (a walsender reports them
+/// with some delay).
+pub async fn slot_stats(db: &tokio_postgres::Client, slot: &str) -> SlotStats {
+    let row = db
+        .query_one(
+            "SELECT stream_txns, stream_bytes, spill_txns, spill_bytes \
+             FROM pg_stat_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .expect("slot statistics");
+    SlotStats {
+        stream_txns: row.get(0),
+        stream_bytes: row.get(1),
+        spill_txns: row.get(2),
+        spill_bytes: row.get(3),
+    }
+}
+
 /// Path of the pg2lake binary built for this test run.
 pub fn pg2lake_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pg2lake"))
