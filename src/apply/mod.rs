@@ -271,12 +271,7 @@ impl Applier {
             }
             LogicalMessage::Commit(commit) => {
                 self.txn = None;
-                self.last_commit = Some((commit.commit_lsn, commit.end_lsn));
-                if !self.has_pending() {
-                    // Nothing of ours is in flight: this transaction touched no replicated
-                    // table (or only ones that already hold it), so its end is durable.
-                    self.confirmable = self.confirmable.max(commit.end_lsn);
-                }
+                self.completed(commit.commit_lsn, commit.end_lsn);
                 Ok(true)
             }
             LogicalMessage::StreamStart(start) => {
@@ -303,10 +298,7 @@ impl Applier {
                     .remove(&commit.xid)
                     .ok_or(ApplyError::UnknownStreamedTransaction(commit.xid))?;
                 self.commit_streamed(txn, &commit).await?;
-                self.last_commit = Some((commit.commit_lsn, commit.end_lsn));
-                if !self.has_pending() {
-                    self.confirmable = self.confirmable.max(commit.end_lsn);
-                }
+                self.completed(commit.commit_lsn, commit.end_lsn);
                 Ok(true)
             }
             LogicalMessage::StreamAbort(abort) => {
@@ -370,6 +362,16 @@ impl Applier {
             LogicalMessage::Origin(_) | LogicalMessage::Type(_) | LogicalMessage::Message(_) => {
                 Ok(false)
             }
+        }
+    }
+
+    /// A source transaction is fully applied (its rows pending, if any).
+    fn completed(&mut self, commit_lsn: Lsn, end_lsn: Lsn) {
+        self.last_commit = Some((commit_lsn, end_lsn));
+        if !self.has_pending() {
+            // Nothing of ours is in flight: this transaction touched no replicated table
+            // (or only ones that already hold it), so its end is durable.
+            self.confirmable = self.confirmable.max(end_lsn);
         }
     }
 

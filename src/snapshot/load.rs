@@ -85,8 +85,10 @@ struct Range {
 }
 
 /// Why a row of the COPY stream could not be taken.
-enum RowError {
+pub(crate) enum RowError {
+    /// The stream was malformed.
     Format(CopyFormatError),
+    /// The row's values could not be converted.
     Batch(Box<BatchError>),
 }
 

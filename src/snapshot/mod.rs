@@ -31,7 +31,7 @@ pub mod copy;
 mod load;
 mod progress;
 
-pub(crate) use load::{begin, copy_sql};
+pub(crate) use load::{RowError, begin, copy_sql};
 
 pub use load::copy_tables;
 

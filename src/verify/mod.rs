@@ -43,7 +43,7 @@ use crate::pg::connect::{self, ConnectError};
 use crate::pipeline::{self, PipelineError};
 use crate::schema::{SchemaError, TableSchema};
 use crate::snapshot::copy::{BinaryRows, CopyFormatError};
-use crate::snapshot::{self, SnapshotError, SnapshotPoint};
+use crate::snapshot::{self, RowError, SnapshotError, SnapshotPoint};
 
 mod digest;
 mod fold;
@@ -718,18 +718,6 @@ async fn throttle(started: Instant, read: u64, limit: Option<u64>) {
         if let Some(ahead) = due.checked_sub(started.elapsed()) {
             tokio::time::sleep(ahead).await;
         }
-    }
-}
-
-/// Why a COPY row could not be taken.
-enum RowError {
-    Format(CopyFormatError),
-    Batch(Box<BatchError>),
-}
-
-impl From<CopyFormatError> for RowError {
-    fn from(error: CopyFormatError) -> Self {
-        RowError::Format(error)
     }
 }
 
