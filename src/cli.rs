@@ -65,6 +65,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compact the lake's small files and VACUUM the files no retained version needs,
+    /// once (for a CronJob; `run` does it on its own every lake.compaction.interval).
+    /// Exit 0 when every table was maintained, 1 when one failed.
+    Maintain {
+        /// The configuration file.
+        #[command(flatten)]
+        config: ConfigFile,
+        /// Only this table (`schema.name`); repeat for several. Default: every table in
+        /// the lake.
+        #[arg(long = "table", value_name = "SCHEMA.NAME")]
+        tables: Vec<String>,
+        /// List what would be rewritten and deleted; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Prove that the lake equals the source at one position, table by table; exit 0
     /// when equal, 1 when a table differs (the keys are listed), 3 when verifying failed.
     Verify {
@@ -113,6 +131,7 @@ impl Command {
             | Command::Snapshot { config, .. }
             | Command::Check { config }
             | Command::Status { config, .. }
+            | Command::Maintain { config, .. }
             | Command::Verify { config, .. } => &config.path,
         }
     }
@@ -125,6 +144,7 @@ impl Command {
             Command::Check { .. } => "check",
             Command::Status { .. } => "status",
             Command::Verify { .. } => "verify",
+            Command::Maintain { .. } => "maintain",
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The short-lived commands: `check` (preflight) and `status` (slot lag, lake position),
-//! and the error type `main` maps to exit codes.
+//! The short-lived commands: `check` (preflight), `status` (slot lag, lake position),
+//! `verify` and `maintain`, and the error type `main` maps to exit codes.
 
 use std::time::Duration;
 
@@ -37,6 +37,12 @@ pub enum CommandError {
     /// `verify` could not finish.
     #[error(transparent)]
     Verify(#[from] VerifyError),
+    /// `maintain` could not reach the lake.
+    #[error(transparent)]
+    Lake(#[from] lake::LakeError),
+    /// `maintain` failed for some tables.
+    #[error("maintenance failed for {0} table(s); see the report above")]
+    MaintenanceFailed(usize),
 }
 
 impl CommandError {
@@ -571,4 +577,87 @@ fn publication_line(
         what,
         fix: None,
     }
+}
+
+/// `pg2lake maintain`: compacts and vacuums the lake's tables once (see `maintain`), and
+/// prints what it did per table.
+pub async fn maintain(
+    config: &Config,
+    options: &crate::maintain::MaintainOptions,
+    json: bool,
+) -> Result<(), CommandError> {
+    let holder = crate::maintain::holder_name();
+    let report = crate::maintain::maintain(config, options, &holder).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", maintain_text(&report));
+    }
+    let failed = report.tables.iter().filter(|t| t.error.is_some()).count();
+    if failed > 0 {
+        return Err(CommandError::MaintenanceFailed(failed));
+    }
+    Ok(())
+}
+
+/// The text form of a maintenance report: one block per table.
+fn maintain_text(report: &crate::maintain::Report) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    let (rewrite, delete) = if report.dry_run {
+        ("would rewrite", "would delete")
+    } else {
+        ("rewrote", "deleted")
+    };
+    if report.tables.is_empty() {
+        text.push_str("no tables in the lake\n");
+    }
+    for table in &report.tables {
+        let _ = writeln!(text, "{}", table.table);
+        if let Some(holder) = &table.busy {
+            let _ = writeln!(
+                text,
+                "  skipped: another compactor ({holder}) is working on it"
+            );
+            continue;
+        }
+        if let Some(error) = &table.error {
+            let _ = writeln!(text, "  failed: {error}");
+            continue;
+        }
+        let compaction = &table.compaction;
+        let _ = writeln!(
+            text,
+            "  compaction: {rewrite} {} small files ({} bytes) in {} partitions into {} files{}",
+            compaction.files_removed,
+            compaction.bytes_removed,
+            compaction.partitions,
+            compaction.files_added,
+            if compaction.conflicts > 0 {
+                "; a partition changed under it and is left for the next pass"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            text,
+            "  vacuum: {delete} {} files",
+            table.vacuum.files.len()
+        );
+        if report.dry_run {
+            for file in &table.vacuum.files {
+                let _ = writeln!(text, "    {file}");
+            }
+        } else {
+            let _ = writeln!(
+                text,
+                "  now: {} files, {} bytes, {} small",
+                table.files.files, table.files.bytes, table.files.small_files
+            );
+        }
+    }
+    text
 }

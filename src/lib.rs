@@ -40,6 +40,7 @@ pub mod config;
 pub mod http;
 pub mod lake;
 pub mod lsn;
+pub mod maintain;
 pub mod metrics;
 pub mod pg;
 pub mod pipeline;

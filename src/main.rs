@@ -55,6 +55,9 @@ async fn dispatch(command: Command, config: Arc<Config>) -> Result<(), commands:
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             start_metrics_endpoint(&config, &shutdown).await?;
+            if config.lake.compaction.enabled {
+                pg2lake::maintain::spawn(config.clone(), shutdown.clone());
+            }
             let timeout = config.shutdown_timeout;
             let stopped = shutdown.clone();
             let mut run = std::pin::pin!(pipeline::run(config, shutdown));
@@ -76,6 +79,15 @@ async fn dispatch(command: Command, config: Arc<Config>) -> Result<(), commands:
         }
         Command::Check { .. } => commands::check(&config).await,
         Command::Status { json, .. } => commands::status(&config, json).await,
+        Command::Maintain {
+            tables,
+            dry_run,
+            json,
+            ..
+        } => {
+            let options = pg2lake::maintain::MaintainOptions { tables, dry_run };
+            commands::maintain(&config, &options, json).await
+        }
         Command::Verify {
             tables,
             json,

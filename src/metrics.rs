@@ -54,6 +54,14 @@ pub const METRIC_NAMES: &[&str] = &[
     "pg2lake_snapshot_rows",
     "pg2lake_snapshot_rows_estimated",
     "pg2lake_snapshot_tables_pending",
+    "pg2lake_lake_files",
+    "pg2lake_lake_bytes",
+    "pg2lake_lake_small_files",
+    "pg2lake_compaction_bytes_rewritten_total",
+    "pg2lake_compaction_files_removed_total",
+    "pg2lake_vacuum_files_deleted_total",
+    "pg2lake_maintenance_last_success_timestamp_seconds",
+    "pg2lake_maintenance_duration_seconds",
     "process_resident_memory_bytes",
     "process_virtual_memory_bytes",
     "process_cpu_seconds_total",
@@ -95,6 +103,10 @@ pub const OPS: &[&str] = &["insert", "update", "delete", "truncate"];
 /// change sent to a new lake column (`schema.on_type_change: new_column`).
 pub const SCHEMA_CHANGE_KINDS: &[&str] =
     &["add_column", "drop_column", "retype", "widen", "new_column"];
+
+/// The values of `pg2lake_maintenance_last_success_timestamp_seconds{task}` and
+/// `pg2lake_maintenance_duration_seconds{task}`.
+pub const MAINTENANCE_TASKS: &[&str] = &["compaction", "vacuum"];
 
 /// Upper bounds of the flush-duration histogram buckets, in seconds: a local folder
 /// commits in milliseconds, S3 in hundreds of milliseconds, a struggling store in tens
@@ -167,6 +179,22 @@ pub struct Metrics {
     pub snapshot_rows_estimated: IntGaugeVec,
     /// Tables whose initial load has not been committed yet.
     pub snapshot_tables_pending: IntGauge,
+    /// Data files of each table's current version.
+    pub lake_files: IntGaugeVec,
+    /// Their bytes.
+    pub lake_bytes: IntGaugeVec,
+    /// Those below three quarters of `lake.compaction.target_file_size`.
+    pub lake_small_files: IntGaugeVec,
+    /// Bytes of the small files compaction replaced.
+    pub compaction_bytes_rewritten: IntCounterVec,
+    /// Small files compaction replaced.
+    pub compaction_files_removed: IntCounterVec,
+    /// Files VACUUM deleted.
+    pub vacuum_files_deleted: IntCounterVec,
+    /// When the last maintenance pass finished a task for every table, by task.
+    pub maintenance_last_success: IntGaugeVec,
+    /// How long the last maintenance pass spent on a task, over all tables, by task.
+    pub maintenance_duration: prometheus::GaugeVec,
 }
 
 /// What `/healthz` and `/readyz` answer from.
@@ -324,6 +352,27 @@ impl Metrics {
             object_store_errors.with_label_values(&[op]).inc_by(0);
             object_store_retries.with_label_values(&[op]).inc_by(0);
         }
+        let maintenance_last_success = gauge_vec(
+            &r,
+            "pg2lake_maintenance_last_success_timestamp_seconds",
+            "When a maintenance pass last finished the task for every table (Unix seconds)",
+            &["task"],
+        );
+        let maintenance_duration = register(
+            &r,
+            prometheus::GaugeVec::new(
+                Opts::new(
+                    "pg2lake_maintenance_duration_seconds",
+                    "Time the last maintenance pass spent on the task, over all tables",
+                ),
+                &["task"],
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        for task in MAINTENANCE_TASKS {
+            maintenance_last_success.with_label_values(&[task]).set(0);
+            maintenance_duration.with_label_values(&[task]).set(0.0);
+        }
         #[cfg(target_os = "linux")]
         {
             let process = prometheus::process_collector::ProcessCollector::for_self();
@@ -453,6 +502,44 @@ impl Metrics {
                 "pg2lake_snapshot_tables_pending",
                 "Tables whose initial load is not committed yet",
             ),
+            lake_files: gauge_vec(
+                &r,
+                "pg2lake_lake_files",
+                "Data files of the table's current Delta version (as of the last maintenance pass)",
+                &["table"],
+            ),
+            lake_bytes: gauge_vec(
+                &r,
+                "pg2lake_lake_bytes",
+                "Bytes of the data files of the table's current Delta version",
+                &["table"],
+            ),
+            lake_small_files: gauge_vec(
+                &r,
+                "pg2lake_lake_small_files",
+                "Data files below three quarters of lake.compaction.target_file_size in the table's current version",
+                &["table"],
+            ),
+            compaction_bytes_rewritten: counter_vec(
+                &r,
+                "pg2lake_compaction_bytes_rewritten_total",
+                "Bytes of small files compaction rewrote into larger ones",
+                &["table"],
+            ),
+            compaction_files_removed: counter_vec(
+                &r,
+                "pg2lake_compaction_files_removed_total",
+                "Small files compaction replaced",
+                &["table"],
+            ),
+            vacuum_files_deleted: counter_vec(
+                &r,
+                "pg2lake_vacuum_files_deleted_total",
+                "Data files VACUUM deleted (replaced longer ago than lake.retention, or never committed)",
+                &["table"],
+            ),
+            maintenance_last_success,
+            maintenance_duration,
             registry: r,
         }
     }
@@ -492,8 +579,69 @@ impl Metrics {
             &self.parquet_files,
             &self.parquet_bytes,
             &self.delta_commits,
+            &self.compaction_bytes_rewritten,
+            &self.compaction_files_removed,
+            &self.vacuum_files_deleted,
         ] {
             vec.with_label_values(&[table]).inc_by(0);
+        }
+        for vec in [&self.lake_files, &self.lake_bytes, &self.lake_small_files] {
+            vec.with_label_values(&[table]).add(0);
+        }
+    }
+
+    /// Records a maintenance pass: what it rewrote and deleted, each table's files (their
+    /// sums under `_all` when per-table labels are off), and when each task last
+    /// succeeded for every table.
+    pub fn record_maintenance(&self, report: &crate::maintain::Report) {
+        let mut files: std::collections::BTreeMap<&str, [u64; 3]> = Default::default();
+        for table in &report.tables {
+            let label = self.table_label(&table.table);
+            self.compaction_bytes_rewritten
+                .with_label_values(&[label])
+                .inc_by(table.compaction.bytes_removed);
+            self.compaction_files_removed
+                .with_label_values(&[label])
+                .inc_by(saturating_u64(table.compaction.files_removed));
+            self.vacuum_files_deleted
+                .with_label_values(&[label])
+                .inc_by(saturating_u64(table.vacuum.files.len()));
+            if table.error.is_none() && table.busy.is_none() {
+                let sums = files.entry(label).or_default();
+                sums[0] += table.files.files;
+                sums[1] += table.files.bytes;
+                sums[2] += table.files.small_files;
+            }
+        }
+        for (label, [count, bytes, small]) in files {
+            self.lake_files
+                .with_label_values(&[label])
+                .set(saturating_i64(count));
+            self.lake_bytes
+                .with_label_values(&[label])
+                .set(saturating_i64(bytes));
+            self.lake_small_files
+                .with_label_values(&[label])
+                .set(saturating_i64(small));
+        }
+        let seconds = |task: fn(&crate::maintain::TableReport) -> f64| {
+            report.tables.iter().map(task).sum::<f64>()
+        };
+        self.maintenance_duration
+            .with_label_values(&["compaction"])
+            .set(seconds(|t| t.compaction_seconds));
+        self.maintenance_duration
+            .with_label_values(&["vacuum"])
+            .set(seconds(|t| t.vacuum_seconds));
+        if report.succeeded() {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            for task in MAINTENANCE_TASKS {
+                self.maintenance_last_success
+                    .with_label_values(&[task])
+                    .set(saturating_i64(now));
+            }
         }
     }
 
@@ -644,6 +792,10 @@ pub struct SlotHealth {
     pub wal_status: Option<String>,
     /// Bytes until the slot would be lost; `None` when `max_slot_wal_keep_size` is -1.
     pub safe_wal_size: Option<i64>,
+}
+
+fn saturating_u64(v: usize) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
 }
 
 fn saturating_i64(v: u64) -> i64 {

@@ -73,6 +73,17 @@ pub const DEFAULT_LAKE_URL: &str = "./lake";
 pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 100;
 /// Default of `lake.log_retention` (30 days, Delta's own default).
 pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// Default of `lake.retention` (a week, Delta's default for removed files).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// Default of `lake.compaction.interval`.
+pub const DEFAULT_COMPACTION_INTERVAL: Duration = Duration::from_secs(10 * 60);
+/// Default of `lake.compaction.target_file_size`.
+pub const DEFAULT_COMPACTION_TARGET_FILE_SIZE: ByteSize = ByteSize::mib(128);
+/// Default of `lake.compaction.min_files`: with a flush every 10 s, today's partition of
+/// a busy table is compacted about every five minutes' worth of files.
+pub const DEFAULT_COMPACTION_MIN_FILES: usize = 32;
+/// Default of `lake.compaction.lease`.
+pub const DEFAULT_COMPACTION_LEASE: Duration = Duration::from_secs(2 * 60);
 /// Default of `snapshot.parallelism`: two connections overlap one table's copy with
 /// another's (or split a large table) without loading a small server much.
 pub const DEFAULT_SNAPSHOT_PARALLELISM: usize = 2;
@@ -608,6 +619,47 @@ pub struct LakeConfig {
     /// Delta's `delta.logRetentionDuration`: how long commit files are kept.
     #[serde(with = "duration")]
     pub log_retention: Duration,
+    /// How long a data file stays after a version removed it (compaction replaced it),
+    /// so time travel to the versions before still reads it; VACUUM deletes it after
+    /// that. Delta's `delta.deletedFileRetentionDuration`.
+    #[serde(with = "duration")]
+    pub retention: Duration,
+    /// Rewriting small files into large ones.
+    pub compaction: CompactionConfig,
+}
+
+/// Compaction of the lake's small files (and VACUUM after it).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompactionConfig {
+    /// Whether `pg2lake run` compacts and vacuums on its own (`pg2lake maintain` does
+    /// either way).
+    pub enabled: bool,
+    /// How often `pg2lake run` looks at each table.
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// Compaction writes files of about this size; files below three quarters of it
+    /// are small.
+    pub target_file_size: ByteSize,
+    /// Small files today's partition needs before it is compacted (a past day's
+    /// partition is compacted once it has two).
+    pub min_files: usize,
+    /// How long a compactor's hold on a table lasts unless renewed (it renews between
+    /// the files it writes): how long one that died keeps others off the table.
+    #[serde(with = "duration")]
+    pub lease: Duration,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            enabled: true,
+            interval: DEFAULT_COMPACTION_INTERVAL,
+            target_file_size: DEFAULT_COMPACTION_TARGET_FILE_SIZE,
+            min_files: DEFAULT_COMPACTION_MIN_FILES,
+            lease: DEFAULT_COMPACTION_LEASE,
+        }
+    }
 }
 
 impl Default for LakeConfig {
@@ -619,6 +671,8 @@ impl Default for LakeConfig {
             allow_http: false,
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
             log_retention: DEFAULT_LOG_RETENTION,
+            retention: DEFAULT_RETENTION,
+            compaction: CompactionConfig::default(),
         }
     }
 }
@@ -1332,6 +1386,25 @@ impl Config {
             ));
         }
         check_nonzero("lake.log_retention", lake.log_retention, "30 days")?;
+        check_nonzero("lake.retention", lake.retention, "7 days")?;
+        check_nonzero(
+            "lake.compaction.interval",
+            lake.compaction.interval,
+            "10 minutes",
+        )?;
+        check_nonzero("lake.compaction.lease", lake.compaction.lease, "2 minutes")?;
+        if lake.compaction.target_file_size.0 < 1 {
+            return Err(ConfigError::invalid(
+                "lake.compaction.target_file_size",
+                "lake.compaction.target_file_size must be greater than 0 (e.g. 128MiB)",
+            ));
+        }
+        if lake.compaction.min_files < 2 {
+            return Err(ConfigError::invalid(
+                "lake.compaction.min_files",
+                "lake.compaction.min_files must be at least 2 (e.g. 32)",
+            ));
+        }
 
         if !(1..=MAX_SNAPSHOT_PARALLELISM).contains(&self.snapshot.parallelism) {
             return Err(ConfigError::invalid(

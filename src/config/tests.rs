@@ -306,7 +306,7 @@ fn unknown_key_in_file_names_path_and_choices() {
     assert_eq!(err.key(), Some("lake.urll"));
     assert_eq!(
         err.to_string(),
-        "config error at line 5: unknown key lake.urll (expected one of: url, endpoint, region, allow_http, checkpoint_interval, log_retention)"
+        "config error at line 5: unknown key lake.urll (expected one of: url, endpoint, region, allow_http, checkpoint_interval, log_retention, retention, compaction)"
     );
     let top = error(&format!("{MINIMAL}sorce: {{}}\n"), &[]);
     assert!(

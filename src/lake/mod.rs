@@ -17,12 +17,15 @@
 //!   which local file systems and S3 (`If-None-Match`) provide without a lock service.
 
 mod layout;
+mod lease;
 mod metered;
 mod store;
 mod table;
 
 pub use layout::{app_id, table_location};
+pub use lease::{Acquired, LEASE_FOLDER, Lease};
 pub use store::{Lake, LakeError, LakeOptions};
 pub use table::{
-    CommitOutcome, DataFile, LakeReader, LakeTable, SOURCE_CHANGES_PROPERTY, SPOOL_FOLDER, Spool,
+    CommitOutcome, CompactionOptions, CompactionReport, DataFile, FileStats, LakeReader, LakeTable,
+    SOURCE_CHANGES_PROPERTY, SPOOL_FOLDER, Spool, VacuumReport, compact, vacuum,
 };

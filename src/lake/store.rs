@@ -14,6 +14,7 @@ use super::metered::{MeteredConnector, MeteredStore};
 use deltalake_core::logstore::{
     LogStore, LogStoreFactory, ObjectStoreRef, StorageConfig, default_logstore, logstore_factories,
 };
+use futures::StreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -35,6 +36,9 @@ pub struct LakeOptions {
     pub checkpoint_interval: u64,
     /// How long Delta log entries are kept after a checkpoint (`delta.logRetentionDuration`).
     pub log_retention: Duration,
+    /// How long a removed data file stays for time travel before VACUUM deletes it
+    /// (`delta.deletedFileRetentionDuration`).
+    pub retention: Duration,
     /// Parquet files roll over at about this size.
     pub target_file_size: u64,
     /// Parquet files are sealed once they hold this many rows.
@@ -113,6 +117,15 @@ pub enum LakeError {
         /// The relation OID of the source table now.
         current: u32,
     },
+    /// Another writer replaced files this commit removes (a compaction beside a widening
+    /// rewrite, or two compactions): the work is redone from the new version.
+    #[error("delta table {table}: a concurrent commit conflicts with this one: {reason}")]
+    Conflict {
+        /// The table location.
+        table: String,
+        /// What the other writer changed.
+        reason: String,
+    },
     /// A Delta table exists but was written with a different schema.
     #[error(
         "delta table {table} has a schema pg2lake cannot write to: {reason} (fix: point lake.url at a fresh location or drop that table's folder)"
@@ -138,6 +151,7 @@ impl LakeError {
     pub fn is_transient(&self) -> bool {
         match self {
             LakeError::Store { source, .. } => store_error_is_transient(source),
+            LakeError::Conflict { .. } => true,
             LakeError::Delta { source, .. } => match source.as_ref() {
                 deltalake_core::DeltaTableError::ObjectStore { source } => {
                     store_error_is_transient(source)
@@ -257,6 +271,47 @@ impl Lake {
             .is_delta_table_location()
             .await
             .map_err(|e| LakeError::delta(location, e))
+    }
+
+    /// The Delta tables in the lake, as `(schema, table)` folder names, sorted: every
+    /// `<lake>/<schema>/<table>/` holding a `_delta_log`.
+    pub async fn tables(&self) -> Result<Vec<(String, String)>, LakeError> {
+        let store_err = |source| LakeError::Store {
+            url: self.root.to_string(),
+            source,
+        };
+        let root = self.root_path();
+        let mut tables = Vec::new();
+        let namespaces = self
+            .store
+            .list_with_delimiter(Some(&root))
+            .await
+            .map_err(store_err)?;
+        for namespace in namespaces.common_prefixes {
+            let Some(schema) = namespace.filename().map(str::to_owned) else {
+                continue;
+            };
+            if schema.starts_with('_') {
+                continue;
+            }
+            let folders = self
+                .store
+                .list_with_delimiter(Some(&namespace))
+                .await
+                .map_err(store_err)?;
+            for folder in folders.common_prefixes {
+                let Some(table) = folder.filename().map(str::to_owned) else {
+                    continue;
+                };
+                let log = folder.clone().join("_delta_log");
+                let first = self.store.list(Some(&log)).next().await;
+                if first.transpose().map_err(store_err)?.is_some() {
+                    tables.push((schema.clone(), table));
+                }
+            }
+        }
+        tables.sort();
+        Ok(tables)
     }
 
     /// Proves the lake is reachable and writable, and that create-only puts are atomic:
@@ -492,6 +547,7 @@ mod tests {
             allow_http: false,
             checkpoint_interval: 100,
             log_retention: Duration::from_secs(86400),
+            retention: Duration::from_secs(86400),
             target_file_size: 1 << 20,
             target_file_rows: 1000,
         })

@@ -172,6 +172,7 @@ pub fn lake_options(config: &Config) -> LakeOptions {
         allow_http: config.lake.allow_http,
         checkpoint_interval: config.lake.checkpoint_interval,
         log_retention: config.lake.log_retention,
+        retention: config.lake.retention,
         target_file_size: config.flush.max_bytes.0,
         target_file_rows: config.flush.max_rows,
     }

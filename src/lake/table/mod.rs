@@ -37,10 +37,8 @@ use arrow::array::{ArrayRef, Date32Array, new_null_array};
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use deltalake_core::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
-use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake_core::kernel::{
-    Action, Add, Metadata, MetadataExt, Protocol, Remove, StructType, Transaction,
-    contains_timestampntz,
+    Action, Add, Metadata, MetadataExt, Protocol, Remove, StructType, contains_timestampntz,
 };
 use deltalake_core::operations::create::CreateBuilder;
 use deltalake_core::protocol::{DeltaOperation, SaveMode};
@@ -49,20 +47,26 @@ use deltalake_core::{DeltaTable, TableProperty};
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use url::Url;
 
 use super::layout::table_location;
+use super::lease;
 use super::store::{Lake, LakeError};
 use crate::lsn::Lsn;
 use crate::schema::widen_array;
+use commit::{Commit, Committed};
 
+mod commit;
+mod compact;
 mod encoding;
 mod reader;
 mod spool;
+mod vacuum;
 
+pub use compact::{CompactionOptions, CompactionReport, FileStats, compact};
 pub use reader::{DataFile, LakeReader};
 pub use spool::{SPOOL_FOLDER, Spool};
+pub use vacuum::{VacuumReport, vacuum};
 
 /// The table property recording the source table's relation OID (see [`LakeTable::open`]).
 pub const SOURCE_OID_PROPERTY: &str = "pg2lake.source.relationOid";
@@ -217,14 +221,11 @@ impl LakeTable {
                         options.log_retention.as_secs()
                     )),
                 )
-                // Files a widening rewrite removes stay as long as the log that can
-                // time-travel to them (VACUUM's retention; the default is one week).
+                // Files compaction (or a widening rewrite) removes stay this long for
+                // time travel, then VACUUM deletes them (`lake.retention`).
                 .with_configuration_property(
                     TableProperty::DeletedFileRetentionDuration,
-                    Some(format!(
-                        "interval {} seconds",
-                        options.log_retention.as_secs()
-                    )),
+                    Some(format!("interval {} seconds", options.retention.as_secs())),
                 )
                 .with_configuration_property(TableProperty::AppendOnly, Some("true"))
                 .with_configuration([(SOURCE_OID_PROPERTY, Some(source_oid.to_string()))])
@@ -454,33 +455,16 @@ impl LakeTable {
         arrow: &SchemaRef,
         mut writer: Option<&mut RecordBatchWriter>,
     ) -> Result<(), LakeError> {
-        let location = self.location.clone();
-        let delta_err = |e: deltalake_core::DeltaTableError| LakeError::delta(&location, e);
-        // The whole file is fetched (a data file is at most about flush.max_bytes), then
-        // decoded a batch at a time.
-        let bytes = self
-            .table
-            .object_store()
-            .get(&path)
-            .await
-            .map_err(|e| self.store_error(e))?
-            .bytes()
-            .await
-            .map_err(|e| self.store_error(e))?;
-        let batches = ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .map_err(|e| delta_err(e.into()))?
-            .with_batch_size(REWRITE_BATCH_ROWS)
-            .build()
-            .map_err(|e| delta_err(e.into()))?;
-        let day = partition_date(partition_values).ok_or_else(|| LakeError::SchemaMismatch {
-            table: self.location.to_string(),
-            reason: format!("a data file has no valid {PARTITION_COLUMN} partition value"),
-        })?;
+        let batches =
+            reader::file_batches(&self.table, &self.location, &path, partition_values, arrow)
+                .await?;
         for batch in batches {
-            let batch = batch.map_err(|e| delta_err(e.into()))?;
-            let batch = conform(&batch, Some(day), arrow).map_err(|e| delta_err(e.into()))?;
+            let batch = batch?;
             match writer.as_deref_mut() {
-                Some(writer) => writer.write(batch).await.map_err(delta_err)?,
+                Some(writer) => writer
+                    .write(batch)
+                    .await
+                    .map_err(|e| LakeError::delta(&self.location, e))?,
                 None => self.write(batch).await?,
             }
         }
@@ -640,79 +624,30 @@ impl LakeTable {
         actions.extend(self.sealed.drain(..).map(Action::Add));
         // Every file is uploaded; the version that references them is not written yet.
         crate::crash_point!("lake::before_commit");
-        let result = self.commit_actions(actions, lsn).await;
-        match result {
-            Ok(version) => {
-                self.committed = Some(lsn);
-                self.pending_rows = 0;
-                self.rewrite = None;
-                if let Some(staged) = self.staged_schema.take() {
-                    tracing::debug!(table = %self.location, version, columns = ?field_names(&staged.arrow), "committed schema change");
-                }
-                Ok(CommitOutcome::Committed { version })
-            }
-            Err(err) => {
-                // Find out whether the commit landed after all: reload and read our txn.
-                self.table
-                    .update_state()
-                    .await
-                    .map_err(|e| LakeError::delta(&self.location, e))?;
-                let now = read_committed_lsn(&self.location, &self.table, &self.app_id).await?;
-                if now.is_some_and(|c| c >= lsn) {
-                    self.committed = now;
-                    self.pending_rows = 0;
-                    // The staged metaData action (and rewrite) was part of the version
-                    // that landed.
-                    self.staged_schema = None;
-                    self.rewrite = None;
-                    Ok(CommitOutcome::AlreadyCommitted)
-                } else {
-                    self.pending_rows = 0;
-                    Err(err)
-                }
-            }
-        }
-    }
-
-    async fn commit_actions(&mut self, actions: Vec<Action>, lsn: Lsn) -> Result<i64, LakeError> {
-        let location = self.location.clone();
-        let delta_err = |e| LakeError::delta(&location, e);
-        let snapshot = self.table.snapshot().map_err(delta_err)?;
-        let next_version = snapshot.version() + 1;
-        // Log cleanup lists the whole _delta_log: run it only with the checkpoints the
-        // post-commit hook writes (every `checkpoint_interval` versions), not per commit.
-        let checkpoint_due = (next_version + 1).is_multiple_of(self.checkpoint_interval);
-        let txn = Transaction::new_with_last_update(
-            &self.app_id,
-            lsn.as_i64(),
-            Some(chrono::Utc::now().timestamp_millis()),
-        );
-        let properties = CommitProperties::default()
-            .with_application_transaction(txn)
-            // A conflicting writer is never expected; one retry handles a lost answer,
-            // and the caller reconciles through the txn version either way.
-            .with_max_retries(0)
-            .with_cleanup_expired_logs(Some(checkpoint_due))
-            .with_metadata([
-                ("pg2lake.lsn".to_owned(), serde_json::json!(lsn.to_string())),
-                (
-                    "pg2lake.version".to_owned(),
-                    serde_json::json!(env!("CARGO_PKG_VERSION")),
-                ),
-            ]);
-        let operation = DeltaOperation::Write {
-            mode: SaveMode::Append,
-            partition_by: Some(vec![PARTITION_COLUMN.to_owned()]),
-            predicate: None,
+        let commit = Commit {
+            actions,
+            operation: DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: Some(vec![PARTITION_COLUMN.to_owned()]),
+                predicate: None,
+            },
+            txn: Some((self.app_id.clone(), lsn)),
+            info: vec![("pg2lake.lsn".to_owned(), serde_json::json!(lsn.to_string()))],
+            checkpoint_interval: self.checkpoint_interval,
         };
-        let finalized = CommitBuilder::from(properties)
-            .with_actions(actions)
-            .build(Some(snapshot), self.table.log_store(), operation)
-            .await
-            .map_err(delta_err)?;
-        let version = i64::try_from(finalized.version()).unwrap_or(i64::MAX);
-        self.table.state = Some(finalized.snapshot());
-        Ok(version)
+        let result = commit::commit(&self.location, &mut self.table, commit).await;
+        self.pending_rows = 0;
+        let outcome = match result? {
+            Committed::Version(version) => CommitOutcome::Committed { version },
+            // The staged metaData action (and rewrite) was part of the version that landed.
+            Committed::Landed => CommitOutcome::AlreadyCommitted,
+        };
+        self.committed = Some(lsn);
+        self.rewrite = None;
+        if let Some(staged) = self.staged_schema.take() {
+            tracing::debug!(table = %self.location, columns = ?field_names(&staged.arrow), "committed schema change");
+        }
+        Ok(outcome)
     }
 
     /// Number and total bytes of the Parquet files the last commit added.
@@ -723,9 +658,10 @@ impl LakeTable {
     /// Deletes the table's Parquet files that no commit references: what a writer that was
     /// killed between writing and committing left behind. Returns how many it deleted.
     ///
-    /// Only for a process that is the table's sole writer (the holder of the slot), and
-    /// before it writes anything itself: another writer's files are unreferenced too until
-    /// its commit, and would be deleted under it. A file stays while the current version
+    /// Only for a process that is the table's sole streaming writer (the holder of the
+    /// slot), and before it writes anything itself: another writer's files are
+    /// unreferenced too until its commit, and would be deleted under it. Compactors hold
+    /// the table's maintenance lease while they write; nothing is deleted then. A file stays while the current version
     /// or a removal still in the log (a widening rewrite's) references it.
     pub async fn remove_uncommitted_files(&self) -> Result<usize, LakeError> {
         let delta_err = |e| LakeError::delta(&self.location, e);
@@ -745,6 +681,15 @@ impl LakeTable {
         }
         drop(tombstones);
         let store = log_store.object_store(None);
+        // A compactor (of this process or a `pg2lake maintain` job) writes files no commit
+        // references yet, too: while one holds the table's lease, leave them all to VACUUM.
+        if lease::is_held(store.as_ref())
+            .await
+            .map_err(|e| self.store_error(e))?
+        {
+            tracing::info!(table = %self.location, "maintenance in progress; uncommitted files are left to VACUUM");
+            return Ok(0);
+        }
         let mut listing = store.list(None);
         let mut orphans = Vec::new();
         while let Some(meta) = listing.next().await {

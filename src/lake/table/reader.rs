@@ -18,6 +18,7 @@ use object_store::path::Path;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use url::Url;
 
+use super::FileStats;
 use super::{
     PARTITION_COLUMN, REWRITE_BATCH_ROWS, committed_schema, conform, partition_date,
     read_committed_lsn,
@@ -90,6 +91,12 @@ impl LakeReader {
         committed_schema(&self.location, &self.table)
     }
 
+    /// How many files and bytes the loaded version has, and how many of its files are
+    /// below `target_file_size`.
+    pub fn file_stats(&self, target_file_size: u64) -> Result<FileStats, LakeError> {
+        super::compact::file_stats(&self.location, &self.table, target_file_size)
+    }
+
     /// The data files of the loaded version.
     pub fn files(&self) -> Result<Vec<DataFile>, LakeError> {
         let snapshot = self
@@ -107,41 +114,58 @@ impl LakeReader {
             .collect())
     }
 
-    /// The rows of `file` in the layout `layout`, a batch at a time. The whole file is
-    /// fetched first (a data file is at most about `lake.target_file_size`), and decoded
-    /// as the batches are taken.
+    /// The rows of `file` in the layout `layout`, a batch at a time (see [`file_batches`]).
     pub async fn batches(
         &self,
         file: &DataFile,
         layout: &SchemaRef,
     ) -> Result<impl Iterator<Item = Result<RecordBatch, LakeError>> + use<>, LakeError> {
-        let location = self.location.clone();
-        let store_err = |source| LakeError::Store {
-            url: location.to_string(),
-            source,
-        };
-        let bytes = self
-            .table
-            .object_store()
-            .get(&file.path)
-            .await
-            .map_err(store_err)?
-            .bytes()
-            .await
-            .map_err(store_err)?;
-        let day =
-            partition_date(&file.partition_values).ok_or_else(|| LakeError::SchemaMismatch {
-                table: location.to_string(),
-                reason: format!("a data file has no valid {PARTITION_COLUMN} partition value"),
-            })?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .and_then(|builder| builder.with_batch_size(REWRITE_BATCH_ROWS).build())
-            .map_err(|e| LakeError::delta(&location, e.into()))?;
-        let layout = layout.clone();
-        Ok(reader.map(move |batch| {
-            batch
-                .and_then(|batch| conform(&batch, Some(day), &layout))
-                .map_err(|e| LakeError::delta(&location, e.into()))
-        }))
+        file_batches(
+            &self.table,
+            &self.location,
+            &file.path,
+            &file.partition_values,
+            layout,
+        )
+        .await
     }
+}
+
+/// The rows of the data file at `path` of `table`, with its `partition_values`, in the
+/// layout `layout` (missing columns null, widened columns widened, the date partition
+/// filled in), a batch at a time. The whole file is fetched first (a data file is at most
+/// about its target size), and decoded as the batches are taken.
+pub(super) async fn file_batches(
+    table: &DeltaTable,
+    location: &Url,
+    path: &Path,
+    partition_values: &HashMap<String, Option<String>>,
+    layout: &SchemaRef,
+) -> Result<impl Iterator<Item = Result<RecordBatch, LakeError>> + use<>, LakeError> {
+    let location = location.clone();
+    let store_err = |source| LakeError::Store {
+        url: location.to_string(),
+        source,
+    };
+    let bytes = table
+        .object_store()
+        .get(path)
+        .await
+        .map_err(store_err)?
+        .bytes()
+        .await
+        .map_err(store_err)?;
+    let day = partition_date(partition_values).ok_or_else(|| LakeError::SchemaMismatch {
+        table: location.to_string(),
+        reason: format!("a data file has no valid {PARTITION_COLUMN} partition value"),
+    })?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|builder| builder.with_batch_size(REWRITE_BATCH_ROWS).build())
+        .map_err(|e| LakeError::delta(&location, e.into()))?;
+    let layout = layout.clone();
+    Ok(reader.map(move |batch| {
+        batch
+            .and_then(|batch| conform(&batch, Some(day), &layout))
+            .map_err(|e| LakeError::delta(&location, e.into()))
+    }))
 }

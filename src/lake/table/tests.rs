@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use arrow::array::{Date32Array, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::*;
 use crate::lake::LakeOptions;
@@ -47,6 +48,7 @@ fn lake(dir: &std::path::Path) -> Lake {
         allow_http: false,
         checkpoint_interval: 2,
         log_retention: Duration::from_secs(3600),
+        retention: Duration::from_secs(3600),
         target_file_size: 1 << 20,
         target_file_rows: 2,
     })

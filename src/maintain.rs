@@ -1,0 +1,255 @@
+//! Lake maintenance: compaction and VACUUM of every table of the lake, on a schedule
+//! inside `pg2lake run`, and once as `pg2lake maintain` (a Kubernetes CronJob).
+//!
+//! ```text
+//!  every lake.compaction.interval (run) or once (maintain):
+//!    for each <lake>/<schema>/<table>/ with a _delta_log:
+//!      take the table's maintenance lease ─ busy ─► skip (another compactor is on it)
+//!      compact small files (lake::compact) ─► VACUUM files removed > lake.retention ago
+//!      release the lease; file counts ─► metrics
+//! ```
+//!
+//! In `run` it works on a thread and runtime of its own: Parquet decoding and encoding
+//! are CPU work that must not take a worker thread from the replication loop. It talks to
+//! the lake only, never to Postgres, and commits beside the streaming writer like any
+//! other Delta writer (see `lake::table::commit`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::lake::{
+    self, Acquired, CompactionOptions, CompactionReport, FileStats, Lake, LakeError, LakeReader,
+    Lease, VacuumReport,
+};
+use crate::metrics;
+use crate::pipeline::lake_options;
+
+/// What a maintenance pass does.
+#[derive(Debug, Clone, Default)]
+pub struct MaintainOptions {
+    /// Only these tables (`schema.name`); every table of the lake when empty.
+    pub tables: Vec<String>,
+    /// Only report what would be rewritten and deleted.
+    pub dry_run: bool,
+}
+
+/// What a pass did to one table.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TableReport {
+    /// `schema.name`.
+    pub table: String,
+    /// Another compactor held the table's lease: nothing was done.
+    pub busy: Option<String>,
+    /// The compaction.
+    pub compaction: CompactionReport,
+    /// The VACUUM.
+    pub vacuum: VacuumReport,
+    /// The table's files after the pass.
+    pub files: FileStats,
+    /// Seconds the compaction took.
+    pub compaction_seconds: f64,
+    /// Seconds the VACUUM took.
+    pub vacuum_seconds: f64,
+    /// Why the pass failed for this table.
+    pub error: Option<String>,
+}
+
+/// What a pass did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Whether it only planned.
+    pub dry_run: bool,
+    /// One entry per table.
+    pub tables: Vec<TableReport>,
+}
+
+impl Report {
+    /// Whether every table was maintained (or skipped because another compactor was on it).
+    pub fn succeeded(&self) -> bool {
+        self.tables.iter().all(|table| table.error.is_none())
+    }
+}
+
+/// Compacts and vacuums the lake's tables once. A table that fails is reported and the
+/// others go on; only not reaching the lake at all is an error.
+pub async fn maintain(
+    config: &Config,
+    options: &MaintainOptions,
+    holder: &str,
+) -> Result<Report, LakeError> {
+    let lake = Lake::open(lake_options(config))?;
+    let mut tables = lake.tables().await?;
+    if !options.tables.is_empty() {
+        tables.retain(|(schema, name)| options.tables.contains(&format!("{schema}.{name}")));
+    }
+    let mut report = Report {
+        dry_run: options.dry_run,
+        tables: Vec::new(),
+    };
+    for (schema, name) in tables {
+        let table = format!("{schema}.{name}");
+        let result = maintain_table(&lake, config, &schema, &name, options.dry_run, holder).await;
+        let table_report = match result {
+            Ok(table_report) => table_report,
+            Err(err) => {
+                tracing::warn!(table, error = %err, "maintenance of a table failed");
+                TableReport {
+                    table: table.clone(),
+                    error: Some(err.to_string()),
+                    ..TableReport::default()
+                }
+            }
+        };
+        report.tables.push(table_report);
+    }
+    if !options.dry_run {
+        metrics::global().record_maintenance(&report);
+    }
+    Ok(report)
+}
+
+/// One table's pass, under its lease.
+async fn maintain_table(
+    lake: &Lake,
+    config: &Config,
+    schema: &str,
+    name: &str,
+    dry_run: bool,
+    holder: &str,
+) -> Result<TableReport, LakeError> {
+    let location = lake::table_location(lake.root(), schema, name);
+    let mut report = TableReport {
+        table: format!("{schema}.{name}"),
+        ..TableReport::default()
+    };
+    let store_err = |source| LakeError::Store {
+        url: location.to_string(),
+        source,
+    };
+    // A dry run writes nothing, not even a lease.
+    let mut lease = if dry_run {
+        None
+    } else {
+        let store = lake.log_store(&location)?.object_store(None);
+        match Lease::acquire(store, holder, config.lake.compaction.lease)
+            .await
+            .map_err(store_err)?
+        {
+            Acquired::Held(lease) => Some(lease),
+            Acquired::Busy { holder } => {
+                tracing::info!(
+                    table = report.table,
+                    holder,
+                    "another compactor holds the table; skipped"
+                );
+                report.busy = Some(holder);
+                return Ok(report);
+            }
+        }
+    };
+    let result = async {
+        let compaction = CompactionOptions {
+            target_file_size: config.lake.compaction.target_file_size.0,
+            min_files: config.lake.compaction.min_files,
+            today: today(),
+            dry_run,
+        };
+        let started = Instant::now();
+        report.compaction = lake::compact(lake, &location, &compaction, lease.as_mut()).await?;
+        report.compaction_seconds = started.elapsed().as_secs_f64();
+        if let Some(lease) = lease.as_mut()
+            && !lease.renew().await.map_err(store_err)?
+        {
+            return Err(LakeError::Conflict {
+                table: location.to_string(),
+                reason: "the maintenance lease expired and another compactor took it".into(),
+            });
+        }
+        let started = Instant::now();
+        report.vacuum = lake::vacuum(lake, &location, config.lake.retention, dry_run).await?;
+        report.vacuum_seconds = started.elapsed().as_secs_f64();
+        if let Some(reader) = LakeReader::open(lake, schema, name).await? {
+            report.files = reader.file_stats(config.lake.compaction.target_file_size.0)?;
+        }
+        Ok(())
+    }
+    .await;
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
+    result.map(|()| report)
+}
+
+/// Runs [`maintain`] every `lake.compaction.interval` until `shutdown`, on a thread and
+/// runtime of its own (see the module docs).
+pub fn spawn(config: Arc<Config>, shutdown: CancellationToken) {
+    let spawned = std::thread::Builder::new()
+        .name("pg2lake-maintain".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(schedule(&config, &shutdown)),
+                Err(err) => tracing::warn!(error = %err, "cannot start lake maintenance"),
+            }
+        });
+    if let Err(err) = spawned {
+        tracing::warn!(error = %err, "cannot start lake maintenance");
+    }
+}
+
+async fn schedule(config: &Config, shutdown: &CancellationToken) {
+    let holder = holder_name();
+    let options = MaintainOptions::default();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(config.lake.compaction.interval) => {}
+        }
+        // A pass cut short by shutdown leaves its lease to expire, and any rewritten
+        // file that was not committed to VACUUM.
+        let result = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            result = maintain(config, &options, &holder) => result,
+        };
+        match result {
+            Ok(report) => {
+                let rewritten: u64 = report
+                    .tables
+                    .iter()
+                    .map(|t| t.compaction.bytes_removed)
+                    .sum();
+                let deleted: usize = report.tables.iter().map(|t| t.vacuum.files.len()).sum();
+                tracing::info!(
+                    tables = report.tables.len(),
+                    bytes_rewritten = rewritten,
+                    files_vacuumed = deleted,
+                    "lake maintenance pass done"
+                );
+            }
+            Err(err) => {
+                metrics::global().record_error("object_store");
+                tracing::warn!(error = %err, "lake maintenance pass failed; trying again next interval");
+            }
+        }
+    }
+}
+
+/// A name for this process in lease objects: the host (the pod's name in Kubernetes)
+/// and a random suffix.
+pub fn holder_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "pg2lake".to_owned());
+    format!("{host}/{}", uuid::Uuid::new_v4().as_simple())
+}
+
+/// Today (UTC) as days since 1970-01-01: partitions before it are closed.
+fn today() -> i32 {
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+    i32::try_from((chrono::Utc::now().date_naive() - epoch).num_days()).unwrap_or(i32::MAX)
+}
