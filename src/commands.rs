@@ -360,6 +360,12 @@ struct TableStatus {
     table: String,
     lake_version: Option<i64>,
     committed_lsn: Option<String>,
+    /// The change-log version the table's current-state mirror reflects.
+    mirror_version: Option<i64>,
+    /// The change log's committed LSN at that version.
+    mirror_lsn: Option<String>,
+    /// Change-log versions the mirror has not reflected yet.
+    mirror_versions_behind: Option<i64>,
 }
 
 /// `pg2lake status`: the slot's lag behind the server and each table's lake position.
@@ -389,13 +395,23 @@ pub async fn status(config: &Config, json: bool) -> Result<(), CommandError> {
             ),
         }
     );
-    println!("{:<40} {:>10} {:>20}", "table", "version", "committed lsn");
+    println!(
+        "{:<40} {:>10} {:>20} {:>20} {:>14}",
+        "table", "version", "committed lsn", "mirror lsn", "mirror behind"
+    );
+    let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".to_owned());
     for table in &status.tables {
         println!(
-            "{:<40} {:>10} {:>20}",
+            "{:<40} {:>10} {:>20} {:>20} {:>14}",
             table.table,
-            table.lake_version.map_or("-".to_owned(), |v| v.to_string()),
-            table.committed_lsn.as_deref().unwrap_or("-")
+            or_dash(table.lake_version.map(|v| v.to_string())),
+            or_dash(table.committed_lsn.clone()),
+            or_dash(table.mirror_lsn.clone()),
+            or_dash(
+                table
+                    .mirror_versions_behind
+                    .map(|v| format!("{v} versions"))
+            ),
         );
     }
     Ok(())
@@ -418,10 +434,19 @@ async fn collect_status(config: &Config) -> Result<Status, PipelineError> {
             Some(reader) => reader.committed_lsn(&app_id).await?,
             None => None,
         };
+        let lake_version = reader.as_ref().and_then(LakeReader::version);
+        let mirror = lake::mirror_position(&lake, &table.schema, &table.name).await?;
         table_status.push(TableStatus {
             table: table.to_string(),
-            lake_version: reader.as_ref().and_then(LakeReader::version),
+            lake_version,
             committed_lsn: committed_lsn.map(|l| l.to_string()),
+            mirror_version: mirror.map(|(version, _)| version),
+            mirror_lsn: mirror
+                .and_then(|(_, lsn)| lsn)
+                .map(|lsn| crate::lsn::Lsn::from_i64(lsn).to_string()),
+            mirror_versions_behind: mirror
+                .zip(lake_version)
+                .map(|((version, _), latest)| (latest - version).max(0)),
         });
     }
     let confirmed = slot.as_ref().and_then(|s| s.confirmed_flush_lsn);

@@ -55,9 +55,7 @@ async fn dispatch(command: Command, config: Arc<Config>) -> Result<(), commands:
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             start_metrics_endpoint(&config, &shutdown).await?;
-            if config.lake.compaction.enabled {
-                pg2lake::maintain::spawn(config.clone(), shutdown.clone());
-            }
+            pg2lake::maintain::spawn(config.clone(), shutdown.clone());
             let timeout = config.shutdown_timeout;
             let stopped = shutdown.clone();
             let mut run = std::pin::pin!(pipeline::run(config, shutdown));

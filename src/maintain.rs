@@ -1,5 +1,6 @@
 //! Lake maintenance: compaction and VACUUM of every table of the lake, on a schedule
-//! inside `pg2lake run`, and once as `pg2lake maintain` (a Kubernetes CronJob).
+//! inside `pg2lake run`, and once as `pg2lake maintain` (a Kubernetes CronJob); and the
+//! refresh of each table's current-state mirror, on its own schedule in `run`.
 //!
 //! ```text
 //!  every lake.compaction.interval (run) or once (maintain):
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::lake::{
     self, Acquired, CompactionOptions, CompactionReport, FileStats, Lake, LakeError, LakeReader,
-    Lease, VacuumReport,
+    Lease, MirrorOptions, MirrorReport, VacuumReport,
 };
 use crate::metrics;
 use crate::pipeline::lake_options;
@@ -48,6 +49,8 @@ pub struct TableReport {
     pub compaction: CompactionReport,
     /// The VACUUM.
     pub vacuum: VacuumReport,
+    /// The VACUUM of the table's mirror (the files refreshes replaced).
+    pub mirror_vacuum: VacuumReport,
     /// The table's files after the pass.
     pub files: FileStats,
     /// Seconds the compaction took.
@@ -171,6 +174,11 @@ async fn maintain_table(
         }
         let started = Instant::now();
         report.vacuum = lake::vacuum(lake, &location, config.lake.retention, dry_run).await?;
+        let mirror = lake::mirror_location(lake.root(), schema, name);
+        if lake.table_exists(&mirror).await? {
+            report.mirror_vacuum =
+                lake::vacuum(lake, &mirror, config.lake.retention, dry_run).await?;
+        }
         report.vacuum_seconds = started.elapsed().as_secs_f64();
         if let Some(reader) = LakeReader::open(lake, schema, name).await? {
             report.files = reader.file_stats(config.lake.compaction.target_file_size.0)?;
@@ -184,9 +192,13 @@ async fn maintain_table(
     result.map(|()| report)
 }
 
-/// Runs [`maintain`] every `lake.compaction.interval` until `shutdown`, on a thread and
-/// runtime of its own (see the module docs).
+/// Runs, until `shutdown`, [`maintain`] every `lake.compaction.interval` (when
+/// `lake.compaction.enabled`) and [`refresh_mirrors`] every `mirror.interval` (when
+/// `mirror.enabled`), on a thread and runtime of their own (see the module docs).
 pub fn spawn(config: Arc<Config>, shutdown: CancellationToken) {
+    if !config.lake.compaction.enabled && !config.mirror.enabled {
+        return;
+    }
     let spawned = std::thread::Builder::new()
         .name("pg2lake-maintain".into())
         .spawn(move || {
@@ -194,8 +206,16 @@ pub fn spawn(config: Arc<Config>, shutdown: CancellationToken) {
                 .enable_all()
                 .build()
             {
-                Ok(runtime) => runtime.block_on(schedule(&config, &shutdown)),
-                Err(err) => tracing::warn!(error = %err, "cannot start lake maintenance"),
+                Ok(runtime) => runtime.block_on(async {
+                    tokio::join!(
+                        maintenance_schedule(&config, &shutdown),
+                        mirror_schedule(&config, &shutdown)
+                    )
+                }),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot start lake maintenance");
+                    Default::default()
+                }
             }
         });
     if let Err(err) = spawned {
@@ -203,7 +223,10 @@ pub fn spawn(config: Arc<Config>, shutdown: CancellationToken) {
     }
 }
 
-async fn schedule(config: &Config, shutdown: &CancellationToken) {
+async fn maintenance_schedule(config: &Config, shutdown: &CancellationToken) {
+    if !config.lake.compaction.enabled {
+        return;
+    }
     let holder = holder_name();
     let options = MaintainOptions::default();
     loop {
@@ -239,6 +262,52 @@ async fn schedule(config: &Config, shutdown: &CancellationToken) {
             }
         }
     }
+}
+
+async fn mirror_schedule(config: &Config, shutdown: &CancellationToken) {
+    if !config.mirror.enabled {
+        return;
+    }
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(config.mirror.interval) => {}
+        }
+        let result = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            result = refresh_mirrors(config) => result,
+        };
+        if let Err(err) = result {
+            metrics::global().record_error("object_store");
+            tracing::warn!(error = %err, "refreshing the mirrors failed; trying again next interval");
+        }
+    }
+}
+
+/// Refreshes the mirror of every table of the lake once (see `lake::refresh_mirror`).
+/// A table whose refresh fails is logged and counted, and the others go on.
+pub async fn refresh_mirrors(config: &Config) -> Result<Vec<MirrorReport>, LakeError> {
+    let lake = Lake::open(lake_options(config))?;
+    let options = MirrorOptions {
+        target_file_rows: config.mirror.target_file_rows,
+        app_id: lake::app_id(&config.source.slot),
+        step_rows: config.mirror.step_rows,
+    };
+    let mut reports = Vec::new();
+    for (schema, name) in lake.tables().await? {
+        match lake::refresh_mirror(&lake, &schema, &name, &options).await {
+            Ok(report) => {
+                metrics::global().record_mirror(&report);
+                reports.push(report);
+            }
+            Err(err) => {
+                metrics::global().record_error("object_store");
+                tracing::warn!(table = %format!("{schema}.{name}"), error = %err, "refreshing a mirror failed");
+            }
+        }
+    }
+    Ok(reports)
 }
 
 /// A name for this process in lease objects: the host (the pod's name in Kubernetes)

@@ -62,6 +62,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "pg2lake_vacuum_files_deleted_total",
     "pg2lake_maintenance_last_success_timestamp_seconds",
     "pg2lake_maintenance_duration_seconds",
+    "pg2lake_mirror_lag_seconds",
+    "pg2lake_mirror_version",
+    "pg2lake_mirror_bytes_rewritten_total",
     "process_resident_memory_bytes",
     "process_virtual_memory_bytes",
     "process_cpu_seconds_total",
@@ -195,6 +198,12 @@ pub struct Metrics {
     pub maintenance_last_success: IntGaugeVec,
     /// How long the last maintenance pass spent on a task, over all tables, by task.
     pub maintenance_duration: prometheus::GaugeVec,
+    /// Age of the oldest change-log version a mirror had not reflected, at its last refresh.
+    pub mirror_lag: prometheus::GaugeVec,
+    /// The change-log version each mirror reflects.
+    pub mirror_version: IntGaugeVec,
+    /// Bytes of mirror files refreshes replaced.
+    pub mirror_bytes_rewritten: IntCounterVec,
 }
 
 /// What `/healthz` and `/readyz` answer from.
@@ -540,6 +549,29 @@ impl Metrics {
             ),
             maintenance_last_success,
             maintenance_duration,
+            mirror_lag: register(
+                &r,
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "pg2lake_mirror_lag_seconds",
+                        "Age of the oldest change-log commit the table's mirror had not reflected, at its last refresh (0: it was current)",
+                    ),
+                    &["table"],
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            mirror_version: gauge_vec(
+                &r,
+                "pg2lake_mirror_version",
+                "The change-log version the table's mirror reflects",
+                &["table"],
+            ),
+            mirror_bytes_rewritten: counter_vec(
+                &r,
+                "pg2lake_mirror_bytes_rewritten_total",
+                "Bytes of mirror files refreshes replaced",
+                &["table"],
+            ),
             registry: r,
         }
     }
@@ -585,9 +617,35 @@ impl Metrics {
         ] {
             vec.with_label_values(&[table]).inc_by(0);
         }
-        for vec in [&self.lake_files, &self.lake_bytes, &self.lake_small_files] {
+        for vec in [
+            &self.lake_files,
+            &self.lake_bytes,
+            &self.lake_small_files,
+            &self.mirror_version,
+        ] {
             vec.with_label_values(&[table]).add(0);
         }
+        self.mirror_bytes_rewritten
+            .with_label_values(&[table])
+            .inc_by(0);
+        self.mirror_lag.with_label_values(&[table]).add(0.0);
+    }
+
+    /// Records a mirror refresh.
+    pub fn record_mirror(&self, report: &crate::lake::MirrorReport) {
+        if report.skipped.is_some() {
+            return;
+        }
+        let label = self.table_label(&report.table);
+        self.mirror_lag
+            .with_label_values(&[label])
+            .set(report.lag_seconds);
+        self.mirror_version
+            .with_label_values(&[label])
+            .set(report.to_version);
+        self.mirror_bytes_rewritten
+            .with_label_values(&[label])
+            .inc_by(report.bytes_rewritten);
     }
 
     /// Records a maintenance pass: what it rewrote and deleted, each table's files (their

@@ -84,6 +84,12 @@ pub const DEFAULT_COMPACTION_TARGET_FILE_SIZE: ByteSize = ByteSize::mib(128);
 pub const DEFAULT_COMPACTION_MIN_FILES: usize = 32;
 /// Default of `lake.compaction.lease`.
 pub const DEFAULT_COMPACTION_LEASE: Duration = Duration::from_secs(2 * 60);
+/// Default of `mirror.interval`.
+pub const DEFAULT_MIRROR_INTERVAL: Duration = Duration::from_secs(60);
+/// Default of `mirror.target_file_rows`.
+pub const DEFAULT_MIRROR_FILE_ROWS: usize = 250_000;
+/// Default of `mirror.step_rows`.
+pub const DEFAULT_MIRROR_STEP_ROWS: u64 = 500_000;
 /// Default of `snapshot.parallelism`: two connections overlap one table's copy with
 /// another's (or split a large table) without loading a small server much.
 pub const DEFAULT_SNAPSHOT_PARALLELISM: usize = 2;
@@ -309,6 +315,8 @@ pub struct Config {
     pub snapshot: SnapshotConfig,
     /// How source schema changes are followed in the lake.
     pub schema: SchemaConfig,
+    /// The current-state tables (one row per key) kept beside the change logs.
+    pub mirror: MirrorConfig,
     /// Lake types forced onto columns, keyed by `schema.table.column`: `decimal(p,s)`
     /// for `numeric` columns that would otherwise be stored as exact text (unconstrained,
     /// or wider than 38 digits). A value that does not fit stops pg2lake with an error.
@@ -328,6 +336,37 @@ impl Default for Config {
             column_types: BTreeMap::new(),
             snapshot: SnapshotConfig::default(),
             schema: SchemaConfig::default(),
+            mirror: MirrorConfig::default(),
+        }
+    }
+}
+
+/// The current-state ("mirror") table of each change log with a key.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// Whether `pg2lake run` keeps them (and `pg2lake snapshot` writes them). Off by
+    /// default while a refresh's memory is bounded by rows rather than bytes (see the
+    /// README).
+    pub enabled: bool,
+    /// How often each mirror is refreshed from what its change log committed.
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// Rows per mirror file at most; a refresh rewrites the files whose key range a
+    /// changed key falls in.
+    pub target_file_rows: usize,
+    /// Change-log rows a refresh folds at a time (with one mirror file): what bounds
+    /// its memory, whatever the backlog.
+    pub step_rows: u64,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            enabled: false,
+            interval: DEFAULT_MIRROR_INTERVAL,
+            target_file_rows: DEFAULT_MIRROR_FILE_ROWS,
+            step_rows: DEFAULT_MIRROR_STEP_ROWS,
         }
     }
 }
@@ -1393,6 +1432,19 @@ impl Config {
             "10 minutes",
         )?;
         check_nonzero("lake.compaction.lease", lake.compaction.lease, "2 minutes")?;
+        check_nonzero("mirror.interval", self.mirror.interval, "1 minute")?;
+        if self.mirror.step_rows < 1 {
+            return Err(ConfigError::invalid(
+                "mirror.step_rows",
+                "mirror.step_rows must be at least 1 (e.g. 500000)",
+            ));
+        }
+        if self.mirror.target_file_rows < 1 {
+            return Err(ConfigError::invalid(
+                "mirror.target_file_rows",
+                "mirror.target_file_rows must be at least 1 (e.g. 250000)",
+            ));
+        }
         if lake.compaction.target_file_size.0 < 1 {
             return Err(ConfigError::invalid(
                 "lake.compaction.target_file_size",

@@ -19,13 +19,19 @@
 mod layout;
 mod lease;
 mod metered;
+mod mirror;
 mod store;
 mod table;
 
 pub use layout::{app_id, table_location};
 pub use lease::{Acquired, LEASE_FOLDER, Lease};
+pub use mirror::{
+    MIRROR_APP_ID, MIRROR_FOLDER, MirrorOptions, MirrorReport, mirror_location, mirror_position,
+    refresh as refresh_mirror,
+};
 pub use store::{Lake, LakeError, LakeOptions};
 pub use table::{
     CommitOutcome, CompactionOptions, CompactionReport, DataFile, FileStats, LakeReader, LakeTable,
-    SOURCE_CHANGES_PROPERTY, SPOOL_FOLDER, Spool, VacuumReport, compact, vacuum,
+    SOURCE_CHANGES_PROPERTY, SOURCE_KEY_PROPERTY, SPOOL_FOLDER, Spool, VacuumReport, compact,
+    vacuum,
 };

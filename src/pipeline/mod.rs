@@ -302,6 +302,7 @@ async fn session(
     let app_id = lake::app_id(&config.source.slot);
     let (mut replicated, types) = open_tables(config, &client, &lake, &tables, &app_id).await?;
     record_source_changes(&mut replicated, &streaming)?;
+    record_source_keys(&client, &mut replicated).await?;
     let unloaded = snapshot::unloaded(&replicated);
     let reload = slot_loss(config, slot_now.as_ref(), &replicated)?;
     let mut copied: Vec<usize> = unloaded.iter().chain(&reload).copied().collect();
@@ -449,6 +450,38 @@ pub(crate) fn record_source_changes(
         table
             .lake_mut()
             .set_property(crate::lake::SOURCE_CHANGES_PROPERTY, changes)?;
+    }
+    Ok(())
+}
+
+/// Records in each lake table the source's key ([`crate::lake::SOURCE_KEY_PROPERTY`]):
+/// its primary key, or the columns of its replica identity index; none under `REPLICA
+/// IDENTITY FULL` without a primary key (every column is then part of the identity, and
+/// nothing says which rows are the same row). The current-state mirror folds by it.
+pub(crate) async fn record_source_keys(
+    client: &Client,
+    tables: &mut [ReplicatedTable],
+) -> Result<(), PipelineError> {
+    for table in tables {
+        let schema = table.schema().clone();
+        let name = TableName::new(schema.namespace.clone(), schema.name.clone());
+        let mut key = catalog::primary_key_columns(client, &name).await?;
+        if key.is_empty() {
+            // Columns the source still has (not lake-only ones it dropped).
+            let current = schema
+                .columns
+                .iter()
+                .filter(|c| c.type_oid != crate::schema::UNKNOWN_TYPE);
+            let identity: Vec<&crate::schema::SourceColumn> =
+                current.clone().filter(|c| c.is_key).collect();
+            if identity.len() < current.count() {
+                key = identity.iter().map(|c| c.name.clone()).collect();
+            }
+        }
+        let key = serde_json::to_string(&key).unwrap_or_default();
+        table
+            .lake_mut()
+            .set_property(crate::lake::SOURCE_KEY_PROPERTY, &key)?;
     }
     Ok(())
 }

@@ -54,6 +54,7 @@ pub async fn run(config: &Config, no_slot: bool) -> Result<(), PipelineError> {
     if let Some(streaming) = &streaming {
         pipeline::record_source_changes(&mut replicated, streaming)?;
     }
+    pipeline::record_source_keys(&client, &mut replicated).await?;
     let unloaded = super::unloaded(&replicated);
     let mut lines = Vec::new();
     for table in &replicated {
@@ -102,6 +103,17 @@ pub async fn run(config: &Config, no_slot: bool) -> Result<(), PipelineError> {
         } else {
             format!("snapshot at {}; no slot left behind", point.lsn)
         };
+    }
+    // The loaded tables' current-state mirrors, so they are there before `run` starts.
+    if config.mirror.enabled && !unloaded.is_empty() {
+        match crate::maintain::refresh_mirrors(config).await {
+            Ok(reports) => {
+                tracing::info!(tables = reports.len(), "wrote the current-state mirrors");
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "could not write the current-state mirrors; pg2lake run writes them");
+            }
+        }
     }
     print_summary(&headline, &lines, started.elapsed().as_secs_f64());
     Ok(())

@@ -224,23 +224,53 @@ pub fn run_command_measured(
         .stderr(Stdio::piped())
         .spawn()
         .expect("start pg2lake");
+    // Read both pipes while it runs: a process whose output outgrows the pipe buffer
+    // would otherwise block on its next write and never exit.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = std::io::Read::read_to_end(&mut pipe, &mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
     let deadline = Instant::now() + timeout;
     let mut peak = 0;
-    loop {
+    let status = loop {
         peak = peak.max(peak_rss_of(child.id()));
-        if child.try_wait().expect("try_wait").is_some() {
-            return (child.wait_with_output().expect("output"), peak);
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
+            let _ = child.wait();
+            let stderr = stderr.join().unwrap_or_default();
             panic!(
                 "pg2lake {args:?} did not finish within {timeout:?}; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
+                String::from_utf8_lossy(&stderr)
             );
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
+    let output = Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    };
+    (output, peak)
 }
 
 /// Peak resident memory (VmHWM) of process `pid` so far, in bytes; 0 once it is gone.

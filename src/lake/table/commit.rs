@@ -31,9 +31,7 @@ use deltalake_core::protocol::DeltaOperation;
 use object_store::path::Path;
 use url::Url;
 
-use super::read_committed_lsn;
 use crate::lake::store::LakeError;
-use crate::lsn::Lsn;
 
 /// Attempts at a commit before giving up when other writers keep taking the version.
 const MAX_ATTEMPTS: usize = 20;
@@ -44,9 +42,9 @@ pub(crate) struct Commit {
     pub actions: Vec<Action>,
     /// What the version is (WRITE, OPTIMIZE), for the log's `commitInfo`.
     pub operation: DeltaOperation,
-    /// The `txn` action recording how far the source is applied, with the app id and LSN
-    /// it is read back by.
-    pub txn: Option<(String, Lsn)>,
+    /// The `txn` action recording how far the source is applied: an app id and its
+    /// version (an LSN for the change log, a change-log version for a mirror).
+    pub txn: Option<(String, i64)>,
     /// Extra `commitInfo` entries.
     pub info: Vec<(String, serde_json::Value)>,
     /// The table's checkpoint interval: log cleanup runs with the checkpoints.
@@ -87,11 +85,11 @@ pub(crate) async fn commit(
                 "pg2lake.version".to_owned(),
                 serde_json::json!(env!("CARGO_PKG_VERSION")),
             )]));
-        if let Some((app_id, lsn)) = &commit.txn {
+        if let Some((app_id, version)) = &commit.txn {
             properties =
                 properties.with_application_transaction(Transaction::new_with_last_update(
                     app_id,
-                    lsn.as_i64(),
+                    *version,
                     Some(chrono::Utc::now().timestamp_millis()),
                 ));
         }
@@ -152,9 +150,9 @@ pub(crate) fn check_removes_present(
 /// Whether the loaded log holds `commit`: its `txn` at its LSN or beyond, or (without a
 /// `txn`) every file it adds.
 async fn landed(location: &Url, table: &DeltaTable, commit: &Commit) -> Result<bool, LakeError> {
-    if let Some((app_id, lsn)) = &commit.txn {
-        let committed = read_committed_lsn(location, table, app_id).await?;
-        return Ok(committed.is_some_and(|committed| committed >= *lsn));
+    if let Some((app_id, version)) = &commit.txn {
+        let committed = transaction_version(location, table, app_id).await?;
+        return Ok(committed.is_some_and(|committed| committed >= *version));
     }
     let mut adds = commit
         .actions
@@ -203,4 +201,19 @@ fn version_taken(err: &deltalake_core::DeltaTableError) -> bool {
                     | TransactionError::VersionAlreadyExists(_)
             }
     )
+}
+
+/// The version of the `txn` action of `app_id` in the loaded version, if any.
+pub(crate) async fn transaction_version(
+    location: &Url,
+    table: &DeltaTable,
+    app_id: &str,
+) -> Result<Option<i64>, LakeError> {
+    let snapshot = table
+        .snapshot()
+        .map_err(|e| LakeError::delta(location, e))?;
+    snapshot
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await
+        .map_err(|e| LakeError::delta(location, e))
 }

@@ -315,7 +315,7 @@ fn candidates(location: &Url, table: &DeltaTable) -> Result<Vec<Candidate>, Lake
 }
 
 /// The smallest `_lsn` and `_seq` in a file's statistics (`i64::MAX` when absent).
-fn first_row_position(stats: Option<&str>) -> (i64, i64) {
+pub(in crate::lake) fn first_row_position(stats: Option<&str>) -> (i64, i64) {
     let stats: Option<serde_json::Value> = stats.and_then(|s| serde_json::from_str(s).ok());
     let min = |column: &str| {
         stats

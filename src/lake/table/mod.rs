@@ -56,10 +56,10 @@ use crate::lsn::Lsn;
 use crate::schema::widen_array;
 use commit::{Commit, Committed};
 
-mod commit;
-mod compact;
+pub(super) mod commit;
+pub(super) mod compact;
 mod encoding;
-mod reader;
+pub(super) mod reader;
 mod spool;
 mod vacuum;
 
@@ -74,6 +74,10 @@ pub const SOURCE_OID_PROPERTY: &str = "pg2lake.source.relationOid";
 /// or only inserts and truncates for a source table without a replica identity (see
 /// `pg::publication`).
 pub const SOURCE_CHANGES_PROPERTY: &str = "pg2lake.source.changes";
+
+/// The table property recording the source table's key (its primary key's columns, as a
+/// JSON list), which the current-state mirror folds by; absent or empty without one.
+pub const SOURCE_KEY_PROPERTY: &str = "pg2lake.source.key";
 
 /// The partition column of every pg2lake table (see the README, The lake).
 const PARTITION_COLUMN: &str = "date";
@@ -491,23 +495,16 @@ impl LakeTable {
         configuration: HashMap<String, String>,
         date_statistics: bool,
     ) -> Result<RecordBatchWriter, LakeError> {
-        let delta_err = |e| LakeError::delta(&self.location, e);
-        let staged = CreateBuilder::new()
-            .with_log_store(DeltaTable::new_in_memory().log_store())
-            .with_columns(schema.fields().cloned())
-            .with_partition_columns([PARTITION_COLUMN])
-            .with_configuration(configuration.into_iter().map(|(k, v)| (k, Some(v))))
-            .with_raise_if_key_not_exists(false)
-            .await
-            .map_err(delta_err)?;
-        let mut shadow = DeltaTable::new(self.table.log_store());
-        shadow.state = staged.state;
-        new_writer(
+        writer_for_layout(
             &self.location,
-            &shadow,
+            &self.table,
+            schema,
+            &[PARTITION_COLUMN],
+            configuration,
             self.target_file_size,
             date_statistics,
         )
+        .await
     }
 
     /// Streams `batch` into the table's open Parquet files (one per `date` partition).
@@ -631,7 +628,7 @@ impl LakeTable {
                 partition_by: Some(vec![PARTITION_COLUMN.to_owned()]),
                 predicate: None,
             },
-            txn: Some((self.app_id.clone(), lsn)),
+            txn: Some((self.app_id.clone(), lsn.as_i64())),
             info: vec![("pg2lake.lsn".to_owned(), serde_json::json!(lsn.to_string()))],
             checkpoint_interval: self.checkpoint_interval,
         };
@@ -758,7 +755,7 @@ impl LakeTable {
 
 /// A writer for `table`'s layout, with date statistics when `date_statistics` is set
 /// (see [`encoding`]).
-fn new_writer(
+pub(super) fn new_writer(
     location: &Url,
     table: &DeltaTable,
     target_file_size: u64,
@@ -771,8 +768,37 @@ fn new_writer(
         .with_target_file_size(target_file_size))
 }
 
+/// A writer into `table`'s folder for a layout that is not committed yet.
+///
+/// `RecordBatchWriter` takes its schema from a loaded table, and deltalake-core offers no
+/// way to build one from a schema and an object store directly. So the layout is created
+/// as a throwaway in-memory table (same columns, partitioning and configuration) whose
+/// loaded state is paired with `table`'s log store: the writer then encodes the new
+/// layout and writes into `table`'s folder.
+pub(super) async fn writer_for_layout(
+    location: &Url,
+    table: &DeltaTable,
+    schema: &StructType,
+    partition_columns: &[&str],
+    configuration: HashMap<String, String>,
+    target_file_size: u64,
+    date_statistics: bool,
+) -> Result<RecordBatchWriter, LakeError> {
+    let staged = CreateBuilder::new()
+        .with_log_store(DeltaTable::new_in_memory().log_store())
+        .with_columns(schema.fields().cloned())
+        .with_partition_columns(partition_columns.iter().copied())
+        .with_configuration(configuration.into_iter().map(|(k, v)| (k, Some(v))))
+        .with_raise_if_key_not_exists(false)
+        .await
+        .map_err(|e| LakeError::delta(location, e))?;
+    let mut shadow = DeltaTable::new(table.log_store());
+    shadow.state = staged.state;
+    new_writer(location, &shadow, target_file_size, date_statistics)
+}
+
 /// The committed layout of `table` as Arrow.
-fn committed_schema(location: &Url, table: &DeltaTable) -> Result<SchemaRef, LakeError> {
+pub(super) fn committed_schema(location: &Url, table: &DeltaTable) -> Result<SchemaRef, LakeError> {
     let snapshot = table
         .snapshot()
         .map_err(|e| LakeError::delta(location, e))?;
@@ -793,14 +819,7 @@ async fn read_committed_lsn(
     table: &DeltaTable,
     app_id: &str,
 ) -> Result<Option<Lsn>, LakeError> {
-    let snapshot = table
-        .snapshot()
-        .map_err(|e| LakeError::delta(location, e))?;
-    let version = snapshot
-        .transaction_version(table.log_store().as_ref(), app_id)
-        .await
-        .map_err(|e| LakeError::delta(location, e))?;
-    match version {
+    match commit::transaction_version(location, table, app_id).await? {
         None => Ok(None),
         Some(v) if v >= 0 => Ok(Some(Lsn::from_i64(v))),
         Some(v) => Err(LakeError::InvalidTxnVersion {
@@ -821,7 +840,7 @@ fn partition_date(partition_values: &HashMap<String, Option<String>>) -> Option<
 /// `batch`, read from a file, in the layout `arrow`: each column by name, widened where
 /// its type grew (exact; see `schema::widen`), a column the file lacks as nulls, and the
 /// partition column as `day` when given (a data file does not store it).
-fn conform(
+pub(super) fn conform(
     batch: &RecordBatch,
     day: Option<i32>,
     arrow: &SchemaRef,
@@ -858,7 +877,7 @@ fn field_names(schema: &SchemaRef) -> Vec<&str> {
 /// features need reader version 3 and writer version 7, and a legacy writer version 2
 /// table's `appendOnly` becomes an explicit feature. `invariants` is not listed: pg2lake
 /// never sets column invariants, and this writer build cannot enforce them.
-fn upgraded_protocol(
+pub(super) fn upgraded_protocol(
     current: &Protocol,
     schema: &StructType,
     metadata: &Metadata,

@@ -135,7 +135,7 @@ impl LakeReader {
 /// layout `layout` (missing columns null, widened columns widened, the date partition
 /// filled in), a batch at a time. The whole file is fetched first (a data file is at most
 /// about its target size), and decoded as the batches are taken.
-pub(super) async fn file_batches(
+pub(in crate::lake) async fn file_batches(
     table: &DeltaTable,
     location: &Url,
     path: &Path,
