@@ -49,7 +49,7 @@ use url::Url;
 use super::layout::table_location;
 use super::store::{Lake, LakeError};
 use super::table::commit::{self, Commit, Committed};
-use super::table::compact::first_row_position;
+use super::table::compact::{delete_files, first_row_position};
 use super::table::reader::file_batches;
 use super::table::{
     SOURCE_KEY_PROPERTY, committed_schema, new_writer, upgraded_protocol, writer_for_layout,
@@ -774,48 +774,49 @@ impl MirrorFile {
         // favour of Arrow arrays that do not expose them).
         #[allow(deprecated)]
         let add = file.add_action();
-        let remove = file.remove_action(true);
-        let first = add
-            .tags
-            .as_ref()
-            .and_then(|tags| tags.get(KEY_MIN_TAG).cloned().flatten())
-            .and_then(|hex| decode_hex(&hex))
-            .unwrap_or_default();
         MirrorFile {
             path: file.object_store_path(),
-            remove,
+            remove: file.remove_action(true),
             size: u64::try_from(file.size()).unwrap_or(0),
-            first,
+            first: first_key(&add),
             committed: true,
         }
     }
 
     /// A file this refresh wrote.
     fn written(add: &Add) -> MirrorFile {
-        let first = add
-            .tags
-            .as_ref()
-            .and_then(|tags| tags.get(KEY_MIN_TAG).cloned().flatten())
-            .and_then(|hex| decode_hex(&hex))
-            .unwrap_or_default();
         MirrorFile {
             path: Path::from_url_path(&add.path).unwrap_or_else(|_| Path::from(add.path.as_str())),
-            remove: Remove {
-                path: add.path.clone(),
-                data_change: true,
-                deletion_timestamp: None,
-                extended_file_metadata: None,
-                partition_values: None,
-                size: Some(add.size),
-                tags: None,
-                deletion_vector: None,
-                base_row_id: None,
-                default_row_commit_version: None,
-            },
+            remove: remove_of(&add.path),
             size: u64::try_from(add.size).unwrap_or(0),
-            first,
+            first: first_key(add),
             committed: false,
         }
+    }
+}
+
+/// The first key of a mirror file, from its `add` tags (empty when it has none).
+fn first_key(add: &Add) -> Vec<u8> {
+    add.tags
+        .as_ref()
+        .and_then(|tags| tags.get(KEY_MIN_TAG).cloned().flatten())
+        .and_then(|hex| decode_hex(&hex))
+        .unwrap_or_default()
+}
+
+/// A `remove` (with `dataChange`) of the mirror file at `path`.
+fn remove_of(path: &str) -> Remove {
+    Remove {
+        path: path.to_owned(),
+        data_change: true,
+        deletion_timestamp: Some(chrono::Utc::now().timestamp_millis()),
+        extended_file_metadata: None,
+        partition_values: None,
+        size: None,
+        tags: None,
+        deletion_vector: None,
+        base_row_id: None,
+        default_row_commit_version: None,
     }
 }
 
@@ -1000,15 +1001,6 @@ fn with_key_range(add: Add, (first, last): &(String, String)) -> Add {
     }
 }
 
-async fn delete_files(table: &DeltaTable, adds: &[Add]) {
-    let store = table.object_store();
-    for add in adds {
-        if let Ok(path) = Path::from_url_path(&add.path) {
-            let _ = store.delete(&path).await;
-        }
-    }
-}
-
 fn encode_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -1189,18 +1181,7 @@ mod tests {
     fn keys_go_to_the_file_whose_range_takes_them() {
         let file = |first: i32| MirrorFile {
             path: Path::from("f.parquet"),
-            remove: Remove {
-                path: "f.parquet".into(),
-                data_change: true,
-                deletion_timestamp: None,
-                extended_file_metadata: None,
-                partition_values: None,
-                size: None,
-                tags: None,
-                deletion_vector: None,
-                base_row_id: None,
-                default_row_commit_version: None,
-            },
+            remove: remove_of("f.parquet"),
             size: 0,
             first: key(first).row().data().to_vec(),
             committed: true,

@@ -273,9 +273,10 @@ async fn write_bin(
     Ok(true)
 }
 
-/// Deletes files written for a compaction that will not be committed (best effort: a
-/// file left behind is unreferenced, and VACUUM removes it after the retention period).
-async fn delete_files(table: &DeltaTable, adds: &[Add]) {
+/// Deletes files written for a commit that will not happen (a compaction or mirror
+/// refresh that conflicted; best effort: a file left behind is unreferenced, and VACUUM
+/// removes it after the retention period).
+pub(in crate::lake) async fn delete_files(table: &DeltaTable, adds: &[Add]) {
     let store = table.object_store();
     for add in adds {
         if let Ok(path) = Path::from_url_path(&add.path)
