@@ -293,6 +293,10 @@ pub async fn refresh_mirrors(config: &Config) -> Result<Vec<MirrorReport>, LakeE
         target_file_rows: config.mirror.target_file_rows,
         app_id: lake::app_id(&config.source.slot),
         step_rows: config.mirror.step_rows,
+        // A refresh holds a step's changes, one mirror file and the file it writes from
+        // them (about twice both): within the memory budget, beside the streaming.
+        step_bytes: config.memory_budget.0 / 8,
+        file_bytes: config.memory_budget.0 / 16,
     };
     let mut reports = Vec::new();
     for (schema, name) in lake.tables().await? {

@@ -346,8 +346,7 @@ impl Default for Config {
 #[serde(default, deny_unknown_fields)]
 pub struct MirrorConfig {
     /// Whether `pg2lake run` keeps them (and `pg2lake snapshot` writes them). Off by
-    /// default while a refresh's memory is bounded by rows rather than bytes (see the
-    /// README).
+    /// default for now (see the README, Current state of a table).
     pub enabled: bool,
     /// How often each mirror is refreshed from what its change log committed.
     #[serde(with = "duration")]
@@ -355,8 +354,8 @@ pub struct MirrorConfig {
     /// Rows per mirror file at most; a refresh rewrites the files whose key range a
     /// changed key falls in.
     pub target_file_rows: usize,
-    /// Change-log rows a refresh folds at a time (with one mirror file): what bounds
-    /// its memory, whatever the backlog.
+    /// Change-log rows a refresh folds at a time at most (a step also stops at about
+    /// `memory_budget` / 8 of rows in memory).
     pub step_rows: u64,
 }
 

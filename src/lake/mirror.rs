@@ -83,8 +83,13 @@ pub struct MirrorOptions {
     pub target_file_rows: usize,
     /// The change log's `txn` app id (a slot's), whose LSN the mirror's commits record.
     pub app_id: String,
-    /// Change-log rows folded in one step of a refresh: what bounds its memory.
+    /// Change-log rows folded in one step of a refresh at most.
     pub step_rows: u64,
+    /// In-memory bytes of the change-log rows of one step at most (a file read whole
+    /// can pass it): with `file_bytes`, what bounds a refresh's memory.
+    pub step_bytes: u64,
+    /// In-memory bytes of the rows of one mirror file, about.
+    pub file_bytes: u64,
 }
 
 /// What a refresh of one mirror did.
@@ -216,7 +221,6 @@ async fn refresh_from(
                 .map(|file| Input {
                     path: file.object_store_path(),
                     partition_values: file.partition_values_map(),
-                    rows: file.num_records().map_or(0, |n| n as u64),
                     order: first_row_position(file.stats().as_deref()),
                 })
                 .collect();
@@ -286,42 +290,41 @@ async fn refresh_from(
         converter: &converter,
         writer,
         target_file_rows: options.target_file_rows.max(1),
+        file_bytes: usize::try_from(options.file_bytes).unwrap_or(usize::MAX),
         files,
         removes: Vec::new(),
         adds: Vec::new(),
         report: &mut report,
     };
-    // In steps of about `step_rows` change-log rows, so memory holds one step's changes
-    // and one mirror file, whatever the backlog (a rebuild after an initial load reads
+    // In steps of at most `step_rows` change-log rows and about `step_bytes`, so memory
+    // holds one step's changes and one mirror file, whatever the backlog (a rebuild after an initial load reads
     // the whole table). Files written by a step and replaced by a later one are deleted
     // at once; one version commits the outcome.
     let mut first = true;
-    let mut pending: Vec<&Input> = Vec::new();
-    let mut pending_rows = 0;
+    let mut batches = Vec::new();
+    let (mut rows, mut bytes) = (0u64, 0u64);
     for (i, input) in inputs.iter().enumerate() {
-        pending.push(input);
-        pending_rows += input.rows;
-        if pending_rows < options.step_rows && i + 1 < inputs.len() {
+        for batch in file_batches(
+            &log,
+            &log_location,
+            &input.path,
+            &input.partition_values,
+            &log_layout,
+        )
+        .await?
+        {
+            let batch = batch?;
+            rows += batch.num_rows() as u64;
+            bytes += batch.get_array_memory_size() as u64;
+            batches.push(batch);
+        }
+        let last = i + 1 == inputs.len();
+        if !last && rows < options.step_rows && bytes < options.step_bytes {
             continue;
         }
-        let mut batches = Vec::new();
-        for input in pending.drain(..) {
-            let path = &input.path;
-            for batch in file_batches(
-                &log,
-                &log_location,
-                path,
-                &input.partition_values,
-                &log_layout,
-            )
-            .await?
-            {
-                batches.push(batch?);
-            }
-        }
-        pending_rows = 0;
         let changes = concat_batches(&log_layout, &batches).map_err(arrow_err(&log_location))?;
-        drop(batches);
+        batches.clear();
+        (rows, bytes) = (0, 0);
         step.apply(&changes, rebuild && first).await?;
         first = false;
     }
@@ -372,8 +375,6 @@ async fn refresh_from(
 struct Input {
     path: Path,
     partition_values: HashMap<String, Option<String>>,
-    /// Its rows, from its statistics (0 when unknown).
-    rows: u64,
     /// Its first row's (`_lsn`, `_seq`).
     order: (i64, i64),
 }
@@ -388,6 +389,7 @@ struct Step<'a> {
     converter: &'a RowConverter,
     writer: deltalake_core::writer::RecordBatchWriter,
     target_file_rows: usize,
+    file_bytes: usize,
     files: Vec<MirrorFile>,
     removes: Vec<Remove>,
     adds: Vec<Add>,
@@ -428,7 +430,11 @@ impl Step<'_> {
             )
             .map_err(arrow_err(location))?;
             drop(existing);
-            for chunk in split(&merged, self.target_file_rows) {
+            // Files of at most `target_file_rows` rows and about `file_bytes` in memory:
+            // a later refresh holds one of them at a time.
+            let row_bytes = merged.get_array_memory_size() / merged.num_rows().max(1);
+            let file_rows = (self.file_bytes / row_bytes.max(1)).clamp(1, self.target_file_rows);
+            for chunk in split(&merged, file_rows) {
                 let first_last = first_and_last_key(&chunk, self.key, self.converter)
                     .map_err(arrow_err(location))?;
                 self.writer
@@ -625,16 +631,10 @@ async fn added_since(
                 })?;
                 let partition_values =
                     serde_json::from_value(add["partitionValues"].clone()).unwrap_or_default();
-                let stats = add["stats"].as_str();
-                let rows = stats
-                    .and_then(|stats| serde_json::from_str::<serde_json::Value>(stats).ok())
-                    .and_then(|stats| stats["numRecords"].as_u64())
-                    .unwrap_or(0);
                 added.push(Input {
                     path,
                     partition_values,
-                    rows,
-                    order: first_row_position(stats),
+                    order: first_row_position(add["stats"].as_str()),
                 });
             }
         }
