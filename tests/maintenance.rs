@@ -260,7 +260,8 @@ async fn compaction_keeps_the_change_log_row_for_row_beside_streaming_one_compac
         &lake_url,
         &lake_yaml("    enabled: false\n    min_files: 100000\n", "1s"),
     ));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A pass that the stop cut short leaves its lease (5 s here) to expire.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let on_disk = data_files(&accounts_dir);
     let referenced = referenced_files(&accounts);
     let unreferenced: BTreeSet<String> = on_disk.difference(&referenced).cloned().collect();
@@ -358,9 +359,17 @@ async fn kill_9_during_compaction_and_vacuum_under_load_loses_and_doubles_nothin
     // Clean passes after it all (the second one vacuums what the first compacted), then
     // the comparison with the source.
     stop_and_compare(&stop, loader, &db, "maintkill", lake.path()).await;
-    for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        maintain_ok(&config, &[]);
+    for pass in 0..2 {
+        // Past the killed compactors' leases (2 s), and then past the retention (1 s)
+        // of what the first pass replaced.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let report = maintain_ok(&config, &[]);
+        assert!(
+            report["tables"]
+                .as_array()
+                .is_some_and(|t| t.iter().all(|t| t["busy"].is_null())),
+            "pass {pass}: a table still held: {report:#}"
+        );
     }
     for table in ["accounts", "ledger"] {
         support::bank::assert_lake_equals_source(&db, lake.path(), table).await;
