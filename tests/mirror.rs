@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use support::bank::{SCHEMA, load};
 use support::lake::{fold, wait_caught_up};
 use support::service::{ConfigFile, Service, config_yaml};
-use support::{PgServer, delta_txn_version, read_delta, read_delta_at, wait_until};
+use support::{PgServer, delta_txn_version, duckdb_query, read_delta, read_delta_at, wait_until};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const MIRROR_APP: &str = "pg2lake-mirror";
@@ -179,6 +179,19 @@ async fn the_mirror_follows_updates_toast_deletes_key_changes_columns_and_trunca
     wait_caught_up(&db, "mirror", TIMEOUT).await;
     wait_mirror_current(lake.path(), "orders");
     assert_mirror_equals_source(&db, lake.path(), "orders", "id").await;
+    // DuckDB reads the mirror's files to the same answer as Postgres.
+    const SUMMARY: &str = "SELECT count(*)::bigint AS n, sum(length(note))::bigint AS chars, \
+                           sum(id)::bigint AS ids, count(DISTINCT status)::bigint AS statuses FROM orders";
+    let duck = duckdb_query(&mirror, "orders", SUMMARY);
+    let pg_row = db.query_one(SUMMARY, &[]).await.expect("summary");
+    let expected: Vec<Value> = (0..4)
+        .map(|i| serde_json::json!(pg_row.get::<_, i64>(i)))
+        .collect();
+    let got: Vec<Value> = ["n", "chars", "ids", "statuses"]
+        .iter()
+        .map(|c| duck.rows[0][*c].clone())
+        .collect();
+    assert_eq!(got, expected, "DuckDB over the mirror vs Postgres");
 
     // A column added: the mirror takes the new layout (old rows null in it).
     db.batch_execute(
