@@ -854,9 +854,7 @@ async fn read_file(
     layout: &SchemaRef,
 ) -> Result<RecordBatch, LakeError> {
     let mut batches = Vec::new();
-    // Mirror files have no partition; `file_batches` wants a date for change-log files.
-    let no_partition = HashMap::from([(PARTITION_COLUMN.to_owned(), Some("1970-01-01".into()))]);
-    for batch in file_batches(mirror, location, path, &no_partition, layout).await? {
+    for batch in file_batches(mirror, location, path, &HashMap::new(), layout).await? {
         batches.push(batch?);
     }
     concat_batches(layout, &batches).map_err(arrow_err(location))

@@ -133,7 +133,7 @@ impl LakeReader {
 
 /// The rows of the data file at `path` of `table`, with its `partition_values`, in the
 /// layout `layout` (missing columns null, widened columns widened, the date partition
-/// filled in), a batch at a time. The whole file is fetched first (a data file is at most
+/// filled in when the file has one), a batch at a time. The whole file is fetched first (a data file is at most
 /// about its target size), and decoded as the batches are taken.
 pub(in crate::lake) async fn file_batches(
     table: &DeltaTable,
@@ -155,17 +155,26 @@ pub(in crate::lake) async fn file_batches(
         .bytes()
         .await
         .map_err(store_err)?;
-    let day = partition_date(partition_values).ok_or_else(|| LakeError::SchemaMismatch {
-        table: location.to_string(),
-        reason: format!("a data file has no valid {PARTITION_COLUMN} partition value"),
-    })?;
+    // A change-log file's date partition is filled in; a file of an unpartitioned table
+    // (a mirror) has none.
+    let day = match partition_values.get(PARTITION_COLUMN) {
+        None => None,
+        Some(_) => {
+            Some(
+                partition_date(partition_values).ok_or_else(|| LakeError::SchemaMismatch {
+                    table: location.to_string(),
+                    reason: format!("a data file has no valid {PARTITION_COLUMN} partition value"),
+                })?,
+            )
+        }
+    };
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .and_then(|builder| builder.with_batch_size(REWRITE_BATCH_ROWS).build())
         .map_err(|e| LakeError::delta(&location, e.into()))?;
     let layout = layout.clone();
     Ok(reader.map(move |batch| {
         batch
-            .and_then(|batch| conform(&batch, Some(day), &layout))
+            .and_then(|batch| conform(&batch, day, &layout))
             .map_err(|e| LakeError::delta(&location, e.into()))
     }))
 }
