@@ -26,7 +26,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::bench::{block_on, build_items, size_from_env};
+use support::bench::{
+    block_on, build_items, latest_version, load_average, size_from_env, version_file,
+};
 use support::lake::{readme_current_state_query, wait_caught_up};
 use support::load::Rng;
 use support::service::{ConfigFile, Service, config_yaml, run_command_measured};
@@ -342,14 +344,6 @@ fn flush_times(log: &str) -> Vec<f64> {
         .collect()
 }
 
-/// The 1-minute load average: other work on the machine skews every time here.
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|text| text.split_whitespace().next()?.parse().ok())
-        .unwrap_or_default()
-}
-
 /// The queries timed, by name. The README's fold is wrapped in a count (its 3,000,000 rows
 /// would otherwise be timed as JSON output); `count(note)` keeps the carried-forward
 /// `note` column computed.
@@ -417,26 +411,4 @@ fn table_report(report: &Value) -> Value {
         "{table:#}"
     );
     table
-}
-
-/// The log entry of `version` in the table's folder.
-fn version_file(table_dir: &Path, version: u64) -> std::path::PathBuf {
-    table_dir.join(format!("_delta_log/{version:020}.json"))
-}
-
-/// The table's latest version, from its log's file names.
-fn latest_version(table_dir: &Path) -> u64 {
-    std::fs::read_dir(table_dir.join("_delta_log"))
-        .expect("read _delta_log")
-        .flatten()
-        .filter_map(|entry| {
-            entry
-                .file_name()
-                .to_str()?
-                .strip_suffix(".json")?
-                .parse::<u64>()
-                .ok()
-        })
-        .max()
-        .expect("a committed version")
 }

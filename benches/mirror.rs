@@ -40,7 +40,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
-use support::bench::{block_on, build_items, size_from_env};
+use support::bench::{
+    block_on, build_items, latest_version, load_average, size_from_env, version_file,
+};
 use support::lake::{readme_current_state_query, wait_caught_up};
 use support::load::Rng;
 use support::service::{ConfigFile, Service, config_yaml};
@@ -727,34 +729,4 @@ fn rss_of(pid: u32) -> u64 {
 /// whether that worked.
 fn reset_peak_rss(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
-}
-
-/// The 1-minute load average: other work on the machine skews every time here.
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|text| text.split_whitespace().next()?.parse().ok())
-        .unwrap_or_default()
-}
-
-/// The log entry of `version` in the table's folder.
-fn version_file(table_dir: &Path, version: u64) -> PathBuf {
-    table_dir.join(format!("_delta_log/{version:020}.json"))
-}
-
-/// The table's latest version, from its log's file names.
-fn latest_version(table_dir: &Path) -> u64 {
-    std::fs::read_dir(table_dir.join("_delta_log"))
-        .expect("read _delta_log")
-        .flatten()
-        .filter_map(|entry| {
-            entry
-                .file_name()
-                .to_str()?
-                .strip_suffix(".json")?
-                .parse::<u64>()
-                .ok()
-        })
-        .max()
-        .expect("a committed version")
 }

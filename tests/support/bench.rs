@@ -109,3 +109,34 @@ pub async fn drain_with_pg2lake(
     assert!(service.stop(Duration::from_secs(60)).success());
     (elapsed, peak)
 }
+
+/// The 1-minute load average: other work on the machine skews every time a benchmark
+/// prints.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or_default()
+}
+
+/// The log entry of `version` in the Delta table's folder.
+pub fn version_file(table_dir: &std::path::Path, version: u64) -> std::path::PathBuf {
+    table_dir.join(format!("_delta_log/{version:020}.json"))
+}
+
+/// The table's latest version, from its log's file names.
+pub fn latest_version(table_dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(table_dir.join("_delta_log"))
+        .expect("read _delta_log")
+        .flatten()
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()?
+                .strip_suffix(".json")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .expect("a committed version")
+}
