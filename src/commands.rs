@@ -11,7 +11,8 @@ use crate::pg::catalog;
 use crate::pg::connect;
 use crate::pg::publication;
 use crate::pipeline::{self, PipelineError};
-use crate::schema::TableSchema;
+use crate::privacy::{self, Policy};
+use crate::schema::{TableSchema, TypeCatalog};
 use crate::verify::{Outcome, Report, VerifyError, VerifyOptions};
 
 /// Why a command failed.
@@ -238,40 +239,42 @@ async fn column_type_lines(
     for table in tables {
         let columns = catalog::table_columns(client, table).await?;
         catalog::resolve_types(client, &mut types, &columns).await?;
-        lines.push(
-            match TableSchema::with_types(&table.schema, &table.name, &columns, &types) {
-                Ok(_) => {
-                    let unknown: Vec<String> = columns
-                        .iter()
-                        .filter(|c| types.is_unknown(c.type_oid))
-                        .map(|c| {
-                            format!(
-                                "{} ({})",
-                                c.name,
-                                types.type_name(c.type_oid, c.type_modifier)
-                            )
-                        })
-                        .collect();
-                    let mut what = format!("table {table}: every column maps to a lake type");
-                    if !unknown.is_empty() {
-                        what.push_str(&format!(
-                            "; stored as text, type unknown to pg2lake: {}",
-                            unknown.join(", ")
-                        ));
-                    }
-                    CheckLine {
-                        mark: Mark::Ok,
-                        what,
-                        fix: None,
-                    }
+        let typed = TableSchema::with_types(&table.schema, &table.name, &columns, &types);
+        if let Ok(schema) = &typed {
+            privacy_lines(schema, &types, lines);
+        }
+        lines.push(match typed {
+            Ok(_) => {
+                let unknown: Vec<String> = columns
+                    .iter()
+                    .filter(|c| types.is_unknown(c.type_oid))
+                    .map(|c| {
+                        format!(
+                            "{} ({})",
+                            c.name,
+                            types.type_name(c.type_oid, c.type_modifier)
+                        )
+                    })
+                    .collect();
+                let mut what = format!("table {table}: every column maps to a lake type");
+                if !unknown.is_empty() {
+                    what.push_str(&format!(
+                        "; stored as text, type unknown to pg2lake: {}",
+                        unknown.join(", ")
+                    ));
                 }
-                Err(err) => CheckLine {
-                    mark: Mark::Fail,
-                    what: err.to_string(),
+                CheckLine {
+                    mark: Mark::Ok,
+                    what,
                     fix: None,
-                },
+                }
+            }
+            Err(err) => CheckLine {
+                mark: Mark::Fail,
+                what: err.to_string(),
+                fix: None,
             },
-        );
+        });
         all_columns.extend(
             columns
                 .into_iter()
@@ -292,6 +295,51 @@ async fn column_type_lines(
         });
     }
     Ok(())
+}
+
+/// A table's protected columns with their policies, and a warning for each column whose
+/// name looks personal (`email`, `cpf`, `phone`…) that no `privacy.columns` entry names.
+fn privacy_lines(schema: &TableSchema, types: &TypeCatalog, lines: &mut Vec<CheckLine>) {
+    let table = schema.qualified_name();
+    let mut protected: Vec<String> = schema
+        .columns
+        .iter()
+        .filter(|c| c.policy != Policy::Clear)
+        .map(|c| format!("{} ({})", c.name, c.policy))
+        .collect();
+    protected.extend(schema.excluded.iter().map(|c| format!("{c} (exclude)")));
+    if !protected.is_empty() {
+        lines.push(CheckLine {
+            mark: Mark::Ok,
+            what: format!("table {table}: protected columns: {}", protected.join(", ")),
+            fix: None,
+        });
+    }
+    let unreviewed: Vec<&str> = schema
+        .columns
+        .iter()
+        .filter(|c| c.policy == Policy::Clear && privacy::looks_personal(&c.name))
+        .filter(|c| {
+            !types
+                .policies()
+                .names(&schema.namespace, &schema.name, &c.name)
+        })
+        .map(|c| c.name.as_str())
+        .collect();
+    if !unreviewed.is_empty() {
+        let first = unreviewed[0];
+        lines.push(CheckLine {
+            mark: Mark::Warn,
+            what: format!(
+                "table {table}: columns that look personal have no policy and go to the lake in clear: {}",
+                unreviewed.join(", ")
+            ),
+            fix: Some(format!(
+                "give each a policy under privacy.columns (e.g. \"{}.{}.{first}\": hash), or `clear` once reviewed",
+                schema.namespace, schema.name
+            )),
+        });
+    }
 }
 
 /// The slot and walsender headroom, and the WAL a slot may retain.

@@ -44,6 +44,7 @@ pub mod maintain;
 pub mod metrics;
 pub mod pg;
 pub mod pipeline;
+pub mod privacy;
 pub mod progress;
 pub mod schema;
 pub mod snapshot;

@@ -8,7 +8,8 @@ use crate::batch::TableBatch;
 use crate::lake::LakeTable;
 use crate::lsn::Lsn;
 use crate::metrics;
-use crate::schema::{Evolution, TableSchema, TypeChangeKind, TypeChangePolicy};
+use crate::privacy::{self, Policy, Protection};
+use crate::schema::{Evolution, TableSchema, TypeChangeKind, TypeChangePolicy, UNKNOWN_TYPE};
 
 /// One replicated table: its schema, the rows not yet handed to the writer, the lake table.
 pub struct ReplicatedTable {
@@ -87,6 +88,7 @@ impl ReplicatedTable {
             // A widened column makes the lake rewrite its files (see `lake::table`).
             self.lake.evolve(evolution.schema.arrow.clone()).await?;
         }
+        record_policies(&mut self.lake, &evolution.schema).await?;
         let table = self.qualified_name();
         if evolution.is_visible() {
             tracing::info!(
@@ -143,4 +145,44 @@ impl ReplicatedTable {
         self.written += rows;
         Ok(())
     }
+}
+
+/// Records in the lake table what `schema`'s policies are (staged for its next commit,
+/// nothing when unchanged): each protected column's policy, the hash key's id, and the
+/// columns without statistics, which every writer of the table reads.
+async fn record_policies(lake: &mut LakeTable, schema: &TableSchema) -> Result<(), ApplyError> {
+    let current = schema
+        .columns
+        .iter()
+        .filter(|c| c.type_oid != UNKNOWN_TYPE)
+        .map(|c| (c.name.as_str(), c.policy))
+        .chain(
+            schema
+                .excluded
+                .iter()
+                .map(|n| (n.as_str(), Policy::Exclude)),
+        );
+    let recorded = lake.property(privacy::POLICIES_PROPERTY)?;
+    if let Some(merged) = privacy::merge_recorded(recorded.as_deref(), current) {
+        lake.set_property(privacy::POLICIES_PROPERTY, &merged)?;
+    }
+    let key = schema.columns.iter().find_map(|c| match &c.protection {
+        Some(Protection::Hash(key)) => Some(key),
+        _ => None,
+    });
+    if let Some(key) = key {
+        lake.set_property(privacy::HASH_KEY_ID_PROPERTY, key.id())?;
+    }
+    let unstated: Vec<&str> = schema
+        .columns
+        .iter()
+        .filter(|c| !c.statistics)
+        .map(|c| c.name.as_str())
+        .collect();
+    let property = lake.property(privacy::NO_STATISTICS_PROPERTY)?;
+    if !unstated.is_empty() || property.is_some() {
+        let list = serde_json::to_string(&unstated).unwrap_or_default();
+        lake.set_no_statistics(&list).await?;
+    }
+    Ok(())
 }

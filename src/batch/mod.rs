@@ -244,6 +244,10 @@ pub struct TableBatch {
     tuple_positions: Vec<Option<usize>>,
     /// Per lake source column, whether a binary COPY sends it in binary (else as text).
     copy_binary: Vec<bool>,
+    /// Per lake source column, what its policy does to each value (see [`crate::privacy`]).
+    treatments: Vec<Treatment>,
+    /// Per lake source column, the protected form of the row being pushed.
+    scratch: Vec<Vec<u8>>,
     op: StringBuilder,
     lsn: Int64Builder,
     seq: Int64Builder,
@@ -274,16 +278,19 @@ impl TableBatch {
             .map(|c| Column::new(c.conversion))
             .collect();
         let mut tuple_positions = vec![None; schema.columns.len()];
-        for (position, &column) in schema.tuple_columns.iter().enumerate() {
-            if let Some(slot) = tuple_positions.get_mut(column) {
+        for (position, column) in schema.tuple_columns.iter().enumerate() {
+            if let Some(slot) = column.and_then(|c| tuple_positions.get_mut(c)) {
                 *slot = Some(position);
             }
         }
         let copy_binary = schema.columns.iter().map(binary::decodes).collect();
+        let treatments = schema.columns.iter().map(Treatment::of).collect();
         TableBatch {
             columns,
             tuple_positions,
             copy_binary,
+            treatments,
+            scratch: vec![Vec::new(); schema.columns.len()],
             op: StringBuilder::new(),
             lsn: Int64Builder::new(),
             seq: Int64Builder::new(),
@@ -336,11 +343,13 @@ impl TableBatch {
         // Stage: parse every value; nothing is appended yet.
         let mut bytes = META_ROW_BYTES;
         let mut any_unchanged = false;
-        for ((column, source), &position) in self
+        for ((((column, source), &position), treatment), scratch) in self
             .columns
             .iter_mut()
             .zip(&self.schema.columns)
             .zip(&self.tuple_positions)
+            .zip(&self.treatments)
+            .zip(&mut self.scratch)
         {
             let text = match value_of(position) {
                 None | Some(TupleValue::Null) => None,
@@ -358,13 +367,19 @@ impl TableBatch {
                 }
             };
             bytes += column
-                .stage(text)
+                .stage(treatment.apply(text, scratch))
                 .map_err(|error| value_error(&self.schema, source, error))?;
         }
 
         // Commit: append the staged values; nothing below can fail.
-        for (column, &position) in self.columns.iter_mut().zip(&self.tuple_positions) {
-            column.commit(value_of(position).and_then(text_of));
+        for (((column, &position), treatment), scratch) in self
+            .columns
+            .iter_mut()
+            .zip(&self.tuple_positions)
+            .zip(&self.treatments)
+            .zip(&self.scratch)
+        {
+            column.commit(treatment.applied(value_of(position).and_then(text_of), scratch));
         }
         for (column, source) in self.columns.iter_mut().zip(&self.schema.columns) {
             if column.take_reshaped() {
@@ -382,7 +397,7 @@ impl TableBatch {
         }
         if any_unchanged {
             for (&index, value) in self.schema.tuple_columns.iter().zip(values) {
-                if matches!(value, TupleValue::UnchangedToast) {
+                if let (Some(index), TupleValue::UnchangedToast) = (index, value) {
                     let name = &self.schema.columns[index].name;
                     self.unchanged.values().append_value(name);
                     bytes += name.len() + OFFSET_BYTES;
@@ -419,23 +434,33 @@ impl TableBatch {
             data.get(range)
         };
         let mut bytes = META_ROW_BYTES;
-        for (((column, source), &position), &binary) in self
+        for (((((column, source), &position), &binary), treatment), scratch) in self
             .columns
             .iter_mut()
             .zip(&self.schema.columns)
             .zip(&self.tuple_positions)
             .zip(&self.copy_binary)
+            .zip(&self.treatments)
+            .zip(&mut self.scratch)
         {
             let raw = value_of(position);
-            let staged = if binary {
+            // A protected column's value is its text (a text type's send form is its
+            // text), and what is staged is the protected form of it.
+            let staged = if binary && matches!(treatment, Treatment::Keep) {
                 column.stage_binary(raw)
             } else {
-                column.stage(raw)
+                column.stage(treatment.apply(raw, scratch))
             };
             bytes += staged.map_err(|error| value_error(&self.schema, source, error))?;
         }
-        for (column, &position) in self.columns.iter_mut().zip(&self.tuple_positions) {
-            column.commit(value_of(position));
+        for (((column, &position), treatment), scratch) in self
+            .columns
+            .iter_mut()
+            .zip(&self.tuple_positions)
+            .zip(&self.treatments)
+            .zip(&self.scratch)
+        {
+            column.commit(treatment.applied(value_of(position), scratch));
         }
         self.unchanged.append(false);
         self.append_meta(meta);
@@ -497,6 +522,44 @@ impl TableBatch {
                 source,
             }
         })
+    }
+}
+
+/// What a column's policy does to its values on the way into the batch.
+#[derive(Debug, Clone)]
+enum Treatment {
+    /// Values as they come.
+    Keep,
+    /// Every value null (policy `null`).
+    Null,
+    /// Values replaced by their protected form (hash, mask, truncate).
+    Protect(crate::privacy::Protection),
+}
+
+impl Treatment {
+    fn of(column: &SourceColumn) -> Treatment {
+        match (&column.protection, column.policy) {
+            (Some(protection), _) => Treatment::Protect(protection.clone()),
+            (None, crate::privacy::Policy::Null) => Treatment::Null,
+            (None, _) => Treatment::Keep,
+        }
+    }
+
+    /// The value to stage: `raw`, none, or its protected form (computed into `scratch`).
+    fn apply<'a>(&self, raw: Option<&'a [u8]>, scratch: &'a mut Vec<u8>) -> Option<&'a [u8]> {
+        if let (Treatment::Protect(protection), Some(raw)) = (self, raw) {
+            protection.apply(raw, scratch);
+        }
+        self.applied(raw, scratch)
+    }
+
+    /// The value staged by [`Treatment::apply`] for the same `raw` (for the commit step).
+    fn applied<'a>(&self, raw: Option<&'a [u8]>, scratch: &'a [u8]) -> Option<&'a [u8]> {
+        match self {
+            Treatment::Keep => raw,
+            Treatment::Null => None,
+            Treatment::Protect(_) => raw.map(|_| scratch),
+        }
     }
 }
 

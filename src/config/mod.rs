@@ -33,6 +33,7 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_yaml::{Mapping, Value};
 
+use crate::privacy::ColumnPolicies;
 use crate::schema::{Conversion, MAX_DECIMAL_PRECISION};
 
 pub use crate::pg::replication::SslMode;
@@ -118,10 +119,10 @@ pub const MAX_IDENTIFIER_BYTES: usize = 63;
 pub const DEFAULT_SCHEMA: &str = "public";
 
 /// Keys whose environment override is a comma separated list.
-const LIST_KEYS: &[&str] = &["tables"];
+const LIST_KEYS: &[&str] = &["tables", "privacy.no_statistics"];
 /// Keys whose environment value is a YAML flow map (`{public.orders.amount: "decimal(20,4)"}`):
 /// their own keys hold dots and letter case that variable names cannot.
-const MAP_KEYS: &[&str] = &["column_types"];
+const MAP_KEYS: &[&str] = &["column_types", "privacy.columns"];
 /// Sections that may be left empty (`flush:` with every key commented out).
 const SECTIONS: &[&str] = &["source", "lake", "flush", "metrics"];
 
@@ -321,6 +322,9 @@ pub struct Config {
     /// for `numeric` columns that would otherwise be stored as exact text (unconstrained,
     /// or wider than 38 digits). A value that does not fit stops pg2lake with an error.
     pub column_types: BTreeMap<String, String>,
+    /// Policies for personal data: which columns are excluded, nulled, hashed, masked or
+    /// truncated on their way to the lake (see [`crate::privacy`]).
+    pub privacy: PrivacyConfig,
 }
 
 impl Default for Config {
@@ -337,6 +341,46 @@ impl Default for Config {
             snapshot: SnapshotConfig::default(),
             schema: SchemaConfig::default(),
             mirror: MirrorConfig::default(),
+            privacy: PrivacyConfig::default(),
+        }
+    }
+}
+
+/// Column policies for personal data (README, Personal data).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// Policy by `schema.table.column` pattern (each part a name or `*`; a bare name is
+    /// every column of that name): `exclude`, `null`, `hash`, `mask(N)`, `truncate(N)` or
+    /// `clear`. YAML's `null` (unquoted) is the `null` policy too.
+    #[serde(deserialize_with = "policy_map")]
+    pub columns: BTreeMap<String, String>,
+    /// Columns (same patterns) whose Parquet and Delta min/max statistics are not
+    /// written, for columns kept in clear whose values must not sit in the Delta log.
+    pub no_statistics: Vec<String>,
+    /// The environment variable holding the HMAC key of hashed columns.
+    pub hash_key_env: String,
+    /// A file holding the HMAC key instead (a mounted secret); its trailing line break is
+    /// not part of the key.
+    pub hash_key_file: Option<PathBuf>,
+}
+
+/// `privacy.columns`, where an unquoted YAML `null` means the `null` policy.
+fn policy_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let map = BTreeMap::<String, Option<String>>::deserialize(d)?;
+    Ok(map
+        .into_iter()
+        .map(|(column, policy)| (column, policy.unwrap_or_else(|| "null".to_owned())))
+        .collect())
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            columns: BTreeMap::new(),
+            no_statistics: Vec::new(),
+            hash_key_env: crate::privacy::DEFAULT_HASH_KEY_ENV.to_owned(),
+            hash_key_file: None,
         }
     }
 }
@@ -1140,7 +1184,7 @@ fn top_level_not_mapping(origin: Option<&Path>) -> ConfigError {
         origin: origin.map(Path::to_path_buf),
         line: None,
         key: None,
-        message: "the top level must be a mapping of settings (source, tables, lake, flush, memory_budget, shutdown_timeout, metrics, column_types)".to_owned(),
+        message: "the top level must be a mapping of settings (source, tables, lake, flush, memory_budget, shutdown_timeout, metrics, snapshot, schema, mirror, column_types, privacy)".to_owned(),
         env_var: None,
         source: None,
     }
@@ -1502,7 +1546,51 @@ impl Config {
         }
         check_nonzero("shutdown_timeout", self.shutdown_timeout, "30s")?;
         self.configured_types()?;
+        self.privacy_rules()?;
         Ok(())
+    }
+
+    /// `privacy.columns` and `privacy.no_statistics` parsed, without the hash key.
+    fn privacy_rules(&self) -> Result<ColumnPolicies, ConfigError> {
+        ColumnPolicies::parse(&self.privacy.columns, &self.privacy.no_statistics)
+            .map_err(|(field, message)| ConfigError::invalid(&field, message))
+    }
+
+    /// The column policies with the hash key, read from `privacy.hash_key_file` or the
+    /// environment variable `privacy.hash_key_env` (`env` stands for the process
+    /// environment). No key is an error only once a hashed column needs one.
+    pub fn column_policies(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<ColumnPolicies, ConfigError> {
+        let rules = self.privacy_rules()?;
+        let privacy = &self.privacy;
+        let secret = match &privacy.hash_key_file {
+            Some(path) => {
+                let contents = std::fs::read(path).map_err(|e| {
+                    ConfigError::invalid(
+                        "privacy.hash_key_file",
+                        format!("cannot read privacy.hash_key_file {}: {e}", path.display()),
+                    )
+                })?;
+                let end = contents
+                    .iter()
+                    .rposition(|b| !matches!(b, b'\n' | b'\r'))
+                    .map_or(0, |i| i + 1);
+                Some((contents[..end].to_vec(), "privacy.hash_key_file"))
+            }
+            None => env(&privacy.hash_key_env)
+                .filter(|v| !v.is_empty())
+                .map(|v| (v.into_bytes(), "privacy.hash_key_env")),
+        };
+        let key = match secret {
+            Some((bytes, field)) => Some(
+                crate::privacy::HashKey::new(&bytes)
+                    .map_err(|message| ConfigError::invalid(field, message))?,
+            ),
+            None => None,
+        };
+        Ok(rules.with_key(key, &privacy.hash_key_env))
     }
 
     /// `column_types` as conversions by `schema.table.column`; an error names the first

@@ -36,6 +36,7 @@ use crate::pg::connect::{self, ConnectError};
 use crate::pg::pgoutput::{DecodeError, RelationColumn};
 use crate::pg::publication::{self, Streaming};
 use crate::pg::replication::{ReplicationClient, ReplicationError};
+use crate::privacy;
 use crate::schema::{SchemaError, TableSchema, TypeCatalog, TypeChangePolicy};
 use crate::snapshot::{self, SnapshotError, SnapshotPoint};
 
@@ -157,10 +158,12 @@ enum SessionEnd {
     SlotTaken,
 }
 
-/// The type catalog of a session: empty but for the configured column types; the
+/// The type catalog of a session: empty but for the configured column types and the
+/// column policies (with the hash key from the process environment or its file); the
 /// catalog types are looked up as tables and Relation messages name them.
 pub fn type_catalog(config: &Config) -> Result<TypeCatalog, ConfigError> {
-    Ok(TypeCatalog::new(config.configured_types()?))
+    let policies = config.column_policies(|name| std::env::var(name).ok())?;
+    Ok(TypeCatalog::new(config.configured_types()?).with_policies(policies))
 }
 
 /// The lake settings of a configuration.
@@ -516,7 +519,7 @@ pub(crate) async fn open_tables(
     }
     let columns = replicated.iter().flat_map(|t| {
         let schema = t.schema();
-        schema.tuple_columns.iter().map(move |&c| {
+        schema.tuple_columns.iter().flatten().map(move |&c| {
             (
                 schema.namespace.as_str(),
                 schema.name.as_str(),
@@ -594,11 +597,61 @@ async fn open_table(
     )
     .await?;
     let known = TableSchema::from_lake(namespace, name, &*lake_table.arrow_schema()?)?;
+    // A table no data was committed to yet (just created) holds no values of any policy.
+    let holds_values = lake_table.committed_lsn().is_some();
+    check_policies(
+        &known,
+        columns,
+        types,
+        holds_values,
+        lake_table.property(privacy::POLICIES_PROPERTY)?.as_deref(),
+        lake_table
+            .property(privacy::HASH_KEY_ID_PROPERTY)?
+            .as_deref(),
+    )?;
     let evolution = known.evolve_with(columns, types, policy)?;
     let mut table =
         ReplicatedTable::new(Arc::new(known), lake_table).with_type_change_policy(policy);
     table.evolve(evolution).await?;
     Ok(table)
+}
+
+/// Refuses to open a table whose configured column policies differ from those its lake
+/// values were written with (`recorded`, the table's [`privacy::POLICIES_PROPERTY`]), or
+/// whose hashed columns were hashed with another key (`recorded_key`); see
+/// [`privacy::check_unchanged`]. A table without committed data (`holds_values` false)
+/// takes the configured policies as they are.
+fn check_policies(
+    known: &TableSchema,
+    columns: &[RelationColumn],
+    types: &TypeCatalog,
+    holds_values: bool,
+    recorded: Option<&str>,
+    recorded_key: Option<&str>,
+) -> Result<(), SchemaError> {
+    let configured = columns
+        .iter()
+        .map(|c| {
+            Ok((
+                c.name.clone(),
+                types.policy(&known.namespace, &known.name, c)?,
+            ))
+        })
+        .collect::<Result<_, SchemaError>>()?;
+    let lake_columns: Vec<&str> = if holds_values {
+        known.columns.iter().map(|c| c.name.as_str()).collect()
+    } else {
+        Vec::new()
+    };
+    privacy::check_unchanged(
+        &known.qualified_name(),
+        &privacy::parse_recorded(recorded),
+        recorded_key,
+        &lake_columns,
+        &configured,
+        types.policies().key(),
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -45,6 +45,7 @@ use super::{
     lake_arrow_schema, meta_fields,
 };
 use crate::pg::pgoutput::RelationColumn;
+use crate::privacy::Policy;
 
 /// What pg2lake does when a column's type changes to one its lake column cannot hold
 /// and that is not a widening (`schema.on_type_change`).
@@ -195,12 +196,16 @@ impl TableSchema {
                 type_name: None,
                 conversion,
                 data_type: conversion.data_type(),
+                policy: Policy::Clear,
+                protection: None,
+                statistics: true,
             });
         }
         Ok(TableSchema {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             tuple_columns: Vec::new(),
+            excluded: Vec::new(),
             arrow: lake_arrow_schema(&columns),
             columns,
         })
@@ -229,6 +234,7 @@ impl TableSchema {
         let table = || self.qualified_name();
         let mut lake = self.columns.clone();
         let mut tuple_columns = Vec::with_capacity(columns.len());
+        let mut excluded = Vec::new();
         let mut added = Vec::new();
         let mut retyped = Vec::new();
         let mut type_changes = Vec::new();
@@ -257,15 +263,29 @@ impl TableSchema {
                     .map_or("", |c| c.name.as_str());
                 return Err(duplicate(first));
             }
+            let privacy = types.policy(&self.namespace, &self.name, column)?;
+            if privacy == Policy::Exclude {
+                excluded.push(column.name.clone());
+                tuple_columns.push(None);
+                continue;
+            }
             let incoming = SourceColumn::typed(
                 column,
                 types,
                 types.conversion(&self.namespace, &self.name, column)?,
+                privacy,
+                types.policies().protection(
+                    &format!("{}.{}.{}", self.namespace, self.name, column.name),
+                    privacy,
+                )?,
+                types
+                    .policies()
+                    .statistics(&self.namespace, &self.name, &column.name),
             );
             let Some(index) = position(&lake, &column.name) else {
                 added.push(column.name.clone());
                 lake.push(incoming);
-                tuple_columns.push(lake.len() - 1);
+                tuple_columns.push(Some(lake.len() - 1));
                 continue;
             };
             let known = &lake[index];
@@ -283,7 +303,7 @@ impl TableSchema {
                     data_type: known.data_type.clone(),
                     ..incoming
                 };
-                tuple_columns.push(index);
+                tuple_columns.push(Some(index));
             } else if known.lake_conversion().widens_to(incoming.conversion) {
                 type_changes.push(TypeChange {
                     column: column.name.clone(),
@@ -293,7 +313,7 @@ impl TableSchema {
                     kind: TypeChangeKind::Widened,
                 });
                 lake[index] = incoming;
-                tuple_columns.push(index);
+                tuple_columns.push(Some(index));
             } else if policy == TypeChangePolicy::Fail {
                 return Err(SchemaError::IncompatibleType {
                     table: table(),
@@ -340,7 +360,7 @@ impl TableSchema {
                         }
                         // Already the target in this session, or known only from the lake
                         // (a restart): the change was reported when it happened.
-                        let ongoing = self.tuple_columns.contains(&existing)
+                        let ongoing = self.tuple_columns.contains(&Some(existing))
                             || self
                                 .columns
                                 .get(existing)
@@ -353,7 +373,7 @@ impl TableSchema {
                             data_type: held.data_type.clone(),
                             ..incoming
                         };
-                        tuple_columns.push(existing);
+                        tuple_columns.push(Some(existing));
                     }
                     None => {
                         type_changes.push(change(&target));
@@ -362,7 +382,7 @@ impl TableSchema {
                             name: target,
                             ..incoming
                         });
-                        tuple_columns.push(lake.len() - 1);
+                        tuple_columns.push(Some(lake.len() - 1));
                     }
                 }
             }
@@ -370,7 +390,8 @@ impl TableSchema {
         let dropped = self
             .tuple_columns
             .iter()
-            .filter(|index| !tuple_columns.contains(index))
+            .flatten()
+            .filter(|&&index| !tuple_columns.contains(&Some(index)))
             .map(|&index| self.columns[index].name.clone())
             .collect();
         let widened = type_changes
@@ -387,6 +408,7 @@ impl TableSchema {
                 name: self.name.clone(),
                 columns: lake,
                 tuple_columns,
+                excluded,
                 arrow,
             },
             added,
@@ -400,7 +422,9 @@ impl TableSchema {
     /// Postgres types and keys, same tuple layout. When it does, a Relation message
     /// changed nothing pg2lake acts on.
     pub fn same_source(&self, other: &TableSchema) -> bool {
-        self.tuple_columns == other.tuple_columns && self.columns == other.columns
+        self.tuple_columns == other.tuple_columns
+            && self.columns == other.columns
+            && self.excluded == other.excluded
     }
 }
 
@@ -491,7 +515,10 @@ mod tests {
             names(&evolution.schema),
             with_meta(&["id", "qty", "note", "price"])
         );
-        assert_eq!(evolution.schema.tuple_columns, [0, 1, 2, 3]);
+        assert_eq!(
+            evolution.schema.tuple_columns,
+            [Some(0), Some(1), Some(2), Some(3)]
+        );
         let price = evolution.schema.arrow.field_with_name("price").unwrap();
         assert!(price.is_nullable());
         assert_eq!(price.data_type(), &arrow::datatypes::DataType::Float64);
@@ -513,7 +540,7 @@ mod tests {
         assert!(!evolution.layout_changed());
         assert!(evolution.is_visible());
         assert_eq!(names(&evolution.schema), with_meta(&["id", "qty", "note"]));
-        assert_eq!(evolution.schema.tuple_columns, [0, 2]);
+        assert_eq!(evolution.schema.tuple_columns, [Some(0), Some(2)]);
         // Dropped once is not dropped again.
         let again = evolution
             .schema
@@ -546,7 +573,7 @@ mod tests {
             names(&evolution.schema),
             with_meta(&["id", "qty", "note", "quantity"])
         );
-        assert_eq!(evolution.schema.tuple_columns, [0, 3, 2]);
+        assert_eq!(evolution.schema.tuple_columns, [Some(0), Some(3), Some(2)]);
     }
 
     #[test]
@@ -648,7 +675,7 @@ mod tests {
             assert_eq!(names(&evolution.schema), with_meta(&["id", "qty", "note"]));
             let qty = evolution.schema.arrow.field_with_name("qty").unwrap();
             assert_eq!(qty.data_type(), &arrow::datatypes::DataType::Int64);
-            assert_eq!(evolution.schema.tuple_columns, [0, 1, 2]);
+            assert_eq!(evolution.schema.tuple_columns, [Some(0), Some(1), Some(2)]);
         }
         let numeric = TableSchema::new("s", "t", &[col("n", oid::NUMERIC, typmod(12, 2))]).unwrap();
         let wider = numeric
@@ -739,7 +766,7 @@ mod tests {
             names(&evolution.schema),
             with_meta(&["id", "qty", "note", "qty__string"])
         );
-        assert_eq!(evolution.schema.tuple_columns, [0, 3, 2]);
+        assert_eq!(evolution.schema.tuple_columns, [Some(0), Some(3), Some(2)]);
         assert_eq!(
             evolution
                 .schema
@@ -758,7 +785,7 @@ mod tests {
         let lake = TableSchema::from_lake("public", "orders", &moved.arrow).unwrap();
         let restarted = lake.evolve(&source, TypeChangePolicy::NewColumn).unwrap();
         assert!(restarted.type_changes.is_empty() && restarted.added.is_empty());
-        assert_eq!(restarted.schema.tuple_columns, [0, 3, 2]);
+        assert_eq!(restarted.schema.tuple_columns, [Some(0), Some(3), Some(2)]);
 
         // Back to int4: the original column again; text again: the same new column.
         let back = moved
@@ -773,14 +800,14 @@ mod tests {
             .unwrap();
         assert!(back.type_changes.is_empty() && back.added.is_empty());
         assert_eq!(back.dropped, ["qty__string"]);
-        assert_eq!(back.schema.tuple_columns, [0, 1, 2]);
+        assert_eq!(back.schema.tuple_columns, [Some(0), Some(1), Some(2)]);
         let forth = back
             .schema
             .evolve(&source, TypeChangePolicy::NewColumn)
             .unwrap();
         assert_eq!(forth.type_changes.len(), 1, "reported: it happened again");
         assert!(forth.added.is_empty());
-        assert_eq!(forth.schema.tuple_columns, [0, 3, 2]);
+        assert_eq!(forth.schema.tuple_columns, [Some(0), Some(3), Some(2)]);
     }
 
     #[test]
@@ -817,7 +844,7 @@ mod tests {
             )
             .unwrap();
         assert!(back.added.is_empty());
-        assert_eq!(back.schema.tuple_columns, [0, 1]);
+        assert_eq!(back.schema.tuple_columns, [Some(0), Some(1)]);
         assert!(matches!(
             dropped.evolve(
                 &[col("id", oid::INT8, -1), col("qty", oid::BOOL, -1)],

@@ -44,6 +44,7 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 
 use crate::pg::pgoutput::RelationColumn;
+use crate::privacy::{Policy, PolicyError, Protection};
 
 /// Well-known Postgres type OIDs (from `pg_type.dat`; fixed across versions).
 pub mod oid {
@@ -299,6 +300,9 @@ pub enum SchemaError {
         /// Why not.
         reason: String,
     },
+    /// A column policy cannot be decided or applied.
+    #[error("{0}")]
+    Policy(Box<PolicyError>),
     /// Two source columns differ only in case, which Delta treats as the same column.
     #[error(
         "table {table} has columns {first:?} and {second:?} that differ only in letter case; Delta column names are case-insensitive (fix: rename one of them)"
@@ -311,6 +315,12 @@ pub enum SchemaError {
         /// The column that collides with it.
         second: String,
     },
+}
+
+impl From<PolicyError> for SchemaError {
+    fn from(error: PolicyError) -> SchemaError {
+        SchemaError::Policy(Box::new(error))
+    }
 }
 
 /// How a column's Postgres text form becomes an Arrow value.
@@ -859,6 +869,13 @@ pub struct SourceColumn {
     /// The Arrow type of the column in the lake: `conversion`'s type, or a type it widens
     /// to exactly ([`Conversion::widens_to`]).
     pub data_type: DataType,
+    /// What of the column's values may reach the lake ([`crate::privacy`]); `Clear` for a
+    /// column known only from the lake until the source describes it.
+    pub policy: Policy,
+    /// What the batch builder does to each value under `policy` (hash, mask, truncate).
+    pub protection: Option<Protection>,
+    /// Whether files carry min/max statistics of the column (`privacy.no_statistics`).
+    pub statistics: bool,
 }
 
 /// The `type_oid` of a column known only from the lake (Postgres never uses OID 0).
@@ -866,8 +883,18 @@ pub const UNKNOWN_TYPE: u32 = 0;
 
 impl SourceColumn {
     /// `column` with the conversion its type resolved to (see [`TypeCatalog`]).
-    fn typed(column: &RelationColumn, types: &TypeCatalog, conversion: Conversion) -> SourceColumn {
+    fn typed(
+        column: &RelationColumn,
+        types: &TypeCatalog,
+        conversion: Conversion,
+        policy: Policy,
+        protection: Option<Protection>,
+        statistics: bool,
+    ) -> SourceColumn {
         SourceColumn {
+            policy,
+            protection,
+            statistics,
             name: column.name.clone(),
             type_oid: column.type_oid,
             type_modifier: column.type_modifier,
@@ -920,8 +947,11 @@ pub struct TableSchema {
     /// and those the source dropped or renamed (null in newer rows).
     pub columns: Vec<SourceColumn>,
     /// For each value of a change tuple (the source's current attribute order), the
-    /// index of its column in `columns`.
-    pub tuple_columns: Vec<usize>,
+    /// index of its column in `columns`; `None` for a column whose policy is `exclude`
+    /// (its values are dropped).
+    pub tuple_columns: Vec<Option<usize>>,
+    /// The source's current columns that are not written (policy `exclude`).
+    pub excluded: Vec<String>,
     /// The Arrow schema of the lake rows (`columns`, then [`META_COLUMNS`]).
     pub arrow: SchemaRef,
 }
@@ -949,6 +979,7 @@ impl TableSchema {
             name: name.to_owned(),
             columns: Vec::new(),
             tuple_columns: Vec::new(),
+            excluded: Vec::new(),
             arrow: lake_arrow_schema(&[]),
         };
         // A new table has no earlier columns, so no type changes: the policy never applies.

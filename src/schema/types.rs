@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::{Conversion, SchemaError, oid, pg_type_name};
 use crate::pg::pgoutput::RelationColumn;
+use crate::privacy::{ColumnPolicies, Policy, PolicyError};
 
 /// The first OID Postgres gives to user objects; every builtin type's OID is below it.
 pub const FIRST_NORMAL_OID: u32 = 16384;
@@ -86,6 +87,8 @@ pub struct TypeCatalog {
     configured: HashMap<String, Conversion>,
     /// Columns already warned about (`schema.table.column`).
     warned: HashSet<String>,
+    /// The column policies for personal data (`privacy` in the config).
+    policies: ColumnPolicies,
 }
 
 impl TypeCatalog {
@@ -95,6 +98,36 @@ impl TypeCatalog {
             configured,
             ..TypeCatalog::default()
         }
+    }
+
+    /// The same catalog with the column policies (`privacy` in the config).
+    pub fn with_policies(mut self, policies: ColumnPolicies) -> Self {
+        self.policies = policies;
+        self
+    }
+
+    /// The column policies.
+    pub fn policies(&self) -> &ColumnPolicies {
+        &self.policies
+    }
+
+    /// The policy of `column` of table `namespace.table`; an error when it is ambiguous or
+    /// would make distinct keys equal.
+    pub fn policy(
+        &self,
+        namespace: &str,
+        table: &str,
+        column: &RelationColumn,
+    ) -> Result<Policy, SchemaError> {
+        let policy = self.policies.policy(namespace, table, &column.name)?;
+        if column.is_key && !policy.keeps_keys_distinct() {
+            return Err(PolicyError::KeyColumn {
+                column: column_key(namespace, table, &column.name),
+                policy,
+            }
+            .into());
+        }
+        Ok(policy)
     }
 
     /// Records what the catalog says about `type_oid` (`None`: it does not know it).
@@ -136,14 +169,22 @@ impl TypeCatalog {
         }
     }
 
-    /// The conversion of `column` of table `namespace.table`: the configured one if any
-    /// (checked against the column's type), else the one its type maps to.
+    /// The conversion of `column` of table `namespace.table`: text when its policy
+    /// rewrites values (hash, mask, truncate), else the configured one if any (checked
+    /// against the column's type), else the one its type maps to.
     pub fn conversion(
         &self,
         namespace: &str,
         table: &str,
         column: &RelationColumn,
     ) -> Result<Conversion, SchemaError> {
+        if self
+            .policies
+            .policy(namespace, table, &column.name)?
+            .rewrites_values()
+        {
+            return Ok(Conversion::Text);
+        }
         let mapped = Conversion::for_resolved(column.type_oid, column.type_modifier, self);
         let key = column_key(namespace, table, &column.name);
         let Some(&configured) = self.configured.get(&key) else {

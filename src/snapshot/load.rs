@@ -342,14 +342,21 @@ fn plan_ranges(
 }
 
 /// The COPY statement of one range, with every column in its binary send form or, where
-/// pg2lake does not decode that, its text output (`format('%s', …)` calls the type's output
+/// pg2lake does not decode that (or a policy rewrites the value), its text output (`format('%s', …)` calls the type's output
 /// function, as pgoutput does; a plain `::text` cast would not for bool, inet or char(n)).
 pub(crate) fn copy_sql(schema: &TableSchema, from: Option<i64>, to: Option<i64>) -> String {
     let columns: Vec<String> = schema
         .tuple_columns
         .iter()
         .map(|&c| {
-            let column = &schema.columns[c];
+            // A column whose policy keeps its values out of the lake (exclude, null) is
+            // not read at all: NULL stands in its place.
+            let Some(column) = c
+                .map(|c| &schema.columns[c])
+                .filter(|c| c.policy.selected())
+            else {
+                return "NULL".to_owned();
+            };
             let name = quote_ident(&column.name);
             if binary::decodes(column) {
                 name

@@ -476,7 +476,7 @@ async fn target(
         .iter()
         .filter_map(|name| {
             let position = columns.iter().position(|c| &c.name == name)?;
-            schema.tuple_columns.get(position).copied()
+            schema.tuple_columns.get(position).copied().flatten()
         })
         .collect();
     if key_columns.is_empty() || key_columns.len() != key_names.len() {
@@ -519,11 +519,16 @@ async fn compare(
         table: target.name.clone(),
         source,
     };
-    let digester = Digester::new(&layout, &target.key_columns, &target.schema.tuple_columns)
-        .map_err(arrow_err)?;
-    let compared: Vec<String> = target
+    // Excluded columns are in neither the lake nor the comparison.
+    let written: Vec<usize> = target
         .schema
         .tuple_columns
+        .iter()
+        .flatten()
+        .copied()
+        .collect();
+    let digester = Digester::new(&layout, &target.key_columns, &written).map_err(arrow_err)?;
+    let compared: Vec<String> = written
         .iter()
         .map(|&i| layout.field(i).name().clone())
         .collect();

@@ -15,7 +15,7 @@
 
 use arrow::array::{Array, AsArray};
 use arrow::compute::{max, min};
-use arrow::datatypes::{DataType, Date32Type, Schema};
+use arrow::datatypes::{DataType, Date32Type, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -43,8 +43,14 @@ const FIRST_DAY_WITH_STATISTICS: i32 = -719_162;
 const LAST_DAY_WITH_STATISTICS: i32 = 2_932_896;
 
 /// The writer properties of a table whose Arrow layout is `schema`; date columns (and
-/// dates in lists and structs) have statistics only when `date_statistics` is set.
-pub(super) fn writer_properties(schema: &Schema, date_statistics: bool) -> WriterProperties {
+/// dates in lists and structs) have statistics only when `date_statistics` is set, and
+/// the columns named in `no_statistics` (top-level names, every leaf under them) never:
+/// without Parquet statistics the Delta log gets no min/max of them either.
+pub(super) fn writer_properties(
+    schema: &Schema,
+    date_statistics: bool,
+    no_statistics: &[String],
+) -> WriterProperties {
     let mut properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default(),
@@ -57,6 +63,14 @@ pub(super) fn writer_properties(schema: &Schema, date_statistics: bool) -> Write
         for path in date_columns(schema) {
             properties = properties.set_column_statistics_enabled(path, EnabledStatistics::None);
         }
+    }
+    let unstated = schema
+        .fields()
+        .iter()
+        .filter(|f| no_statistics.contains(f.name()))
+        .flat_map(|f| leaves(f));
+    for (path, _) in unstated {
+        properties = properties.set_column_statistics_enabled(path, EnabledStatistics::None);
     }
     properties.build()
 }
@@ -89,13 +103,28 @@ pub(super) fn dates_fit_statistics(batch: &RecordBatch) -> bool {
 /// The Parquet paths of the date leaves of `schema`: date columns, and dates inside
 /// lists (`<name>.list.<element>`, as Arrow's Parquet writer nests them) and structs.
 fn date_columns(schema: &Schema) -> Vec<ColumnPath> {
-    fn walk(data_type: &DataType, path: &mut Vec<String>, out: &mut Vec<ColumnPath>) {
+    schema
+        .fields()
+        .iter()
+        .flat_map(|field| leaves(field))
+        .filter(|(_, data_type)| *data_type == DataType::Date32)
+        .map(|(path, _)| path)
+        .collect()
+}
+
+/// The Parquet leaf columns of one top-level field, with their Arrow types.
+fn leaves(field: &Field) -> Vec<(ColumnPath, DataType)> {
+    fn walk(data_type: &DataType, path: &mut Vec<String>, out: &mut Vec<(ColumnPath, DataType)>) {
         match data_type {
-            DataType::Date32 => out.push(ColumnPath::new(path.clone())),
             DataType::List(element) => {
                 path.extend(["list".to_owned(), element.name().clone()]);
                 walk(element.data_type(), path, out);
                 path.truncate(path.len() - 2);
+            }
+            DataType::Map(entries, _) => {
+                path.push(entries.name().clone());
+                walk(entries.data_type(), path, out);
+                path.pop();
             }
             DataType::Struct(fields) => {
                 for field in fields {
@@ -104,14 +133,11 @@ fn date_columns(schema: &Schema) -> Vec<ColumnPath> {
                     path.pop();
                 }
             }
-            _ => {}
+            leaf => out.push((ColumnPath::new(path.clone()), leaf.clone())),
         }
     }
     let mut out = Vec::new();
-    for field in schema.fields() {
-        let mut path = vec![field.name().clone()];
-        walk(field.data_type(), &mut path, &mut out);
-    }
+    walk(field.data_type(), &mut vec![field.name().clone()], &mut out);
     out
 }
 
@@ -198,8 +224,8 @@ mod tests {
                 true,
             ),
         ]);
-        let off = writer_properties(&schema, false);
-        let on = writer_properties(&schema, true);
+        let off = writer_properties(&schema, false, &[]);
+        let on = writer_properties(&schema, true, &[]);
         for path in [
             ColumnPath::from("d"),
             ColumnPath::new(vec!["ds".into(), "list".into(), "element".into()]),

@@ -381,6 +381,31 @@ impl LakeTable {
         Ok(())
     }
 
+    /// Sets the columns without statistics ([`crate::privacy::NO_STATISTICS_PROPERTY`], a
+    /// JSON list) like [`LakeTable::set_property`]; files written from now on follow it
+    /// (open ones are sealed first).
+    pub async fn set_no_statistics(&mut self, list: &str) -> Result<(), LakeError> {
+        if self
+            .property(crate::privacy::NO_STATISTICS_PROPERTY)?
+            .as_deref()
+            == Some(list)
+        {
+            return Ok(());
+        }
+        self.set_property(crate::privacy::NO_STATISTICS_PROPERTY, list)?;
+        self.seal().await?;
+        let stand_in = RecordBatchWriter::for_table(&self.table)
+            .map_err(|e| LakeError::delta(&self.location, e))?;
+        let writer = std::mem::replace(&mut self.writer, stand_in);
+        let properties = encoding::writer_properties(
+            &writer.arrow_schema(),
+            self.date_statistics,
+            &no_statistics(&self.current_metadata()?),
+        );
+        self.writer = writer.with_writer_properties(properties);
+        Ok(())
+    }
+
     /// Rewrites every file of the table in the layout `arrow` (a column widened): the
     /// files of the open transaction go through the new writer, the committed ones (or
     /// their rewritten copies, after an earlier widening in the same transaction) into a
@@ -559,7 +584,8 @@ impl LakeTable {
         let stand_in = RecordBatchWriter::for_table(&self.table)
             .map_err(|e| LakeError::delta(&self.location, e))?;
         let writer = std::mem::replace(&mut self.writer, stand_in);
-        let properties = encoding::writer_properties(&writer.arrow_schema(), false);
+        let no_statistics = no_statistics(&self.current_metadata()?);
+        let properties = encoding::writer_properties(&writer.arrow_schema(), false, &no_statistics);
         self.writer = writer.with_writer_properties(properties);
         self.date_statistics = false;
         tracing::debug!(table = %self.location, "a date outside years 1 to 9999: no date statistics from now on");
@@ -753,6 +779,17 @@ impl LakeTable {
     }
 }
 
+/// The columns `metadata`'s table writes no statistics of
+/// ([`crate::privacy::NO_STATISTICS_PROPERTY`]).
+fn no_statistics(metadata: &Metadata) -> Vec<String> {
+    crate::privacy::parse_no_statistics(
+        metadata
+            .configuration()
+            .get(crate::privacy::NO_STATISTICS_PROPERTY)
+            .map(String::as_str),
+    )
+}
+
 /// A writer for `table`'s layout, with date statistics when `date_statistics` is set
 /// (see [`encoding`]).
 pub(super) fn new_writer(
@@ -762,7 +799,16 @@ pub(super) fn new_writer(
     date_statistics: bool,
 ) -> Result<RecordBatchWriter, LakeError> {
     let writer = RecordBatchWriter::for_table(table).map_err(|e| LakeError::delta(location, e))?;
-    let properties = encoding::writer_properties(&writer.arrow_schema(), date_statistics);
+    let metadata = table
+        .snapshot()
+        .map_err(|e| LakeError::delta(location, e))?
+        .metadata()
+        .clone();
+    let properties = encoding::writer_properties(
+        &writer.arrow_schema(),
+        date_statistics,
+        &no_statistics(&metadata),
+    );
     Ok(writer
         .with_writer_properties(properties)
         .with_target_file_size(target_file_size))
