@@ -40,6 +40,13 @@ pub const HASH_KEY_ID_PROPERTY: &str = "pg2lake.privacy.hashKeyId";
 /// The lake table property listing the columns whose files carry no min/max statistics,
 /// a JSON array; every writer of the table (streaming, compaction, the mirror) reads it.
 pub const NO_STATISTICS_PROPERTY: &str = "pg2lake.privacy.noStatistics";
+/// The properties above: what a table derived from a change log (its current-state
+/// mirror) copies from it.
+pub const TABLE_PROPERTIES: [&str; 3] = [
+    POLICIES_PROPERTY,
+    HASH_KEY_ID_PROPERTY,
+    NO_STATISTICS_PROPERTY,
+];
 /// The default environment variable holding the hash key.
 pub const DEFAULT_HASH_KEY_ENV: &str = "PG2LAKE_HASH_KEY";
 /// Shortest hash key accepted: a short key lets anyone who guesses it reverse the hashes

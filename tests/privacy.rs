@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use support::lake::{fold, wait_caught_up};
 use support::service::{ConfigFile, Service, config_yaml, run_command};
-use support::{PgServer, read_delta, venv_python};
+use support::{PgServer, delta_txn_version, read_delta, try_read_delta, venv_python, wait_until};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const KEY: &str = "privacy-test-key-0123456789";
@@ -152,7 +152,7 @@ async fn policies_protect_personal_columns_in_the_initial_load_and_streaming() {
         "privacy",
         &["public.customers", "public.accounts"],
         &lake.path().display().to_string(),
-        "",
+        "mirror:\n  enabled: true\n  interval: 300ms\n",
     );
     let config = ConfigFile::new(&format!("{yaml}{POLICIES}"));
     let key_env = vec![(KEY_ENV.to_owned(), KEY.to_owned())];
@@ -240,6 +240,7 @@ async fn policies_protect_personal_columns_in_the_initial_load_and_streaming() {
     for (key, row) in &expected {
         assert_eq!(folded.get(key), Some(row), "customers id {key}");
     }
+    let customers_expected = expected;
 
     // accounts: folded by its hashed key, with a key change and a delete among them.
     let accounts_lake = lake.path().join("public/accounts");
@@ -282,12 +283,9 @@ async fn policies_protect_personal_columns_in_the_initial_load_and_streaming() {
     // The policies are recorded in the table; the clear column has no statistics, the
     // hashed ones have statistics of hashes.
     let (adds, configuration) = log_actions(&customers_lake);
-    let recorded: Value = serde_json::from_str(
-        configuration["pg2lake.privacy.policies"]
-            .as_str()
-            .expect("policies recorded"),
-    )
-    .expect("json");
+    let recorded_text = configuration["pg2lake.privacy.policies"].clone();
+    let recorded: Value =
+        serde_json::from_str(recorded_text.as_str().expect("policies recorded")).expect("json");
     assert_eq!(
         recorded,
         serde_json::json!({"birth": "null", "cpf": "hash", "email": "hash", "name": "truncate(1)", "notes": "exclude", "phone": "mask(4)"})
@@ -305,6 +303,32 @@ async fn policies_protect_personal_columns_in_the_initial_load_and_streaming() {
                 .as_str()
                 .is_some_and(|h| h.len() == 64),
             "email statistics are not hashes: {stats}"
+        );
+    }
+
+    // The current-state mirror holds the same protected values and follows the same
+    // statistics rule.
+    let mirror = lake.path().join("_current/public/customers");
+    let log_version = read_delta(&customers_lake.display().to_string(), &[]).version;
+    wait_until(TIMEOUT, "the customers mirror catching up", || {
+        try_read_delta(&mirror.display().to_string(), &[])
+            .and_then(|_| delta_txn_version(&mirror.display().to_string(), &[], "pg2lake-mirror"))
+            == Some(log_version)
+    });
+    let mirrored: BTreeMap<String, Row> = read_delta(&mirror.display().to_string(), &[])
+        .rows
+        .into_iter()
+        .map(|row| (row["id"].to_string(), source_part(row)))
+        .collect();
+    assert_eq!(mirrored, customers_expected, "the mirror of customers");
+    let (adds, configuration) = log_actions(&mirror);
+    assert_eq!(configuration["pg2lake.privacy.policies"], recorded_text);
+    for add in &adds {
+        let stats: Value =
+            serde_json::from_str(add["stats"].as_str().expect("stats")).expect("stats json");
+        assert!(
+            stats["minValues"].get("city").is_none(),
+            "mirror statistics of city: {stats}"
         );
     }
 

@@ -193,8 +193,17 @@ async fn refresh_from(
     }
     report.lsn = commit::transaction_version(&log_location, &log, &options.app_id).await?;
 
+    // The mirror holds the change log's values, so it follows its policies and its
+    // columns without statistics.
+    let privacy: Vec<(String, String)> = crate::privacy::TABLE_PROPERTIES
+        .iter()
+        .filter_map(|&k| {
+            let value = log_snapshot.metadata().configuration().get(k)?;
+            Some((k.to_owned(), value.clone()))
+        })
+        .collect();
     let location = mirror_location(lake.root(), schema, name);
-    let mut mirror = open_or_create(lake, &location, schema, name, &layout, &key).await?;
+    let mut mirror = open_or_create(lake, &location, schema, name, &layout, &key, &privacy).await?;
     let reflected = commit::transaction_version(&location, &mirror, MIRROR_APP_ID).await?;
     report.from_version = reflected;
     let mirror_layout_now = committed_schema(&location, &mirror)?;
@@ -257,11 +266,16 @@ async fn refresh_from(
             .try_into_kernel()
             .map_err(arrow_err(&location))?;
         let snapshot = mirror.snapshot().map_err(delta_err(&location))?;
-        let metadata = snapshot
+        let mut metadata = snapshot
             .metadata()
             .clone()
             .with_schema(&delta_schema)
             .map_err(|e| LakeError::delta(&location, e.into()))?;
+        for (k, v) in &privacy {
+            metadata = metadata
+                .add_config_key(k.clone(), v.clone())
+                .map_err(|e| LakeError::delta(&location, e.into()))?;
+        }
         if let Some(protocol) = upgraded_protocol(snapshot.protocol(), &delta_schema, &metadata)
             .map_err(|e| LakeError::delta(&location, e.into()))?
         {
@@ -542,6 +556,7 @@ async fn open_or_create(
     name: &str,
     layout: &SchemaRef,
     key: &[String],
+    privacy: &[(String, String)],
 ) -> Result<DeltaTable, LakeError> {
     let delta_err = |e| LakeError::delta(location, e);
     let log_store = lake.log_store(location)?;
@@ -582,6 +597,7 @@ async fn open_or_create(
             SOURCE_KEY_PROPERTY,
             Some(serde_json::to_string(key).unwrap_or_default()),
         )])
+        .with_configuration(privacy.iter().map(|(k, v)| (k.as_str(), Some(v.as_str()))))
         .with_raise_if_key_not_exists(false)
         .await
         .map_err(delta_err)
