@@ -65,6 +65,32 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Erase one person (a data subject) from the lake, all history included: every row
+    /// of theirs is removed from the change logs and mirrors that hold them, the files
+    /// that held them are deleted at once, and time travel to versions before the erasure
+    /// ends. Values are given in clear; hashed columns are matched by their hash. Exit 0
+    /// when every table was erased, 1 when one failed.
+    Forget {
+        /// The configuration file.
+        #[command(flatten)]
+        config: ConfigFile,
+        /// The table (`schema.name`); repeat for several. With --where, default: every
+        /// table that has the columns named.
+        #[arg(long = "table", value_name = "SCHEMA.NAME")]
+        tables: Vec<String>,
+        /// The subject's key in the table, as JSON: '{"id": 42}'.
+        #[arg(long, value_name = "JSON", conflicts_with = "where_columns")]
+        key: Option<String>,
+        /// Columns that name the subject, as JSON: '{"email": "ana@example.com"}'.
+        #[arg(long = "where", value_name = "JSON", required_unless_present = "key")]
+        where_columns: Option<String>,
+        /// Report what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Compact the lake's small files and VACUUM the files no retained version needs,
     /// once (for a CronJob; `run` does it on its own every lake.compaction.interval).
     /// Exit 0 when every table was maintained, 1 when one failed.
@@ -132,6 +158,7 @@ impl Command {
             | Command::Check { config }
             | Command::Status { config, .. }
             | Command::Maintain { config, .. }
+            | Command::Forget { config, .. }
             | Command::Verify { config, .. } => &config.path,
         }
     }
@@ -145,6 +172,7 @@ impl Command {
             Command::Status { .. } => "status",
             Command::Verify { .. } => "verify",
             Command::Maintain { .. } => "maintain",
+            Command::Forget { .. } => "forget",
         }
     }
 }

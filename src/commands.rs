@@ -44,6 +44,12 @@ pub enum CommandError {
     /// `maintain` failed for some tables.
     #[error("maintenance failed for {0} table(s); see the report above")]
     MaintenanceFailed(usize),
+    /// `forget` could not start.
+    #[error(transparent)]
+    Forget(#[from] crate::forget::ForgetError),
+    /// `forget` failed for some tables.
+    #[error("forget failed for {0} table(s); see the report above")]
+    ForgetFailed(usize),
 }
 
 impl CommandError {
@@ -672,6 +678,29 @@ pub async fn maintain(
     let failed = report.tables.iter().filter(|t| t.error.is_some()).count();
     if failed > 0 {
         return Err(CommandError::MaintenanceFailed(failed));
+    }
+    Ok(())
+}
+
+/// `pg2lake forget`: erases one subject from the lake (see `forget`) and prints what it
+/// did per table, without values.
+pub async fn forget(
+    config: &Config,
+    options: &crate::forget::ForgetOptions,
+    json: bool,
+) -> Result<(), CommandError> {
+    let report = crate::forget::forget(config, options).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", crate::forget::report_text(&report));
+    }
+    let failed = report.tables.iter().filter(|t| t.error.is_some()).count();
+    if failed > 0 {
+        return Err(CommandError::ForgetFailed(failed));
     }
     Ok(())
 }

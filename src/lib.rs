@@ -37,6 +37,7 @@ pub mod batch;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod forget;
 pub mod http;
 pub mod lake;
 pub mod lsn;

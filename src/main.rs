@@ -86,6 +86,24 @@ async fn dispatch(command: Command, config: Arc<Config>) -> Result<(), commands:
             let options = pg2lake::maintain::MaintainOptions { tables, dry_run };
             commands::maintain(&config, &options, json).await
         }
+        Command::Forget {
+            tables,
+            key,
+            where_columns,
+            dry_run,
+            json,
+            ..
+        } => {
+            let parse =
+                |text: Option<String>| text.map(|t| pg2lake::forget::parse_subject(&t)).transpose();
+            let options = pg2lake::forget::ForgetOptions {
+                tables,
+                key: parse(key)?,
+                where_columns: parse(where_columns)?,
+                dry_run,
+            };
+            commands::forget(&config, &options, json).await
+        }
         Command::Verify {
             tables,
             json,

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use support::bank::{SCHEMA, load};
 use support::lake::{fold, wait_caught_up};
 use support::service::{ConfigFile, Service, config_yaml};
-use support::{PgServer, delta_txn_version, duckdb_query, read_delta, read_delta_at, wait_until};
+use support::{PgServer, delta_txn_version, duckdb_query, read_delta, read_delta_at};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const MIRROR_APP: &str = "pg2lake-mirror";
@@ -37,18 +37,7 @@ fn locations(lake: &Path, table: &str) -> (String, String) {
 /// Waits until the mirror of `table` reflects the change log's latest version.
 fn wait_mirror_current(lake: &Path, table: &str) -> i64 {
     let (log, mirror) = locations(lake, table);
-    let mut reflected = None;
-    wait_until(
-        TIMEOUT,
-        &format!("the mirror of {table} catching up"),
-        || {
-            let version = read_delta(&log, &[]).version;
-            reflected = support::try_read_delta(&mirror, &[])
-                .and_then(|_| delta_txn_version(&mirror, &[], MIRROR_APP));
-            reflected == Some(version)
-        },
-    );
-    reflected.unwrap_or_default()
+    support::lake::wait_mirror_current(&log, &mirror, TIMEOUT)
 }
 
 /// The mirror's rows by key, without `_lsn` and `_commit_ts`.

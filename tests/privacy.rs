@@ -13,9 +13,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use support::lake::{fold, wait_caught_up};
+use support::lake::{fold, wait_caught_up, wait_mirror_current};
 use support::service::{ConfigFile, Service, config_yaml, run_command};
-use support::{PgServer, delta_txn_version, read_delta, try_read_delta, venv_python, wait_until};
+use support::{PgServer, read_delta, venv_python};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const KEY: &str = "privacy-test-key-0123456789";
@@ -309,12 +309,11 @@ async fn policies_protect_personal_columns_in_the_initial_load_and_streaming() {
     // The current-state mirror holds the same protected values and follows the same
     // statistics rule.
     let mirror = lake.path().join("_current/public/customers");
-    let log_version = read_delta(&customers_lake.display().to_string(), &[]).version;
-    wait_until(TIMEOUT, "the customers mirror catching up", || {
-        try_read_delta(&mirror.display().to_string(), &[])
-            .and_then(|_| delta_txn_version(&mirror.display().to_string(), &[], "pg2lake-mirror"))
-            == Some(log_version)
-    });
+    wait_mirror_current(
+        &customers_lake.display().to_string(),
+        &mirror.display().to_string(),
+        TIMEOUT,
+    );
     let mirrored: BTreeMap<String, Row> = read_delta(&mirror.display().to_string(), &[])
         .rows
         .into_iter()
@@ -389,4 +388,253 @@ async fn policies_protect_personal_columns_in_the_initial_load_and_streaming() {
     // Without a key, a hashed column stops pg2lake with the fix.
     let mut refused = Service::start(&config, &[]);
     refused.wait_error(TIMEOUT, &["no hash key is set", KEY_ENV]);
+}
+
+/// Runs `pg2lake forget --json` with `args`; the exit code and the report.
+fn forget(config: &ConfigFile, env: &[(String, String)], args: &[&str]) -> (i32, Value, String) {
+    let path = config.path().display().to_string();
+    let mut all = vec!["forget", "--config", path.as_str(), "--json"];
+    all.extend_from_slice(args);
+    let out = run_command(&all, env, TIMEOUT);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let report = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        report,
+        format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+/// Rows removed from a table's change log and mirror, by table, from a forget report.
+fn removed(report: &Value) -> BTreeMap<String, (u64, u64)> {
+    report["tables"]
+        .as_array()
+        .expect("tables")
+        .iter()
+        .map(|t| {
+            (
+                t["table"].as_str().expect("table").to_owned(),
+                (
+                    t["change_log"]["rows_removed"].as_u64().unwrap_or(0),
+                    t["mirror"]["rows_removed"].as_u64().unwrap_or(0),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forget_erases_a_subject_from_every_file_and_version_while_streaming() {
+    let pg = PgServer::start();
+    let url = pg.create_database("forget").await;
+    let db = pg.connect("forget").await;
+    db.batch_execute(
+        "CREATE TABLE customers (id int PRIMARY KEY, email text, name text);
+         INSERT INTO customers SELECT g, 'c' || g || '@example.com', 'Customer ' || g
+         FROM generate_series(1, 3000) g;
+         UPDATE customers SET email = 'subject@example.com', name = 'Ana Subject Unique' WHERE id = 7;
+         CREATE TABLE orders (id int PRIMARY KEY, email text, item text);
+         INSERT INTO orders SELECT g, 'c' || (g % 3000 + 1) || '@example.com', 'item ' || g
+         FROM generate_series(1, 6000) g;
+         UPDATE orders SET item = 'subject-secret-item-' || id WHERE email = 'c7@example.com';
+         UPDATE orders SET email = 'subject@example.com' WHERE email = 'c7@example.com';",
+    )
+    .await
+    .expect("schema");
+    let lake = tempfile::tempdir().expect("lake dir");
+    let yaml = config_yaml(
+        &url,
+        "forget",
+        &["public.customers", "public.orders"],
+        &lake.path().display().to_string(),
+        "mirror:\n  enabled: true\n  interval: 300ms\n  target_file_rows: 1000\nprivacy:\n  columns:\n    email: hash\n",
+    );
+    let config = ConfigFile::new(&yaml);
+    let key_env = vec![(KEY_ENV.to_owned(), KEY.to_owned())];
+    let mut service = Service::start(&config, &key_env);
+    wait_caught_up(&db, "forget", TIMEOUT).await;
+    // History: the subject changes in several versions, then leaves the source; other
+    // rows change too.
+    for n in 1..=4 {
+        db.batch_execute(&format!(
+            "UPDATE customers SET name = 'Ana Subject Unique v{n}' WHERE id = 7;
+             UPDATE customers SET name = name || '.' WHERE id % 500 = {n};"
+        ))
+        .await
+        .expect("history");
+        wait_caught_up(&db, "forget", TIMEOUT).await;
+    }
+    db.batch_execute(
+        "DELETE FROM orders WHERE email = 'subject@example.com'; DELETE FROM customers WHERE id = 7;",
+    )
+    .await
+    .expect("erase in the source");
+    wait_caught_up(&db, "forget", TIMEOUT).await;
+    let customers = lake.path().join("public/customers").display().to_string();
+    let customers_mirror = lake
+        .path()
+        .join("_current/public/customers")
+        .display()
+        .to_string();
+    wait_mirror_current(&customers, &customers_mirror, TIMEOUT);
+    let subject_hash = python_hmac(KEY, &["subject@example.com".to_owned()])
+        .remove("subject@example.com")
+        .expect("hash");
+    let mut needles = vec![
+        "Ana Subject Unique".to_owned(),
+        "subject-secret-item-".to_owned(),
+    ];
+    needles.push(subject_hash.clone());
+    assert!(
+        !leaks(lake.path(), &needles).is_empty(),
+        "the subject is not in the lake before forget: the scan would prove nothing"
+    );
+    let is_subject = |row: &Row| {
+        row.get("id").and_then(Value::as_i64) == Some(7)
+            || row.get("email").and_then(Value::as_str) == Some(subject_hash.as_str())
+    };
+    let before: Vec<Row> = read_delta(&customers, &[])
+        .rows
+        .into_iter()
+        .filter(|r| !is_subject(r))
+        .collect();
+    let before_end = before
+        .iter()
+        .map(|r| (r["_lsn"].as_i64(), r["_seq"].as_i64()))
+        .max();
+
+    // Other writes go on while forget runs.
+    let writer = pg.connect("forget").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 10_000;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                writer
+                    .batch_execute(&format!(
+                        "INSERT INTO customers VALUES ({n}, 'c{n}@example.com', 'Later {n}');
+                         UPDATE customers SET name = name || '+' WHERE id = {};",
+                        n % 3000 + 1
+                    ))
+                    .await
+                    .expect("load");
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // By a hashed column, in every table that has it; then the customer's key, for the
+    // delete row (it holds the key only).
+    let (code, report, out) = forget(
+        &config,
+        &key_env,
+        &["--where", r#"{"email": "subject@example.com"}"#],
+    );
+    assert_eq!(code, 0, "{out}");
+    let by_email = removed(&report);
+    assert!(
+        by_email["public.orders"].0 > 0 && by_email["public.customers"].0 > 0,
+        "{report:#}"
+    );
+    let (code, report, out) = forget(
+        &config,
+        &key_env,
+        &["--table", "public.customers", "--key", r#"{"id": 7}"#],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(removed(&report)["public.customers"].0 > 0, "{report:#}");
+    // The report names no value.
+    assert!(
+        !out.contains("subject@example.com") && !out.contains(&subject_hash),
+        "{out}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.await.expect("load task");
+    wait_caught_up(&db, "forget", TIMEOUT).await;
+    wait_mirror_current(&customers, &customers_mirror, TIMEOUT);
+    assert!(
+        service.is_running(),
+        "pg2lake stopped while forget ran:\n{}",
+        service.log()
+    );
+
+    // Nothing of the subject in any byte of the lake: data files, log, checkpoints.
+    let found = leaks(lake.path(), &needles);
+    assert!(
+        found.is_empty(),
+        "the subject is still in the lake: {found:?}"
+    );
+    // The rest of the change log is unchanged row for row, and streaming went on.
+    let after = read_delta(&customers, &[]).rows;
+    assert!(!after.iter().any(is_subject));
+    let mut kept: Vec<Row> = after
+        .iter()
+        .filter(|r| Some((r["_lsn"].as_i64(), r["_seq"].as_i64())) <= before_end)
+        .cloned()
+        .collect();
+    let mut expected = before;
+    let order = |r: &Row| (r["_lsn"].as_i64(), r["_seq"].as_i64());
+    kept.sort_by_key(order);
+    expected.sort_by_key(order);
+    assert_eq!(
+        kept.len(),
+        expected.len(),
+        "rows other than the subject's changed"
+    );
+    assert!(kept == expected, "rows other than the subject's changed");
+    assert!(
+        after.len() > expected.len(),
+        "streaming stopped during forget"
+    );
+    // The mirror equals the source.
+    let mirrored: BTreeMap<String, Row> = read_delta(&customers_mirror, &[])
+        .rows
+        .into_iter()
+        .map(|row| (row["id"].to_string(), source_part(row)))
+        .collect();
+    let source = source_rows(&db, "SELECT * FROM customers", "id").await;
+    let emails: Vec<String> = source
+        .values()
+        .map(|row| row["email"].as_str().expect("email").to_owned())
+        .collect();
+    let hashes = python_hmac(KEY, &emails);
+    let source: BTreeMap<String, Row> = source
+        .into_iter()
+        .map(|(k, mut row)| {
+            let hashed = hashes[row["email"].as_str().expect("email")].clone();
+            row.insert("email".into(), Value::String(hashed));
+            (k, row)
+        })
+        .collect();
+    assert!(mirrored == source, "the mirror differs from the source");
+    // Every retained version reads, from the first after the erasure to the latest.
+    let history = support::delta_history(&customers, &[]);
+    let versions: Vec<i64> = history
+        .iter()
+        .filter_map(|h| h["version"].as_i64())
+        .collect();
+    let first = *versions.iter().min().expect("versions");
+    let last = *versions.iter().max().expect("versions");
+    for version in (first..=last).step_by(usize::try_from((last - first) / 10 + 1).unwrap_or(1)) {
+        support::read_delta_at(&customers, &[], version);
+    }
+    support::read_delta_at(&customers, &[], last);
+
+    // Again: nothing left to erase, nothing changes.
+    let version = read_delta(&customers, &[]).version;
+    let (code, report, out) = forget(
+        &config,
+        &key_env,
+        &["--where", r#"{"email": "subject@example.com"}"#],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        removed(&report)
+            .values()
+            .all(|&(log, mirror)| log == 0 && mirror == 0),
+        "{report:#}"
+    );
+    assert_eq!(read_delta(&customers, &[]).version, version);
+    service.stop(TIMEOUT);
 }

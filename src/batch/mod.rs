@@ -525,6 +525,15 @@ impl TableBatch {
     }
 }
 
+/// One value's Postgres text form as a one-element array of `conversion`'s lake type,
+/// parsed exactly as a change's value is (for `forget`, which names a subject by value).
+pub fn parse_value(conversion: Conversion, text: &str) -> Result<ArrayRef, ValueError> {
+    let mut column = Column::new(conversion);
+    column.stage(Some(text.as_bytes()))?;
+    column.commit(Some(text.as_bytes()));
+    Ok(column.finish())
+}
+
 /// What a column's policy does to its values on the way into the batch.
 #[derive(Debug, Clone)]
 enum Treatment {

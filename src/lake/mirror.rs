@@ -626,6 +626,10 @@ async fn added_since(
             url: location.to_string(),
             source,
         })?;
+        // A forget version adds no change: it rewrote files without a subject the
+        // mirror's own forget removes.
+        let mut version_added = Vec::new();
+        let mut forget = false;
         for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let action: serde_json::Value = serde_json::from_slice(line).map_err(|e| {
                 LakeError::delta(
@@ -638,6 +642,8 @@ async fn added_since(
             {
                 oldest = Some(ts);
             }
+            forget |= action["commitInfo"]["pg2lake.operation"].as_str()
+                == Some(crate::lake::FORGET_OPERATION);
             let add = &action["add"];
             if add.is_object() && add["dataChange"].as_bool() == Some(true) {
                 let path = add["path"].as_str().unwrap_or_default();
@@ -647,12 +653,15 @@ async fn added_since(
                 })?;
                 let partition_values =
                     serde_json::from_value(add["partitionValues"].clone()).unwrap_or_default();
-                added.push(Input {
+                version_added.push(Input {
                     path,
                     partition_values,
                     order: first_row_position(add["stats"].as_str()),
                 });
             }
+        }
+        if !forget {
+            added.extend(version_added);
         }
     }
     Ok(Some((added, oldest)))
@@ -995,7 +1004,7 @@ fn split(batch: &RecordBatch, rows: usize) -> Vec<RecordBatch> {
         .collect()
 }
 
-fn first_and_last_key(
+pub(super) fn first_and_last_key(
     batch: &RecordBatch,
     key: &[String],
     converter: &RowConverter,
@@ -1005,7 +1014,7 @@ fn first_and_last_key(
     Ok((hex(0), hex(batch.num_rows().saturating_sub(1))))
 }
 
-fn with_key_range(add: Add, (first, last): &(String, String)) -> Add {
+pub(super) fn with_key_range(add: Add, (first, last): &(String, String)) -> Add {
     let mut tags = add.tags.clone().unwrap_or_default();
     tags.insert(KEY_MIN_TAG.to_owned(), Some(first.clone()));
     tags.insert(KEY_MAX_TAG.to_owned(), Some(last.clone()));

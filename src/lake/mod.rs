@@ -16,6 +16,7 @@
 //! - Commits are create-only puts of `_delta_log/N.json` (object_store `PutMode::Create`),
 //!   which local file systems and S3 (`If-None-Match`) provide without a lock service.
 
+mod forget;
 mod layout;
 mod lease;
 mod metered;
@@ -23,6 +24,7 @@ mod mirror;
 mod store;
 mod table;
 
+pub use forget::{ErasureReport, FORGET_OPERATION, Subject, erase};
 pub use layout::{app_id, table_location};
 pub use lease::{Acquired, LEASE_FOLDER, Lease};
 pub use mirror::{

@@ -162,6 +162,10 @@ impl LakeError {
                     source,
                 )) => store_error_is_transient(source),
                 deltalake_core::DeltaTableError::Io { .. } => true,
+                // A log entry the loaded version still reads was deleted: `forget` ends
+                // the history before an erasure there. The table loaded again reads from
+                // the checkpoint it wrote.
+                deltalake_core::DeltaTableError::InvalidVersion(_) => true,
                 deltalake_core::DeltaTableError::Transaction { .. } => true,
                 // A failed upload reaches here wrapped, e.g. as a Parquet error whose
                 // source is the store's: what decides is the store error inside.

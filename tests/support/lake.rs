@@ -131,3 +131,16 @@ pub fn readme_current_state_query() -> String {
     );
     sql.replace(SOURCE, "orders")
 }
+
+/// Waits until the current-state mirror at `mirror` reflects the latest version of the
+/// change log at `log` (its `pg2lake-mirror` txn); returns that version.
+pub fn wait_mirror_current(log: &str, mirror: &str, timeout: Duration) -> i64 {
+    let mut reflected = None;
+    super::wait_until(timeout, &format!("the mirror {mirror} catching up"), || {
+        let version = super::read_delta(log, &[]).version;
+        reflected = super::try_read_delta(mirror, &[])
+            .and_then(|_| super::delta_txn_version(mirror, &[], "pg2lake-mirror"));
+        reflected == Some(version)
+    });
+    reflected.unwrap_or_default()
+}

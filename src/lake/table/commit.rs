@@ -107,7 +107,7 @@ pub(crate) async fn commit(
         };
         // Find out whether the version landed after all (an answer lost on the way back),
         // or whether another writer took it.
-        table.update_state().await.map_err(delta_err)?;
+        reload(location, table).await?;
         if landed(location, table, &commit).await? {
             return Ok(Committed::Landed);
         }
@@ -117,6 +117,22 @@ pub(crate) async fn commit(
         tracing::debug!(table = %location, attempt, "another writer committed first; committing at the next version");
         attempt += 1;
     }
+}
+
+/// Brings `table` to the latest version. Reading on from the loaded version needs the
+/// log's entries after it; when `forget` deleted them (history before an erasure ends
+/// there), the table is loaded afresh from the checkpoint the erasure wrote.
+pub(crate) async fn reload(location: &Url, table: &mut DeltaTable) -> Result<(), LakeError> {
+    if table.update_state().await.is_ok() {
+        return Ok(());
+    }
+    let mut fresh = DeltaTable::new(table.log_store());
+    fresh
+        .load()
+        .await
+        .map_err(|e| LakeError::delta(location, e))?;
+    *table = fresh;
+    Ok(())
 }
 
 /// Fails with [`LakeError::Conflict`] when a file `actions` removes is no longer in the

@@ -21,6 +21,7 @@
 
 use std::collections::BTreeMap;
 
+use arrow::record_batch::RecordBatch;
 use deltalake_core::DeltaTable;
 use deltalake_core::kernel::{Action, Add, Remove};
 use deltalake_core::protocol::DeltaOperation;
@@ -202,29 +203,14 @@ async fn rewrite_partition(
     adds: &mut Vec<Add>,
 ) -> Result<(), LakeError> {
     let layout = committed_schema(location, table)?;
-    // Date columns get statistics unless a value outside years 1 to 9999 shows up (see
-    // `encoding`); the bin is then written again without.
-    let mut date_statistics = true;
     for bin in bins {
         let target: u64 = bin.iter().map(|file| file.size).sum();
-        // The writer rolls over past the target size; the bin is about that size, so
-        // this is one file (two when rows compress worse than in the inputs).
-        let target = target.saturating_mul(2).max(1);
-        let written = loop {
-            let mut writer = new_writer(location, table, target, date_statistics)?;
-            match write_bin(location, table, bin, &layout, &mut writer, date_statistics).await? {
-                true => {
-                    break writer
-                        .flush()
-                        .await
-                        .map_err(|e| LakeError::delta(location, e))?;
-                }
-                false => {
-                    writer.reset();
-                    date_statistics = false;
-                }
-            }
-        };
+        let files: Vec<SourceFile<'_>> = bin
+            .iter()
+            .map(|file| (&file.path, &file.partition_values))
+            .collect();
+        let written =
+            rewrite_rows(location, table, &files, &layout, target, &|batch| Ok(batch)).await?;
         adds.extend(written.into_iter().map(|add| Add {
             data_change: false,
             ..add
@@ -246,21 +232,74 @@ async fn rewrite_partition(
     Ok(())
 }
 
-/// Writes the rows of `bin`'s files into `writer`, in order. `false` when a date does
-/// not fit statistics and `date_statistics` is on (nothing is flushed yet).
-async fn write_bin(
+/// A data file to read: its path and partition values.
+pub(in crate::lake) type SourceFile<'a> = (
+    &'a Path,
+    &'a std::collections::HashMap<String, Option<String>>,
+);
+
+/// What a rewrite keeps of each batch it reads (all of it for compaction; the rows
+/// that are not the subject's for `forget`).
+pub(in crate::lake) type RowFilter<'a> =
+    &'a (dyn Fn(RecordBatch) -> Result<RecordBatch, LakeError> + Sync);
+
+/// Writes the rows `keep` leaves of `files` (in order, every column unchanged) into new
+/// files of `table` in the layout `layout`, for inputs of about `bytes` in all; returns
+/// their `add`s (nothing committed). Date columns get statistics unless a value outside
+/// years 1 to 9999 shows up (see `encoding`); the files are then written again without.
+pub(in crate::lake) async fn rewrite_rows(
     location: &Url,
     table: &DeltaTable,
-    bin: &[Candidate],
+    files: &[SourceFile<'_>],
+    layout: &arrow::datatypes::SchemaRef,
+    bytes: u64,
+    keep: RowFilter<'_>,
+) -> Result<Vec<Add>, LakeError> {
+    // The writer rolls over past the target size; the inputs are about that size, so
+    // this is one file (two when rows compress worse than in the inputs).
+    let target = bytes.saturating_mul(2).max(1);
+    let mut date_statistics = true;
+    loop {
+        let mut writer = new_writer(location, table, target, date_statistics)?;
+        if write_files(
+            location,
+            table,
+            files,
+            layout,
+            &mut writer,
+            date_statistics,
+            keep,
+        )
+        .await?
+        {
+            return writer
+                .flush()
+                .await
+                .map_err(|e| LakeError::delta(location, e));
+        }
+        writer.reset();
+        date_statistics = false;
+    }
+}
+
+/// Writes the rows `keep` leaves of `files` into `writer`, in order. `false` when a date
+/// does not fit statistics and `date_statistics` is on (nothing is flushed yet).
+async fn write_files(
+    location: &Url,
+    table: &DeltaTable,
+    files: &[SourceFile<'_>],
     layout: &arrow::datatypes::SchemaRef,
     writer: &mut RecordBatchWriter,
     date_statistics: bool,
+    keep: RowFilter<'_>,
 ) -> Result<bool, LakeError> {
-    for file in bin {
-        let batches =
-            file_batches(table, location, &file.path, &file.partition_values, layout).await?;
+    for (path, partition_values) in files {
+        let batches = file_batches(table, location, path, partition_values, layout).await?;
         for batch in batches {
-            let batch = batch?;
+            let batch = keep(batch?)?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
             if date_statistics && !encoding::dates_fit_statistics(&batch) {
                 return Ok(false);
             }

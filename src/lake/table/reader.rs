@@ -59,7 +59,12 @@ impl LakeReader {
         namespace: &str,
         name: &str,
     ) -> Result<Option<LakeReader>, LakeError> {
-        let location = table_location(lake.root(), namespace, name);
+        LakeReader::open_at(lake, table_location(lake.root(), namespace, name)).await
+    }
+
+    /// Loads the latest version of the Delta table at `location` (a change log or a
+    /// mirror); `None` when there is none.
+    pub async fn open_at(lake: &Lake, location: Url) -> Result<Option<LakeReader>, LakeError> {
         if !lake.table_exists(&location).await? {
             return Ok(None);
         }
@@ -69,6 +74,15 @@ impl LakeReader {
             .await
             .map_err(|e| LakeError::delta(&location, e))?;
         Ok(Some(LakeReader { location, table }))
+    }
+
+    /// A table property (`None` when the table has none of that name).
+    pub fn property(&self, key: &str) -> Result<Option<String>, LakeError> {
+        let snapshot = self
+            .table
+            .snapshot()
+            .map_err(|e| LakeError::delta(&self.location, e))?;
+        Ok(snapshot.metadata().configuration().get(key).cloned())
     }
 
     /// The table's location.
