@@ -638,3 +638,77 @@ async fn forget_erases_a_subject_from_every_file_and_version_while_streaming() {
     assert_eq!(read_delta(&customers, &[]).version, version);
     service.stop(TIMEOUT);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forget_killed_at_any_point_is_finished_by_the_next() {
+    let pg = PgServer::start();
+    let url = pg.create_database("forgetkill").await;
+    let db = pg.connect("forgetkill").await;
+    db.batch_execute(
+        "CREATE TABLE people (id int PRIMARY KEY, name text);
+         INSERT INTO people SELECT g, 'Person ' || g FROM generate_series(1, 2000) g;
+         UPDATE people SET name = 'Zoe Killtest Unique' WHERE id = 5;",
+    )
+    .await
+    .expect("schema");
+    let lake = tempfile::tempdir().expect("lake dir");
+    let config = ConfigFile::new(&config_yaml(
+        &url,
+        "forgetkill",
+        &["public.people"],
+        &lake.path().display().to_string(),
+        "",
+    ));
+    let mut service = Service::start(&config, &[]);
+    wait_caught_up(&db, "forgetkill", TIMEOUT).await;
+    for n in 1..=3 {
+        db.batch_execute(&format!(
+            "UPDATE people SET name = 'Zoe Killtest Unique {n}' WHERE id = 5"
+        ))
+        .await
+        .expect("history");
+        wait_caught_up(&db, "forgetkill", TIMEOUT).await;
+    }
+    service.stop(TIMEOUT);
+    let needles = vec!["Zoe Killtest Unique".to_owned()];
+    let people = lake.path().join("public/people");
+    let args = ["--table", "public.people", "--key", r#"{"id": 5}"#];
+    for point in ["forget::before_commit", "forget::after_commit"] {
+        let path = config.path().display().to_string();
+        let mut all = vec!["forget", "--config", path.as_str()];
+        all.extend_from_slice(&args);
+        let out = run_command(
+            &all,
+            &[("FAILPOINTS".to_owned(), format!("{point}=return"))],
+            TIMEOUT,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(&format!("failpoint {point} hit")),
+            "forget did not die at {point}: {stderr}"
+        );
+        // Killed: the subject is still somewhere (the files, or the history).
+        assert!(!leaks(lake.path(), &needles).is_empty(), "{point}");
+        read_delta(&people.display().to_string(), &[]);
+    }
+    // The next run finishes what the killed one left: nothing of the subject anywhere,
+    // and the table reads.
+    let (code, report, out) = forget(&config, &[], &args);
+    assert_eq!(code, 0, "{out}");
+    let table = &report["tables"][0]["change_log"];
+    assert!(table["log_files_deleted"].as_u64() > Some(0), "{report:#}");
+    let found = leaks(lake.path(), &needles);
+    assert!(
+        found.is_empty(),
+        "the subject is still in the lake: {found:?}"
+    );
+    let rows = read_delta(&people.display().to_string(), &[]).rows;
+    assert!(!rows.iter().any(|r| r["id"].as_i64() == Some(5)));
+    assert_eq!(fold(rows, "id").len(), 1999);
+    assert!(
+        !people
+            .join("_pg2lake_maintenance/forget-pending.json")
+            .exists(),
+        "the marker of the interrupted forget is left"
+    );
+}
