@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 use support::lake::{fold, wait_caught_up, wait_mirror_current};
+use support::scrape::{get, with_metrics};
 use support::service::{ConfigFile, Service, config_yaml, run_command};
 use support::{PgServer, read_delta, venv_python};
 
@@ -154,7 +155,8 @@ async fn policies_protect_personal_columns_in_the_initial_load_and_streaming() {
         &lake.path().display().to_string(),
         "mirror:\n  enabled: true\n  interval: 300ms\n",
     );
-    let config = ConfigFile::new(&format!("{yaml}{POLICIES}"));
+    let port = support::free_port();
+    let config = ConfigFile::new(&with_metrics(&format!("{yaml}{POLICIES}"), port, ""));
     let key_env = vec![(KEY_ENV.to_owned(), KEY.to_owned())];
     let mut service = Service::start(&config, &key_env);
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -361,7 +363,18 @@ async fn policies_protect_personal_columns_in_the_initial_load_and_streaming() {
         "{stdout}"
     );
 
-    // No clear value of a protected column anywhere in the lake, nor in pg2lake's log.
+    // No clear value of a protected column anywhere in the lake, nor in pg2lake's log or
+    // metrics.
+    let (_, metrics) = get(port, "/metrics");
+    assert!(metrics.contains("pg2lake_"), "{metrics}");
+    let counted: Vec<&String> = clear_values
+        .iter()
+        .filter(|v| metrics.contains(v.as_str()))
+        .collect();
+    assert!(
+        counted.is_empty(),
+        "clear values in the metrics: {counted:?}"
+    );
     service.stop(TIMEOUT);
     let found = leaks(lake.path(), &clear_values);
     assert!(found.is_empty(), "clear values in the lake: {found:?}");
