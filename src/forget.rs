@@ -113,16 +113,13 @@ pub async fn forget(config: &Config, options: &ForgetOptions) -> Result<Report, 
     };
     let policies = config.column_policies(|name| std::env::var(name).ok())?;
     let lake = Lake::open(lake_options(config))?;
-    let mut tables = lake.tables().await?;
-    if !options.tables.is_empty() {
-        for wanted in &options.tables {
-            if !tables.iter().any(|(s, n)| &format!("{s}.{n}") == wanted) {
-                return Err(ForgetError::Usage(format!(
-                    "table {wanted} is not in the lake"
-                )));
-            }
+    let tables = lake.tables_among(&options.tables).await?;
+    for wanted in &options.tables {
+        if !tables.iter().any(|(s, n)| &format!("{s}.{n}") == wanted) {
+            return Err(ForgetError::Usage(format!(
+                "table {wanted} is not in the lake"
+            )));
         }
-        tables.retain(|(schema, name)| options.tables.contains(&format!("{schema}.{name}")));
     }
     let mut report = Report {
         dry_run: options.dry_run,

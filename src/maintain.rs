@@ -85,10 +85,7 @@ pub async fn maintain(
     holder: &str,
 ) -> Result<Report, LakeError> {
     let lake = Lake::open(lake_options(config))?;
-    let mut tables = lake.tables().await?;
-    if !options.tables.is_empty() {
-        tables.retain(|(schema, name)| options.tables.contains(&format!("{schema}.{name}")));
-    }
+    let tables = lake.tables_among(&options.tables).await?;
     let mut report = Report {
         dry_run: options.dry_run,
         tables: Vec::new(),

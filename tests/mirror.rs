@@ -53,22 +53,9 @@ fn mirror_rows(mirror: &str, key: &str) -> BTreeMap<String, Row> {
         .collect()
 }
 
-/// The source table's rows by key, as JSON (through `to_jsonb`, so numbers and text
-/// compare with the lake's).
+/// The source table's rows by key, as JSON.
 async fn source_rows(db: &tokio_postgres::Client, table: &str, key: &str) -> BTreeMap<String, Row> {
-    db.query(
-        &format!("SELECT to_jsonb(t)::text FROM {table} t ORDER BY {key}"),
-        &[],
-    )
-    .await
-    .expect("read the source")
-    .iter()
-    .map(|row| {
-        let value: Value = serde_json::from_str(row.get(0)).expect("json");
-        let row = value.as_object().expect("object").clone();
-        (row[key].to_string(), row)
-    })
-    .collect()
+    support::lake::source_rows(db, &format!("SELECT * FROM {table}"), key).await
 }
 
 /// Asserts the mirror equals the source, naming the first keys that differ.

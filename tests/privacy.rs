@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use support::lake::{fold, wait_caught_up, wait_mirror_current};
+use support::lake::{fold, source_rows, wait_caught_up, wait_mirror_current};
 use support::scrape::{get, with_metrics};
 use support::service::{ConfigFile, Service, config_yaml, run_command};
 use support::{PgServer, read_delta, venv_python};
@@ -55,20 +55,6 @@ fn mask(value: &str, keep: usize) -> String {
     let count = value.chars().count();
     let masked = if count <= keep { count } else { count - keep };
     "*".repeat(masked) + &value.chars().skip(masked).collect::<String>()
-}
-
-/// Source rows as JSON objects by `key`.
-async fn source_rows(db: &tokio_postgres::Client, sql: &str, key: &str) -> BTreeMap<String, Row> {
-    db.query(&format!("SELECT to_jsonb(t)::text FROM ({sql}) t"), &[])
-        .await
-        .expect("read the source")
-        .iter()
-        .map(|row| {
-            let value: Value = serde_json::from_str(row.get(0)).expect("json");
-            let row = value.as_object().expect("object").clone();
-            (row[key].to_string(), row)
-        })
-        .collect()
 }
 
 /// The source columns of a lake row (metadata columns removed).

@@ -372,15 +372,7 @@ impl TableBatch {
         }
 
         // Commit: append the staged values; nothing below can fail.
-        for (((column, &position), treatment), scratch) in self
-            .columns
-            .iter_mut()
-            .zip(&self.tuple_positions)
-            .zip(&self.treatments)
-            .zip(&self.scratch)
-        {
-            column.commit(treatment.applied(value_of(position).and_then(text_of), scratch));
-        }
+        self.commit_staged(|position| value_of(position).and_then(text_of));
         for (column, source) in self.columns.iter_mut().zip(&self.schema.columns) {
             if column.take_reshaped() {
                 tracing::warn!(
@@ -453,6 +445,17 @@ impl TableBatch {
             };
             bytes += staged.map_err(|error| value_error(&self.schema, source, error))?;
         }
+        self.commit_staged(value_of);
+        self.unchanged.append(false);
+        self.append_meta(meta);
+        self.rows += 1;
+        self.bytes += bytes;
+        Ok(())
+    }
+
+    /// Appends the values staged for one row: `value_of` gives a column's raw value from
+    /// its tuple position, as it was staged.
+    fn commit_staged<'a>(&mut self, value_of: impl Fn(Option<usize>) -> Option<&'a [u8]>) {
         for (((column, &position), treatment), scratch) in self
             .columns
             .iter_mut()
@@ -462,11 +465,6 @@ impl TableBatch {
         {
             column.commit(treatment.applied(value_of(position), scratch));
         }
-        self.unchanged.append(false);
-        self.append_meta(meta);
-        self.rows += 1;
-        self.bytes += bytes;
-        Ok(())
     }
 
     /// Adds a truncate row: every source column null.

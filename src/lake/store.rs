@@ -277,6 +277,19 @@ impl Lake {
             .map_err(|e| LakeError::delta(location, e))
     }
 
+    /// The Delta tables of the lake named in `wanted` (`schema.name`), or all of them when
+    /// it is empty (see [`Lake::tables`]).
+    pub async fn tables_among(
+        &self,
+        wanted: &[String],
+    ) -> Result<Vec<(String, String)>, LakeError> {
+        let mut tables = self.tables().await?;
+        if !wanted.is_empty() {
+            tables.retain(|(schema, name)| wanted.contains(&format!("{schema}.{name}")));
+        }
+        Ok(tables)
+    }
+
     /// The Delta tables in the lake, as `(schema, table)` folder names, sorted: every
     /// `<lake>/<schema>/<table>/` holding a `_delta_log`.
     pub async fn tables(&self) -> Result<Vec<(String, String)>, LakeError> {

@@ -144,3 +144,19 @@ pub fn wait_mirror_current(log: &str, mirror: &str, timeout: Duration) -> i64 {
     });
     reflected.unwrap_or_default()
 }
+
+/// The rows `sql` returns, as JSON objects (through `to_jsonb`, so numbers and text
+/// compare with the lake's), by the value of `key`.
+pub async fn source_rows(client: &Client, sql: &str, key: &str) -> BTreeMap<String, Row> {
+    client
+        .query(&format!("SELECT to_jsonb(t)::text FROM ({sql}) t"), &[])
+        .await
+        .expect("read the source")
+        .iter()
+        .map(|row| {
+            let value: Value = serde_json::from_str(row.get(0)).expect("json");
+            let row = value.as_object().expect("object").clone();
+            (row[key].to_string(), row)
+        })
+        .collect()
+}
