@@ -567,6 +567,7 @@ async fn forget_erases_a_subject_from_every_file_and_version_while_streaming() {
     // The rest of the change log is unchanged row for row, and streaming went on.
     let after = read_delta(&customers, &[]).rows;
     assert!(!after.iter().any(is_subject));
+    support::lake::assert_no_duplicates(&after);
     let mut kept: Vec<Row> = after
         .iter()
         .filter(|r| Some((r["_lsn"].as_i64(), r["_seq"].as_i64())) <= before_end)
@@ -615,10 +616,9 @@ async fn forget_erases_a_subject_from_every_file_and_version_while_streaming() {
         .collect();
     let first = *versions.iter().min().expect("versions");
     let last = *versions.iter().max().expect("versions");
-    for version in (first..=last).step_by(usize::try_from((last - first) / 10 + 1).unwrap_or(1)) {
+    for version in first..=last {
         support::read_delta_at(&customers, &[], version);
     }
-    support::read_delta_at(&customers, &[], last);
 
     // Again: nothing left to erase, nothing changes.
     let version = read_delta(&customers, &[]).version;
