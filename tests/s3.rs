@@ -108,6 +108,53 @@ async fn streams_into_an_s3_lake() {
     assert_eq!(after.rows, before.rows);
     assert!(after.files.len() < before.files.len());
     assert!(deleted >= 2, "VACUUM deleted {deleted} files");
+
+    // forget on S3: the rewrite, the checkpoint and the deletes of files and log
+    // versions go through the S3 API.
+    let out = run_command(
+        &[
+            "forget",
+            "--config",
+            &path,
+            "--table",
+            "public.orders",
+            "--key",
+            r#"{"id": 150}"#,
+            "--json",
+        ],
+        &credentials,
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    let erased = &report["tables"][0]["change_log"];
+    assert!(erased["rows_removed"].as_u64() >= Some(1), "{report:#}");
+    let first = erased["history_starts_at"].as_i64().expect("history start");
+    let forgotten = read_delta(&format!("{lake_url}/public/orders"), &s3.storage_options());
+    let without: Vec<_> = after
+        .rows
+        .into_iter()
+        .filter(|r| r["id"] != json!(150))
+        .collect();
+    assert_eq!(forgotten.rows, without);
+    let older_logs: Vec<String> = s3
+        .list_keys("lake/public/orders/_delta_log/")
+        .into_iter()
+        .filter(|key| {
+            let name = key.rsplit('/').next().unwrap_or_default();
+            name.get(..20)
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|v| v < first)
+        })
+        .collect();
+    assert!(
+        older_logs.is_empty(),
+        "log versions before the erasure: {older_logs:?}"
+    );
 }
 
 /// S3 answering `503 Slow Down` to the first requests: the S3 client retries them with
