@@ -378,13 +378,22 @@ impl ColumnPolicies {
         let mut rules = Vec::new();
         for (pattern, policy) in columns {
             let field = format!("privacy.columns.{pattern}");
-            let parsed = Pattern::parse(pattern).map_err(|e| (field.clone(), e))?;
-            let policy: Policy = policy.parse().map_err(|e| (field, e))?;
+            let parsed =
+                Pattern::parse(pattern).map_err(|e| (field.clone(), format!("{field}: {e}")))?;
+            let policy: Policy = policy
+                .parse()
+                .map_err(|e| (field.clone(), format!("{field}: {e}")))?;
             rules.push((parsed, policy));
         }
         let no_statistics = no_statistics
             .iter()
-            .map(|p| Pattern::parse(p).map_err(|e| ("privacy.no_statistics".to_owned(), e)))
+            .map(|p| {
+                Pattern::parse(p).map_err(|e| {
+                    let field = "privacy.no_statistics".to_owned();
+                    let message = format!("{field}: {e}");
+                    (field, message)
+                })
+            })
             .collect::<Result<_, _>>()?;
         Ok(ColumnPolicies {
             rules,

@@ -1026,3 +1026,64 @@ fn channel_binding_rules() {
         assert_eq!(c.source.channel_binding.as_str(), value);
     }
 }
+
+#[test]
+fn privacy_policies_parse_from_yaml_and_env_and_the_key_from_env_or_file() {
+    let yaml = format!(
+        "{MINIMAL}privacy:\n  columns:\n    email: hash\n    public.users.birth: null\n    public.users.phone: mask(4)\n  no_statistics: [public.users.city]\n"
+    );
+    let c = Config::from_yaml_str(&yaml, &[]).unwrap();
+    assert_eq!(
+        c.privacy.columns["public.users.birth"], "null",
+        "YAML null is the null policy"
+    );
+    let policies = c.column_policies(|_| None).unwrap();
+    assert!(policies.key().is_none());
+    assert_eq!(
+        policies.policy("public", "users", "phone"),
+        Ok(crate::privacy::Policy::Mask(4))
+    );
+    assert!(!policies.statistics("public", "users", "city"));
+    // From the environment: the map and the list.
+    let c = Config::from_yaml_str(
+        MINIMAL,
+        &env(&[
+            (
+                "PG2LAKE__PRIVACY__COLUMNS",
+                "{cpf: hash, \"public.t.notes\": exclude}",
+            ),
+            ("PG2LAKE__PRIVACY__NO_STATISTICS", "public.t.city"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.privacy.columns["public.t.notes"], "exclude");
+    assert_eq!(c.privacy.no_statistics, ["public.t.city"]);
+    // The key: from the variable it names, or a file without its line break; never shown.
+    let key = c
+        .column_policies(|name| (name == "PG2LAKE_HASH_KEY").then(|| "k".repeat(32)))
+        .unwrap();
+    let id = key.key().expect("key").id().to_owned();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), format!("{}\n", "k".repeat(32))).unwrap();
+    let mut from_file = c.clone();
+    from_file.privacy.hash_key_file = Some(file.path().to_path_buf());
+    let policies = from_file.column_policies(|_| None).unwrap();
+    assert_eq!(policies.key().expect("key").id(), id);
+    let short = c
+        .column_policies(|_| Some("short".into()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        short.contains("at least 16") && !short.contains("short"),
+        "{short}"
+    );
+    // A bad policy names its entry.
+    let bad = error(
+        &format!("{MINIMAL}privacy:\n  columns:\n    email: sha1\n"),
+        &[],
+    );
+    assert!(
+        bad.contains("privacy.columns.email") && bad.contains("mask(N)"),
+        "{bad}"
+    );
+}
