@@ -49,24 +49,37 @@ fn main() -> ExitCode {
     }
 }
 
+/// How long a stopping `run` waits for the maintenance thread to give back its lease.
+const MAINTENANCE_STOP: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn dispatch(command: Command, config: Arc<Config>) -> Result<(), commands::CommandError> {
     match command {
         Command::Run { .. } => {
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             start_metrics_endpoint(&config, &shutdown).await?;
-            pg2lake::maintain::spawn(config.clone(), shutdown.clone());
+            let maintenance = pg2lake::maintain::spawn(config.clone(), shutdown.clone());
             let timeout = config.shutdown_timeout;
             let stopped = shutdown.clone();
-            let mut run = std::pin::pin!(pipeline::run(config, shutdown));
-            tokio::select! {
+            let mut run = std::pin::pin!(pipeline::run(config, shutdown.clone()));
+            let result = tokio::select! {
                 biased;
-                result = &mut run => Ok(result?),
+                result = &mut run => result.map_err(Into::into),
                 () = async {
                     stopped.cancelled().await;
                     tokio::time::sleep(timeout).await;
                 } => Err(commands::CommandError::ShutdownTimeout(timeout)),
+            };
+            // The maintenance thread stops with the pipeline and gives back the lease it
+            // holds; a few seconds at most, or its lease expires on its own.
+            shutdown.cancel();
+            if let Some(maintenance) = maintenance {
+                let deadline = std::time::Instant::now() + MAINTENANCE_STOP;
+                while !maintenance.is_finished() && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
             }
+            result
         }
         Command::Snapshot { no_slot, .. } => {
             // A snapshot Job is scraped too: its progress is in the pg2lake_snapshot_*
@@ -83,7 +96,11 @@ async fn dispatch(command: Command, config: Arc<Config>) -> Result<(), commands:
             json,
             ..
         } => {
-            let options = pg2lake::maintain::MaintainOptions { tables, dry_run };
+            let options = pg2lake::maintain::MaintainOptions {
+                tables,
+                dry_run,
+                ..Default::default()
+            };
             commands::maintain(&config, &options, json).await
         }
         Command::Forget {

@@ -36,6 +36,9 @@ pub struct MaintainOptions {
     pub tables: Vec<String>,
     /// Only report what would be rewritten and deleted.
     pub dry_run: bool,
+    /// Stops the pass between steps (`run` shutting down): the table being maintained
+    /// gives its lease back at once instead of leaving it to expire.
+    pub shutdown: CancellationToken,
 }
 
 /// What a pass did to one table.
@@ -91,8 +94,11 @@ pub async fn maintain(
         tables: Vec::new(),
     };
     for (schema, name) in tables {
+        if options.shutdown.is_cancelled() {
+            break;
+        }
         let table = format!("{schema}.{name}");
-        let result = maintain_table(&lake, config, &schema, &name, options.dry_run, holder).await;
+        let result = maintain_table(&lake, config, &schema, &name, options, holder).await;
         let table_report = match result {
             Ok(table_report) => table_report,
             Err(err) => {
@@ -118,9 +124,10 @@ async fn maintain_table(
     config: &Config,
     schema: &str,
     name: &str,
-    dry_run: bool,
+    options: &MaintainOptions,
     holder: &str,
 ) -> Result<TableReport, LakeError> {
+    let dry_run = options.dry_run;
     let location = lake::table_location(lake.root(), schema, name);
     let mut report = TableReport {
         table: format!("{schema}.{name}"),
@@ -151,7 +158,7 @@ async fn maintain_table(
             }
         }
     };
-    let result = async {
+    let work = async {
         let compaction = CompactionOptions {
             target_file_size: config.lake.compaction.target_file_size.0,
             min_files: config.lake.compaction.min_files,
@@ -181,8 +188,17 @@ async fn maintain_table(
             report.files = reader.file_stats(config.lake.compaction.target_file_size.0)?;
         }
         Ok(())
-    }
-    .await;
+    };
+    // Cut short by shutdown, the work is dropped between two awaits: rewritten files not
+    // committed are left to VACUUM, and the lease is given back below.
+    let result = tokio::select! {
+        biased;
+        () = options.shutdown.cancelled() => Err(LakeError::Conflict {
+            table: location.to_string(),
+            reason: "pg2lake is stopping".into(),
+        }),
+        result = work => result,
+    };
     if let Some(lease) = lease {
         lease.release().await;
     }
@@ -191,10 +207,15 @@ async fn maintain_table(
 
 /// Runs, until `shutdown`, [`maintain`] every `lake.compaction.interval` (when
 /// `lake.compaction.enabled`) and [`refresh_mirrors`] every `mirror.interval` (when
-/// `mirror.enabled`), on a thread and runtime of their own (see the module docs).
-pub fn spawn(config: Arc<Config>, shutdown: CancellationToken) {
+/// `mirror.enabled`), on a thread and runtime of their own (see the module docs). The
+/// thread ends soon after `shutdown`, having given back any lease it held; the caller
+/// may wait for it.
+pub fn spawn(
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+) -> Option<std::thread::JoinHandle<()>> {
     if !config.lake.compaction.enabled && !config.mirror.enabled {
-        return;
+        return None;
     }
     let spawned = std::thread::Builder::new()
         .name("pg2lake-maintain".into())
@@ -207,16 +228,19 @@ pub fn spawn(config: Arc<Config>, shutdown: CancellationToken) {
                     tokio::join!(
                         maintenance_schedule(&config, &shutdown),
                         mirror_schedule(&config, &shutdown)
-                    )
+                    );
                 }),
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot start lake maintenance");
-                    Default::default()
                 }
             }
         });
-    if let Err(err) = spawned {
-        tracing::warn!(error = %err, "cannot start lake maintenance");
+    match spawned {
+        Ok(handle) => Some(handle),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot start lake maintenance");
+            None
+        }
     }
 }
 
@@ -225,19 +249,21 @@ async fn maintenance_schedule(config: &Config, shutdown: &CancellationToken) {
         return;
     }
     let holder = holder_name();
-    let options = MaintainOptions::default();
+    let options = MaintainOptions {
+        shutdown: shutdown.clone(),
+        ..MaintainOptions::default()
+    };
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(config.lake.compaction.interval) => {}
         }
-        // A pass cut short by shutdown leaves its lease to expire, and any rewritten
+        // A pass cut short by shutdown gives its lease back and leaves any rewritten
         // file that was not committed to VACUUM.
-        let result = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return,
-            result = maintain(config, &options, &holder) => result,
-        };
+        let result = maintain(config, &options, &holder).await;
+        if shutdown.is_cancelled() {
+            return;
+        }
         match result {
             Ok(report) => {
                 let rewritten: u64 = report

@@ -387,3 +387,50 @@ async fn kill_9_during_compaction_and_vacuum_under_load_loses_and_doubles_nothin
         "streaming failed beside the killed compactors:\n{log}"
     );
 }
+
+/// `run` stopped (SIGTERM) in the middle of a compaction gives the table's lease back at
+/// once: a `maintain` right after finds the table free, though the lease would last ten
+/// minutes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_stopped_mid_pass_gives_back_its_lease() {
+    let pg = PgServer::start();
+    let url = pg.create_database("leaseback").await;
+    let db = pg.connect("leaseback").await;
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        .await
+        .expect("schema");
+    let lake = tempfile::tempdir().expect("lake dir");
+    let config = ConfigFile::new(&config_yaml(
+        &url,
+        "leaseback",
+        &["public.t"],
+        &lake.path().display().to_string(),
+        "  compaction:\n    interval: 1s\n    min_files: 2\n    lease: 10m\n",
+    ));
+    // The pass stops for a while just before its commit, holding the lease.
+    let mut service = Service::start(
+        &config,
+        &[(
+            "FAILPOINTS".to_owned(),
+            "compact::before_commit=sleep(4000)".to_owned(),
+        )],
+    );
+    service.wait_streaming(TIMEOUT);
+    for n in 0..4 {
+        db.batch_execute(&format!("INSERT INTO t VALUES ({n}, 'v{n}')"))
+            .await
+            .expect("insert");
+        wait_caught_up(&db, "leaseback", TIMEOUT).await;
+    }
+    let leases = lake.path().join("public/t/_pg2lake_maintenance");
+    support::wait_until(TIMEOUT, "the compactor taking the lease", || {
+        std::fs::read_dir(&leases).is_ok_and(|mut entries| entries.next().is_some())
+    });
+    assert!(service.stop(TIMEOUT).success(), "{}", service.log());
+    let report = maintain_ok(&config, &["--table", "public.t"]);
+    let table = table_report(&report, "public.t");
+    assert!(
+        table["busy"].is_null(),
+        "the stopped run kept its lease: {report:#}"
+    );
+}
