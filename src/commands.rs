@@ -228,6 +228,45 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
             fix: None,
         }),
     }
+    if config.mirror.enabled {
+        mirror_lines(&lake, &tables, lines).await?;
+    }
+    Ok(())
+}
+
+/// Per table already in the lake: how far its current-state mirror is behind the
+/// change log, or why it has none yet.
+async fn mirror_lines(
+    lake: &Lake,
+    tables: &[TableName],
+    lines: &mut Vec<CheckLine>,
+) -> Result<(), lake::LakeError> {
+    for table in tables {
+        let Some(reader) = LakeReader::open(lake, &table.schema, &table.name).await? else {
+            continue;
+        };
+        let keyless = reader
+            .property(lake::SOURCE_KEY_PROPERTY)?
+            .is_some_and(|key| key == "[]");
+        let what = match lake::mirror_position(lake, &table.schema, &table.name).await? {
+            _ if keyless => format!(
+                "table {table}: no mirror (the table has no primary key or replica identity index)"
+            ),
+            None => format!("table {table}: no mirror yet (the next refresh of `run` writes it)"),
+            Some((version, _)) => {
+                let latest = reader.version().unwrap_or(version);
+                format!(
+                    "table {table}: mirror reflects change-log version {version} of {latest} ({} behind)",
+                    (latest - version).max(0)
+                )
+            }
+        };
+        lines.push(CheckLine {
+            mark: Mark::Ok,
+            what,
+            fix: None,
+        });
+    }
     Ok(())
 }
 

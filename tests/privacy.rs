@@ -344,6 +344,11 @@ async fn policies_protect_personal_columns_in_the_initial_load_and_streaming() {
             && stdout.contains("owner_name"),
         "{stdout}"
     );
+    // With mirrors on, `check` shows how far each is behind its change log.
+    assert!(
+        stdout.contains("table public.customers: mirror reflects change-log version"),
+        "{stdout}"
+    );
     assert!(
         !stdout.contains("public.customers: columns that look personal"),
         "{stdout}"
