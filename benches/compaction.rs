@@ -27,12 +27,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::bench::{
-    block_on, build_items, latest_version, load_average, size_from_env, version_file,
+    block_on, flush_each_transaction, items_database, latest_version, load_average, size_from_env,
+    version_file,
 };
+use support::duckdb_query;
 use support::lake::{readme_current_state_query, wait_caught_up};
 use support::load::Rng;
 use support::service::{ConfigFile, Service, config_yaml, run_command_measured};
-use support::{PgOptions, PgServer, duckdb_query};
 
 /// Rows loaded when `BENCH_ROWS` is unset.
 const DEFAULT_ROWS: u64 = 3_000_000;
@@ -66,15 +67,7 @@ fn main() {
 
 async fn run(rows: u64, flushes: u64) {
     let bench_started = Instant::now();
-    let pg = PgServer::start_with(PgOptions {
-        conf: vec!["max_wal_size = '8GB'".into()],
-        ..PgOptions::default()
-    });
-    let url = pg.create_database("bench").await;
-    let db = pg.connect("bench").await;
-    let started = Instant::now();
-    build_items(&db, rows).await;
-    let build_time = started.elapsed();
+    let (_pg, url, db, build_time) = items_database(rows).await;
 
     let lake = tempfile::tempdir().expect("lake dir");
     let table_dir = lake.path().join("public/items");
@@ -89,11 +82,7 @@ async fn run(rows: u64, flushes: u64) {
         &lake.path().display().to_string(),
         "  compaction:\n    enabled: false\n",
     );
-    assert!(yaml.contains("flush:\n  max_interval: 200ms\n"), "{yaml}");
-    let config = ConfigFile::new(&yaml.replace(
-        "flush:\n  max_interval: 200ms\n",
-        "flush:\n  max_interval: 1ms\n",
-    ));
+    let config = ConfigFile::new(&flush_each_transaction(&yaml));
     let config_path = config.path().display().to_string();
     let started = Instant::now();
     let mut service = Service::start(&config, &[]);

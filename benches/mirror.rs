@@ -41,12 +41,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 use support::bench::{
-    block_on, build_items, latest_version, load_average, size_from_env, version_file,
+    block_on, flush_each_transaction, items_database, latest_version, load_average, size_from_env,
+    version_file,
 };
 use support::lake::{readme_current_state_query, wait_caught_up};
 use support::load::Rng;
 use support::service::{ConfigFile, Service, config_yaml};
-use support::{PgOptions, PgServer, count_delta_rows, duckdb_query};
+use support::{count_delta_rows, duckdb_query};
 
 /// Rows loaded when `BENCH_ROWS` is unset.
 const DEFAULT_ROWS: u64 = 2_000_000;
@@ -87,15 +88,7 @@ async fn run(rows: u64, rounds: u64) {
         "BENCH_ROWS must be at least {KEYS_PER_ROUND}"
     );
     let bench_started = Instant::now();
-    let pg = PgServer::start_with(PgOptions {
-        conf: vec!["max_wal_size = '8GB'".into()],
-        ..PgOptions::default()
-    });
-    let url = pg.create_database("bench").await;
-    let db = pg.connect("bench").await;
-    let started = Instant::now();
-    build_items(&db, rows).await;
-    let build_time = started.elapsed();
+    let (_pg, url, db, build_time) = items_database(rows).await;
 
     let lake = tempfile::tempdir().expect("lake dir");
     let log_dir = lake.path().join("public/items");
@@ -113,11 +106,7 @@ async fn run(rows: u64, rounds: u64) {
             INTERVAL.as_millis()
         ),
     );
-    assert!(yaml.contains("flush:\n  max_interval: 200ms\n"), "{yaml}");
-    let config = ConfigFile::new(&yaml.replace(
-        "flush:\n  max_interval: 200ms\n",
-        "flush:\n  max_interval: 1ms\n",
-    ));
+    let config = ConfigFile::new(&flush_each_transaction(&yaml));
     let service_started = SystemTime::now();
     let started = Instant::now();
     let service = Service::start(&config, &[]);

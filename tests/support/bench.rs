@@ -43,6 +43,30 @@ pub async fn build_items(db: &tokio_postgres::Client, rows: u64) {
         .expect("vacuum");
 }
 
+/// A PostgreSQL server with WAL room for millions of rows, its database `bench` holding
+/// `items` of `rows` rows ([`build_items`]): the server, the database's URL, a client,
+/// and how long building the table took.
+pub async fn items_database(rows: u64) -> (PgServer, String, tokio_postgres::Client, Duration) {
+    let pg = PgServer::start_with(super::PgOptions {
+        conf: vec!["max_wal_size = '8GB'".into()],
+        ..super::PgOptions::default()
+    });
+    let url = pg.create_database("bench").await;
+    let db = pg.connect("bench").await;
+    let started = Instant::now();
+    build_items(&db, rows).await;
+    (pg, url, db, started.elapsed())
+}
+
+/// `yaml` (made by `config_yaml`) flushing as soon as a transaction is complete (the
+/// flush timer's floor is 50 ms), so waiting after each transaction keeps it a Delta
+/// version of its own.
+pub fn flush_each_transaction(yaml: &str) -> String {
+    const DEFAULT: &str = "flush:\n  max_interval: 200ms\n";
+    assert!(yaml.contains(DEFAULT), "{yaml}");
+    yaml.replace(DEFAULT, "flush:\n  max_interval: 1ms\n")
+}
+
 /// Longest a consumer may take to drain a backlog.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
 
