@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::lake::{
-    self, Acquired, CompactionOptions, CompactionReport, FileStats, Lake, LakeError, LakeReader,
-    Lease, MirrorOptions, MirrorReport, VacuumReport,
+    self, Acquired, CompactionOptions, CompactionReport, FileStats, Lake, LakeError, Lease,
+    MirrorOptions, MirrorReport, VacuumReport,
 };
 use crate::metrics;
 use crate::pipeline::lake_options;
@@ -165,8 +165,11 @@ async fn maintain_table(
             today: today(),
             dry_run,
         };
+        // One load of the log serves the compaction, the VACUUM and the file counts.
+        let mut table = lake.load_table(&location).await?;
         let started = Instant::now();
-        report.compaction = lake::compact(lake, &location, &compaction, lease.as_mut()).await?;
+        report.compaction =
+            lake::compact(lake, &location, &mut table, &compaction, lease.as_mut()).await?;
         report.compaction_seconds = started.elapsed().as_secs_f64();
         if let Some(lease) = lease.as_mut()
             && !lease.renew().await.map_err(store_err)?
@@ -177,16 +180,16 @@ async fn maintain_table(
             });
         }
         let started = Instant::now();
-        report.vacuum = lake::vacuum(lake, &location, config.lake.retention, dry_run).await?;
+        report.vacuum = lake::vacuum(&location, &table, config.lake.retention, dry_run).await?;
         let mirror = lake::mirror_location(lake.root(), schema, name);
         if lake.table_exists(&mirror).await? {
+            let loaded = lake.load_table(&mirror).await?;
             report.mirror_vacuum =
-                lake::vacuum(lake, &mirror, config.lake.retention, dry_run).await?;
+                lake::vacuum(&mirror, &loaded, config.lake.retention, dry_run).await?;
         }
         report.vacuum_seconds = started.elapsed().as_secs_f64();
-        if let Some(reader) = LakeReader::open(lake, schema, name).await? {
-            report.files = reader.file_stats(config.lake.compaction.target_file_size.0)?;
-        }
+        report.files =
+            lake::file_stats(&location, &table, config.lake.compaction.target_file_size.0)?;
         Ok(())
     };
     // Cut short by shutdown, the work is dropped between two awaits: rewritten files not

@@ -35,5 +35,5 @@ pub use store::{Lake, LakeError, LakeOptions};
 pub use table::{
     CommitOutcome, CompactionOptions, CompactionReport, DataFile, FileStats, LakeReader, LakeTable,
     SOURCE_CHANGES_PROPERTY, SOURCE_KEY_PROPERTY, SPOOL_FOLDER, Spool, VacuumReport, compact,
-    vacuum,
+    file_stats, vacuum,
 };

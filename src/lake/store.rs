@@ -277,6 +277,20 @@ impl Lake {
             .map_err(|e| LakeError::delta(location, e))
     }
 
+    /// The latest version of the Delta table at `location`, for maintenance, which
+    /// compacts, vacuums and counts files on one load.
+    pub async fn load_table(
+        &self,
+        location: &Url,
+    ) -> Result<deltalake_core::DeltaTable, LakeError> {
+        let mut table = deltalake_core::DeltaTable::new(self.log_store(location)?);
+        table
+            .load()
+            .await
+            .map_err(|e| LakeError::delta(location, e))?;
+        Ok(table)
+    }
+
     /// The Delta tables of the lake named in `wanted` (`schema.name`), or all of them when
     /// it is empty (see [`Lake::tables`]).
     pub async fn tables_among(

@@ -94,7 +94,7 @@ struct Candidate {
 }
 
 /// Counts of the files of `table`'s loaded version, for metrics.
-pub(super) fn file_stats(
+pub fn file_stats(
     location: &Url,
     table: &DeltaTable,
     target_file_size: u64,
@@ -112,19 +112,18 @@ pub(super) fn file_stats(
     Ok(stats)
 }
 
-/// Compacts the table at `location` (see the module docs), renewing `lease` (the
-/// table's maintenance lease, which the caller holds) between bins.
+/// Compacts `table` at `location`, loaded by the caller (see the module docs), renewing
+/// `lease` (the table's maintenance lease, which the caller holds) between bins. `table`
+/// is left at the latest version this compaction saw.
 pub async fn compact(
     lake: &Lake,
     location: &Url,
+    table: &mut DeltaTable,
     options: &CompactionOptions,
     mut lease: Option<&mut Lease>,
 ) -> Result<CompactionReport, LakeError> {
-    let delta_err = |e| LakeError::delta(location, e);
-    let mut table = DeltaTable::new(lake.log_store(location)?);
-    table.load().await.map_err(delta_err)?;
     let mut report = CompactionReport::default();
-    let partitions = plan(&candidates(location, &table)?, options);
+    let partitions = plan(&candidates(location, table)?, options);
     for (date, bins) in partitions {
         let inputs: Vec<&Candidate> = bins.iter().flatten().collect();
         let bytes_removed: u64 = inputs.iter().map(|file| file.size).sum();
@@ -137,9 +136,9 @@ pub async fn compact(
         }
         let mut adds = Vec::new();
         let written =
-            rewrite_partition(location, &table, &bins, lease.as_deref_mut(), &mut adds).await;
+            rewrite_partition(location, table, &bins, lease.as_deref_mut(), &mut adds).await;
         if let Err(err) = written {
-            delete_files(&table, &adds).await;
+            delete_files(table, &adds).await;
             return Err(err);
         }
         let actions: Vec<Action> = inputs
@@ -162,12 +161,12 @@ pub async fn compact(
             )],
             checkpoint_interval: lake.options().checkpoint_interval,
         };
-        let version = match commit::commit(location, &mut table, commit).await {
+        let version = match commit::commit(location, table, commit).await {
             Ok(Committed::Version(version)) => Some(version),
             Ok(Committed::Landed) => table.version().and_then(|v| i64::try_from(v).ok()),
             Err(LakeError::Conflict { reason, .. }) => {
                 tracing::info!(table = %location, date, reason, "compaction conflicts with another writer; left for the next pass");
-                delete_files(&table, &adds).await;
+                delete_files(table, &adds).await;
                 report.conflicts += 1;
                 // The plan was made from a version that is gone: plan again next pass.
                 break;

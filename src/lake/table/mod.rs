@@ -63,7 +63,7 @@ pub(super) mod reader;
 mod spool;
 mod vacuum;
 
-pub use compact::{CompactionOptions, CompactionReport, FileStats, compact};
+pub use compact::{CompactionOptions, CompactionReport, FileStats, compact, file_stats};
 pub use reader::{DataFile, LakeReader};
 pub use spool::{SPOOL_FOLDER, Spool};
 pub use vacuum::{VacuumReport, vacuum};

@@ -18,7 +18,6 @@ use object_store::path::Path;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use url::Url;
 
-use super::FileStats;
 use super::{
     PARTITION_COLUMN, REWRITE_BATCH_ROWS, committed_schema, conform, partition_date,
     read_committed_lsn,
@@ -103,12 +102,6 @@ impl LakeReader {
     /// The committed layout.
     pub fn arrow_schema(&self) -> Result<SchemaRef, LakeError> {
         committed_schema(&self.location, &self.table)
-    }
-
-    /// How many files and bytes the loaded version has, and how many of its files are
-    /// below `target_file_size`.
-    pub fn file_stats(&self, target_file_size: u64) -> Result<FileStats, LakeError> {
-        super::compact::file_stats(&self.location, &self.table, target_file_size)
     }
 
     /// The data files of the loaded version.

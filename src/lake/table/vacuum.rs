@@ -21,7 +21,7 @@ use deltalake_core::operations::vacuum::VacuumMode;
 use serde::Serialize;
 use url::Url;
 
-use crate::lake::store::{Lake, LakeError};
+use crate::lake::store::LakeError;
 
 /// What a VACUUM of one table did (or, dry, would do).
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -30,19 +30,19 @@ pub struct VacuumReport {
     pub files: Vec<String>,
 }
 
-/// Deletes the files of the table at `location` that no version of the last `retention`
-/// references (see the module docs); with `dry_run`, only lists them.
+/// Deletes the files of `table` at `location` (loaded by the caller) that no version of
+/// the last `retention` references (see the module docs); with `dry_run`, only lists
+/// them.
 pub async fn vacuum(
-    lake: &Lake,
     location: &Url,
+    table: &DeltaTable,
     retention: Duration,
     dry_run: bool,
 ) -> Result<VacuumReport, LakeError> {
     let delta_err = |e| LakeError::delta(location, e);
-    let mut table = DeltaTable::new(lake.log_store(location)?);
-    table.load().await.map_err(delta_err)?;
     let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
     let (_, metrics) = table
+        .clone()
         .vacuum()
         .with_mode(VacuumMode::Full)
         .with_retention_period(retention)
