@@ -27,13 +27,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::bench::{
-    block_on, flush_each_transaction, items_database, latest_version, load_average, size_from_env,
-    version_file,
+    block_on, items_database, items_lake, latest_version, load_average, size_from_env,
+    version_file, wait_for_version,
 };
 use support::duckdb_query;
 use support::lake::{readme_current_state_query, wait_caught_up};
 use support::load::Rng;
-use support::service::{ConfigFile, Service, config_yaml, run_command_measured};
+use support::service::{Service, run_command_measured};
 
 /// Rows loaded when `BENCH_ROWS` is unset.
 const DEFAULT_ROWS: u64 = 3_000_000;
@@ -69,20 +69,11 @@ async fn run(rows: u64, flushes: u64) {
     let bench_started = Instant::now();
     let (_pg, url, db, build_time) = items_database(rows).await;
 
-    let lake = tempfile::tempdir().expect("lake dir");
-    let table_dir = lake.path().join("public/items");
-    let table_uri = table_dir.display().to_string();
     // The compactor of `run` off: `maintain` below is the only one. A flush as soon as a
     // transaction is complete (the flush timer's floor is 50 ms): the wait after each
     // transaction below keeps each one a commit of its own.
-    let yaml = config_yaml(
-        &url,
-        SLOT,
-        &["public.items"],
-        &lake.path().display().to_string(),
-        "  compaction:\n    enabled: false\n",
-    );
-    let config = ConfigFile::new(&flush_each_transaction(&yaml));
+    let (_lake, table_dir, table_uri, config) =
+        items_lake(&url, SLOT, "  compaction:\n    enabled: false\n");
     let config_path = config.path().display().to_string();
     let started = Instant::now();
     let mut service = Service::start(&config, &[]);
@@ -273,20 +264,14 @@ impl Workload {
             .await
             .expect("a simulated flush's transaction");
             let committed = Instant::now();
-            let deadline = committed + FLUSH_TIMEOUT;
-            while !version_file(table_dir, version + 1).exists() {
-                assert!(
-                    Instant::now() < deadline,
-                    "pg2lake did not commit flush {flush} (version {}) within {FLUSH_TIMEOUT:?}",
-                    version + 1
-                );
-                assert!(
-                    service.is_running(),
-                    "pg2lake exited; log:\n{}",
-                    service.log()
-                );
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+            wait_for_version(
+                table_dir,
+                version + 1,
+                service,
+                FLUSH_TIMEOUT,
+                &format!("flush {flush}"),
+            )
+            .await;
             waits.push(committed.elapsed().as_secs_f64() * 1000.0);
             version += 1;
             // A flush that made more than one version: counted, not waited for.

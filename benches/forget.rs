@@ -36,13 +36,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::bench::{
-    block_on, flush_each_transaction, items_database, latest_version, load_average, size_from_env,
-    version_file,
+    block_on, items_database, items_lake, latest_version, load_average, size_from_env,
+    wait_for_version,
 };
 use support::duckdb_query;
 use support::lake::wait_caught_up;
 use support::load::Rng;
-use support::service::{ConfigFile, Service, config_yaml, run_command_measured};
+use support::service::{Service, run_command_measured};
 
 /// Rows loaded when `BENCH_ROWS` is unset.
 const DEFAULT_ROWS: u64 = 3_000_000;
@@ -80,20 +80,14 @@ async fn run(rows: u64, transactions: u64) {
     let bench_started = Instant::now();
     let (_pg, url, db, build_time) = items_database(rows).await;
 
-    let lake = tempfile::tempdir().expect("lake dir");
-    let table_dir = lake.path().join("public/items");
-    let table_uri = table_dir.display().to_string();
     // The compactor off (the files stay as written); `note` hashed. A flush as soon as a
     // transaction is complete (the flush timer's floor is 50 ms): the wait after each
     // transaction below keeps each one a commit of its own.
-    let yaml = config_yaml(
+    let (_lake, table_dir, table_uri, config) = items_lake(
         &url,
         SLOT,
-        &["public.items"],
-        &lake.path().display().to_string(),
         "  compaction:\n    enabled: false\nprivacy:\n  columns:\n    \"public.items.note\": hash\n",
     );
-    let config = ConfigFile::new(&flush_each_transaction(&yaml));
     let config_path = config.path().display().to_string();
     let env = vec![(HASH_KEY_ENV.to_owned(), HASH_KEY.to_owned())];
     let started = Instant::now();
@@ -257,20 +251,14 @@ async fn stream(
         ))
         .await
         .expect("a streamed transaction");
-        let deadline = Instant::now() + FLUSH_TIMEOUT;
-        while !version_file(table_dir, version + 1).exists() {
-            assert!(
-                Instant::now() < deadline,
-                "pg2lake did not commit transaction {n} (version {}) within {FLUSH_TIMEOUT:?}",
-                version + 1
-            );
-            assert!(
-                service.is_running(),
-                "pg2lake exited; log:\n{}",
-                service.log()
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        wait_for_version(
+            table_dir,
+            version + 1,
+            service,
+            FLUSH_TIMEOUT,
+            &format!("transaction {n}"),
+        )
+        .await;
         version = latest_version(table_dir);
     }
     subject_updates

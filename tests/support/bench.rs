@@ -67,6 +67,52 @@ pub fn flush_each_transaction(yaml: &str) -> String {
     yaml.replace(DEFAULT, "flush:\n  max_interval: 1ms\n")
 }
 
+/// The lake of an `items` benchmark: a temporary folder, the change log's folder and URI
+/// in it, and a configuration (`config_yaml` with `extra`, slot `slot`) that flushes
+/// each transaction as soon as it is complete ([`flush_each_transaction`]).
+pub fn items_lake(
+    url: &str,
+    slot: &str,
+    extra: &str,
+) -> (tempfile::TempDir, std::path::PathBuf, String, ConfigFile) {
+    let lake = tempfile::tempdir().expect("lake dir");
+    let table_dir = lake.path().join("public/items");
+    let table_uri = table_dir.display().to_string();
+    let yaml = super::service::config_yaml(
+        url,
+        slot,
+        &["public.items"],
+        &lake.path().display().to_string(),
+        extra,
+    );
+    let config = ConfigFile::new(&flush_each_transaction(&yaml));
+    (lake, table_dir, table_uri, config)
+}
+
+/// Waits (polling every 2 ms) until the Delta table in `table_dir` has version `version`;
+/// panics naming `what` after `timeout`, or when pg2lake exits.
+pub async fn wait_for_version(
+    table_dir: &std::path::Path,
+    version: u64,
+    service: &mut Service,
+    timeout: Duration,
+    what: &str,
+) {
+    let deadline = Instant::now() + timeout;
+    while !version_file(table_dir, version).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "pg2lake did not commit {what} (version {version}) within {timeout:?}"
+        );
+        assert!(
+            service.is_running(),
+            "pg2lake exited; log:\n{}",
+            service.log()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// Longest a consumer may take to drain a backlog.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
 
