@@ -52,6 +52,11 @@ use super::table::compact::{SourceFile, delete_files, rewrite_rows};
 /// The `commitInfo` entry that marks a forget version; the mirror skips such versions
 /// (they add no change, only drop rows it drops itself).
 pub const FORGET_OPERATION: &str = "forget";
+/// Whether a log action is the `commitInfo` of a forget version.
+pub(super) fn is_forget_commit(action: &serde_json::Value) -> bool {
+    action["commitInfo"]["pg2lake.operation"].as_str() == Some(FORGET_OPERATION)
+}
+
 /// The marker of a forget whose history cleanup has not finished.
 const PENDING_MARKER: &str = "forget-pending.json";
 /// Attempts when another writer replaces a file the erasure rewrites.
@@ -162,9 +167,7 @@ pub async fn erase(
     history: bool,
     dry_run: bool,
 ) -> Result<ErasureReport, LakeError> {
-    let delta_err = |e| LakeError::delta(location, e);
-    let mut table = DeltaTable::new(lake.log_store(location)?);
-    table.load().await.map_err(delta_err)?;
+    let mut table = lake.load_table(location).await?;
     let mut report = ErasureReport::default();
     if !dry_run {
         finish_pending(lake, location, &mut table, &mut report).await?;
@@ -176,10 +179,7 @@ pub async fn erase(
         let data_change = mirror_key.is_some();
         let Some(found) = find(location, &table, subject, data_change, &mut report).await? else {
             if history && !dry_run {
-                let version = table
-                    .version()
-                    .and_then(|v| i64::try_from(v).ok())
-                    .unwrap_or(0);
+                let version = commit::loaded_version(&table).unwrap_or(0);
                 write_marker(lake, location, Marker::CleanAt(version)).await?;
                 clean_history(lake, location, version, &mut report).await?;
                 delete_marker(lake, location).await?;
@@ -189,10 +189,7 @@ pub async fn erase(
         if dry_run {
             return Ok(report);
         }
-        let before = table
-            .version()
-            .and_then(|v| i64::try_from(v).ok())
-            .unwrap_or(-1);
+        let before = commit::loaded_version(&table).unwrap_or(-1);
         write_marker(lake, location, Marker::After(before)).await?;
         let adds: Vec<Add> = rewrite(location, &table, subject, mirror_key, &found)
             .await?
@@ -217,10 +214,7 @@ pub async fn erase(
         };
         let version = match commit::commit(location, &mut table, commit).await {
             Ok(Committed::Version(version)) => version,
-            Ok(Committed::Landed) => table
-                .version()
-                .and_then(|v| i64::try_from(v).ok())
-                .unwrap_or(0),
+            Ok(Committed::Landed) => commit::loaded_version(&table).unwrap_or(0),
             Err(LakeError::Conflict { reason, .. }) if attempt < MAX_ATTEMPTS => {
                 tracing::info!(table = %location, reason, "a file to rewrite was replaced meanwhile; erasing again from the new version");
                 delete_files(&table, &adds).await;
@@ -231,9 +225,7 @@ pub async fn erase(
             Err(err) => return Err(err),
         };
         crate::crash_point!("forget::after_commit");
-        report.files_rewritten = found.len();
-        report.rows_removed = found.iter().map(|f| f.rows).sum();
-        report.bytes_rewritten = found.iter().map(|f| f.size).sum();
+        // `find` counted the files and rows of this attempt.
         report.version = Some(version);
         clean_history(lake, location, version, &mut report).await?;
         delete_marker(lake, location).await?;
@@ -397,8 +389,7 @@ async fn clean_history(
     deltalake_core::checkpoints::create_checkpoint(&at, None)
         .await
         .map_err(delta_err)?;
-    let mut latest = DeltaTable::new(log_store.clone());
-    latest.load().await.map_err(delta_err)?;
+    let latest = lake.load_table(location).await?;
     let mut keep: HashSet<String> = active_paths(location, &at)?;
     keep.extend(active_paths(location, &latest)?);
     let snapshot = at.snapshot().map_err(delta_err)?;
@@ -472,7 +463,7 @@ enum Marker {
 }
 
 async fn write_marker(lake: &Lake, location: &Url, marker: Marker) -> Result<(), LakeError> {
-    let store = DeltaTable::new(lake.log_store(location)?).object_store();
+    let store = lake.log_store(location)?.object_store(None);
     let body = match marker {
         Marker::After(version) => serde_json::json!({ "after_version": version }),
         Marker::CleanAt(version) => serde_json::json!({ "clean_at": version }),
@@ -489,7 +480,7 @@ async fn write_marker(lake: &Lake, location: &Url, marker: Marker) -> Result<(),
 }
 
 async fn delete_marker(lake: &Lake, location: &Url) -> Result<(), LakeError> {
-    let store = DeltaTable::new(lake.log_store(location)?).object_store();
+    let store = lake.log_store(location)?.object_store(None);
     match store.delete(&marker_path()).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
         Err(source) => Err(LakeError::Store {
@@ -525,10 +516,7 @@ async fn finish_pending(
         return commit::reload(location, table).await;
     }
     let after = marker["after_version"].as_i64().unwrap_or(-1);
-    let latest = table
-        .version()
-        .and_then(|v| i64::try_from(v).ok())
-        .unwrap_or(-1);
+    let latest = commit::loaded_version(table).unwrap_or(-1);
     for version in after + 1..=latest {
         let path = Path::from(format!("_delta_log/{version:020}.json"));
         let Ok(result) = store.get(&path).await else {
@@ -538,9 +526,7 @@ async fn finish_pending(
             continue;
         };
         let forget = bytes.split(|b| *b == b'\n').any(|line| {
-            serde_json::from_slice::<serde_json::Value>(line).is_ok_and(|a| {
-                a["commitInfo"]["pg2lake.operation"].as_str() == Some(FORGET_OPERATION)
-            })
+            serde_json::from_slice::<serde_json::Value>(line).is_ok_and(|a| is_forget_commit(&a))
         });
         if forget {
             tracing::info!(table = %location, version, "finishing the history cleanup of an interrupted forget");
@@ -553,10 +539,7 @@ async fn finish_pending(
 }
 
 fn arrow_error(location: &Url, error: arrow::error::ArrowError) -> LakeError {
-    LakeError::SchemaMismatch {
-        table: location.to_string(),
-        reason: error.to_string(),
-    }
+    LakeError::delta(location, error.into())
 }
 
 #[cfg(test)]

@@ -170,8 +170,7 @@ async fn refresh_from(
         let location = location.clone();
         move |e| LakeError::delta(&location, e)
     };
-    let mut log = DeltaTable::new(lake.log_store(&log_location)?);
-    log.load().await.map_err(delta_err(&log_location))?;
+    let log = lake.load_table(&log_location).await?;
     let log_snapshot = log.snapshot().map_err(delta_err(&log_location))?;
     let version = log_snapshot.version() as i64;
     report.to_version = version;
@@ -513,11 +512,7 @@ pub async fn mirror_position(
     if !lake.table_exists(&location).await? {
         return Ok(None);
     }
-    let mut mirror = DeltaTable::new(lake.log_store(&location)?);
-    mirror
-        .load()
-        .await
-        .map_err(|e| LakeError::delta(&location, e))?;
+    let mirror = lake.load_table(&location).await?;
     let Some(version) = commit::transaction_version(&location, &mirror, MIRROR_APP_ID).await?
     else {
         return Ok(None);
@@ -642,8 +637,7 @@ async fn added_since(
             {
                 oldest = Some(ts);
             }
-            forget |= action["commitInfo"]["pg2lake.operation"].as_str()
-                == Some(crate::lake::FORGET_OPERATION);
+            forget |= super::forget::is_forget_commit(&action);
             let add = &action["add"];
             if add.is_object() && add["dataChange"].as_bool() == Some(true) {
                 let path = add["path"].as_str().unwrap_or_default();

@@ -119,6 +119,11 @@ pub(crate) async fn commit(
     }
 }
 
+/// The version `table` has loaded (`None` before its first load).
+pub(crate) fn loaded_version(table: &DeltaTable) -> Option<i64> {
+    table.version().and_then(|v| i64::try_from(v).ok())
+}
+
 /// Brings `table` to the latest version. Reading on from the loaded version needs the
 /// log's entries after it; when `forget` deleted them (history before an erasure ends
 /// there), the table is loaded afresh from the checkpoint the erasure wrote.

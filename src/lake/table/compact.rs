@@ -163,7 +163,7 @@ pub async fn compact(
         };
         let version = match commit::commit(location, table, commit).await {
             Ok(Committed::Version(version)) => Some(version),
-            Ok(Committed::Landed) => table.version().and_then(|v| i64::try_from(v).ok()),
+            Ok(Committed::Landed) => commit::loaded_version(table),
             Err(LakeError::Conflict { reason, .. }) => {
                 tracing::info!(table = %location, date, reason, "compaction conflicts with another writer; left for the next pass");
                 delete_files(table, &adds).await;

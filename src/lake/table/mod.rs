@@ -279,7 +279,7 @@ impl LakeTable {
 
     /// The Delta version currently loaded.
     pub fn version(&self) -> Option<i64> {
-        self.table.version().and_then(|v| i64::try_from(v).ok())
+        commit::loaded_version(&self.table)
     }
 
     /// Rows written since the last commit.

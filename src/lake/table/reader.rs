@@ -67,11 +67,7 @@ impl LakeReader {
         if !lake.table_exists(&location).await? {
             return Ok(None);
         }
-        let mut table = DeltaTable::new(lake.log_store(&location)?);
-        table
-            .load()
-            .await
-            .map_err(|e| LakeError::delta(&location, e))?;
+        let table = lake.load_table(&location).await?;
         Ok(Some(LakeReader { location, table }))
     }
 
@@ -91,7 +87,7 @@ impl LakeReader {
 
     /// The Delta version loaded.
     pub fn version(&self) -> Option<i64> {
-        self.table.version().and_then(|v| i64::try_from(v).ok())
+        super::commit::loaded_version(&self.table)
     }
 
     /// The highest source commit LSN the application `app_id` (a slot) committed.
