@@ -393,17 +393,7 @@ impl LakeTable {
             return Ok(());
         }
         self.set_property(crate::privacy::NO_STATISTICS_PROPERTY, list)?;
-        self.seal().await?;
-        let stand_in = RecordBatchWriter::for_table(&self.table)
-            .map_err(|e| LakeError::delta(&self.location, e))?;
-        let writer = std::mem::replace(&mut self.writer, stand_in);
-        let properties = encoding::writer_properties(
-            &writer.arrow_schema(),
-            self.date_statistics,
-            &no_statistics(&self.current_metadata()?),
-        );
-        self.writer = writer.with_writer_properties(properties);
-        Ok(())
+        self.refresh_writer_properties(self.date_statistics).await
     }
 
     /// Rewrites every file of the table in the layout `arrow` (a column widened): the
@@ -577,18 +567,29 @@ impl LakeTable {
     }
 
     /// Seals the open files, whose dates all fit statistics, and goes on without date
-    /// statistics. The writer keeps its layout (a staged one too): it changes properties
-    /// only by value, so a writer for the committed layout stands in during the swap.
+    /// statistics.
     async fn stop_date_statistics(&mut self) -> Result<(), LakeError> {
+        self.refresh_writer_properties(false).await?;
+        tracing::debug!(table = %self.location, "a date outside years 1 to 9999: no date statistics from now on");
+        Ok(())
+    }
+
+    /// Seals the open files and goes on with writer properties for `date_statistics` and
+    /// the table's columns without statistics. The writer keeps its layout (a staged one
+    /// too): it changes properties only by value, so a writer for the committed layout
+    /// stands in during the swap.
+    async fn refresh_writer_properties(&mut self, date_statistics: bool) -> Result<(), LakeError> {
         self.seal().await?;
         let stand_in = RecordBatchWriter::for_table(&self.table)
             .map_err(|e| LakeError::delta(&self.location, e))?;
         let writer = std::mem::replace(&mut self.writer, stand_in);
-        let no_statistics = no_statistics(&self.current_metadata()?);
-        let properties = encoding::writer_properties(&writer.arrow_schema(), false, &no_statistics);
+        let properties = encoding::writer_properties(
+            &writer.arrow_schema(),
+            date_statistics,
+            &no_statistics(&self.current_metadata()?),
+        );
         self.writer = writer.with_writer_properties(properties);
-        self.date_statistics = false;
-        tracing::debug!(table = %self.location, "a date outside years 1 to 9999: no date statistics from now on");
+        self.date_statistics = date_statistics;
         Ok(())
     }
 
@@ -799,15 +800,13 @@ pub(super) fn new_writer(
     date_statistics: bool,
 ) -> Result<RecordBatchWriter, LakeError> {
     let writer = RecordBatchWriter::for_table(table).map_err(|e| LakeError::delta(location, e))?;
-    let metadata = table
+    let snapshot = table
         .snapshot()
-        .map_err(|e| LakeError::delta(location, e))?
-        .metadata()
-        .clone();
+        .map_err(|e| LakeError::delta(location, e))?;
     let properties = encoding::writer_properties(
         &writer.arrow_schema(),
         date_statistics,
-        &no_statistics(&metadata),
+        &no_statistics(snapshot.metadata()),
     );
     Ok(writer
         .with_writer_properties(properties)
