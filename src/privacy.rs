@@ -177,11 +177,7 @@ impl HashKey {
 
     /// The lowercase hex HMAC-SHA-256 of `value`, appended to `out`.
     pub fn hash_into(&self, value: &[u8], out: &mut Vec<u8>) {
-        let tag = hmac::sign(&self.key, value);
-        for byte in tag.as_ref() {
-            out.push(HEX[usize::from(byte >> 4)]);
-            out.push(HEX[usize::from(byte & 0x0f)]);
-        }
+        push_hex(hmac::sign(&self.key, value).as_ref(), out);
     }
 }
 
@@ -201,12 +197,17 @@ impl Eq for HashKey {}
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn lower_hex(bytes: &[u8]) -> String {
-    let mut out = Vec::with_capacity(bytes.len() * 2);
+/// Appends `bytes` to `out` as lowercase hex.
+fn push_hex(bytes: &[u8], out: &mut Vec<u8>) {
     for byte in bytes {
         out.push(HEX[usize::from(byte >> 4)]);
         out.push(HEX[usize::from(byte & 0x0f)]);
     }
+}
+
+fn lower_hex(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    push_hex(bytes, &mut out);
     String::from_utf8(out).unwrap_or_default()
 }
 
