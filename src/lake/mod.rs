@@ -34,6 +34,6 @@ pub use mirror::{
 pub use store::{Lake, LakeError, LakeOptions};
 pub use table::{
     CommitOutcome, CompactionOptions, CompactionReport, DataFile, FileStats, LakeReader, LakeTable,
-    SOURCE_CHANGES_PROPERTY, SOURCE_KEY_PROPERTY, SPOOL_FOLDER, Spool, VacuumReport, compact,
-    file_stats, vacuum,
+    SOURCE_CHANGES_PROPERTY, SOURCE_KEY_PROPERTY, SPOOL_FOLDER, Spool, SpoolStore, VacuumReport,
+    compact, file_stats, vacuum,
 };

@@ -65,7 +65,7 @@ mod vacuum;
 
 pub use compact::{CompactionOptions, CompactionReport, FileStats, compact, file_stats};
 pub use reader::{DataFile, LakeReader};
-pub use spool::{SPOOL_FOLDER, Spool};
+pub use spool::{SPOOL_FOLDER, Spool, SpoolStore};
 pub use vacuum::{VacuumReport, vacuum};
 
 /// The table property recording the source table's relation OID (see [`LakeTable::open`]).
@@ -505,7 +505,9 @@ impl LakeTable {
     /// configuration) whose loaded state is paired with this table's log store: the
     /// writer then encodes the new layout and writes into this table's folder.
     async fn writer_for(
-        &self,
+        // `&mut`: the future of a method holding `&self` is not `Send` (the writer is not
+        // `Sync`), and writer tasks run on any thread.
+        &mut self,
         schema: &StructType,
         configuration: HashMap<String, String>,
         date_statistics: bool,
@@ -738,10 +740,10 @@ impl LakeTable {
         Ok(orphans.len())
     }
 
-    /// An empty spool for the rows of the source transaction `xid`, which Postgres
-    /// streams before it commits (see [`Spool`]).
-    pub fn spool(&self, xid: u32) -> Spool {
-        Spool::new(self.table.object_store(), self.location.clone(), xid)
+    /// Where the spools of the source transactions that Postgres streams before they
+    /// commit are kept (see [`Spool`]).
+    pub fn spools(&self) -> SpoolStore {
+        SpoolStore::new(self.table.object_store(), self.location.clone())
     }
 
     /// Writes the rows of `spool` into the table's open files, like [`LakeTable::write`]:

@@ -46,6 +46,42 @@ const READ_BATCH_ROWS: usize = 8192;
 /// fetched whole when read back, so this bounds that read's memory.
 const FILE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Where a table's spools are kept: the table's store and location.
+#[derive(Clone)]
+pub struct SpoolStore {
+    store: Arc<dyn ObjectStore>,
+    location: Url,
+}
+
+impl std::fmt::Debug for SpoolStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpoolStore")
+            .field("location", &self.location.as_str())
+            .finish()
+    }
+}
+
+impl SpoolStore {
+    /// Spools in `store`, rooted at the table's folder `location`.
+    pub(super) fn new(store: Arc<dyn ObjectStore>, location: Url) -> SpoolStore {
+        SpoolStore { store, location }
+    }
+
+    /// Spools kept in memory, for tests of what streams into a table.
+    pub fn in_memory() -> SpoolStore {
+        SpoolStore {
+            store: Arc::new(object_store::memory::InMemory::new()),
+            location: Url::parse("memory:///").expect("a valid URL"),
+        }
+    }
+
+    /// An empty spool for the rows of the source transaction `xid`, which Postgres
+    /// streams before it commits.
+    pub fn spool(&self, xid: u32) -> Spool {
+        Spool::new(self.store.clone(), self.location.clone(), xid)
+    }
+}
+
 /// The spooled rows of one in-progress source transaction for one table.
 pub struct Spool {
     store: Arc<dyn ObjectStore>,
@@ -77,7 +113,7 @@ impl std::fmt::Debug for Spool {
 impl Spool {
     /// An empty spool for the transaction `xid` in the table at `location`, whose store
     /// `store` is rooted at the table's folder.
-    pub(super) fn new(store: Arc<dyn ObjectStore>, location: Url, xid: u32) -> Spool {
+    fn new(store: Arc<dyn ObjectStore>, location: Url, xid: u32) -> Spool {
         let id = uuid::Uuid::new_v4().simple().to_string();
         Spool {
             store,
@@ -151,15 +187,16 @@ impl Spool {
     }
 
     /// Closes the spool and hands out its files in the order they were written.
-    pub(super) async fn finish(&mut self) -> Result<Vec<Path>, LakeError> {
+    pub async fn finish(&mut self) -> Result<Vec<Path>, LakeError> {
         self.close().await?;
         Ok(self.files.clone())
     }
 
     /// The batches of the spool file `path`: the file is fetched whole (at most about
     /// [`FILE_BYTES`]) and decoded a batch at a time.
-    pub(super) async fn batches(
-        &self,
+    pub async fn batches(
+        // `&mut`: a future holding `&self` is not `Send` (the open writer is not `Sync`).
+        &mut self,
         path: &Path,
     ) -> Result<impl Iterator<Item = Result<RecordBatch, LakeError>> + use<>, LakeError> {
         let store_error = |source| LakeError::Store {
