@@ -4,11 +4,15 @@
 //!  Begin ─► Relation* ─► Insert/Update/Delete/Truncate* ─► Commit
 //!             │                 │ skip if the table already holds this transaction
 //!             ▼                 ▼ (its committed LSN ≥ the transaction's commit LSN)
-//!        relation map      TableBatch (Arrow builders) ── chunk full ──► LakeTable::write
+//!        relation map      TableBatch (Arrow builders) ── chunk full ──► table's writer task
 //!                                                                     (Parquet, not yet visible)
-//!  Commit ─► flush policy (rows, bytes, age) ─► LakeTable::commit(commit LSN) per table
-//!                                             ─► confirmable = the transaction's end LSN
+//!  Commit ─► flush policy (rows, bytes, age) ─► Commit(epoch, commit LSN) to each table's task
+//!  every table's Ack of the epoch ─► confirmable = the transaction's end LSN
 //! ```
+//!
+//! The writer tasks (see [`writer`]) encode, upload and commit beside the replication
+//! loop; the loop hands each acknowledgement to [`Applier::on_ack`]. What a table's rows
+//! go to is a [`TableSink`]: the lake table, or an in-memory one in the unit tests.
 //!
 //! A Relation message that changes a table's columns (ALTER TABLE) is applied in place
 //! (see `schema::evolve`): rows buffered with the old layout go to the writer first, and
@@ -23,48 +27,50 @@
 //! - Lake commits happen only between source transactions, so a reader never sees part
 //!   of one; a transaction larger than a chunk is written as several files first.
 //! - `confirmable` is the end LSN of the last source transaction whose changes are all
-//!   committed (or that touched no replicated table while nothing else was pending). A
+//!   committed, as acknowledged by the writer tasks (or that touched no replicated table
+//!   while nothing else was pending or in flight). A
 //!   transaction still being streamed does not hold it back: it commits after that
 //!   position, so the slot streams it again from its beginning if pg2lake restarts.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arrow::array::AsArray;
 use arrow::record_batch::RecordBatch;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
 
 use crate::batch::{ChangeMeta, Op, TableBatch};
-use crate::lake::{CommitOutcome, LakeError};
+use crate::lake::LakeError;
 use crate::lsn::Lsn;
-use crate::metrics::{self, TableCommit};
 use crate::pg::pgoutput::{
     self, Decoded, LogicalMessage, OldTuple, Relation, StreamCommit, TupleValue,
 };
 use crate::schema::{OP_COLUMN, SchemaError, TypeCatalog};
 
+mod flush;
+#[cfg(test)]
+mod memory;
+mod sink;
 mod streamed;
 mod table;
+#[cfg(test)]
+mod tests;
+mod writer;
 
-use streamed::{StreamedPart, StreamedTxn, finish_batch};
+use flush::InFlight;
+pub use flush::{FlushPolicy, FlushReport};
+pub use sink::{ChunkWriter, Committed, SpoolWritten, StreamedCommit, TableSink};
+use streamed::{StreamedPart, StreamedTxn};
 pub use table::ReplicatedTable;
+pub use writer::{Ack, Writer};
 
 /// Rows per Arrow chunk handed to the Parquet writer: bounded memory per table.
 const CHUNK_ROWS: usize = 8192;
 /// Bytes per Arrow chunk handed to the Parquet writer.
 const CHUNK_BYTES: usize = 8 * 1024 * 1024;
-
-/// When buffered changes are committed to the lake.
-#[derive(Debug, Clone, Copy)]
-pub struct FlushPolicy {
-    /// Commit once this many changes are pending.
-    pub max_rows: usize,
-    /// Commit once about this many bytes of changes are pending.
-    pub max_bytes: usize,
-    /// Commit pending changes at least this often.
-    pub max_interval: Duration,
-}
 
 /// Errors while applying changes.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +95,9 @@ pub enum ApplyError {
     /// The lake failed.
     #[error(transparent)]
     Lake(#[from] LakeError),
+    /// A table's writer task is gone without saying why (it panicked).
+    #[error("the lake writer of table {0} stopped")]
+    WriterStopped(String),
 }
 
 impl ApplyError {
@@ -109,18 +118,9 @@ struct Transaction {
     seq: i64,
 }
 
-/// What one committed flush did, for logs and metrics.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct FlushReport {
-    /// Tables that got a new Delta version.
-    pub tables: usize,
-    /// Rows committed.
-    pub rows: usize,
-}
-
 /// The apply state of one replication session.
 pub struct Applier {
-    tables: Vec<ReplicatedTable>,
+    tables: Vec<ReplicatedTable<Writer>>,
     by_name: HashMap<(String, String), usize>,
     by_relation: HashMap<u32, Option<usize>>,
     policy: FlushPolicy,
@@ -141,6 +141,17 @@ pub struct Applier {
     streamed: HashMap<u32, StreamedTxn>,
     /// The transaction of the open stream block.
     stream_block: Option<u32>,
+    /// Flushes sent to the writer tasks and not acknowledged by all, oldest first.
+    in_flight: VecDeque<InFlight>,
+    /// The last flush's number.
+    epoch: u64,
+    /// The writer tasks' acknowledgements.
+    acks: mpsc::UnboundedReceiver<Ack>,
+    /// The writer tasks.
+    tasks: JoinSet<()>,
+    /// Memory of the rows handed to the writer tasks and not yet encoded.
+    memory: Arc<Semaphore>,
+    memory_permits: usize,
 }
 
 /// Where a change goes: the rows of committed transactions, or a streamed one's.
@@ -153,12 +164,27 @@ enum Target {
 }
 
 impl Applier {
-    /// Starts applying into `tables`; nothing before `start` is confirmable.
-    pub fn new(tables: Vec<ReplicatedTable>, policy: FlushPolicy, start: Lsn) -> Self {
+    /// Starts applying into `tables`, each driven by a writer task of its own (see
+    /// [`writer`]); nothing before `start` is confirmable. The rows handed to the tasks
+    /// and not yet encoded hold at most `policy.max_bytes` (one chunk at least).
+    pub fn new<S: TableSink>(
+        tables: Vec<ReplicatedTable<S>>,
+        policy: FlushPolicy,
+        start: Lsn,
+    ) -> Self {
         let by_name = tables
             .iter()
             .enumerate()
             .map(|(i, t)| ((t.schema.namespace.clone(), t.schema.name.clone()), i))
+            .collect();
+        let (ack_sender, acks) = mpsc::unbounded_channel();
+        let memory = writer::memory(policy.max_bytes.max(CHUNK_BYTES));
+        let memory_permits = memory.available_permits();
+        let mut tasks = JoinSet::new();
+        let tables = tables
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| t.spawn_writer(i, ack_sender.clone(), memory.clone(), &mut tasks))
             .collect();
         Applier {
             tables,
@@ -176,6 +202,12 @@ impl Applier {
             types: TypeCatalog::default(),
             streamed: HashMap::new(),
             stream_block: None,
+            in_flight: VecDeque::new(),
+            epoch: 0,
+            acks,
+            tasks,
+            memory,
+            memory_permits,
         }
     }
 
@@ -190,8 +222,14 @@ impl Applier {
         self.txn.is_some()
     }
 
-    /// Whether changes are buffered or written but not yet committed.
+    /// Whether changes are buffered, written or being committed, and not yet
+    /// acknowledged as committed: the lake does not hold them yet.
     pub fn has_pending(&self) -> bool {
+        self.has_unflushed() || !self.in_flight.is_empty()
+    }
+
+    /// Whether changes wait for a flush.
+    fn has_unflushed(&self) -> bool {
         self.pending_rows > 0 || self.tables.iter().any(ReplicatedTable::has_pending)
     }
 
@@ -217,13 +255,21 @@ impl Applier {
 
     /// Commit time (Unix µs) of the oldest source change not yet committed to the lake.
     pub fn oldest_pending_commit_micros(&self) -> Option<i64> {
-        self.pending_commit_micros
+        self.in_flight
+            .iter()
+            .find_map(|f| f.oldest_commit_micros)
+            .or(self.pending_commit_micros)
     }
 
     /// Approximate bytes of change data buffered in memory and not yet committed, the
-    /// rows of transactions being streamed included (their spooled rows are not).
+    /// rows of transactions being streamed and those queued for the writer tasks
+    /// included (spooled rows and the encoders' buffers are not).
     pub fn pending_bytes(&self) -> usize {
+        let queued = self
+            .memory_permits
+            .saturating_sub(self.memory.available_permits());
         self.pending_bytes
+            + queued * writer::PERMIT_BYTES
             + self
                 .streamed
                 .values()
@@ -245,7 +291,7 @@ impl Applier {
 
     /// Whether the flush policy asks for a commit now (only ever between transactions).
     pub fn flush_due(&self, now: Instant) -> bool {
-        if self.in_transaction() || !self.has_pending() {
+        if self.in_transaction() || !self.has_unflushed() {
             return false;
         }
         self.pending_rows >= self.policy.max_rows
@@ -258,6 +304,11 @@ impl Applier {
     /// Applies one decoded message. Returns `true` when the message completed a
     /// transaction (a Commit or Stream Commit), the point where a flush may happen.
     pub async fn apply(&mut self, decoded: Decoded) -> Result<bool, ApplyError> {
+        let result = self.apply_message(decoded).await;
+        result.map_err(|err| self.failure(err))
+    }
+
+    async fn apply_message(&mut self, decoded: Decoded) -> Result<bool, ApplyError> {
         let Decoded { message, xid } = decoded;
         match message {
             LogicalMessage::Begin(begin) => {
@@ -457,8 +508,8 @@ impl Applier {
             if !txn.parts.contains_key(&index) {
                 let table = &self.tables[index];
                 let schema = txn.schemas.get(&index).unwrap_or(&table.schema).clone();
-                txn.parts
-                    .insert(index, StreamedPart::new(schema, table.lake.spool(stream)));
+                let spool = table.lake.spools().spool(stream);
+                txn.parts.insert(index, StreamedPart::new(schema, spool));
             }
             // The commit position and time are known at the Stream Commit (see
             // `streamed::finish_batch`); until then `_seq` holds the change's ordinal.
@@ -613,20 +664,15 @@ impl Applier {
             part.spill().await?;
             // Rows of earlier transactions first, so files follow the commit order.
             table.write_chunk().await?;
-            let mut counts = [0u64; 4];
-            let aborted = &txn.aborted;
-            let rows = table
-                .lake
-                .write_spool(part.spool, |batch| {
-                    let batch = finish_batch(batch, aborted, commit.commit_lsn, commit_ts)?;
-                    count_ops(&batch, &mut counts);
-                    Ok(batch)
-                })
-                .await?;
+            // Aborted rows included: the task counts what it commits.
+            let rows = part.spool.rows();
+            let finish = StreamedCommit {
+                aborted: txn.aborted.clone(),
+                commit_lsn: commit.commit_lsn,
+                commit_ts_micros: commit_ts,
+            };
+            table.lake.write_spool(part.spool, finish).await?;
             table.written += rows;
-            for (total, n) in table.op_counts.iter_mut().zip(counts) {
-                *total += n;
-            }
             if rows > 0 {
                 committed_rows += rows;
                 self.pending_rows += rows;
@@ -650,53 +696,6 @@ impl Applier {
         self.pending_since.get_or_insert_with(Instant::now);
     }
 
-    /// Commits everything pending, one Delta version per table that has changes, each
-    /// recording the commit LSN of the last applied source transaction. Must be called
-    /// between transactions. Returns what was committed; afterwards the end LSN of that
-    /// transaction is confirmable.
-    pub async fn flush(&mut self) -> Result<FlushReport, ApplyError> {
-        debug_assert!(!self.in_transaction(), "flush inside a source transaction");
-        let Some((commit_lsn, end_lsn)) = self.last_commit else {
-            return Ok(FlushReport::default());
-        };
-        let mut report = FlushReport::default();
-        for table in &mut self.tables {
-            if !table.has_pending() {
-                continue;
-            }
-            table.write_chunk().await?;
-            let rows = table.written;
-            let outcome = table.lake.commit(commit_lsn).await?;
-            let (files, bytes) = match outcome {
-                CommitOutcome::Committed { .. } => table.lake.last_commit_files(),
-                _ => (0, 0),
-            };
-            metrics::global().record_commit(
-                &table.qualified_name(),
-                &TableCommit {
-                    changes: table.op_counts,
-                    rows: rows as u64,
-                    files,
-                    bytes,
-                },
-            );
-            table.op_counts = [0; 4];
-            table.written = 0;
-            tracing::debug!(table = %table.qualified_name(), lsn = %commit_lsn, rows, ?outcome, "committed to the lake");
-            report.tables += 1;
-            report.rows += rows;
-        }
-        self.pending_rows = 0;
-        self.pending_bytes = 0;
-        self.pending_since = None;
-        self.pending_commit_micros = None;
-        if report.tables > 0 {
-            self.last_flushed = Some(commit_lsn);
-        }
-        self.confirmable = self.confirmable.max(end_lsn);
-        Ok(report)
-    }
-
     /// Deletes the spools of the transactions being streamed (the session ends): the slot
     /// streams them again from their beginning next time.
     pub async fn discard_streamed(&mut self) {
@@ -704,25 +703,6 @@ impl Applier {
         for (_, txn) in self.streamed.drain() {
             txn.discard().await;
         }
-    }
-
-    /// Drops everything not yet committed (a shutdown inside a transaction): the source
-    /// replays it from the slot next time, and the lake never references the files.
-    pub fn abandon(&mut self) {
-        for table in &mut self.tables {
-            if table.has_pending() {
-                // Finish the Arrow builders to empty them; the chunk is discarded.
-                let _ = table.batch.finish();
-                table.lake.abandon_pending();
-                table.written = 0;
-                table.op_counts = [0; 4];
-            }
-        }
-        self.pending_rows = 0;
-        self.pending_bytes = 0;
-        self.pending_since = None;
-        self.pending_commit_micros = None;
-        self.txn = None;
     }
 }
 

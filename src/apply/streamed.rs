@@ -167,7 +167,7 @@ impl StreamedPart {
 
 /// The ordinals of aborted changes: ascending, disjoint ranges.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub(super) struct Aborted {
+pub struct Aborted {
     ranges: Vec<Range<i64>>,
 }
 

@@ -1,21 +1,26 @@
 //! One replicated table as the applier holds it: its current schema, the rows not yet
-//! handed to the lake writer, and the lake table.
+//! handed to the writer, and the writer: the lake table itself at start-up (initial
+//! load, schema reconciliation), its writer task while streaming (see `writer`).
 
 use std::sync::Arc;
 
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
 use super::ApplyError;
+use super::sink::{ChunkWriter, TableSink};
+use super::writer::{self, Ack, Writer};
 use crate::batch::TableBatch;
 use crate::lake::LakeTable;
 use crate::lsn::Lsn;
 use crate::metrics;
-use crate::privacy::{self, Policy, Protection};
-use crate::schema::{Evolution, TableSchema, TypeChangeKind, TypeChangePolicy, UNKNOWN_TYPE};
+use crate::schema::{Evolution, TableSchema, TypeChangeKind, TypeChangePolicy};
 
-/// One replicated table: its schema, the rows not yet handed to the writer, the lake table.
-pub struct ReplicatedTable {
+/// One replicated table: its schema, the rows not yet handed to the writer, the writer.
+pub struct ReplicatedTable<W = LakeTable> {
     pub(super) schema: Arc<TableSchema>,
     pub(super) batch: TableBatch,
-    pub(super) lake: LakeTable,
+    pub(super) lake: W,
     /// Rows handed to the lake writer since its last commit.
     pub(super) written: usize,
     /// Changes per op since the last commit (`metrics::OPS` order), for metrics.
@@ -24,9 +29,9 @@ pub struct ReplicatedTable {
     pub(super) type_change: TypeChangePolicy,
 }
 
-impl ReplicatedTable {
-    /// Pairs a table schema with its opened lake table.
-    pub fn new(schema: Arc<TableSchema>, lake: LakeTable) -> Self {
+impl<W: ChunkWriter> ReplicatedTable<W> {
+    /// Pairs a table schema with its writer (an opened lake table).
+    pub fn new(schema: Arc<TableSchema>, lake: W) -> Self {
         ReplicatedTable {
             batch: TableBatch::new(schema.clone()),
             schema,
@@ -57,16 +62,6 @@ impl ReplicatedTable {
         &self.schema
     }
 
-    /// The lake table, for the initial snapshot, which writes and commits it directly.
-    pub fn lake_mut(&mut self) -> &mut LakeTable {
-        &mut self.lake
-    }
-
-    /// The lake table.
-    pub fn lake(&self) -> &LakeTable {
-        &self.lake
-    }
-
     /// The highest source commit LSN committed to this table, if any.
     pub fn committed_lsn(&self) -> Option<Lsn> {
         self.lake.committed_lsn()
@@ -84,11 +79,11 @@ impl ReplicatedTable {
             return Ok(());
         }
         self.write_chunk().await?;
-        if evolution.layout_changed() {
-            // A widened column makes the lake rewrite its files (see `lake::table`).
-            self.lake.evolve(evolution.schema.arrow.clone()).await?;
-        }
-        record_policies(&mut self.lake, &evolution.schema).await?;
+        let layout_changed = evolution.layout_changed();
+        let schema = Arc::new(evolution.schema.clone());
+        self.lake
+            .follow_schema(schema.clone(), layout_changed)
+            .await?;
         let table = self.qualified_name();
         if evolution.is_visible() {
             tracing::info!(
@@ -130,7 +125,7 @@ impl ReplicatedTable {
         metrics.record_schema_changes(&table, "retype", evolution.retyped.len());
         metrics.record_schema_changes(&table, "widen", evolution.widened().count());
         metrics.record_schema_changes(&table, "new_column", moved);
-        self.schema = Arc::new(evolution.schema);
+        self.schema = schema;
         self.batch = TableBatch::new(self.schema.clone());
         Ok(())
     }
@@ -141,48 +136,42 @@ impl ReplicatedTable {
         }
         let rows = self.batch.len();
         let chunk = self.batch.finish()?;
-        self.lake.write(chunk).await?;
+        self.lake.write_rows(chunk).await?;
         self.written += rows;
         Ok(())
     }
 }
 
-/// Records in the lake table what `schema`'s policies are (staged for its next commit,
-/// nothing when unchanged): each protected column's policy, the hash key's id, and the
-/// columns without statistics, which every writer of the table reads.
-async fn record_policies(lake: &mut LakeTable, schema: &TableSchema) -> Result<(), ApplyError> {
-    let current = schema
-        .columns
-        .iter()
-        .filter(|c| c.type_oid != UNKNOWN_TYPE)
-        .map(|c| (c.name.as_str(), c.policy))
-        .chain(
-            schema
-                .excluded
-                .iter()
-                .map(|n| (n.as_str(), Policy::Exclude)),
-        );
-    let recorded = lake.property(privacy::POLICIES_PROPERTY)?;
-    if let Some(merged) = privacy::merge_recorded(recorded.as_deref(), current) {
-        lake.set_property(privacy::POLICIES_PROPERTY, &merged)?;
+impl<S: TableSink> ReplicatedTable<S> {
+    /// Hands the table's sink to a writer task of its own (see [`writer`]), as table
+    /// `index` of the applier.
+    pub(super) fn spawn_writer(
+        self,
+        index: usize,
+        acks: mpsc::UnboundedSender<Ack>,
+        memory: Arc<Semaphore>,
+        tasks: &mut JoinSet<()>,
+    ) -> ReplicatedTable<Writer> {
+        let name = self.qualified_name();
+        ReplicatedTable {
+            schema: self.schema,
+            batch: self.batch,
+            lake: writer::spawn(index, name, self.lake, acks, memory, tasks),
+            written: self.written,
+            op_counts: self.op_counts,
+            type_change: self.type_change,
+        }
     }
-    let key = schema.columns.iter().find_map(|c| match &c.protection {
-        Some(Protection::Hash(key)) => Some(key),
-        _ => None,
-    });
-    if let Some(key) = key {
-        lake.set_property(privacy::HASH_KEY_ID_PROPERTY, key.id())?;
+}
+
+impl ReplicatedTable<LakeTable> {
+    /// The lake table, for the initial snapshot, which writes and commits it directly.
+    pub fn lake_mut(&mut self) -> &mut LakeTable {
+        &mut self.lake
     }
-    let unstated: Vec<&str> = schema
-        .columns
-        .iter()
-        .filter(|c| !c.statistics)
-        .map(|c| c.name.as_str())
-        .collect();
-    let property = lake.property(privacy::NO_STATISTICS_PROPERTY)?;
-    if !unstated.is_empty() || property.is_some() {
-        let list = serde_json::to_string(&unstated).unwrap_or_default();
-        lake.set_no_statistics(&list).await?;
+
+    /// The lake table.
+    pub fn lake(&self) -> &LakeTable {
+        &self.lake
     }
-    Ok(())
 }

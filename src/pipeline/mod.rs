@@ -406,7 +406,11 @@ async fn session(
             .await?
             .unwrap_or(DEFAULT_SILENCE_LIMIT),
     };
-    let end = stream_changes(&session, &mut stream, &mut applier, start, shutdown).await?;
+    let end = stream_changes(&session, &mut stream, &mut applier, start, shutdown).await;
+    // Whatever ended the session, its writer tasks are gone before the next one opens
+    // the tables.
+    applier.close().await;
+    let end = end?;
     if end == SessionEnd::TablesChanged {
         // Ends START_REPLICATION, so the server releases the slot for the next session
         // at once instead of when it notices the closed connection.

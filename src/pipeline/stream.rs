@@ -1,7 +1,7 @@
 //! The streaming part of a session: the select loop that reads the walsender, applies
-//! changes, commits them and confirms positions, beside its timers (status updates,
-//! flushes, heartbeats, table discovery, replica-identity checks), and how a cut or
-//! frozen connection is noticed.
+//! changes, hands flushes to the tables' writer tasks and confirms the positions they
+//! acknowledge, beside its timers (status updates, flushes, heartbeats, table discovery,
+//! replica-identity checks), and how a cut or frozen connection is noticed.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::Applier;
+use crate::apply::{Applier, FlushReport};
 use crate::config::{Config, TableName, TablePattern};
 use crate::lsn::Lsn;
 use crate::metrics;
@@ -124,11 +124,18 @@ pub(super) async fn stream_changes(
                 send_status(stream, &progress, idle || quiet).await?;
                 record_loop(&progress, applier);
             }
+            // A writer task committed (or failed): what every table acknowledged is
+            // confirmed at once, so the server can recycle WAL.
+            ack = applier.next_ack() => {
+                if let Some(report) = applier.on_ack(ack)? {
+                    committed(stream, applier, &mut progress, &report).await?;
+                }
+            }
             // The age rule of the flush policy; cheap when nothing is due.
             _ = flush_tick.tick() => {
                 metrics::global().health.tick();
                 if applier.flush_due(Instant::now()) {
-                    flush(stream, applier, &mut progress).await?;
+                    flush(applier).await?;
                 }
             }
             // Heartbeats keep the slot moving when the only WAL is from other databases.
@@ -171,10 +178,9 @@ pub(super) async fn stream_changes(
                         let completed = applier.apply(message).await?;
                         if completed {
                             if applier.flush_due(Instant::now()) {
-                                flush(stream, applier, &mut progress).await?;
-                            } else {
-                                progress.confirm(applier.confirmable());
+                                flush(applier).await?;
                             }
+                            progress.confirm(applier.confirmable());
                         }
                     }
                     Some(ReplicationMessage::PrimaryKeepalive { wal_end, reply_requested, .. }) => {
@@ -315,26 +321,32 @@ async fn publications_changed(session: &Session<'_>) -> Result<bool, PipelineErr
     Ok(false)
 }
 
-/// Commits what is pending and tells Postgres the new durable position at once, so the
-/// server can recycle WAL without waiting for the next status tick.
-async fn flush(
-    stream: &mut ReplicationStream,
-    applier: &mut Applier,
-    progress: &mut Progress,
-) -> Result<(), PipelineError> {
-    let started = Instant::now();
+/// Hands what is pending to the writer tasks to commit; [`committed`] confirms it once
+/// they acknowledge.
+async fn flush(applier: &mut Applier) -> Result<(), PipelineError> {
     // The lag counts from the oldest change this flush holds, whether or not the
     // status tick saw it pending: should the commit fail (the store down), the lag keeps
     // growing from there through the sessions that follow.
     metrics::global().set_lag_from(applier.oldest_pending_commit_micros());
-    let report = applier.flush().await?;
+    applier.flush().await?;
+    Ok(())
+}
+
+/// Flushes every table acknowledged: tells Postgres the new durable position at once,
+/// so the server can recycle WAL without waiting for the next status tick.
+async fn committed(
+    stream: &mut ReplicationStream,
+    applier: &Applier,
+    progress: &mut Progress,
+    report: &FlushReport,
+) -> Result<(), PipelineError> {
     metrics::global().caught_up();
     // Committed to the lake; Postgres has not heard of it yet.
     crate::crash_point!("pipeline::after_commit");
     // Only now, after the lake commit, may the position be confirmed.
     progress.confirm(applier.confirmable());
     let m = metrics::global();
-    m.flush_duration.observe(started.elapsed().as_secs_f64());
+    m.flush_duration.observe(report.elapsed.as_secs_f64());
     if let Some(lsn) = applier.last_commit_lsn() {
         m.committed_lsn.set(lsn.as_i64());
     }
@@ -343,7 +355,7 @@ async fn flush(
         tables = report.tables,
         rows = report.rows,
         lsn = %progress.confirmed(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
+        elapsed_ms = report.elapsed.as_millis() as u64,
         "committed changes to the lake"
     );
     send_status(stream, progress, false).await
@@ -359,9 +371,12 @@ async fn stop(
         // A half-received source transaction cannot be committed, and the files written
         // so far mix it with complete ones: drop all of it; the slot replays it.
         tracing::info!("stopping inside a source transaction; it will be replayed on restart");
-        applier.abandon();
+        applier.abandon().await?;
     } else if applier.has_pending() {
-        flush(stream, applier, progress).await?;
+        flush(applier).await?;
+    }
+    if let Some(report) = applier.drain().await? {
+        committed(stream, applier, progress, &report).await?;
     }
     // Transactions still being streamed are streamed again from their beginning.
     applier.discard_streamed().await;
