@@ -1,8 +1,12 @@
 //! What the benchmarks share: the size knob, the `items` table, and draining a queued
 //! backlog of WAL (pg2lake until its slot confirms a position, `pg_recvlogical` until it
-//! reaches one).
+//! reaches one), optionally measuring the CPU time of the walsender that serves the
+//! drain ([`WalsenderCpu`]) and of pg2lake.
 
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::PgServer;
@@ -151,6 +155,90 @@ pub async fn drain_with_pg2lake(
     slot: &str,
     end_lsn: &str,
 ) -> (Duration, u64) {
+    let (elapsed, mut service) = run_pg2lake_until_confirmed(db, config, slot, end_lsn).await;
+    let peak = service.peak_rss();
+    assert!(service.stop(Duration::from_secs(60)).success());
+    (elapsed, peak)
+}
+
+/// What a measured drain saw ([`drain_with_pg_recvlogical_measured`],
+/// [`drain_with_pg2lake_measured`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Drain {
+    /// Wall time from starting the consumer until it reached the end of the backlog.
+    pub time: Duration,
+    /// CPU seconds (user + system) of the walsender serving the slot during the drain;
+    /// `None` when the drain was over before a walsender was seen.
+    pub walsender_cpu: Option<f64>,
+    /// CPU seconds (user + system, all threads) of the consumer, read just before it was
+    /// stopped: pg2lake only.
+    pub consumer_cpu: Option<f64>,
+    /// Peak resident memory of the consumer in bytes: pg2lake only (0 otherwise).
+    pub peak_rss: u64,
+}
+
+impl Drain {
+    /// The walsender's busy fraction: its CPU time over the drain's wall time. Decoding
+    /// in the walsender is the physical limit of a drain; 1.0 means it never waited for
+    /// the consumer.
+    pub fn walsender_busy(&self) -> Option<f64> {
+        self.walsender_cpu
+            .map(|cpu| cpu / self.time.as_secs_f64().max(f64::MIN_POSITIVE))
+    }
+}
+
+/// [`drain_with_pg_recvlogical`], also sampling the CPU time of the walsender serving
+/// `slot` (found through a connection to `url`).
+pub fn drain_with_pg_recvlogical_measured(
+    pg: &PgServer,
+    url: &str,
+    slot: &str,
+    publication: &str,
+    options: &[&str],
+    end_lsn: &str,
+) -> Drain {
+    let walsender = WalsenderCpu::start(url, slot);
+    let time = drain_with_pg_recvlogical(pg, url, slot, publication, options, end_lsn);
+    Drain {
+        time,
+        walsender_cpu: walsender.finish(),
+        consumer_cpu: None,
+        peak_rss: 0,
+    }
+}
+
+/// [`drain_with_pg2lake`], also sampling the CPU time of the walsender serving `slot`
+/// (found through a connection to `url`) and reading pg2lake's own CPU time just before
+/// it is stopped.
+pub async fn drain_with_pg2lake_measured(
+    db: &tokio_postgres::Client,
+    url: &str,
+    config: &ConfigFile,
+    slot: &str,
+    end_lsn: &str,
+) -> Drain {
+    let walsender = WalsenderCpu::start(url, slot);
+    let (time, mut service) = run_pg2lake_until_confirmed(db, config, slot, end_lsn).await;
+    let walsender_cpu = walsender.finish();
+    let consumer_cpu = cpu_seconds_of(service.pid());
+    let peak_rss = service.peak_rss();
+    assert!(service.stop(Duration::from_secs(60)).success());
+    Drain {
+        time,
+        walsender_cpu,
+        consumer_cpu,
+        peak_rss,
+    }
+}
+
+/// Starts `pg2lake run` with `config` and waits until `slot` has confirmed `end_lsn`;
+/// the time it took and the still running process.
+async fn run_pg2lake_until_confirmed(
+    db: &tokio_postgres::Client,
+    config: &ConfigFile,
+    slot: &str,
+    end_lsn: &str,
+) -> (Duration, Service) {
     let started = Instant::now();
     let mut service = Service::start(config, &[]);
     let deadline = started + DRAIN_TIMEOUT;
@@ -174,10 +262,165 @@ pub async fn drain_with_pg2lake(
         assert!(Instant::now() < deadline, "pg2lake did not catch up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let elapsed = started.elapsed();
-    let peak = service.peak_rss();
-    assert!(service.stop(Duration::from_secs(60)).success());
-    (elapsed, peak)
+    (started.elapsed(), service)
+}
+
+/// How often [`WalsenderCpu`] reads the CPU time of the walsender it follows.
+const SAMPLE_INTERVAL: Duration = Duration::from_millis(50);
+/// How often [`WalsenderCpu`] asks for the slot's walsender while it has none.
+const SEARCH_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The CPU time of the walsender(s) serving a slot while a consumer drains it, sampled
+/// on a thread of its own (with its own connection) so that the drain may block.
+///
+/// The walsender is the slot's `active_pid` in `pg_replication_slots`; its CPU time is
+/// read from `/proc/<pid>/stat` every [`SAMPLE_INTERVAL`], keeping the last reading,
+/// because the process exits with its consumer (what it spends in its last interval is
+/// not seen). A walsender that exits while sampling continues is replaced by the slot's
+/// next one, and the CPU times of all of them are added up.
+pub struct WalsenderCpu {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Option<f64>>>,
+}
+
+impl WalsenderCpu {
+    /// Starts sampling the walsender of `slot`, connecting to `url` to find it.
+    pub fn start(url: &str, slot: &str) -> WalsenderCpu {
+        let (url, slot) = (url.to_owned(), slot.to_owned());
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(sample_walsender(&url, &slot, &flag))
+        });
+        WalsenderCpu {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling (after one last reading); the walsender's CPU seconds, `None` if
+    /// no walsender of the slot was seen.
+    pub fn finish(mut self) -> Option<f64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.take().expect("sampler already finished");
+        thread.join().expect("walsender sampler panicked")
+    }
+}
+
+impl Drop for WalsenderCpu {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A walsender seen by [`sample_walsender`] and its last CPU reading.
+struct Sampled {
+    pid: u32,
+    /// Start time since boot in clock ticks: tells the process from a later one that got
+    /// the same pid.
+    start: u64,
+    /// utime + stime in clock ticks at the last reading.
+    ticks: u64,
+}
+
+/// The loop of [`WalsenderCpu`]'s thread: until `stop`, reads the current walsender's
+/// CPU time, or looks the slot's walsender up when there is none; then CPU seconds.
+async fn sample_walsender(url: &str, slot: &str, stop: &AtomicBool) -> Option<f64> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            eprintln!("postgres connection closed: {e}");
+        }
+    });
+    let mut seen: Vec<Sampled> = Vec::new();
+    // Whether the last of `seen` still runs.
+    let mut following = false;
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        if following {
+            let last = seen.last_mut().expect("a walsender followed");
+            match proc_stat(last.pid) {
+                Some((start, ticks)) if start == last.start => last.ticks = ticks,
+                _ => following = false,
+            }
+        }
+        if !following && !stopping {
+            let pid: Option<i32> = client
+                .query_one(
+                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("walsender of slot {slot}: {e}"))
+                .get(0);
+            let pid = pid.and_then(|pid| u32::try_from(pid).ok());
+            if let Some((pid, (start, ticks))) = pid.and_then(|pid| Some((pid, proc_stat(pid)?))) {
+                // The slot may still name a walsender that is gone from its view.
+                let known = seen.iter().any(|s| s.pid == pid && s.start == start);
+                if !known {
+                    seen.push(Sampled { pid, start, ticks });
+                    following = true;
+                }
+            }
+        }
+        if stopping {
+            break;
+        }
+        let pause = if following {
+            SAMPLE_INTERVAL
+        } else {
+            SEARCH_INTERVAL
+        };
+        tokio::time::sleep(pause).await;
+    }
+    if seen.is_empty() {
+        return None;
+    }
+    let ticks: u64 = seen.iter().map(|s| s.ticks).sum();
+    Some(ticks as f64 / clock_ticks_per_second())
+}
+
+/// Clock ticks per second of the CPU times in `/proc` (`getconf CLK_TCK`; 100 when that
+/// fails).
+pub fn clock_ticks_per_second() -> f64 {
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+            .filter(|ticks: &f64| *ticks > 0.0)
+            .unwrap_or(100.0)
+    })
+}
+
+/// CPU seconds (user + system, all threads) process `pid` has used so far; `None` once
+/// it is gone.
+pub fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    proc_stat(pid).map(|(_, ticks)| ticks as f64 / clock_ticks_per_second())
+}
+
+/// From `/proc/<pid>/stat`: the process's start time since boot and its utime + stime,
+/// both in clock ticks; `None` when it is gone.
+fn proc_stat(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 2, the command name, is in parentheses and may hold spaces and parentheses:
+    // count from after the last ')'. The first field there is field 3 (state); utime,
+    // stime and starttime are fields 14, 15 and 22.
+    let fields: Vec<&str> = text
+        .get(text.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    Some((field(22)?, field(14)? + field(15)?))
 }
 
 /// The 1-minute load average: other work on the machine skews every time a benchmark

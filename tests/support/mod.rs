@@ -21,6 +21,7 @@
 
 pub mod bank;
 pub mod bench;
+pub mod delay;
 pub mod lake;
 pub mod load;
 pub mod proxy;
