@@ -29,20 +29,22 @@
 //! same, so append-only tables and streaming readers accept it. Older versions still
 //! reference C, so time travel shows each version with the type its rows were written
 //! with (until VACUUM removes C).
+//!
+//! The parts: this file opens the table and commits (the `txn`, a staged change, a
+//! rewrite) through `commit`'s loop; `files` is the file writer; `staged` holds layout
+//! and property changes and the widening rewrite; `spool` keeps streamed transactions;
+//! `compact` and `vacuum` are maintenance over a loaded table; `reader` is the read-only
+//! handle (`status`, `verify`, `forget`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Date32Array, new_null_array};
-use arrow::datatypes::{DataType, Schema, SchemaRef};
-use arrow::record_batch::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
 use deltalake_core::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
-use deltalake_core::kernel::{
-    Action, Add, Metadata, MetadataExt, Protocol, Remove, StructType, contains_timestampntz,
-};
+use deltalake_core::kernel::{Action, Add, StructType};
 use deltalake_core::operations::create::CreateBuilder;
 use deltalake_core::protocol::{DeltaOperation, SaveMode};
-use deltalake_core::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake_core::writer::RecordBatchWriter;
 use deltalake_core::{DeltaTable, TableProperty};
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
@@ -53,15 +55,20 @@ use super::layout::table_location;
 use super::lease;
 use super::store::{Lake, LakeError};
 use crate::lsn::Lsn;
-use crate::schema::widen_array;
 use commit::{Commit, Committed};
 
 pub(super) mod commit;
 pub(super) mod compact;
 mod encoding;
+mod files;
 pub(super) mod reader;
 mod spool;
+mod staged;
 mod vacuum;
+
+pub(super) use files::{conform, new_writer, partition_date, writer_for_layout};
+pub(super) use staged::upgraded_protocol;
+use staged::{Rewrite, StagedSchema};
 
 pub use compact::{CompactionOptions, CompactionReport, FileStats, compact, file_stats};
 pub use reader::{DataFile, LakeReader};
@@ -125,22 +132,6 @@ pub struct LakeTable {
     pending_rows: usize,
     target_file_rows: usize,
     checkpoint_interval: u64,
-}
-
-/// The actions of a schema change not yet committed.
-struct StagedSchema {
-    arrow: SchemaRef,
-    metadata: Metadata,
-    /// A protocol upgrade the new columns need (timestamp without time zone).
-    protocol: Option<Protocol>,
-}
-
-/// The committed files replaced by rewritten ones (a widened column), not yet committed.
-struct Rewrite {
-    /// The committed files, removed with `dataChange: false`.
-    removes: Vec<Remove>,
-    /// Their rewritten copies in the wider layout, added with `dataChange: false`.
-    adds: Vec<Add>,
 }
 
 impl std::fmt::Debug for LakeTable {
@@ -296,316 +287,6 @@ impl LakeTable {
         committed_schema(&self.location, &self.table)
     }
 
-    /// Changes the table's layout to `arrow_schema` from the next commit on: files
-    /// written so far are sealed with the old layout, a `metaData` action with the new
-    /// schema (same table id, configuration and partition columns) is staged for the next
-    /// data commit, and later writes use the new layout. `arrow_schema` must keep every
-    /// column of the old one, with its type or a type it widens to exactly (the lake
-    /// layout only grows); a widened column rewrites the table's files (see the module
-    /// docs).
-    pub async fn evolve(&mut self, arrow_schema: SchemaRef) -> Result<(), LakeError> {
-        let location = self.location.clone();
-        let mismatch = |reason: String| LakeError::SchemaMismatch {
-            table: location.to_string(),
-            reason,
-        };
-        let delta_schema: StructType = arrow_schema
-            .as_ref()
-            .try_into_kernel()
-            .map_err(|e: arrow::error::ArrowError| mismatch(e.to_string()))?;
-        self.seal().await?;
-        let delta_err = |e: deltalake_core::DeltaTableError| LakeError::delta(&location, e);
-        let snapshot = self.table.snapshot().map_err(delta_err)?;
-        let metadata = self
-            .current_metadata()?
-            .with_schema(&delta_schema)
-            .map_err(|e| delta_err(e.into()))?;
-        let protocol = upgraded_protocol(snapshot.protocol(), &delta_schema, &metadata)
-            .map_err(|e| mismatch(format!("cannot upgrade the table protocol: {e}")))?;
-        let configuration = metadata.configuration().clone();
-        let before = self.arrow_schema()?;
-        let widened = before.fields().iter().any(|old| {
-            arrow_schema
-                .field_with_name(old.name())
-                .is_ok_and(|new| new.data_type() != old.data_type())
-        });
-        self.writer = self
-            .writer_for(&delta_schema, configuration.clone(), self.date_statistics)
-            .await?;
-        if widened {
-            self.rewrite_for(&arrow_schema, &delta_schema, configuration)
-                .await?;
-        }
-        self.staged_schema = Some(StagedSchema {
-            arrow: arrow_schema,
-            metadata,
-            protocol,
-        });
-        Ok(())
-    }
-
-    /// The table's metadata with a staged change applied.
-    fn current_metadata(&self) -> Result<Metadata, LakeError> {
-        if let Some(staged) = &self.staged_schema {
-            return Ok(staged.metadata.clone());
-        }
-        let snapshot = self
-            .table
-            .snapshot()
-            .map_err(|e| LakeError::delta(&self.location, e))?;
-        Ok(snapshot.metadata().clone())
-    }
-
-    /// The value of one of the table's properties (a staged change included).
-    pub fn property(&self, key: &str) -> Result<Option<String>, LakeError> {
-        Ok(self.current_metadata()?.configuration().get(key).cloned())
-    }
-
-    /// Sets a table property from the next commit on, like a schema change (see
-    /// [`LakeTable::evolve`]); nothing is staged when it has that value already.
-    pub fn set_property(&mut self, key: &str, value: &str) -> Result<(), LakeError> {
-        if self.property(key)?.as_deref() == Some(value) {
-            return Ok(());
-        }
-        let metadata = self
-            .current_metadata()?
-            .add_config_key(key.to_owned(), value.to_owned())
-            .map_err(|e| LakeError::delta(&self.location, e.into()))?;
-        let arrow = self.arrow_schema()?;
-        let protocol = self.staged_schema.take().and_then(|s| s.protocol);
-        self.staged_schema = Some(StagedSchema {
-            arrow,
-            metadata,
-            protocol,
-        });
-        Ok(())
-    }
-
-    /// Sets the columns without statistics ([`crate::privacy::NO_STATISTICS_PROPERTY`], a
-    /// JSON list) like [`LakeTable::set_property`]; files written from now on follow it
-    /// (open ones are sealed first).
-    pub async fn set_no_statistics(&mut self, list: &str) -> Result<(), LakeError> {
-        if self
-            .property(crate::privacy::NO_STATISTICS_PROPERTY)?
-            .as_deref()
-            == Some(list)
-        {
-            return Ok(());
-        }
-        self.set_property(crate::privacy::NO_STATISTICS_PROPERTY, list)?;
-        self.refresh_writer_properties(self.date_statistics).await
-    }
-
-    /// Rewrites every file of the table in the layout `arrow` (a column widened): the
-    /// files of the open transaction go through the new writer, the committed ones (or
-    /// their rewritten copies, after an earlier widening in the same transaction) into a
-    /// rewrite staged for the next commit. One file is read at a time, in batches.
-    async fn rewrite_for(
-        &mut self,
-        arrow: &SchemaRef,
-        delta_schema: &StructType,
-        configuration: HashMap<String, String>,
-    ) -> Result<(), LakeError> {
-        // Rows of the open transaction: new rows, so they stay `dataChange: true`. They
-        // are counted as pending already.
-        let pending_rows = self.pending_rows;
-        for add in std::mem::take(&mut self.sealed) {
-            let path = Path::from_url_path(&add.path).map_err(|e| self.store_error(e.into()))?;
-            self.copy_file(path, &add.partition_values, arrow, None)
-                .await?;
-        }
-        self.pending_rows = pending_rows;
-        let (removes, sources) = match self.rewrite.take() {
-            Some(earlier) => {
-                let sources = earlier
-                    .adds
-                    .iter()
-                    .map(|add| {
-                        Path::from_url_path(&add.path)
-                            .map(|path| (path, add.partition_values.clone()))
-                            .map_err(|e| self.store_error(e.into()))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                (earlier.removes, sources)
-            }
-            None => {
-                let snapshot = self
-                    .table
-                    .snapshot()
-                    .map_err(|e| LakeError::delta(&self.location, e))?;
-                let mut removes = Vec::new();
-                let mut sources = Vec::new();
-                for file in snapshot.log_data().iter() {
-                    sources.push((file.object_store_path(), file.partition_values_map()));
-                    removes.push(file.remove_action(false));
-                }
-                (removes, sources)
-            }
-        };
-        // Rewritten files keep no date statistics: their dates are not looked at here.
-        let mut writer = self.writer_for(delta_schema, configuration, false).await?;
-        let mut adds = Vec::new();
-        let files = sources.len();
-        for (path, partition_values) in sources {
-            self.copy_file(path, &partition_values, arrow, Some(&mut writer))
-                .await?;
-            // One rewritten file per source file keeps each rewrite's memory to one file.
-            let written = writer
-                .flush()
-                .await
-                .map_err(|e| LakeError::delta(&self.location, e))?;
-            adds.extend(written.into_iter().map(|add| Add {
-                data_change: false,
-                ..add
-            }));
-        }
-        tracing::info!(table = %self.location, files, "rewrote the table's files for a widened column");
-        self.rewrite = Some(Rewrite { removes, adds });
-        Ok(())
-    }
-
-    /// Copies the rows of the Parquet file at `path` (with its partition values) into
-    /// `writer`, or into the table's own writer when `None`, in the layout `arrow`:
-    /// columns widened, columns the file lacks as nulls, the partition column added.
-    async fn copy_file(
-        &mut self,
-        path: Path,
-        partition_values: &HashMap<String, Option<String>>,
-        arrow: &SchemaRef,
-        mut writer: Option<&mut RecordBatchWriter>,
-    ) -> Result<(), LakeError> {
-        let batches =
-            reader::file_batches(&self.table, &self.location, &path, partition_values, arrow)
-                .await?;
-        for batch in batches {
-            let batch = batch?;
-            match writer.as_deref_mut() {
-                Some(writer) => writer
-                    .write(batch)
-                    .await
-                    .map_err(|e| LakeError::delta(&self.location, e))?,
-                None => self.write(batch).await?,
-            }
-        }
-        Ok(())
-    }
-
-    fn store_error(&self, source: object_store::Error) -> LakeError {
-        LakeError::Store {
-            url: self.location.to_string(),
-            source,
-        }
-    }
-
-    /// A writer for a layout that is not committed yet.
-    ///
-    /// `RecordBatchWriter` takes its schema from a loaded table, and deltalake-core offers
-    /// no way to build one from a schema and an object store directly. So the staged
-    /// layout is created as a throwaway in-memory table (same columns, partitioning and
-    /// configuration) whose loaded state is paired with this table's log store: the
-    /// writer then encodes the new layout and writes into this table's folder.
-    async fn writer_for(
-        // `&mut`: the future of a method holding `&self` is not `Send` (the writer is not
-        // `Sync`), and writer tasks run on any thread.
-        &mut self,
-        schema: &StructType,
-        configuration: HashMap<String, String>,
-        date_statistics: bool,
-    ) -> Result<RecordBatchWriter, LakeError> {
-        writer_for_layout(
-            &self.location,
-            &self.table,
-            schema,
-            &[PARTITION_COLUMN],
-            configuration,
-            self.target_file_size,
-            date_statistics,
-        )
-        .await
-    }
-
-    /// Streams `batch` into the table's open Parquet files (one per `date` partition).
-    /// Files are sealed once they hold `target_file_rows` rows (or reach the target
-    /// size), which frees their buffers; nothing is visible to readers until
-    /// [`LakeTable::commit`].
-    pub async fn write(&mut self, batch: RecordBatch) -> Result<(), LakeError> {
-        let rows = batch.num_rows();
-        if rows == 0 {
-            return Ok(());
-        }
-        // The writer projects a batch onto its own schema by name and, on a partitioned
-        // table, drops columns it does not know: a layout that was not evolved first would
-        // lose values silently. Refuse instead.
-        let expected = self.writer.arrow_schema();
-        let same_names = expected.fields().len() == batch.num_columns()
-            && expected
-                .fields()
-                .iter()
-                .zip(batch.schema_ref().fields())
-                .all(|(a, b)| a.name() == b.name());
-        if !same_names {
-            return Err(LakeError::SchemaMismatch {
-                table: self.location.to_string(),
-                reason: format!(
-                    "rows with columns {:?} do not match the table's layout {:?}",
-                    field_names(batch.schema_ref()),
-                    field_names(&expected)
-                ),
-            });
-        }
-        if self.date_statistics && !encoding::dates_fit_statistics(&batch) {
-            self.stop_date_statistics().await?;
-        }
-        self.writer
-            .write(batch)
-            .await
-            .map_err(|e| LakeError::delta(&self.location, e))?;
-        self.pending_rows += rows;
-        self.open_rows += rows;
-        if self.open_rows >= self.target_file_rows {
-            self.seal().await?;
-        }
-        Ok(())
-    }
-
-    /// Seals the open files, whose dates all fit statistics, and goes on without date
-    /// statistics.
-    async fn stop_date_statistics(&mut self) -> Result<(), LakeError> {
-        self.refresh_writer_properties(false).await?;
-        tracing::debug!(table = %self.location, "a date outside years 1 to 9999: no date statistics from now on");
-        Ok(())
-    }
-
-    /// Seals the open files and goes on with writer properties for `date_statistics` and
-    /// the table's columns without statistics. The writer keeps its layout (a staged one
-    /// too): it changes properties only by value, so a writer for the committed layout
-    /// stands in during the swap.
-    async fn refresh_writer_properties(&mut self, date_statistics: bool) -> Result<(), LakeError> {
-        self.seal().await?;
-        let stand_in = RecordBatchWriter::for_table(&self.table)
-            .map_err(|e| LakeError::delta(&self.location, e))?;
-        let writer = std::mem::replace(&mut self.writer, stand_in);
-        let properties = encoding::writer_properties(
-            &writer.arrow_schema(),
-            date_statistics,
-            &no_statistics(&self.current_metadata()?),
-        );
-        self.writer = writer.with_writer_properties(properties);
-        self.date_statistics = date_statistics;
-        Ok(())
-    }
-
-    async fn seal(&mut self) -> Result<(), LakeError> {
-        let adds = self
-            .writer
-            .flush()
-            .await
-            .map_err(|e| LakeError::delta(&self.location, e))?;
-        self.sealed.extend(adds);
-        self.open_rows = 0;
-        Ok(())
-    }
-
     /// Seals the files written since the last commit and commits them as one Delta
     /// version whose `txn` action records `lsn`, the commit LSN of the last source
     /// transaction they contain. A staged schema change goes into the same version.
@@ -745,103 +426,6 @@ impl LakeTable {
     pub fn spools(&self) -> SpoolStore {
         SpoolStore::new(self.table.object_store(), self.location.clone())
     }
-
-    /// Writes the rows of `spool` into the table's open files, like [`LakeTable::write`]:
-    /// each batch read back goes through `finish` (which gives it what only the
-    /// transaction's end tells: commit position and time, surviving rows) and is conformed
-    /// to the table's layout by column name. Then the spool files are deleted. Returns
-    /// the rows written.
-    pub async fn write_spool(
-        &mut self,
-        mut spool: Spool,
-        mut finish: impl FnMut(&RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError>,
-    ) -> Result<usize, LakeError> {
-        let location = self.location.clone();
-        let arrow_err = |e: arrow::error::ArrowError| LakeError::delta(&location, e.into());
-        let mut rows = 0;
-        for path in spool.finish().await? {
-            for batch in spool.batches(&path).await? {
-                let batch = finish(&batch?).map_err(arrow_err)?;
-                let layout = self.writer.arrow_schema();
-                let batch = conform(&batch, None, &layout).map_err(arrow_err)?;
-                rows += batch.num_rows();
-                self.write(batch).await?;
-            }
-        }
-        spool.discard().await;
-        Ok(rows)
-    }
-
-    /// Drops everything written since the last commit (the files stay unreferenced). A
-    /// staged schema change stays staged: the writer already uses its layout.
-    pub fn abandon_pending(&mut self) {
-        self.writer.reset();
-        self.sealed.clear();
-        self.open_rows = 0;
-        self.pending_rows = 0;
-    }
-}
-
-/// The columns `metadata`'s table writes no statistics of
-/// ([`crate::privacy::NO_STATISTICS_PROPERTY`]).
-fn no_statistics(metadata: &Metadata) -> Vec<String> {
-    crate::privacy::parse_no_statistics(
-        metadata
-            .configuration()
-            .get(crate::privacy::NO_STATISTICS_PROPERTY)
-            .map(String::as_str),
-    )
-}
-
-/// A writer for `table`'s layout, with date statistics when `date_statistics` is set
-/// (see [`encoding`]).
-pub(super) fn new_writer(
-    location: &Url,
-    table: &DeltaTable,
-    target_file_size: u64,
-    date_statistics: bool,
-) -> Result<RecordBatchWriter, LakeError> {
-    let writer = RecordBatchWriter::for_table(table).map_err(|e| LakeError::delta(location, e))?;
-    let snapshot = table
-        .snapshot()
-        .map_err(|e| LakeError::delta(location, e))?;
-    let properties = encoding::writer_properties(
-        &writer.arrow_schema(),
-        date_statistics,
-        &no_statistics(snapshot.metadata()),
-    );
-    Ok(writer
-        .with_writer_properties(properties)
-        .with_target_file_size(target_file_size))
-}
-
-/// A writer into `table`'s folder for a layout that is not committed yet.
-///
-/// `RecordBatchWriter` takes its schema from a loaded table, and deltalake-core offers no
-/// way to build one from a schema and an object store directly. So the layout is created
-/// as a throwaway in-memory table (same columns, partitioning and configuration) whose
-/// loaded state is paired with `table`'s log store: the writer then encodes the new
-/// layout and writes into `table`'s folder.
-pub(super) async fn writer_for_layout(
-    location: &Url,
-    table: &DeltaTable,
-    schema: &StructType,
-    partition_columns: &[&str],
-    configuration: HashMap<String, String>,
-    target_file_size: u64,
-    date_statistics: bool,
-) -> Result<RecordBatchWriter, LakeError> {
-    let staged = CreateBuilder::new()
-        .with_log_store(DeltaTable::new_in_memory().log_store())
-        .with_columns(schema.fields().cloned())
-        .with_partition_columns(partition_columns.iter().copied())
-        .with_configuration(configuration.into_iter().map(|(k, v)| (k, Some(v))))
-        .with_raise_if_key_not_exists(false)
-        .await
-        .map_err(|e| LakeError::delta(location, e))?;
-    let mut shadow = DeltaTable::new(table.log_store());
-    shadow.state = staged.state;
-    new_writer(location, &shadow, target_file_size, date_statistics)
 }
 
 /// The committed layout of `table` as Arrow.
@@ -876,95 +460,8 @@ async fn read_committed_lsn(
     }
 }
 
-/// Days since 1970-01-01 of a file's `date` partition value (`YYYY-MM-DD`).
-fn partition_date(partition_values: &HashMap<String, Option<String>>) -> Option<i32> {
-    let value = partition_values.get(PARTITION_COLUMN)?.as_deref()?;
-    let date = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d").ok()?;
-    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
-    i32::try_from((date - epoch).num_days()).ok()
-}
-
-/// `batch`, read from a file, in the layout `arrow`: each column by name, widened where
-/// its type grew (exact; see `schema::widen`), a column the file lacks as nulls, and the
-/// partition column as `day` when given (a data file does not store it).
-pub(super) fn conform(
-    batch: &RecordBatch,
-    day: Option<i32>,
-    arrow: &SchemaRef,
-) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let rows = batch.num_rows();
-    let columns = arrow
-        .fields()
-        .iter()
-        .map(|field| -> Result<ArrayRef, arrow::error::ArrowError> {
-            if let Some(day) = day
-                && field.name() == PARTITION_COLUMN
-                && field.data_type() == &DataType::Date32
-            {
-                return Ok(Arc::new(Date32Array::from(vec![day; rows])));
-            }
-            match batch.column_by_name(field.name()) {
-                Some(column) => widen_array(column, field.data_type()),
-                None => Ok(new_null_array(field.data_type(), rows)),
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(arrow.clone(), columns)
-}
-
 fn field_names(schema: &SchemaRef) -> Vec<&str> {
     schema.fields().iter().map(|f| f.name().as_str()).collect()
-}
-
-/// The protocol a table needs once its schema is `schema`, when `current` does not
-/// suffice: a timestamp-without-time-zone column needs the `timestampNtz` reader and
-/// writer feature (as `CreateBuilder` sets for a new table). `None` when nothing changes.
-///
-/// Mirrors deltalake-core's own upgrade (its `ProtocolExt` is crate-private): table
-/// features need reader version 3 and writer version 7, and a legacy writer version 2
-/// table's `appendOnly` becomes an explicit feature. `invariants` is not listed: pg2lake
-/// never sets column invariants, and this writer build cannot enforce them.
-pub(super) fn upgraded_protocol(
-    current: &Protocol,
-    schema: &StructType,
-    metadata: &Metadata,
-) -> Result<Option<Protocol>, serde_json::Error> {
-    const NTZ: &str = "timestampNtz";
-    if !contains_timestampntz(schema.fields()) {
-        return Ok(None);
-    }
-    let mut value = serde_json::to_value(current)?;
-    let has = |value: &serde_json::Value, key: &str| {
-        value[key]
-            .as_array()
-            .is_some_and(|features| features.iter().any(|f| f == NTZ))
-    };
-    if has(&value, "readerFeatures") && has(&value, "writerFeatures") {
-        return Ok(None);
-    }
-    let features = |value: &serde_json::Value, key: &str| -> Vec<serde_json::Value> {
-        value[key].as_array().cloned().unwrap_or_default()
-    };
-    let mut reader = features(&value, "readerFeatures");
-    let mut writer = features(&value, "writerFeatures");
-    let legacy_writer = current.min_writer_version() < 7;
-    let append_only = metadata
-        .configuration()
-        .get("delta.appendOnly")
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    if legacy_writer && current.min_writer_version() >= 2 && append_only {
-        writer.push(serde_json::json!("appendOnly"));
-    }
-    for list in [&mut reader, &mut writer] {
-        if !list.iter().any(|f| f == NTZ) {
-            list.push(serde_json::json!(NTZ));
-        }
-    }
-    value["minReaderVersion"] = serde_json::json!(3);
-    value["minWriterVersion"] = serde_json::json!(7);
-    value["readerFeatures"] = serde_json::Value::Array(reader);
-    value["writerFeatures"] = serde_json::Value::Array(writer);
-    serde_json::from_value(value).map(Some)
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::*;
 use crate::lake::LakeOptions;
+use crate::schema::widen_array;
+use arrow::record_batch::RecordBatch;
 
 /// The relation OID the tables of these tests are written from.
 const SOURCE: u32 = 16_384;
