@@ -16,18 +16,18 @@
 //! other Delta writer (see `lake::table::commit`).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::pipeline::lake_options;
 use crate::config::Config;
 use crate::lake::{
     self, Acquired, CompactionOptions, CompactionReport, FileStats, Lake, LakeError, Lease,
     MirrorOptions, MirrorReport, VacuumReport,
 };
 use crate::metrics;
-use crate::pipeline::lake_options;
 
 /// What a maintenance pass does.
 #[derive(Debug, Clone, Default)]
@@ -113,7 +113,7 @@ pub async fn maintain(
         report.tables.push(table_report);
     }
     if !options.dry_run {
-        metrics::global().record_maintenance(&report);
+        record_maintenance(&report);
     }
     Ok(report)
 }
@@ -328,7 +328,7 @@ pub async fn refresh_mirrors(config: &Config) -> Result<Vec<MirrorReport>, LakeE
     for (schema, name) in lake.tables().await? {
         match lake::refresh_mirror(&lake, &schema, &name, &options).await {
             Ok(report) => {
-                metrics::global().record_mirror(&report);
+                record_mirror(&report);
                 reports.push(report);
             }
             Err(err) => {
@@ -351,4 +351,76 @@ pub fn holder_name() -> String {
 fn today() -> i32 {
     let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
     i32::try_from((chrono::Utc::now().date_naive() - epoch).num_days()).unwrap_or(i32::MAX)
+}
+
+/// Records a mirror refresh.
+fn record_mirror(report: &MirrorReport) {
+    let m = metrics::global();
+    if report.skipped.is_some() {
+        return;
+    }
+    let label = m.table_label(&report.table);
+    m.mirror_lag
+        .with_label_values(&[label])
+        .set(report.lag_seconds);
+    m.mirror_version
+        .with_label_values(&[label])
+        .set(report.to_version);
+    m.mirror_bytes_rewritten
+        .with_label_values(&[label])
+        .inc_by(report.bytes_rewritten);
+}
+
+/// Records a maintenance pass: what it rewrote and deleted, each table's files (their
+/// sums under `_all` when per-table labels are off), and when each task last
+/// succeeded for every table.
+fn record_maintenance(report: &Report) {
+    let m = metrics::global();
+    let mut files: std::collections::BTreeMap<&str, [u64; 3]> = Default::default();
+    for table in &report.tables {
+        let label = m.table_label(&table.table);
+        m.compaction_bytes_rewritten
+            .with_label_values(&[label])
+            .inc_by(table.compaction.bytes_removed);
+        m.compaction_files_removed
+            .with_label_values(&[label])
+            .inc_by(metrics::saturating_u64(table.compaction.files_removed));
+        m.vacuum_files_deleted
+            .with_label_values(&[label])
+            .inc_by(metrics::saturating_u64(table.vacuum.files.len()));
+        if table.error.is_none() && table.busy.is_none() {
+            let sums = files.entry(label).or_default();
+            sums[0] += table.files.files;
+            sums[1] += table.files.bytes;
+            sums[2] += table.files.small_files;
+        }
+    }
+    for (label, [count, bytes, small]) in files {
+        m.lake_files
+            .with_label_values(&[label])
+            .set(metrics::saturating_i64(count));
+        m.lake_bytes
+            .with_label_values(&[label])
+            .set(metrics::saturating_i64(bytes));
+        m.lake_small_files
+            .with_label_values(&[label])
+            .set(metrics::saturating_i64(small));
+    }
+    let seconds = |task: fn(&TableReport) -> f64| report.tables.iter().map(task).sum::<f64>();
+    m.maintenance_duration
+        .with_label_values(&["compaction"])
+        .set(seconds(|t| t.compaction_seconds));
+    m.maintenance_duration
+        .with_label_values(&["vacuum"])
+        .set(seconds(|t| t.vacuum_seconds));
+    if report.succeeded() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        for task in metrics::MAINTENANCE_TASKS {
+            m.maintenance_last_success
+                .with_label_values(&[task])
+                .set(metrics::saturating_i64(now));
+        }
+    }
 }

@@ -24,6 +24,7 @@ use prometheus::{
 };
 
 use crate::lsn::Lsn;
+use crate::pg::catalog::ServerPosition;
 
 /// Every metric pg2lake exposes (without histogram suffixes), in documentation order.
 pub const METRIC_NAMES: &[&str] = &[
@@ -631,78 +632,6 @@ impl Metrics {
         self.mirror_lag.with_label_values(&[table]).add(0.0);
     }
 
-    /// Records a mirror refresh.
-    pub fn record_mirror(&self, report: &crate::lake::MirrorReport) {
-        if report.skipped.is_some() {
-            return;
-        }
-        let label = self.table_label(&report.table);
-        self.mirror_lag
-            .with_label_values(&[label])
-            .set(report.lag_seconds);
-        self.mirror_version
-            .with_label_values(&[label])
-            .set(report.to_version);
-        self.mirror_bytes_rewritten
-            .with_label_values(&[label])
-            .inc_by(report.bytes_rewritten);
-    }
-
-    /// Records a maintenance pass: what it rewrote and deleted, each table's files (their
-    /// sums under `_all` when per-table labels are off), and when each task last
-    /// succeeded for every table.
-    pub fn record_maintenance(&self, report: &crate::maintain::Report) {
-        let mut files: std::collections::BTreeMap<&str, [u64; 3]> = Default::default();
-        for table in &report.tables {
-            let label = self.table_label(&table.table);
-            self.compaction_bytes_rewritten
-                .with_label_values(&[label])
-                .inc_by(table.compaction.bytes_removed);
-            self.compaction_files_removed
-                .with_label_values(&[label])
-                .inc_by(saturating_u64(table.compaction.files_removed));
-            self.vacuum_files_deleted
-                .with_label_values(&[label])
-                .inc_by(saturating_u64(table.vacuum.files.len()));
-            if table.error.is_none() && table.busy.is_none() {
-                let sums = files.entry(label).or_default();
-                sums[0] += table.files.files;
-                sums[1] += table.files.bytes;
-                sums[2] += table.files.small_files;
-            }
-        }
-        for (label, [count, bytes, small]) in files {
-            self.lake_files
-                .with_label_values(&[label])
-                .set(saturating_i64(count));
-            self.lake_bytes
-                .with_label_values(&[label])
-                .set(saturating_i64(bytes));
-            self.lake_small_files
-                .with_label_values(&[label])
-                .set(saturating_i64(small));
-        }
-        let seconds = |task: fn(&crate::maintain::TableReport) -> f64| {
-            report.tables.iter().map(task).sum::<f64>()
-        };
-        self.maintenance_duration
-            .with_label_values(&["compaction"])
-            .set(seconds(|t| t.compaction_seconds));
-        self.maintenance_duration
-            .with_label_values(&["vacuum"])
-            .set(seconds(|t| t.vacuum_seconds));
-        if report.succeeded() {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            for task in MAINTENANCE_TASKS {
-                self.maintenance_last_success
-                    .with_label_values(&[task])
-                    .set(saturating_i64(now));
-            }
-        }
-    }
-
     /// Records one table's share of a lake commit.
     pub fn record_commit(&self, table: &str, commit: &TableCommit) {
         let table = self.table_label(table);
@@ -830,39 +759,20 @@ pub struct TableCommit {
     pub bytes: u64,
 }
 
-/// The server's WAL position and the slot's state, read on the heartbeat tick.
-#[derive(Debug, Clone, Default)]
-pub struct ServerPosition {
-    /// `pg_current_wal_lsn()`.
-    pub current: Lsn,
-    /// The slot, if it exists.
-    pub slot: Option<SlotHealth>,
-}
-
-/// The health columns of `pg_replication_slots`.
-#[derive(Debug, Clone, Default)]
-pub struct SlotHealth {
-    /// Whether a walsender uses the slot.
-    pub active: bool,
-    /// Oldest WAL the slot needs.
-    pub restart_lsn: Option<Lsn>,
-    /// `reserved`, `extended`, `unreserved` or `lost`.
-    pub wal_status: Option<String>,
-    /// Bytes until the slot would be lost; `None` when `max_slot_wal_keep_size` is -1.
-    pub safe_wal_size: Option<i64>,
-}
-
-fn saturating_u64(v: usize) -> u64 {
+/// `v` as a counter increment.
+pub fn saturating_u64(v: usize) -> u64 {
     u64::try_from(v).unwrap_or(u64::MAX)
 }
 
-fn saturating_i64(v: u64) -> i64 {
+/// `v` as a gauge value.
+pub fn saturating_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pg::catalog::SlotHealth;
 
     #[test]
     fn every_documented_metric_is_exposed() {

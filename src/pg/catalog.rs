@@ -11,7 +11,6 @@ use tokio_postgres::Client;
 
 use crate::config::{TableName, TablePattern};
 use crate::lsn::Lsn;
-use crate::metrics::{ServerPosition, SlotHealth};
 use crate::pg::pgoutput::RelationColumn;
 use crate::schema::{CatalogKind, CatalogType, TypeCatalog};
 pub use crate::sql::quote_ident;
@@ -718,4 +717,26 @@ pub async fn current_wal_lsn(client: &Client) -> Result<Lsn, CatalogError> {
         .await
         .map_err(CatalogError::query("reading the current WAL position"))?;
     parse_lsn("reading the current WAL position", row.get(0))
+}
+
+/// The server's WAL position and the slot's state, read on the heartbeat tick.
+#[derive(Debug, Clone, Default)]
+pub struct ServerPosition {
+    /// `pg_current_wal_lsn()`.
+    pub current: Lsn,
+    /// The slot, if it exists.
+    pub slot: Option<SlotHealth>,
+}
+
+/// The health columns of `pg_replication_slots`.
+#[derive(Debug, Clone, Default)]
+pub struct SlotHealth {
+    /// Whether a walsender uses the slot.
+    pub active: bool,
+    /// Oldest WAL the slot needs.
+    pub restart_lsn: Option<Lsn>,
+    /// `reserved`, `extended`, `unreserved` or `lost`.
+    pub wal_status: Option<String>,
+    /// Bytes until the slot would be lost; `None` when `max_slot_wal_keep_size` is -1.
+    pub safe_wal_size: Option<i64>,
 }
