@@ -36,7 +36,6 @@ use serde_yaml::{Mapping, Value};
 use crate::privacy::ColumnPolicies;
 use crate::schema::{Conversion, MAX_DECIMAL_PRECISION};
 
-pub use crate::pg::replication::SslMode;
 pub use crate::schema::TypeChangePolicy;
 pub use tables::{TableName, TableNameError, TablePattern};
 pub use values::{ByteSize, ByteSizeError, Secret};
@@ -115,6 +114,9 @@ pub const MEMORY_BUDGET_FLUSH_FACTOR: u64 = 4;
 /// Longest Postgres identifier in bytes (NAMEDATALEN - 1); longer names are truncated
 /// by the server, so pg2lake rejects them instead of silently using another name.
 pub const MAX_IDENTIFIER_BYTES: usize = 63;
+/// The suffix of the insert-only publication's name: `<source.publication>_inserts`
+/// (see `pg::publication`).
+pub const INSERTS_PUBLICATION_SUFFIX: &str = "_inserts";
 /// The schema of a table named without one.
 pub const DEFAULT_SCHEMA: &str = "public";
 
@@ -522,6 +524,52 @@ pub enum SlotLossPolicy {
 pub const DEFAULT_CHANNEL_BINDING: ChannelBinding = ChannelBinding::Prefer;
 
 /// SCRAM channel binding (`source.channel_binding`), with libpq's meaning of each value.
+/// Whether and how to use TLS, with libpq's meaning of each mode. Also the config's
+/// `source.sslmode`, spelled as libpq spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Never use TLS.
+    Disable,
+    /// Use TLS when the server offers it, without verifying the certificate; plain otherwise.
+    #[default]
+    Prefer,
+    /// Always use TLS, without verifying the certificate (protects against eavesdropping,
+    /// not against an active man in the middle).
+    Require,
+    /// Always use TLS and verify the certificate chain, but not the host name.
+    VerifyCa,
+    /// Always use TLS and verify the certificate chain and the host name.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The libpq name of the mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Whether a server that refuses TLS must be refused in turn.
+    pub fn requires_tls(self) -> bool {
+        matches!(
+            self,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+        )
+    }
+}
+
+impl std::fmt::Display for SslMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Binding (SCRAM-SHA-256-PLUS, tls-server-end-point) ties the password exchange to the
 /// server certificate this client saw, so a man in the middle that terminates TLS with
 /// another certificate, even one a trusted CA signed, cannot relay the login.
@@ -1390,14 +1438,13 @@ impl Config {
             ));
         }
         // The insert-only publication's name adds a suffix (see pg::publication).
-        let max_publication = MAX_IDENTIFIER_BYTES - crate::pg::publication::INSERTS_SUFFIX.len();
+        let max_publication = MAX_IDENTIFIER_BYTES - INSERTS_PUBLICATION_SUFFIX.len();
         if source.publication.len() > max_publication {
             return Err(ConfigError::invalid(
                 "source.publication",
                 format!(
                     "source.publication {:?} is longer than {max_publication} bytes: with the suffix {:?} of its insert-only publication Postgres would truncate it",
-                    source.publication,
-                    crate::pg::publication::INSERTS_SUFFIX
+                    source.publication, INSERTS_PUBLICATION_SUFFIX
                 ),
             ));
         }

@@ -51,6 +51,7 @@
 //! as unknown tags, and the abort LSN and timestamp that protocol 4 may add to a Stream
 //! Abort are trailing bytes, since pg2lake never asks for them.
 
+pub use crate::schema::RelationColumn;
 use std::fmt;
 
 use bytes::Bytes;
@@ -217,19 +218,6 @@ impl ReplicaIdentity {
             ReplicaIdentity::Index => b'i',
         }
     }
-}
-
-/// One column of a [`Relation`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RelationColumn {
-    /// Whether the column is part of the replica identity (every column under FULL).
-    pub is_key: bool,
-    /// The column name.
-    pub name: String,
-    /// The OID of the column's data type.
-    pub type_oid: u32,
-    /// The type modifier (`atttypmod`), -1 when none.
-    pub type_modifier: i32,
 }
 
 /// Schema and name of a data type, sent before a relation that uses a non-built-in type.

@@ -33,13 +33,11 @@ use std::collections::BTreeSet;
 
 use tokio_postgres::Client;
 
-use crate::config::TableName;
+use crate::config::{INSERTS_PUBLICATION_SUFFIX, TableName};
 use crate::lsn::Lsn;
 use crate::pg::catalog::{self, CatalogError, SlotInfo};
 use crate::sql::{quote_ident, quote_literal};
 
-/// The suffix of the insert-only publication's name: `<source.publication>_inserts`.
-pub const INSERTS_SUFFIX: &str = "_inserts";
 /// The start of the insert-only publication's comment; the WAL position follows.
 const COMMENT_PREFIX: &str =
     "pg2lake: inserts and truncates of tables without a replica identity; streamable from WAL ";
@@ -51,7 +49,7 @@ pub const INSERTS_ONLY: &str = "insert,truncate";
 
 /// The insert-only publication that goes with `publication`.
 pub fn inserts_name(publication: &str) -> String {
-    format!("{publication}{INSERTS_SUFFIX}")
+    format!("{publication}{INSERTS_PUBLICATION_SUFFIX}")
 }
 
 /// An existing publication as `pg_publication` describes it.

@@ -40,11 +40,11 @@ use std::collections::HashSet;
 use arrow::datatypes::Schema;
 use serde::{Deserialize, Serialize};
 
+use super::RelationColumn;
 use super::{
     Conversion, META_COLUMNS, SchemaError, SourceColumn, TableSchema, TypeCatalog, UNKNOWN_TYPE,
     lake_arrow_schema, meta_fields,
 };
-use crate::pg::pgoutput::RelationColumn;
 use crate::privacy::Policy;
 
 /// What pg2lake does when a column's type changes to one its lake column cannot hold

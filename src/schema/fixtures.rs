@@ -1,6 +1,6 @@
 //! Columns and typmods for the unit tests of the schema and batch modules.
 
-use crate::pg::pgoutput::RelationColumn;
+use crate::schema::RelationColumn;
 
 /// A non-key column of `type_oid` with `type_modifier`.
 pub fn col(name: &str, type_oid: u32, type_modifier: i32) -> RelationColumn {

@@ -43,7 +43,6 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 
-use crate::pg::pgoutput::RelationColumn;
 use crate::privacy::{Policy, PolicyError, Protection};
 
 /// Well-known Postgres type OIDs (from `pg_type.dat`; fixed across versions).
@@ -954,6 +953,20 @@ pub struct TableSchema {
     pub excluded: Vec<String>,
     /// The Arrow schema of the lake rows (`columns`, then [`META_COLUMNS`]).
     pub arrow: SchemaRef,
+}
+
+/// One column of a source table as a pgoutput Relation message (or the catalog)
+/// describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelationColumn {
+    /// Whether the column is part of the replica identity (every column under FULL).
+    pub is_key: bool,
+    /// The column name.
+    pub name: String,
+    /// The OID of the column's data type.
+    pub type_oid: u32,
+    /// The type modifier (`atttypmod`), -1 when none.
+    pub type_modifier: i32,
 }
 
 impl TableSchema {

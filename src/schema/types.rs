@@ -15,8 +15,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::RelationColumn;
 use super::{Conversion, SchemaError, oid, pg_type_name};
-use crate::pg::pgoutput::RelationColumn;
 use crate::privacy::{ColumnPolicies, Policy, PolicyError};
 
 /// The first OID Postgres gives to user objects; every builtin type's OID is below it.

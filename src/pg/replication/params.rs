@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use super::ReplicationError;
 use crate::config::ChannelBinding;
+pub use crate::config::SslMode;
 
 /// Default PostgreSQL port.
 pub const DEFAULT_PORT: u16 = 5432;
@@ -72,52 +73,6 @@ impl fmt::Display for Host {
             Host::Tcp(host) => f.write_str(host),
             Host::Unix(dir) => write!(f, "{}", dir.display()),
         }
-    }
-}
-
-/// Whether and how to use TLS, with libpq's meaning of each mode. Also the config's
-/// `source.sslmode`, spelled as libpq spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SslMode {
-    /// Never use TLS.
-    Disable,
-    /// Use TLS when the server offers it, without verifying the certificate; plain otherwise.
-    #[default]
-    Prefer,
-    /// Always use TLS, without verifying the certificate (protects against eavesdropping,
-    /// not against an active man in the middle).
-    Require,
-    /// Always use TLS and verify the certificate chain, but not the host name.
-    VerifyCa,
-    /// Always use TLS and verify the certificate chain and the host name.
-    VerifyFull,
-}
-
-impl SslMode {
-    /// The libpq name of the mode.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SslMode::Disable => "disable",
-            SslMode::Prefer => "prefer",
-            SslMode::Require => "require",
-            SslMode::VerifyCa => "verify-ca",
-            SslMode::VerifyFull => "verify-full",
-        }
-    }
-
-    /// Whether a server that refuses TLS must be refused in turn.
-    pub fn requires_tls(self) -> bool {
-        matches!(
-            self,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
-        )
-    }
-}
-
-impl fmt::Display for SslMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
