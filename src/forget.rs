@@ -23,9 +23,9 @@ use std::collections::BTreeMap;
 use arrow::array::{ArrayRef, StringArray};
 use serde::Serialize;
 
+use crate::bootstrap::lake_options;
 use crate::config::Config;
 use crate::lake::{self, ErasureReport, Lake, LakeError, LakeReader, SOURCE_KEY_PROPERTY, Subject};
-use crate::pipeline::lake_options;
 use crate::privacy::{self, ColumnPolicies, Policy};
 use crate::schema::Conversion;
 

@@ -33,10 +33,14 @@ macro_rules! crash_point {
 }
 
 pub mod apply;
+#[cfg(test)]
+mod architecture;
 pub mod batch;
+pub mod bootstrap;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod error;
 pub mod forget;
 pub mod http;
 pub mod lake;

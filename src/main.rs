@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::Parser;
 use pg2lake::cli::{Cli, Command};
 use pg2lake::config::Config;
-use pg2lake::{commands, http, pipeline, snapshot, telemetry};
+use pg2lake::{commands, http, pipeline, telemetry};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for bad usage or configuration (clap uses it for usage errors too).
@@ -43,7 +43,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!(error = %err, "pg2lake failed");
+            let class = err.class().map(|class| class.as_str());
+            tracing::error!(error = %err, class, "pg2lake failed");
             fail(err.exit_code(), &err)
         }
     }
@@ -86,7 +87,7 @@ async fn dispatch(command: Command, config: Arc<Config>) -> Result<(), commands:
             // gauges. SIGTERM keeps its default (exit at once): nothing half-copied is
             // ever committed.
             start_metrics_endpoint(&config, &CancellationToken::new()).await?;
-            Ok(snapshot::command::run(&config, no_slot).await?)
+            Ok(commands::snapshot::run(&config, no_slot).await?)
         }
         Command::Check { .. } => commands::check(&config).await,
         Command::Status { json, .. } => commands::status(&config, json).await,

@@ -21,7 +21,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::lake_options;
+use crate::bootstrap::lake_options;
 use crate::config::Config;
 use crate::lake::{
     self, Acquired, CompactionOptions, CompactionReport, FileStats, Lake, LakeError, Lease,

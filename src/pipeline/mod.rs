@@ -23,28 +23,24 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{Applier, ApplyError, FlushPolicy, ReplicatedTable};
-use crate::config::{Config, ConfigError, TableName};
-use crate::lake::{self, Lake, LakeError, LakeOptions, LakeTable};
+use crate::apply::{Applier, FlushPolicy, ReplicatedTable};
+use crate::bootstrap::{
+    self, Preflight, SlotReady, SlotWait, prepare_slot, slot_loss, wait_for_free_slot,
+};
+use crate::config::{Config, TableName};
+use crate::error::PipelineError;
+use crate::lake;
 use crate::lsn::Lsn;
 use crate::metrics;
-use crate::pg::catalog::{self, CatalogError};
-use crate::pg::connect::{self, ConnectError};
-use crate::pg::pgoutput::{DecodeError, RelationColumn};
-use crate::pg::publication::{self, Streaming};
-use crate::pg::replication::{ReplicationClient, ReplicationError};
-use crate::privacy;
-use crate::schema::{SchemaError, TableSchema, TypeCatalog, TypeChangePolicy};
-use crate::snapshot::{self, SnapshotError, SnapshotPoint};
+use crate::pg::catalog;
+use crate::pg::connect;
+use crate::pg::replication::ReplicationClient;
+use crate::snapshot::{self, SnapshotPoint};
 
-mod slot;
 mod stream;
 
-pub use slot::SlotLost;
-use slot::{SlotReady, SlotWait, prepare_slot, slot_loss, wait_for_free_slot};
 use stream::{DEFAULT_SILENCE_LIMIT, Session, stream_changes};
 
 /// First wait before reconnecting after a transient failure; doubles up to the maximum.
@@ -52,97 +48,6 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
 /// How long a session must have streamed to count as healthy: its failure resets the
 /// reconnect backoff (see [`backoff_before_retry`]).
 const HEALTHY_SESSION: Duration = Duration::from_secs(60);
-
-/// Why replication stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
-    /// Connecting over a normal connection failed.
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    /// A catalog query or check failed.
-    #[error(transparent)]
-    Catalog(#[from] CatalogError),
-    /// The replication connection failed.
-    #[error(transparent)]
-    Replication(#[from] ReplicationError),
-    /// A pgoutput message could not be decoded.
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
-    /// A table's schema cannot be mapped.
-    #[error(transparent)]
-    Schema(#[from] SchemaError),
-    /// Applying changes failed.
-    #[error(transparent)]
-    Apply(#[from] ApplyError),
-    /// The lake failed.
-    #[error(transparent)]
-    Lake(#[from] LakeError),
-    /// The initial snapshot failed.
-    #[error(transparent)]
-    Snapshot(#[from] SnapshotError),
-    /// The slot exists but cannot be used by this configuration.
-    #[error("replication slot {slot} {problem} (fix: {fix})")]
-    SlotUnusable {
-        /// The slot.
-        slot: String,
-        /// What is wrong.
-        problem: String,
-        /// What to do.
-        fix: String,
-    },
-    /// The slot the lake's tables were streamed from is gone.
-    #[error(transparent)]
-    SlotLost(#[from] SlotLost),
-    /// The server ended the replication stream.
-    #[error("postgres ended the replication stream")]
-    StreamEnded,
-    /// The configuration is invalid (normally caught when it is loaded).
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-}
-
-impl PipelineError {
-    /// Whether a new session may succeed: network and server restarts, an object store
-    /// outage. Configuration, privileges and data problems need a human.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            PipelineError::Connect(e) => e.is_transient(),
-            PipelineError::Catalog(e) => e.is_transient(),
-            PipelineError::Replication(e) => e.is_transient(),
-            PipelineError::Apply(e) => e.is_transient(),
-            PipelineError::Lake(e) => e.is_transient(),
-            PipelineError::Snapshot(e) => e.is_transient(),
-            PipelineError::StreamEnded => true,
-            PipelineError::Decode(_)
-            | PipelineError::Schema(_)
-            | PipelineError::SlotUnusable { .. }
-            | PipelineError::SlotLost(_)
-            | PipelineError::Config(_) => false,
-        }
-    }
-
-    /// The `kind` label of `pg2lake_errors_total` for this error.
-    pub fn metric_kind(&self) -> &'static str {
-        match self {
-            PipelineError::Lake(_)
-            | PipelineError::Apply(ApplyError::Lake(_))
-            | PipelineError::Snapshot(SnapshotError::Lake(_)) => "object_store",
-            PipelineError::Connect(_)
-            | PipelineError::Catalog(_)
-            | PipelineError::Replication(_)
-            | PipelineError::SlotLost(_)
-            | PipelineError::StreamEnded
-            | PipelineError::Snapshot(
-                SnapshotError::Connect(_)
-                | SnapshotError::Catalog(_)
-                | SnapshotError::Replication(_)
-                | SnapshotError::Query { .. }
-                | SnapshotError::Interrupted { .. },
-            ) => "postgres",
-            _ => "data",
-        }
-    }
-}
 
 /// Why a replication session ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,29 +61,6 @@ enum SessionEnd {
     /// Another process took the slot while this session prepared: the next one waits
     /// for it (see [`wait_for_free_slot`]).
     SlotTaken,
-}
-
-/// The type catalog of a session: empty but for the configured column types and the
-/// column policies (with the hash key from the process environment or its file); the
-/// catalog types are looked up as tables and Relation messages name them.
-pub fn type_catalog(config: &Config) -> Result<TypeCatalog, ConfigError> {
-    let policies = config.column_policies(|name| std::env::var(name).ok())?;
-    Ok(TypeCatalog::new(config.configured_types()?).with_policies(policies))
-}
-
-/// The lake settings of a configuration.
-pub fn lake_options(config: &Config) -> LakeOptions {
-    LakeOptions {
-        url: config.lake.url.clone(),
-        endpoint: config.lake.endpoint.clone(),
-        region: config.lake.region.clone(),
-        allow_http: config.lake.allow_http,
-        checkpoint_interval: config.lake.checkpoint_interval,
-        log_retention: config.lake.log_retention,
-        retention: config.lake.retention,
-        target_file_size: config.flush.max_bytes.0,
-        target_file_rows: config.flush.max_rows,
-    }
 }
 
 fn flush_policy(config: &Config) -> FlushPolicy {
@@ -276,12 +158,13 @@ async fn session(
     proven: &mut bool,
     tidy: &mut HashSet<String>,
 ) -> Result<SessionEnd, PipelineError> {
-    let params = connect::params(config)?;
-    let client = connect::sql(&params).await?;
     // Everything that can be checked without writing is checked first, so bad settings
     // leave no publication, slot or lake folder behind.
-    catalog::check_server(&client).await?;
-    let tables = catalog::resolve_tables(&client, &config.table_patterns()).await?;
+    let Preflight {
+        params,
+        client,
+        tables,
+    } = bootstrap::preflight(config).await?;
     for table in &tables {
         // Zero-valued series from the start, so dashboards and rate() have a baseline.
         metrics::global().register_table(&format!("{}.{}", table.schema, table.name));
@@ -295,17 +178,16 @@ async fn session(
         ),
         SlotWait::Shutdown => return Ok(SessionEnd::Shutdown),
     };
-    let lake = Lake::open(lake_options(config))?;
-    lake.check_writable().await?;
+    let lake = bootstrap::open_lake(config).await?;
     // A lost slot is dropped below, or stops pg2lake: the publications are prepared for
     // the slot that streams next.
     let next_slot = slot_now.as_ref().filter(|s| !s.is_lost());
-    let streaming = prepare_publications(config, &client, &tables, next_slot).await?;
+    let streaming = bootstrap::prepare_publications(config, &client, &tables, next_slot).await?;
     let tables = streaming.tables.clone();
     let app_id = lake::app_id(&config.source.slot);
-    let (mut replicated, types) = open_tables(config, &client, &lake, &tables, &app_id).await?;
-    record_source_changes(&mut replicated, &streaming)?;
-    record_source_keys(&client, &mut replicated).await?;
+    let (mut replicated, types) =
+        bootstrap::open_replicated(config, &client, &lake, &tables, Some(&streaming), &app_id)
+            .await?;
     let unloaded = snapshot::unloaded(&replicated);
     let reload = slot_loss(config, slot_now.as_ref(), &replicated)?;
     let mut copied: Vec<usize> = unloaded.iter().chain(&reload).copied().collect();
@@ -419,127 +301,6 @@ async fn session(
     Ok(end)
 }
 
-/// Arranges the publications for `tables` (see [`publication`]) and warns about each
-/// table whose updates and deletes cannot be captured.
-/// `slot` is the slot that streams next, as it is now (`None`: it is created after this).
-pub(crate) async fn prepare_publications(
-    config: &Config,
-    client: &Client,
-    tables: &[TableName],
-    slot: Option<&catalog::SlotInfo>,
-) -> Result<Streaming, PipelineError> {
-    let streaming = publication::prepare(client, &config.source.publication, tables, slot).await?;
-    for table in &streaming.keyless {
-        tracing::warn!(
-            table = %table,
-            publication = %publication::inserts_name(&config.source.publication),
-            fix = %format!("ALTER TABLE {} REPLICA IDENTITY FULL; (or add a primary key)", table.quoted()),
-            "updates and deletes of this table cannot be captured: it has no replica identity, so only its inserts and truncates are published"
-        );
-    }
-    Ok(streaming)
-}
-
-/// Records in each lake table which source changes it captures
-/// ([`crate::lake::SOURCE_CHANGES_PROPERTY`]), committed with its next version.
-pub(crate) fn record_source_changes(
-    tables: &mut [ReplicatedTable],
-    streaming: &Streaming,
-) -> Result<(), LakeError> {
-    for table in tables {
-        let schema = table.schema();
-        let name = TableName::new(schema.namespace.clone(), schema.name.clone());
-        let changes = if streaming.keyless.contains(&name) {
-            publication::INSERTS_ONLY
-        } else {
-            publication::ALL_CHANGES
-        };
-        table
-            .lake_mut()
-            .set_property(crate::lake::SOURCE_CHANGES_PROPERTY, changes)?;
-    }
-    Ok(())
-}
-
-/// Records in each lake table the source's key ([`crate::lake::SOURCE_KEY_PROPERTY`]):
-/// its primary key, or the columns of its replica identity index; none under `REPLICA
-/// IDENTITY FULL` without a primary key (every column is then part of the identity, and
-/// nothing says which rows are the same row). The current-state mirror folds by it.
-pub(crate) async fn record_source_keys(
-    client: &Client,
-    tables: &mut [ReplicatedTable],
-) -> Result<(), PipelineError> {
-    for table in tables {
-        let schema = table.schema().clone();
-        let name = TableName::new(schema.namespace.clone(), schema.name.clone());
-        let mut key = catalog::primary_key_columns(client, &name).await?;
-        if key.is_empty() {
-            // Columns the source still has (not lake-only ones it dropped).
-            let current = schema
-                .columns
-                .iter()
-                .filter(|c| c.type_oid != crate::schema::UNKNOWN_TYPE);
-            let identity: Vec<&crate::schema::SourceColumn> =
-                current.clone().filter(|c| c.is_key).collect();
-            if identity.len() < current.count() {
-                key = identity.iter().map(|c| c.name.clone()).collect();
-            }
-        }
-        let key = serde_json::to_string(&key).unwrap_or_default();
-        table
-            .lake_mut()
-            .set_property(crate::lake::SOURCE_KEY_PROPERTY, &key)?;
-    }
-    Ok(())
-}
-
-/// Opens (or creates) the lake table of every table in `tables`; see [`open_table`].
-/// Column types with database-specific OIDs are looked up first, into the type catalog
-/// returned with the tables (the configured column types and policy come from `config`).
-pub(crate) async fn open_tables(
-    config: &Config,
-    client: &Client,
-    lake: &Lake,
-    tables: &[crate::config::TableName],
-    app_id: &str,
-) -> Result<(Vec<ReplicatedTable>, TypeCatalog), PipelineError> {
-    let mut catalog_types = type_catalog(config)?;
-    let types = &mut catalog_types;
-    let policy = config.schema.on_type_change;
-    let mut replicated = Vec::with_capacity(tables.len());
-    let oids = catalog::relation_oids(client, tables).await?;
-    for table in tables {
-        let source_oid = oids
-            .get(table)
-            .copied()
-            .ok_or_else(|| CatalogError::TableMissing {
-                table: table.to_string(),
-            })?;
-        let columns = catalog::table_columns(client, table).await?;
-        catalog::resolve_types(client, types, &columns).await?;
-        types.warn_unknown(&table.schema, &table.name, &columns);
-        replicated
-            .push(open_table(lake, table, source_oid, &columns, app_id, types, policy).await?);
-    }
-    let columns = replicated.iter().flat_map(|t| {
-        let schema = t.schema();
-        schema.tuple_columns.iter().flatten().map(move |&c| {
-            (
-                schema.namespace.as_str(),
-                schema.name.as_str(),
-                schema.columns[c].name.as_str(),
-            )
-        })
-    });
-    for key in types.unmatched_configured(columns) {
-        tracing::warn!(
-            column_types = %key,
-            "column_types names no column of a replicated table; it applies once such a column appears (fix: check the schema.table.column spelling)"
-        );
-    }
-    Ok((replicated, catalog_types))
-}
-
 /// The tables a session copies: `copied` (sorted indices), of which `reload` are tables
 /// already in the lake that are loaded again (see [`slot_loss`]).
 #[derive(Clone, Copy)]
@@ -573,112 +334,9 @@ async fn copy_unless_stopped(
     }
 }
 
-/// Opens (or creates) the lake table of `table` (relation `source_oid`; see
-/// [`LakeTable::open`]) and reconciles its layout with
-/// the source's current `columns`: columns added while pg2lake was not running join the
-/// lake layout (committed with the table's next data), dropped ones stay in it, a
-/// widened type rewrites the lake table's files, and any other type change follows
-/// `policy` (under `fail` it stops here, before anything is written).
-async fn open_table(
-    lake: &Lake,
-    table: &TableName,
-    source_oid: u32,
-    columns: &[RelationColumn],
-    app_id: &str,
-    types: &TypeCatalog,
-    policy: TypeChangePolicy,
-) -> Result<ReplicatedTable, PipelineError> {
-    let (namespace, name) = (table.schema.as_str(), table.name.as_str());
-    // Names the lake cannot hold fail here even when the lake table exists already.
-    let source = TableSchema::with_types(namespace, name, columns, types)?;
-    let lake_table = LakeTable::open(
-        lake,
-        namespace,
-        name,
-        source.arrow.clone(),
-        app_id,
-        source_oid,
-    )
-    .await?;
-    let known = TableSchema::from_lake(namespace, name, &*lake_table.arrow_schema()?)?;
-    // A table no data was committed to yet (just created) holds no values of any policy.
-    let holds_values = lake_table.committed_lsn().is_some();
-    check_policies(
-        &known,
-        columns,
-        types,
-        holds_values,
-        lake_table.property(privacy::POLICIES_PROPERTY)?.as_deref(),
-        lake_table
-            .property(privacy::HASH_KEY_ID_PROPERTY)?
-            .as_deref(),
-    )?;
-    let evolution = known.evolve_with(columns, types, policy)?;
-    let mut table =
-        ReplicatedTable::new(Arc::new(known), lake_table).with_type_change_policy(policy);
-    table.evolve(evolution).await?;
-    Ok(table)
-}
-
-/// Refuses to open a table whose configured column policies differ from those its lake
-/// values were written with (`recorded`, the table's [`privacy::POLICIES_PROPERTY`]), or
-/// whose hashed columns were hashed with another key (`recorded_key`); see
-/// [`privacy::check_unchanged`]. A table without committed data (`holds_values` false)
-/// takes the configured policies as they are.
-fn check_policies(
-    known: &TableSchema,
-    columns: &[RelationColumn],
-    types: &TypeCatalog,
-    holds_values: bool,
-    recorded: Option<&str>,
-    recorded_key: Option<&str>,
-) -> Result<(), SchemaError> {
-    let configured = columns
-        .iter()
-        .map(|c| {
-            Ok((
-                c.name.clone(),
-                types.policy(&known.namespace, &known.name, c)?,
-            ))
-        })
-        .collect::<Result<_, SchemaError>>()?;
-    let lake_columns: Vec<&str> = if holds_values {
-        known.columns.iter().map(|c| c.name.as_str()).collect()
-    } else {
-        Vec::new()
-    };
-    privacy::check_unchanged(
-        &known.qualified_name(),
-        &privacy::parse_recorded(recorded),
-        recorded_key,
-        &lake_columns,
-        &configured,
-        types.policies().key(),
-    )?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn snapshot_errors_are_counted_by_their_cause() {
-        let lake = PipelineError::Snapshot(SnapshotError::Lake(LakeError::SchemaMismatch {
-            table: "t".into(),
-            reason: "r".into(),
-        }));
-        assert_eq!(lake.metric_kind(), "object_store");
-        let interrupted = PipelineError::Snapshot(SnapshotError::Interrupted {
-            table: "public.t".into(),
-        });
-        assert_eq!(interrupted.metric_kind(), "postgres");
-        let unreadable = PipelineError::Snapshot(SnapshotError::NotReadable {
-            table: "public.t".into(),
-            role: "r".into(),
-        });
-        assert_eq!(unreadable.metric_kind(), "data");
-    }
 
     #[test]
     fn a_healthy_session_resets_the_reconnect_backoff() {

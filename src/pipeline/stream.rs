@@ -21,7 +21,8 @@ use crate::pg::replication::{
 };
 use crate::progress::Progress;
 
-use super::{PipelineError, SessionEnd};
+use super::SessionEnd;
+use crate::error::PipelineError;
 
 /// How often the replicated tables' replica identities are checked while streaming (see
 /// [`publication`]): the longest the application's UPDATE and DELETE on a table whose key

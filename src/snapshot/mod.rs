@@ -26,7 +26,6 @@
 //!   table loses the changes it still has to stream.
 //! - Memory is bounded: rows go to the writer in chunks, files are sealed as they fill.
 
-pub mod command;
 pub mod copy;
 mod load;
 mod progress;

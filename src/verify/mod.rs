@@ -35,12 +35,13 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::batch::{BatchError, ChangeMeta, Op, TableBatch};
+use crate::bootstrap;
 use crate::config::{Config, ConfigError, TableName};
+use crate::error::PipelineError;
 use crate::lake::{self, Lake, LakeError, LakeReader};
 use crate::lsn::Lsn;
 use crate::pg::catalog::{self, CatalogError};
 use crate::pg::connect::{self, ConnectError};
-use crate::pipeline::{self, PipelineError};
 use crate::schema::{SchemaError, TableSchema};
 use crate::snapshot::copy::{BinaryRows, CopyFormatError};
 use crate::snapshot::{self, RowError, SnapshotError, SnapshotPoint};
@@ -297,8 +298,8 @@ pub async fn verify(config: &Config, options: &VerifyOptions) -> Result<Report, 
         })?;
     wait_committed(&client, &config.source.slot, consistent_point, options.wait).await?;
 
-    let lake = Lake::open(pipeline::lake_options(config))?;
-    let mut types = pipeline::type_catalog(config)?;
+    let lake = Lake::open(bootstrap::lake_options(config))?;
+    let mut types = bootstrap::type_catalog(config)?;
     let mut reports = Vec::with_capacity(tables.len());
     for table in &tables {
         let started = Instant::now();

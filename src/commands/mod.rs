@@ -1,16 +1,19 @@
 //! The short-lived commands: `check` (preflight), `status` (slot lag, lake position),
 //! `verify` and `maintain`, and the error type `main` maps to exit codes.
 
+pub mod snapshot;
+
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::bootstrap;
 use crate::config::{Config, TableName};
+use crate::error::PipelineError;
 use crate::lake::{self, Lake, LakeReader};
 use crate::pg::catalog;
 use crate::pg::connect;
 use crate::pg::publication;
-use crate::pipeline::{self, PipelineError};
 use crate::privacy::{self, Policy};
 use crate::schema::{TableSchema, TypeCatalog};
 use crate::verify::{Outcome, Report, VerifyError, VerifyOptions};
@@ -53,6 +56,14 @@ pub enum CommandError {
 }
 
 impl CommandError {
+    /// What the failure asks for, when it is one of the pipeline's.
+    pub fn class(&self) -> Option<crate::error::ErrorClass> {
+        match self {
+            CommandError::Pipeline(err) => Some(err.class()),
+            _ => None,
+        }
+    }
+
     /// The process exit code: 1 for everything at run time (bad usage and configuration
     /// are found, with exit code 2, before a command runs), except that `verify` exits
     /// with 3 when it could not finish, so 1 always means "differs" there.
@@ -212,7 +223,7 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
         &config.source.publication,
         &keyed,
     ));
-    let lake = Lake::open(pipeline::lake_options(config))?;
+    let lake = Lake::open(bootstrap::lake_options(config))?;
     match lake.check_writable().await {
         Ok(()) => lines.push(CheckLine {
             mark: Mark::Ok,
@@ -279,7 +290,7 @@ async fn column_type_lines(
     tables: &[crate::config::TableName],
     lines: &mut Vec<CheckLine>,
 ) -> Result<(), PipelineError> {
-    let mut types = pipeline::type_catalog(config)?;
+    let mut types = bootstrap::type_catalog(config)?;
     let mut all_columns = Vec::new();
     for table in tables {
         let columns = catalog::table_columns(client, table).await?;
@@ -517,7 +528,7 @@ async fn collect_status(config: &Config) -> Result<Status, PipelineError> {
     let current = catalog::current_wal_lsn(&client).await?;
     let lag_seconds = catalog::slot_lag_seconds(&client, &config.source.slot).await?;
     let tables = catalog::resolve_tables(&client, &config.table_patterns()).await?;
-    let lake = Lake::open(pipeline::lake_options(config))?;
+    let lake = Lake::open(bootstrap::lake_options(config))?;
     let app_id = lake::app_id(&config.source.slot);
     let mut table_status = Vec::with_capacity(tables.len());
     for table in &tables {

@@ -13,14 +13,13 @@
 
 use std::time::Instant;
 
+use crate::bootstrap::{self, Preflight};
 use crate::config::Config;
-use crate::lake::{self, Lake};
+use crate::error::PipelineError;
+use crate::lake;
 use crate::pg::catalog;
-use crate::pg::connect;
 use crate::pg::replication::{ReplicationClient, SlotSnapshot};
-use crate::pipeline::{self, PipelineError};
-
-use super::{SnapshotPoint, TableReport};
+use crate::snapshot::{self, SnapshotPoint, TableReport};
 
 /// What the summary prints for one configured table.
 enum Line {
@@ -31,31 +30,39 @@ enum Line {
 /// Runs the one-shot snapshot and prints its summary to stdout.
 pub async fn run(config: &Config, no_slot: bool) -> Result<(), PipelineError> {
     let started = Instant::now();
-    let params = connect::params(config)?;
-    let client = connect::sql(&params).await?;
-    catalog::check_server(&client).await?;
-    let tables = catalog::resolve_tables(&client, &config.table_patterns()).await?;
-    let lake = Lake::open(pipeline::lake_options(config))?;
-    lake.check_writable().await?;
+    let Preflight {
+        params,
+        client,
+        tables,
+    } = bootstrap::preflight(config).await?;
+    let lake = bootstrap::open_lake(config).await?;
     let slot = &config.source.slot;
     let (app_id, streaming) = if no_slot {
         (format!("{}:no-slot", lake::app_id(slot)), None)
     } else {
-        // The slot that will stream these tables needs them in its publications.
         let existing = catalog::slot_info(&client, slot).await?;
+        if let Some(info) = &existing {
+            // The slot `run` will stream these tables from: the same checks as `run`'s.
+            bootstrap::check_slot(config, &client, info).await?;
+            if let Some(pid) = info.active_pid {
+                return Err(PipelineError::SlotUnusable {
+                    slot: slot.clone(),
+                    problem: format!("is being streamed (walsender pid {pid})"),
+                    fix: "pg2lake run loads new tables itself; stop it before a one-shot snapshot, or use --no-slot".into(),
+                });
+            }
+        }
+        // The slot that will stream these tables needs them in its publications.
         let streaming =
-            pipeline::prepare_publications(config, &client, &tables, existing.as_ref()).await?;
+            bootstrap::prepare_publications(config, &client, &tables, existing.as_ref()).await?;
         (lake::app_id(slot), Some(streaming))
     };
     // Tables waiting for the insert-only publication are loaded once it can be streamed.
     let tables = streaming.as_ref().map_or(tables, |s| s.tables.clone());
     let (mut replicated, _) =
-        pipeline::open_tables(config, &client, &lake, &tables, &app_id).await?;
-    if let Some(streaming) = &streaming {
-        pipeline::record_source_changes(&mut replicated, streaming)?;
-    }
-    pipeline::record_source_keys(&client, &mut replicated).await?;
-    let unloaded = super::unloaded(&replicated);
+        bootstrap::open_replicated(config, &client, &lake, &tables, streaming.as_ref(), &app_id)
+            .await?;
+    let unloaded = snapshot::unloaded(&replicated);
     let mut lines = Vec::new();
     for table in &replicated {
         if let Some(lsn) = table.committed_lsn() {
@@ -67,14 +74,14 @@ pub async fn run(config: &Config, no_slot: bool) -> Result<(), PipelineError> {
             });
         }
     }
-    super::check_readable(&client, &replicated, &unloaded).await?;
+    snapshot::check_readable(&client, &replicated, &unloaded).await?;
 
     let mut headline = "nothing to copy: every table is in the lake".to_owned();
     if !unloaded.is_empty() {
         let existing = catalog::slot_info(&client, slot).await?;
         // The exporting connection must stay open and idle until the copy is done.
         let (exporter, created, kept) = if no_slot || existing.is_some() {
-            let (exporter, created) = super::temporary_export(&params).await?;
+            let (exporter, created) = snapshot::temporary_export(&params).await?;
             (exporter, created, existing.is_some())
         } else {
             let mut replication = ReplicationClient::connect(&params).await?;
@@ -85,7 +92,7 @@ pub async fn run(config: &Config, no_slot: bool) -> Result<(), PipelineError> {
             (replication, created, true)
         };
         let point = SnapshotPoint::of_slot(&created);
-        let reports = super::copy_tables(
+        let reports = snapshot::copy_tables(
             &params,
             &point,
             &mut replicated,

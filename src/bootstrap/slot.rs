@@ -14,26 +14,11 @@ use crate::metrics;
 use crate::pg::catalog;
 use crate::pg::replication::{CreatedSlot, ReplicationClient, SlotSnapshot};
 
-use super::PipelineError;
+use crate::error::{PipelineError, SlotLost};
 
 /// How often a slot held by another process is checked again: a standby takes over
 /// within about this long after the active instance is gone.
 const SLOT_BUSY_RECHECK: Duration = Duration::from_secs(2);
-
-/// The slot the lake's tables were streamed from is gone: the changes since its last
-/// position cannot be streamed any more (`source.on_slot_loss`).
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "replication slot {slot} {problem}; the changes since its last position are gone from the server's WAL, so the lake's tables ({tables}) cannot be continued (fix: start once with source.on_slot_loss: resnapshot, e.g. PG2LAKE__SOURCE__ON_SLOT_LOSS=resnapshot, to create the slot again and reload every table; the history before stays in the lake)"
-)]
-pub struct SlotLost {
-    /// The slot.
-    slot: String,
-    /// What happened to it.
-    problem: String,
-    /// The tables and the positions they hold.
-    tables: String,
-}
 
 /// The tables to reload because the slot their lake state was streamed from is gone, or
 /// the error that stops pg2lake instead (`source.on_slot_loss`). The slot is gone when it
@@ -41,7 +26,7 @@ pub struct SlotLost {
 /// streamed from it (a first start has no such table). The changes since its last
 /// position are gone from the server's WAL: going on without a reload would leave a
 /// silent gap in every table.
-pub(super) fn slot_loss(
+pub fn slot_loss(
     config: &Config,
     slot: Option<&catalog::SlotInfo>,
     tables: &[ReplicatedTable],
@@ -82,15 +67,19 @@ pub(super) fn slot_loss(
 
 /// Where streaming starts: an existing slot's position, or a slot just created whose
 /// exported snapshot is still valid; or another process took the slot meanwhile.
-pub(super) enum SlotReady {
+pub enum SlotReady {
+    /// The slot exists; streaming starts at its confirmed position.
     Existing(Lsn),
+    /// The slot was just created; its exported snapshot is valid while the replication
+    /// connection stays idle.
     Created(CreatedSlot),
+    /// Another process took the slot.
     Taken,
 }
 
 /// How [`wait_for_free_slot`] ended. `Free` and `Released` carry the slot as it was
 /// then (`None`: it does not exist).
-pub(super) enum SlotWait {
+pub enum SlotWait {
     /// No other process streamed from the slot.
     Free(Option<catalog::SlotInfo>),
     /// Another process did, and has released it.
@@ -107,7 +96,7 @@ pub(super) enum SlotWait {
 /// instance that takes over starts from what the other one committed last; the slot
 /// itself is the lock (only one walsender can stream it), and a standby checks it every
 /// [`SLOT_BUSY_RECHECK`]. While it waits, `/readyz` says standby.
-pub(super) async fn wait_for_free_slot(
+pub async fn wait_for_free_slot(
     config: &Config,
     client: &Client,
     shutdown: &CancellationToken,
@@ -157,7 +146,7 @@ async fn wait_while_taken(
 /// Makes sure the slot exists and belongs to this database and plugin. A slot created
 /// here exports its snapshot, which stays valid until `replication` runs its next
 /// command.
-pub(super) async fn prepare_slot(
+pub async fn prepare_slot(
     config: &Config,
     client: &Client,
     replication: &mut ReplicationClient,
@@ -170,12 +159,31 @@ pub(super) async fn prepare_slot(
         tracing::info!(slot, consistent_point = %created.consistent_point, "created replication slot");
         return Ok(SlotReady::Created(created));
     };
+    check_slot(config, client, &info).await?;
+    if info.active_pid.is_some() {
+        // Taken since the session began (see [`wait_for_free_slot`]): what this session
+        // read of the lake may be stale by now.
+        return Ok(SlotReady::Taken);
+    }
+    Ok(SlotReady::Existing(
+        info.confirmed_flush_lsn.unwrap_or_default(),
+    ))
+}
+
+/// Checks that the existing slot `info` can stream this configuration: it decodes with
+/// pgoutput and belongs to the configured database.
+pub async fn check_slot(
+    config: &Config,
+    client: &Client,
+    info: &catalog::SlotInfo,
+) -> Result<(), PipelineError> {
+    let slot = &config.source.slot;
     if info.plugin.as_deref() != Some("pgoutput") {
         return Err(PipelineError::SlotUnusable {
             slot: slot.clone(),
             problem: format!(
                 "uses output plugin {:?}, not pgoutput",
-                info.plugin.unwrap_or_default()
+                info.plugin.clone().unwrap_or_default()
             ),
             fix: "drop it or set source.slot to another name".into(),
         });
@@ -193,12 +201,5 @@ pub(super) async fn prepare_slot(
             fix: "set source.slot to a slot of this database".into(),
         });
     }
-    if info.active_pid.is_some() {
-        // Taken since the session began (see [`wait_for_free_slot`]): what this session
-        // read of the lake may be stale by now.
-        return Ok(SlotReady::Taken);
-    }
-    Ok(SlotReady::Existing(
-        info.confirmed_flush_lsn.unwrap_or_default(),
-    ))
+    Ok(())
 }
