@@ -2,7 +2,7 @@
 //! as named constants, and validation that names the key, the rule and the fix.
 //!
 //! ```text
-//!  file ──parse──► serde_yaml::Value ──merge PG2LAKE__* variables──► Value
+//!  file ──parse──► serde_yaml_ng::Value ──merge PG2LAKE__* variables──► Value
 //!       ──deserialize (deny_unknown_fields, defaults)──► Config ──validate()──► Config
 //! ```
 //!
@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_yaml::{Mapping, Value};
+use serde_yaml_ng::{Mapping, Value};
 
 use crate::privacy::ColumnPolicies;
 use crate::schema::{Conversion, MAX_DECIMAL_PRECISION};
@@ -155,7 +155,7 @@ pub enum ConfigError {
         message: String,
         /// The parser error.
         #[source]
-        source: serde_yaml::Error,
+        source: serde_yaml_ng::Error,
     },
     /// A key is unknown, or a value has the wrong type or form.
     #[error(
@@ -176,7 +176,7 @@ pub enum ConfigError {
         env_var: Option<String>,
         /// The deserializer's error, if it found the problem.
         #[source]
-        source: Option<serde_yaml::Error>,
+        source: Option<serde_yaml_ng::Error>,
     },
     /// A setting breaks a rule checked by [`Config::validate`].
     #[error(
@@ -928,7 +928,7 @@ mod duration {
     }
 
     // The check runs inside the visitor, while the deserializer still points at the
-    // value: serde_yaml then reports the key's own path and line, not its parent's.
+    // value: serde_yaml_ng then reports the key's own path and line, not its parent's.
     struct DurationVisitor;
 
     impl Visitor<'_> for DurationVisitor {
@@ -1090,7 +1090,7 @@ fn merge_env(
                     .collect(),
             )
         } else if MAP_KEYS.contains(&key.as_str()) {
-            match serde_yaml::from_str::<Value>(raw) {
+            match serde_yaml_ng::from_str::<Value>(raw) {
                 Ok(map @ Value::Mapping(_)) => map,
                 _ => {
                     return Err(env_error(
@@ -1145,7 +1145,7 @@ fn insert_path(
 /// A deserializer error rephrased around the key path (`unknown key lake.urll
 /// (expected one of: url, ...)`), with the file line when it is meaningful.
 fn setting_error(
-    err: serde_yaml::Error,
+    err: serde_yaml_ng::Error,
     origin: Option<&Path>,
     with_line: bool,
     overrides: &[EnvOverride],
@@ -1163,10 +1163,10 @@ fn setting_error(
     }
 }
 
-/// serde_yaml's message without ` at line L column C`, and the line.
-fn strip_location(err: &serde_yaml::Error) -> (String, Option<usize>) {
+/// serde_yaml_ng's message without ` at line L column C`, and the line.
+fn strip_location(err: &serde_yaml_ng::Error) -> (String, Option<usize>) {
     let text = err.to_string();
-    // serde_yaml reports document-level errors at index 0, which is not a real position.
+    // serde_yaml_ng reports document-level errors at index 0, which is not a real position.
     match err.location().filter(|l| l.index() > 0) {
         Some(loc) => {
             let suffix = format!(" at line {} column {}", loc.line(), loc.column());
@@ -1176,7 +1176,7 @@ fn strip_location(err: &serde_yaml::Error) -> (String, Option<usize>) {
     }
 }
 
-/// Splits serde_yaml's `path: message` and rephrases serde's common messages.
+/// Splits serde_yaml_ng's `path: message` and rephrases serde's common messages.
 fn describe(text: &str) -> (Option<String>, String) {
     let (path, msg) = match text.split_once(": ") {
         Some((p, m)) if !p.is_empty() && !p.contains(char::is_whitespace) && !p.contains('`') => {
@@ -1244,7 +1244,7 @@ fn parse(
     env: &[(String, String)],
     origin: Option<&Path>,
 ) -> Result<Config, ConfigError> {
-    let tree: Value = serde_yaml::from_str(yaml).map_err(|source| {
+    let tree: Value = serde_yaml_ng::from_str(yaml).map_err(|source| {
         let (message, line) = strip_location(&source);
         ConfigError::Syntax {
             origin: origin.map(Path::to_path_buf),
@@ -1269,7 +1269,7 @@ fn parse(
     modified |= !overrides.is_empty();
 
     let config = if modified {
-        let merged = serde_yaml::to_string(&Value::Mapping(root)).map_err(|source| {
+        let merged = serde_yaml_ng::to_string(&Value::Mapping(root)).map_err(|source| {
             ConfigError::Setting {
                 origin: origin.map(Path::to_path_buf),
                 line: None,
@@ -1279,7 +1279,7 @@ fn parse(
                 source: Some(source),
             }
         })?;
-        match serde_yaml::from_str::<Config>(&merged) {
+        match serde_yaml_ng::from_str::<Config>(&merged) {
             Ok(config) => config,
             Err(err) => {
                 let merged_err = setting_error(err, origin, false, &overrides);
@@ -1290,7 +1290,7 @@ fn parse(
                     message,
                     ..
                 } = &merged_err
-                    && let Err(file_err) = serde_yaml::from_str::<Config>(yaml)
+                    && let Err(file_err) = serde_yaml_ng::from_str::<Config>(yaml)
                 {
                     let file_err = setting_error(file_err, origin, true, &[]);
                     if matches!(&file_err, ConfigError::Setting { message: m, .. } if m == message)
@@ -1302,7 +1302,8 @@ fn parse(
             }
         }
     } else {
-        serde_yaml::from_str::<Config>(yaml).map_err(|err| setting_error(err, origin, true, &[]))?
+        serde_yaml_ng::from_str::<Config>(yaml)
+            .map_err(|err| setting_error(err, origin, true, &[]))?
     };
     config
         .validate()

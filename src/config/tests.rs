@@ -178,14 +178,14 @@ fn example_file_documents_every_key_and_its_variable() {
             }
         })
         .collect();
-    let documented: Value = serde_yaml::from_str(&uncommented).unwrap();
+    let documented: Value = serde_yaml_ng::from_str(&uncommented).unwrap();
     // deny_unknown_fields: no stale key in the example.
-    serde_yaml::from_value::<Config>(documented.clone()).unwrap();
+    serde_yaml_ng::from_value::<Config>(documented.clone()).unwrap();
     let mut documented_keys = Vec::new();
     key_paths(&documented, "", &mut documented_keys);
     let mut all_keys = Vec::new();
     key_paths(
-        &serde_yaml::to_value(Config::default()).unwrap(),
+        &serde_yaml_ng::to_value(Config::default()).unwrap(),
         "",
         &mut all_keys,
     );
@@ -610,15 +610,15 @@ fn byte_sizes() {
     assert_eq!(ByteSize(1000).to_string(), "1000B");
     assert_eq!(ByteSize(1536).to_string(), "1.50KiB");
     assert_eq!(ByteSize(10_000_000).to_string(), "9.54MiB");
-    let from_int: ByteSize = serde_yaml::from_str("4096").unwrap();
+    let from_int: ByteSize = serde_yaml_ng::from_str("4096").unwrap();
     assert_eq!(from_int, ByteSize::kib(4));
-    assert!(serde_yaml::from_str::<ByteSize>("-5").is_err());
+    assert!(serde_yaml_ng::from_str::<ByteSize>("-5").is_err());
     assert_eq!(
-        serde_yaml::to_string(&ByteSize(1000)).unwrap().trim(),
+        serde_yaml_ng::to_string(&ByteSize(1000)).unwrap().trim(),
         "1000"
     );
     assert_eq!(
-        serde_yaml::to_string(&ByteSize::mib(3)).unwrap().trim(),
+        serde_yaml_ng::to_string(&ByteSize::mib(3)).unwrap().trim(),
         "3MiB"
     );
 }
@@ -669,7 +669,7 @@ fn secrets_never_print() {
     for shown in [
         format!("{c:?}"),
         format!("{c:#?}"),
-        serde_yaml::to_string(&c).unwrap(),
+        serde_yaml_ng::to_string(&c).unwrap(),
     ] {
         assert!(
             !shown.contains("hunter2") && !shown.contains("urlpass"),

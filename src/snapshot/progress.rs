@@ -5,18 +5,31 @@
 //! Counters are atomics bumped once per chunk by the copying tasks; rendering reads them
 //! from a reporter task, so the copy never waits for output.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use indicatif::{ProgressBar, ProgressStyle};
+
 use crate::metrics;
 use crate::terminal;
 
-/// How often progress bars are redrawn.
+/// How often the bars take the counters.
 const REDRAW_INTERVAL: Duration = Duration::from_millis(250);
-/// Width of a progress bar, in characters.
-const BAR_WIDTH: u64 = 24;
+/// A table with an estimate: bar, percent, rows, rate and ETA. The estimate comes from
+/// planner statistics, so rows may pass it (the bar's length then follows the rows).
+const ESTIMATED: &str = "{prefix} [{bar:24}] {percent:>3}% {pos}/~{len} rows {per_sec} ETA {eta}";
+/// A table without an estimate (never analyzed).
+const UNESTIMATED: &str = "{prefix} [{spinner}] {pos} rows {per_sec}";
+/// A table committed.
+const DONE: &str = "{prefix} [{bar:24}] {msg}";
+
+/// The style of `template` (one of the constants above, which parse).
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("#-")
+}
 
 /// One table's copy.
 #[derive(Debug)]
@@ -28,6 +41,8 @@ pub struct TableProgress {
     /// When the first of its ranges began copying.
     started: OnceLock<Instant>,
     finished: Mutex<Option<Duration>>,
+    /// Its bar, on a terminal.
+    bar: Option<ProgressBar>,
 }
 
 impl TableProgress {
@@ -79,50 +94,49 @@ impl TableProgress {
         self.finished.lock().map(|f| f.is_some()).unwrap_or(true)
     }
 
-    /// One status line: bar, percent, rows, rate and ETA, or the result when done.
-    fn line(&self, name_width: usize) -> String {
+    /// Moves the bar to the counters; once the table is committed, leaves it showing
+    /// the result. `name_width` aligns the names.
+    fn update_bar(&self, name_width: usize) {
+        let Some(bar) = &self.bar else {
+            return;
+        };
+        if bar.is_finished() {
+            return;
+        }
         let (rows, _) = self.totals();
+        bar.set_prefix(format!("{:<name_width$}", self.name));
+        if rows > bar.length().unwrap_or(0) && self.estimated_rows.is_some() {
+            bar.set_length(rows);
+        }
+        bar.set_position(rows);
+        if self.is_finished() {
+            bar.set_length(rows.max(1));
+            bar.set_position(rows.max(1));
+            bar.set_style(style(DONE));
+            bar.finish_with_message(self.result());
+        } else {
+            bar.set_message(format!("{:.0} rows/s", self.rate()));
+        }
+    }
+
+    /// Rows per second since the copy began.
+    fn rate(&self) -> f64 {
         let elapsed = self.elapsed().as_secs_f64();
-        let rate = if elapsed > 0.0 {
-            rows as f64 / elapsed
+        if elapsed > 0.0 {
+            self.totals().0 as f64 / elapsed
         } else {
             0.0
-        };
-        let mut line = format!("{:<name_width$} ", self.name);
-        if self.is_finished() {
-            let _ = write!(
-                line,
-                "[{}] done {rows} rows in {elapsed:.1}s ({rate:.0} rows/s)",
-                "#".repeat(BAR_WIDTH as usize)
-            );
-            return line;
         }
-        match self.estimated_rows.filter(|&e| e > 0) {
-            Some(estimate) => {
-                // The estimate comes from planner statistics: rows may pass it.
-                let filled = (rows.min(estimate) * BAR_WIDTH / estimate) as usize;
-                let percent = rows * 100 / estimate;
-                let eta = if rate > 0.0 && rows < estimate {
-                    format!("ETA {:.0}s", (estimate - rows) as f64 / rate)
-                } else {
-                    "ETA -".to_owned()
-                };
-                let _ = write!(
-                    line,
-                    "[{}{}] {percent:>3}% {rows}/~{estimate} rows {rate:.0} rows/s {eta}",
-                    "#".repeat(filled),
-                    "-".repeat(BAR_WIDTH as usize - filled)
-                );
-            }
-            None => {
-                let _ = write!(
-                    line,
-                    "[{}] {rows} rows {rate:.0} rows/s",
-                    "?".repeat(BAR_WIDTH as usize)
-                );
-            }
-        }
-        line
+    }
+
+    /// What a committed table's line says after its bar.
+    fn result(&self) -> String {
+        format!(
+            "done {} rows in {:.1}s ({:.0} rows/s)",
+            self.totals().0,
+            self.elapsed().as_secs_f64(),
+            self.rate()
+        )
     }
 }
 
@@ -149,6 +163,13 @@ impl Progress {
             .snapshot_rows_estimated
             .with_label_values(&[metrics.table_label(&name)])
             .add(estimated_rows.map_or(0, |e| i64::try_from(e).unwrap_or(i64::MAX)));
+        let bar = self.terminal.then(|| {
+            let bar = match estimated_rows {
+                Some(estimate) => ProgressBar::new(estimate).with_style(style(ESTIMATED)),
+                None => ProgressBar::no_length().with_style(style(UNESTIMATED)),
+            };
+            terminal::bars().add(bar.with_prefix(name.clone()))
+        });
         let table = Arc::new(TableProgress {
             name,
             estimated_rows,
@@ -156,6 +177,7 @@ impl Progress {
             bytes: AtomicU64::new(0),
             started: OnceLock::new(),
             finished: Mutex::new(None),
+            bar,
         });
         if let Ok(mut tables) = self.tables.lock() {
             tables.push(table.clone());
@@ -193,7 +215,9 @@ impl Progress {
     fn draw(&self) {
         let tables = self.snapshot();
         let width = tables.iter().map(|t| t.name.len()).max().unwrap_or(0);
-        terminal::set_status(tables.iter().map(|t| t.line(width)).collect());
+        for table in &tables {
+            table.update_bar(width);
+        }
     }
 
     fn log(&self) {
@@ -212,12 +236,24 @@ impl Progress {
         }
     }
 
-    /// Draws the final state and leaves it on screen.
+    /// Draws the final state and leaves it on screen, as lines above whatever is
+    /// printed next (the bars themselves are cleared: the last would not end its line).
     pub fn finish(&self) {
-        if self.terminal {
-            self.draw();
-            terminal::keep_status();
+        if !self.terminal {
+            return;
         }
+        self.draw();
+        let tables = self.snapshot();
+        let width = tables.iter().map(|t| t.name.len()).max().unwrap_or(0);
+        let bars = terminal::bars();
+        for table in &tables {
+            if let Some(bar) = &table.bar {
+                let done = "#".repeat(24);
+                let _ = bars.println(format!("{:<width$} [{done}] {}", table.name, bar.message()));
+                bars.remove(bar);
+            }
+        }
+        let _ = bars.clear();
     }
 }
 
@@ -226,23 +262,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lines_show_bar_percent_and_result() {
-        let progress = Progress::new(false);
+    fn the_bar_templates_parse() {
+        for template in [ESTIMATED, UNESTIMATED, DONE] {
+            assert!(ProgressStyle::with_template(template).is_ok(), "{template}");
+        }
+    }
+
+    #[test]
+    fn bars_follow_the_counters_past_the_estimate_and_show_the_result() {
+        // Not a terminal here: the bars are drawn to a hidden target.
+        let progress = Progress::new(true);
         let table = progress.add("public.t".into(), Some(1000));
         table.start();
         table.add(250, 0);
-        let line = table.line(10);
-        assert!(line.starts_with("public.t   ["), "{line}");
-        assert!(line.contains("######------"), "{line}");
-        assert!(line.contains(" 25% 250/~1000 rows"), "{line}");
+        progress.draw();
+        let bar = table.bar.clone().expect("a bar");
+        assert_eq!((bar.position(), bar.length()), (250, Some(1000)));
         table.add(2000, 0);
-        assert!(
-            table.line(10).contains("225% 2250/~1000"),
+        progress.draw();
+        assert_eq!(
+            (bar.position(), bar.length()),
+            (2250, Some(2250)),
             "past the estimate"
         );
         table.finish();
-        assert!(table.line(10).contains("done 2250 rows"));
+        progress.finish();
+        assert!(bar.is_finished());
+        assert!(
+            bar.message().starts_with("done 2250 rows in "),
+            "{}",
+            bar.message()
+        );
         let unknown = progress.add("public.u".into(), None);
-        assert!(unknown.line(10).contains("0 rows"));
+        assert_eq!(unknown.bar.as_ref().and_then(ProgressBar::length), None);
+        assert!(
+            Progress::new(false)
+                .add("public.v".into(), None)
+                .bar
+                .is_none()
+        );
     }
 }
