@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use tokio::time::MissedTickBehavior;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +15,7 @@ use crate::config::{Config, TableName, TablePattern};
 use crate::lsn::Lsn;
 use crate::metrics;
 use crate::pg::catalog::{self, CatalogError};
-use crate::pg::pgoutput::{Decoder, LogicalMessage};
+use crate::pg::pgoutput::{self, Decoder, LogicalMessage};
 use crate::pg::publication::{self, Streaming};
 use crate::pg::replication::{
     ReplicationError, ReplicationMessage, ReplicationStream, StandbyStatus,
@@ -33,6 +34,14 @@ const IDENTITY_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 pub(super) const DEFAULT_SILENCE_LIMIT: Duration = Duration::from_secs(60);
 /// Upper bound on how often the flush policy's age rule is checked.
 const FLUSH_CHECK_MAX_PERIOD: Duration = Duration::from_secs(1);
+/// How long ago a transaction must have committed for the stream to count as catching
+/// up (see [`Reader::take`]).
+const BEHIND: Duration = Duration::from_secs(1);
+/// Messages taken at once while catching up before the loop's timers get a turn.
+const DRAIN_AT_ONCE: usize = 4096;
+/// How long a catching-up loop lets messages arrive when none is waiting: far below any
+/// flush interval, long enough to take a batch per wake-up.
+const COALESCE: Duration = Duration::from_millis(2);
 
 /// What a streaming session works with besides the stream and the applier.
 pub(super) struct Session<'a> {
@@ -101,6 +110,8 @@ pub(super) async fn stream_changes(
     identity_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // The tables changed; the session ends at the next transaction boundary.
     let mut changed = false;
+    // Whether the last transaction begun is old: a backlog is being read.
+    let mut catching_up = false;
     // Positions first: the lag is measured against them.
     record_loop(&progress, applier);
     refresh_server_metrics(config, client, silence_limit).await;
@@ -165,40 +176,29 @@ pub(super) async fn stream_changes(
                     )).into());
                 };
                 last_received = tokio::time::Instant::now();
-                match message? {
-                    None => return Err(PipelineError::StreamEnded),
-                    Some(ReplicationMessage::XLogData { wal_start, data, .. }) => {
-                        progress.receive(wal_start);
-                        let message = decoder.decode(data)?;
-                        if let LogicalMessage::Relation(relation) = &message.message {
-                            // Before the Relation is applied: its columns' types with
-                            // database-specific OIDs are looked up (once per OID).
-                            catalog::resolve_types(client, applier.types_mut(), &relation.columns)
-                                .await?;
-                        }
-                        let completed = applier.apply(message).await?;
-                        if completed {
-                            if applier.flush_due(Instant::now()) {
-                                flush(applier).await?;
-                            }
-                            progress.confirm(applier.confirmable());
-                        }
-                    }
-                    Some(ReplicationMessage::PrimaryKeepalive { wal_end, reply_requested, .. }) => {
-                        progress.receive(wal_end);
-                        applier.idle_position(wal_end);
-                        if !applier.in_transaction() && !applier.has_pending() {
-                            // Everything the server sent is in the lake: a change lost
-                            // with an earlier session was replayed and committed, or was
-                            // in the lake already.
-                            metrics::global().caught_up();
-                        }
-                        progress.confirm(applier.confirmable());
-                        if reply_requested {
-                            // The walsender asks because wal_sender_timeout is near.
-                            send_status(stream, &progress, false).await?;
+                let mut reader = Reader {
+                    client,
+                    decoder: &mut decoder,
+                    progress: &mut progress,
+                    behind: catching_up,
+                };
+                reader.take(stream, applier, message?).await?;
+                // Catching up: the messages already received are taken before the loop
+                // turns again, and when none is waiting, more are let to arrive for a
+                // moment. Waking for every message of a backlog of small transactions
+                // costs pg2lake more CPU in scheduling than in work, CPU the walsender's
+                // decoding (the real limit) needs on a small machine.
+                if reader.behind {
+                    for _ in 0..DRAIN_AT_ONCE {
+                        match stream.next().now_or_never() {
+                            Some(message) => reader.take(stream, applier, message?).await?,
+                            None => break,
                         }
                     }
+                }
+                catching_up = reader.behind;
+                if catching_up {
+                    tokio::time::sleep(COALESCE).await;
                 }
             }
         }
@@ -207,6 +207,76 @@ pub(super) async fn stream_changes(
         if changed && !applier.in_transaction() {
             stop(stream, applier, &mut progress).await?;
             return Ok(SessionEnd::TablesChanged);
+        }
+    }
+}
+
+/// Takes the walsender's messages: decodes, applies, flushes when due, confirms.
+struct Reader<'a> {
+    client: &'a Client,
+    decoder: &'a mut Decoder,
+    progress: &'a mut Progress,
+    /// Whether the last transaction begun committed more than [`BEHIND`] ago.
+    behind: bool,
+}
+
+impl Reader<'_> {
+    /// Takes one message (`None`: the server ended the stream), and notes whether the
+    /// stream is catching up: the last transaction begun committed more than [`BEHIND`]
+    /// ago (by this host's clock; a skewed clock costs at most [`COALESCE`] per wait).
+    async fn take(
+        &mut self,
+        stream: &mut ReplicationStream,
+        applier: &mut Applier,
+        message: Option<ReplicationMessage>,
+    ) -> Result<(), PipelineError> {
+        match message {
+            None => Err(PipelineError::StreamEnded),
+            Some(ReplicationMessage::XLogData {
+                wal_start, data, ..
+            }) => {
+                self.progress.receive(wal_start);
+                let message = self.decoder.decode(data)?;
+                if let LogicalMessage::Begin(begin) = &message.message {
+                    let committed = pgoutput::pg_epoch_micros_to_unix_micros(begin.commit_ts);
+                    let now = chrono::Utc::now().timestamp_micros();
+                    self.behind = now.saturating_sub(committed) > BEHIND.as_micros() as i64;
+                }
+                if let LogicalMessage::Relation(relation) = &message.message {
+                    // Before the Relation is applied: its columns' types with
+                    // database-specific OIDs are looked up (once per OID).
+                    catalog::resolve_types(self.client, applier.types_mut(), &relation.columns)
+                        .await?;
+                }
+                let completed = applier.apply(message).await?;
+                if completed {
+                    if applier.flush_due(Instant::now()) {
+                        flush(applier).await?;
+                    }
+                    self.progress.confirm(applier.confirmable());
+                }
+                Ok(())
+            }
+            Some(ReplicationMessage::PrimaryKeepalive {
+                wal_end,
+                reply_requested,
+                ..
+            }) => {
+                self.progress.receive(wal_end);
+                applier.idle_position(wal_end);
+                if !applier.in_transaction() && !applier.has_pending() {
+                    // Everything the server sent is in the lake: a change lost with an
+                    // earlier session was replayed and committed, or was in the lake
+                    // already.
+                    metrics::global().caught_up();
+                }
+                self.progress.confirm(applier.confirmable());
+                if reply_requested {
+                    // The walsender asks because wal_sender_timeout is near.
+                    send_status(stream, self.progress, false).await?;
+                }
+                Ok(())
+            }
         }
     }
 }
