@@ -46,7 +46,6 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -56,7 +55,7 @@ use support::delay::DelayProxy;
 use support::load::Rng;
 use support::scrape::{get, sample_or_panic, with_metrics};
 use support::service::{ConfigFile, Service, config_yaml};
-use support::{PgServer, S3Server, free_port, venv_python};
+use support::{PgServer, S3Server, free_port};
 
 /// Changes per second when `BENCH_RATE` is unset.
 const DEFAULT_RATE: u64 = 2_000;
@@ -202,7 +201,8 @@ async fn run(rate: u64, seconds: u64) {
         service.log()
     );
 
-    let rows = count_rows_s3(&format!("{lake_url}/public/items"), &s3.storage_options());
+    let rows =
+        support::count_delta_rows_at(&format!("{lake_url}/public/items"), &s3.storage_options());
     println!("lake rows (read with the deltalake package): {rows}; changes made: {changes}");
     assert_eq!(
         rows, changes,
@@ -349,34 +349,4 @@ async fn wait_confirmed(db: &tokio_postgres::Client, service: &mut Service, end_
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// Rows of the Delta table at `table_uri` (an S3 URI), counted by the `deltalake` Python
-/// package with `storage_options` (as `support::count_delta_rows` counts a local table:
-/// no rows are read into this process).
-fn count_rows_s3(table_uri: &str, storage_options: &[(String, String)]) -> u64 {
-    // os._exit: pyarrow's and delta-rs's thread pools can abort the interpreter's
-    // teardown after the count is printed (see read_delta.py).
-    let script = "import json, os, sys\nfrom deltalake import DeltaTable\n\
-                  table = DeltaTable(sys.argv[1], storage_options=json.loads(sys.argv[2]))\n\
-                  print(table.to_pyarrow_dataset().count_rows(), flush=True)\n\
-                  os._exit(0)";
-    let options: serde_json::Map<String, serde_json::Value> = storage_options
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-        .collect();
-    let out = Command::new(venv_python())
-        .args(["-c", script, table_uri])
-        .arg(serde_json::Value::Object(options).to_string())
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "count rows: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("row count")
 }

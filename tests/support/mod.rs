@@ -1128,11 +1128,25 @@ pub fn delta_txn_version(
 /// Rows in the Delta table at `path`, counted by the `deltalake` Python package (no rows
 /// are read into this process: fit for tables of millions of rows).
 pub fn count_delta_rows(path: &Path) -> u64 {
-    let script = "import sys\nfrom deltalake import DeltaTable\n\
-                  print(DeltaTable(sys.argv[1]).to_pyarrow_dataset().count_rows())";
+    count_delta_rows_at(&path.display().to_string(), &[])
+}
+
+/// [`count_delta_rows`] for the table at `uri` (a path or an S3 URI), read with
+/// `storage_options` (endpoint, credentials).
+pub fn count_delta_rows_at(uri: &str, storage_options: &[(String, String)]) -> u64 {
+    // os._exit: pyarrow's and delta-rs's thread pools can abort the interpreter's
+    // teardown after the count is printed (see read_delta.py).
+    let script = "import json, os, sys\nfrom deltalake import DeltaTable\n\
+                  table = DeltaTable(sys.argv[1], storage_options=json.loads(sys.argv[2]) or None)\n\
+                  print(table.to_pyarrow_dataset().count_rows(), flush=True)\n\
+                  os._exit(0)";
+    let options: serde_json::Map<String, serde_json::Value> = storage_options
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
     let out = Command::new(venv_python())
-        .args(["-c", script])
-        .arg(path)
+        .args(["-c", script, uri])
+        .arg(serde_json::Value::Object(options).to_string())
         .output()
         .expect("run python");
     assert!(
