@@ -22,11 +22,12 @@
 //!
 //! Printed per shape and consumer: the time to drain and the changes per second, and the
 //! walsender's busy fraction: the CPU time of the walsender process serving the slot
-//! (from `/proc/<pid>/stat`) over the drain's wall time. The walsender's decoding is the
-//! physical limit; pg2lake should keep it busy, as `pg_recvlogical`, which does nothing
-//! with what it receives, does. For pg2lake also its own CPU seconds per million changes
-//! and its peak RSS; last, the ratio of pg2lake's throughput to `pg_recvlogical`'s, the
-//! limit set by Postgres' own decoding.
+//! (from `/proc/<pid>/stat`) over the drain's wall time. Below 100% the walsender waited
+//! on its consumer, or needed less CPU for the same WAL: it sends a message at a time to
+//! a consumer that reads each at once (`pg_recvlogical`, which does nothing with what it
+//! receives), and in bulk to one that lets its socket fill (pg2lake while catching up).
+//! For pg2lake also its own CPU seconds per million changes and its peak RSS; last, the
+//! ratio of pg2lake's throughput to `pg_recvlogical`'s.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
