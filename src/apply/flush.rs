@@ -97,9 +97,7 @@ impl Applier {
             oldest_commit_micros: self.pending_commit_micros.take(),
             report: FlushReport::default(),
         });
-        self.pending_rows = 0;
-        self.pending_bytes = 0;
-        self.pending_since = None;
+        self.clear_pending();
         Ok(())
     }
 
@@ -236,11 +234,16 @@ impl Applier {
                 table.op_counts = [0; 4];
             }
         }
+        self.clear_pending();
+        self.txn = None;
+        Ok(())
+    }
+
+    /// Forgets the pending counts: what they counted was handed over or dropped.
+    fn clear_pending(&mut self) {
         self.pending_rows = 0;
         self.pending_bytes = 0;
         self.pending_since = None;
         self.pending_commit_micros = None;
-        self.txn = None;
-        Ok(())
     }
 }
