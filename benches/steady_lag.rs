@@ -50,7 +50,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use support::bench::{block_on, load_average, size_from_env};
+use support::bench::{block_on, load_average, size_from_env, wait_slot_confirmed};
 use support::delay::DelayProxy;
 use support::load::Rng;
 use support::scrape::{get, sample_or_panic, with_metrics};
@@ -155,7 +155,8 @@ async fn run(rate: u64, seconds: u64) {
         .await
         .expect("end lsn")
         .get(0);
-    wait_confirmed(&db, &mut service, &end_lsn).await;
+    let poll = Duration::from_millis(10);
+    wait_slot_confirmed(&db, &mut service, SLOT, &end_lsn, CATCH_UP_TIMEOUT, poll).await;
     let catch_up = load_ended.elapsed();
     let mut lags = sampler.join().expect("lag sampler");
 
@@ -320,33 +321,4 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     }
     let rank = (q * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// Waits (polling every 10 ms) until the slot's `confirmed_flush_lsn` reaches `end_lsn`,
-/// which pg2lake confirms only once every change up to there is committed in the lake.
-async fn wait_confirmed(db: &tokio_postgres::Client, service: &mut Service, end_lsn: &str) {
-    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
-    loop {
-        let done: Option<bool> = db
-            .query_one(
-                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
-                &[&end_lsn, &SLOT],
-            )
-            .await
-            .expect("slot position")
-            .get(0);
-        if done == Some(true) {
-            return;
-        }
-        assert!(
-            service.is_running(),
-            "pg2lake exited; log:\n{}",
-            service.log()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "pg2lake did not confirm {end_lsn} within {CATCH_UP_TIMEOUT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }

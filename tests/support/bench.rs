@@ -178,9 +178,9 @@ pub struct Drain {
 }
 
 impl Drain {
-    /// The walsender's busy fraction: its CPU time over the drain's wall time. Decoding
-    /// in the walsender is the physical limit of a drain; 1.0 means it never waited for
-    /// the consumer.
+    /// The walsender's busy fraction: its CPU time over the drain's wall time. Below 1.0
+    /// it waited on its consumer, or needed less CPU for the same WAL (it sends in bulk
+    /// to a consumer that lets its socket fill).
     pub fn walsender_busy(&self) -> Option<f64> {
         self.walsender_cpu
             .map(|cpu| cpu / self.time.as_secs_f64().max(f64::MIN_POSITIVE))
@@ -241,9 +241,25 @@ async fn run_pg2lake_until_confirmed(
 ) -> (Duration, Service) {
     let started = Instant::now();
     let mut service = Service::start(config, &[]);
-    let deadline = started + DRAIN_TIMEOUT;
+    let poll = Duration::from_millis(50);
+    wait_slot_confirmed(db, &mut service, slot, end_lsn, DRAIN_TIMEOUT, poll).await;
+    (started.elapsed(), service)
+}
+
+/// Waits (polling every `poll`) until `slot` has confirmed `end_lsn`, which pg2lake
+/// does only once every change up to there is committed in the lake; fails when
+/// `service` exits or `timeout` passes first.
+pub async fn wait_slot_confirmed(
+    db: &tokio_postgres::Client,
+    service: &mut Service,
+    slot: &str,
+    end_lsn: &str,
+    timeout: Duration,
+    poll: Duration,
+) {
+    let deadline = Instant::now() + timeout;
     loop {
-        let done: bool = db
+        let done: Option<bool> = db
             .query_one(
                 "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
                 &[&end_lsn, &slot],
@@ -251,18 +267,20 @@ async fn run_pg2lake_until_confirmed(
             .await
             .expect("slot position")
             .get(0);
-        if done {
-            break;
+        if done == Some(true) {
+            return;
         }
         assert!(
             service.is_running(),
             "pg2lake exited; log:\n{}",
             service.log()
         );
-        assert!(Instant::now() < deadline, "pg2lake did not catch up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            Instant::now() < deadline,
+            "pg2lake did not confirm {end_lsn} within {timeout:?}"
+        );
+        tokio::time::sleep(poll).await;
     }
-    (started.elapsed(), service)
 }
 
 /// How often [`WalsenderCpu`] reads the CPU time of the walsender it follows.

@@ -14,10 +14,12 @@
 //! slowed to at most 64 KiB per `delay` per connection, as on a distant, narrow link.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+
+use super::proxy::{accept_loop, listen};
 
 /// How long a relay thread waits for bytes (and the acceptor for a connection) before it
 /// looks at the stop flag again.
@@ -40,46 +42,33 @@ impl DelayProxy {
     /// Relays 127.0.0.1:`port` to `upstream` (`host:port`), forwarding each chunk the
     /// client sends `delay` after it was read.
     pub fn start(upstream: &str, delay: Duration) -> DelayProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the delay proxy");
-        listener
-            .set_nonblocking(true)
-            .expect("nonblocking listener");
-        let port = listener.local_addr().expect("proxy address").port();
+        let (listener, port) = listen();
         let delayed = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let upstream = upstream.to_owned();
         let (count, stopped) = (delayed.clone(), stop.clone());
         std::thread::spawn(move || {
-            while !stopped.load(Ordering::SeqCst) {
-                let client = match listener.accept() {
-                    Ok((client, _)) => client,
-                    Err(err) if err.kind() == ErrorKind::WouldBlock => {
-                        std::thread::sleep(POLL);
-                        continue;
-                    }
-                    Err(_) => continue,
-                };
-                let Ok(server) = TcpStream::connect(&upstream) else {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                };
-                client
-                    .set_nonblocking(false)
-                    .expect("blocking client socket");
-                // The only added latency is the delay: no Nagle wait on either leg.
-                let _ = client.set_nodelay(true);
-                let _ = server.set_nodelay(true);
-                let upload = (
-                    client.try_clone().expect("clone client"),
-                    server.try_clone().expect("clone server"),
-                );
-                let (count, stop) = (count.clone(), stopped.clone());
-                std::thread::spawn(move || {
-                    relay(upload.0, upload.1, delay, Some(&count), &stop);
-                });
-                let stop = stopped.clone();
-                std::thread::spawn(move || relay(server, client, Duration::ZERO, None, &stop));
-            }
+            accept_loop(
+                &listener,
+                &upstream,
+                &stopped.clone(),
+                || false,
+                |client, server| {
+                    // The only added latency is the delay: no Nagle wait on either leg.
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let upload = (
+                        client.try_clone().expect("clone client"),
+                        server.try_clone().expect("clone server"),
+                    );
+                    let (count, stop) = (count.clone(), stopped.clone());
+                    std::thread::spawn(move || {
+                        relay(upload.0, upload.1, delay, Some(&count), &stop);
+                    });
+                    let stop = stopped.clone();
+                    std::thread::spawn(move || relay(server, client, Duration::ZERO, None, &stop));
+                },
+            );
         });
         DelayProxy {
             port,

@@ -34,14 +34,54 @@ pub struct Proxy {
     stop: Arc<AtomicBool>,
 }
 
+/// A nonblocking listener on a free port of 127.0.0.1, and the port.
+pub fn listen() -> (TcpListener, u16) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+    listener
+        .set_nonblocking(true)
+        .expect("nonblocking listener");
+    let port = listener.local_addr().expect("proxy address").port();
+    (listener, port)
+}
+
+/// Accepts connections on `listener` (from [`listen`]) until `stop`: each is closed at
+/// once while `refuse()` says so, or when `upstream` (`host:port`) cannot be reached;
+/// otherwise it is handed to `connected` with its upstream connection, both blocking.
+pub fn accept_loop(
+    listener: &TcpListener,
+    upstream: &str,
+    stop: &AtomicBool,
+    refuse: impl Fn() -> bool,
+    mut connected: impl FnMut(TcpStream, TcpStream),
+) {
+    while !stop.load(Ordering::SeqCst) {
+        let client = match listener.accept() {
+            Ok((client, _)) => client,
+            Err(err) if err.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(POLL);
+                continue;
+            }
+            Err(_) => continue,
+        };
+        if refuse() {
+            let _ = client.shutdown(Shutdown::Both);
+            continue;
+        }
+        let Ok(server) = TcpStream::connect(upstream) else {
+            let _ = client.shutdown(Shutdown::Both);
+            continue;
+        };
+        client
+            .set_nonblocking(false)
+            .expect("blocking client socket");
+        connected(client, server);
+    }
+}
+
 impl Proxy {
     /// Relays 127.0.0.1:`port` to `upstream` (`host:port`).
     pub fn start(upstream: &str) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
-        listener
-            .set_nonblocking(true)
-            .expect("nonblocking listener");
-        let port = listener.local_addr().expect("proxy address").port();
+        let (listener, port) = listen();
         let proxy = Proxy {
             port,
             frozen: Arc::new(AtomicBool::new(false)),
@@ -59,44 +99,34 @@ impl Proxy {
             proxy.stop.clone(),
         );
         std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                let client = match listener.accept() {
-                    Ok((client, _)) => client,
-                    Err(err) if err.kind() == ErrorKind::WouldBlock => {
-                        std::thread::sleep(POLL);
-                        continue;
+            let refuse = || down.load(Ordering::SeqCst);
+            accept_loop(
+                &listener,
+                &upstream,
+                &stop.clone(),
+                refuse,
+                |client, server| {
+                    let born = generation.load(Ordering::SeqCst);
+                    {
+                        let mut open = connections.lock().expect("connections");
+                        open.push(client.try_clone().expect("clone client"));
+                        open.push(server.try_clone().expect("clone server"));
                     }
-                    Err(_) => continue,
-                };
-                if down.load(Ordering::SeqCst) {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(&upstream) else {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                };
-                client
-                    .set_nonblocking(false)
-                    .expect("blocking client socket");
-                let born = generation.load(Ordering::SeqCst);
-                {
-                    let mut open = connections.lock().expect("connections");
-                    open.push(client.try_clone().expect("clone client"));
-                    open.push(server.try_clone().expect("clone server"));
-                }
-                for (from, to) in [
-                    (
-                        client.try_clone().expect("clone"),
-                        server.try_clone().expect("clone"),
-                    ),
-                    (server, client),
-                ] {
-                    let (frozen, generation, stop) =
-                        (frozen.clone(), generation.clone(), stop.clone());
-                    std::thread::spawn(move || relay(from, to, born, &frozen, &generation, &stop));
-                }
-            }
+                    for (from, to) in [
+                        (
+                            client.try_clone().expect("clone"),
+                            server.try_clone().expect("clone"),
+                        ),
+                        (server, client),
+                    ] {
+                        let (frozen, generation, stop) =
+                            (frozen.clone(), generation.clone(), stop.clone());
+                        std::thread::spawn(move || {
+                            relay(from, to, born, &frozen, &generation, &stop)
+                        });
+                    }
+                },
+            );
         });
         proxy
     }
