@@ -43,11 +43,13 @@ pub struct State {
     pub fail_next_commit: bool,
 }
 
-/// The test's handle on a sink: what it holds, and the gate its commits wait at.
+/// The test's handle on a sink: what it holds, and the gates its commits and writes
+/// wait at.
 #[derive(Debug, Clone)]
 pub struct MemoryTable {
     state: Arc<Mutex<State>>,
     gate: Arc<Semaphore>,
+    writes: Arc<Semaphore>,
 }
 
 impl MemoryTable {
@@ -59,6 +61,7 @@ impl MemoryTable {
                 ..State::default()
             })),
             gate: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+            writes: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
         };
         let sink = MemorySink {
             table: table.clone(),
@@ -76,6 +79,12 @@ impl MemoryTable {
     pub fn hold_commits(&self) {
         let held = self.gate.available_permits();
         self.gate.forget_permits(held);
+    }
+
+    /// Holds every write back (a store that stopped answering).
+    pub fn hold_writes(&self) {
+        let held = self.writes.available_permits();
+        self.writes.forget_permits(held);
     }
 
     /// Lets `n` commits through.
@@ -123,6 +132,12 @@ impl MemorySink {
 
 impl ChunkWriter for MemorySink {
     async fn write_rows(&mut self, chunk: RecordBatch) -> Result<(), ApplyError> {
+        self.table
+            .writes
+            .acquire()
+            .await
+            .expect("the gate stays open")
+            .forget();
         self.write(chunk);
         Ok(())
     }

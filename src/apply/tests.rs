@@ -413,3 +413,43 @@ async fn a_streamed_transaction_commits_its_surviving_rows_renumbered() {
     assert_eq!(applier.confirmable(), Lsn(0x508));
     applier.close().await;
 }
+
+#[tokio::test]
+async fn rows_queued_for_a_stuck_writer_stop_the_applier_at_the_memory_budget() {
+    let (memory, a) = table("a", None);
+    memory.hold_writes();
+    let budget = FlushPolicy {
+        max_bytes: super::CHUNK_BYTES,
+        ..policy()
+    };
+    let mut applier = Applier::new(vec![a], budget, START);
+    apply_all(
+        &mut applier,
+        vec![relation(1, "a", &["id", "v"]), begin(0x100, 7)],
+    )
+    .await;
+    // Far fewer chunks than the writer's command queue holds (32): the memory budget,
+    // not the queue, is what stops the applier.
+    let limit = 20 * super::CHUNK_ROWS;
+    let mut applied = 0;
+    while applied < limit {
+        let next = insert(1, &[&applied.to_string(), "x"]);
+        match tokio::time::timeout(Duration::from_secs(2), applier.apply(next)).await {
+            Ok(result) => {
+                result.expect("applied");
+            }
+            Err(_) => break,
+        }
+        applied += 1;
+    }
+    assert!(
+        applied < limit,
+        "the applier went on past {limit} rows with no row written"
+    );
+    assert!(
+        applied >= super::CHUNK_ROWS,
+        "blocked before one chunk: {applied} rows"
+    );
+    assert!(memory.state().events.is_empty(), "the writer was held");
+    applier.close().await;
+}
