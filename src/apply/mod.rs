@@ -46,7 +46,8 @@ use crate::batch::{ChangeMeta, Op, TableBatch};
 use crate::lake::LakeError;
 use crate::lsn::Lsn;
 use crate::pg::pgoutput::{
-    self, Decoded, LogicalMessage, OldTuple, Relation, StreamCommit, TupleValue,
+    self, Decoded, LogicalMessage, OldTuple, Relation, StreamAbort, StreamCommit, StreamStart,
+    Truncate, TupleValue, Update,
 };
 use crate::schema::{OP_COLUMN, SchemaError, TypeCatalog};
 
@@ -326,17 +327,7 @@ impl Applier {
                 Ok(true)
             }
             LogicalMessage::StreamStart(start) => {
-                if start.first_segment {
-                    // A transaction streamed by an earlier session is streamed again from
-                    // its first segment; nothing of that attempt is kept.
-                    if let Some(earlier) = self.streamed.remove(&start.xid) {
-                        earlier.discard().await;
-                    }
-                    self.streamed.insert(start.xid, StreamedTxn::new(start.xid));
-                } else if !self.streamed.contains_key(&start.xid) {
-                    return Err(ApplyError::UnknownStreamedTransaction(start.xid));
-                }
-                self.stream_block = Some(start.xid);
+                self.on_stream_start(&start).await?;
                 Ok(false)
             }
             LogicalMessage::StreamStop => {
@@ -353,14 +344,7 @@ impl Applier {
                 Ok(true)
             }
             LogicalMessage::StreamAbort(abort) => {
-                if abort.subxid == abort.xid {
-                    if let Some(txn) = self.streamed.remove(&abort.xid) {
-                        tracing::debug!(xid = abort.xid, "streamed transaction aborted");
-                        txn.discard().await;
-                    }
-                } else if let Some(txn) = self.streamed.get_mut(&abort.xid) {
-                    txn.abort_subtransaction(abort.subxid);
-                }
+                self.on_stream_abort(&abort).await;
                 Ok(false)
             }
             LogicalMessage::Relation(relation) => {
@@ -376,19 +360,7 @@ impl Applier {
                 Ok(false)
             }
             LogicalMessage::Update(update) => {
-                // A key tuple is sent only when the update changed the replica identity
-                // key: the row under the old key is gone, so the change log says so
-                // first (as Debezium does), and folding by key stays correct.
-                if let Some(OldTuple::Key(old_key)) = &update.old {
-                    self.on_row(update.relation_id, Op::Delete, old_key, None, xid)
-                        .await?;
-                }
-                let old = match &update.old {
-                    Some(OldTuple::Full(values)) => Some(values.as_slice()),
-                    _ => None,
-                };
-                self.on_row(update.relation_id, Op::Update, &update.new, old, xid)
-                    .await?;
+                self.on_update(&update, xid).await?;
                 Ok(false)
             }
             LogicalMessage::Delete(delete) => {
@@ -400,20 +372,74 @@ impl Applier {
                 Ok(false)
             }
             LogicalMessage::Truncate(truncate) => {
-                for relation_id in truncate.relation_ids {
-                    if let Some((target, meta)) =
-                        self.change_target(relation_id, Op::Truncate, xid)?
-                    {
-                        self.batch_of(target)?.push_truncate(&meta);
-                        self.noted(target, &meta, 0).await?;
-                    }
-                }
+                self.on_truncate(truncate, xid).await?;
                 Ok(false)
             }
             LogicalMessage::Origin(_) | LogicalMessage::Type(_) | LogicalMessage::Message(_) => {
                 Ok(false)
             }
         }
+    }
+
+    /// A segment of a streamed transaction begins: the first opens it (again, when an
+    /// earlier session streamed part of it), a later one continues it.
+    async fn on_stream_start(&mut self, start: &StreamStart) -> Result<(), ApplyError> {
+        if start.first_segment {
+            // A transaction streamed by an earlier session is streamed again from
+            // its first segment; nothing of that attempt is kept.
+            if let Some(earlier) = self.streamed.remove(&start.xid) {
+                earlier.discard().await;
+            }
+            self.streamed.insert(start.xid, StreamedTxn::new(start.xid));
+        } else if !self.streamed.contains_key(&start.xid) {
+            return Err(ApplyError::UnknownStreamedTransaction(start.xid));
+        }
+        self.stream_block = Some(start.xid);
+        Ok(())
+    }
+
+    /// A streamed transaction, or one of its subtransactions, rolled back.
+    async fn on_stream_abort(&mut self, abort: &StreamAbort) {
+        if abort.subxid == abort.xid {
+            if let Some(txn) = self.streamed.remove(&abort.xid) {
+                tracing::debug!(xid = abort.xid, "streamed transaction aborted");
+                txn.discard().await;
+            }
+        } else if let Some(txn) = self.streamed.get_mut(&abort.xid) {
+            txn.abort_subtransaction(abort.subxid);
+        }
+    }
+
+    /// An update: a delete under the old key first when the key changed, then the row.
+    async fn on_update(&mut self, update: &Update, xid: Option<u32>) -> Result<(), ApplyError> {
+        // A key tuple is sent only when the update changed the replica identity
+        // key: the row under the old key is gone, so the change log says so
+        // first (as Debezium does), and folding by key stays correct.
+        if let Some(OldTuple::Key(old_key)) = &update.old {
+            self.on_row(update.relation_id, Op::Delete, old_key, None, xid)
+                .await?;
+        }
+        let old = match &update.old {
+            Some(OldTuple::Full(values)) => Some(values.as_slice()),
+            _ => None,
+        };
+        self.on_row(update.relation_id, Op::Update, &update.new, old, xid)
+            .await
+    }
+
+    /// A truncate: a marker row in each replicated table it names.
+    async fn on_truncate(
+        &mut self,
+        truncate: Truncate,
+        xid: Option<u32>,
+    ) -> Result<(), ApplyError> {
+        for relation_id in truncate.relation_ids {
+            if let Some((target, meta)) = self.change_target(relation_id, Op::Truncate, xid)? {
+                self.batch_of(target)?.push_truncate(&meta);
+                self.noted(target, &meta, 0).await?;
+            }
+        }
+        Ok(())
     }
 
     /// A source transaction is fully applied (its rows pending, if any).

@@ -20,9 +20,11 @@
 //! what makes kill -9, Postgres restarts, network cuts and object-store errors safe.
 
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{Applier, FlushPolicy, ReplicatedTable};
@@ -36,7 +38,9 @@ use crate::lsn::Lsn;
 use crate::metrics;
 use crate::pg::catalog;
 use crate::pg::connect;
-use crate::pg::replication::ReplicationClient;
+use crate::pg::publication::Streaming;
+use crate::pg::replication::{ConnectParams, ReplicationClient, ReplicationStream};
+use crate::schema::TypeCatalog;
 use crate::snapshot::{self, SnapshotPoint};
 
 mod stream;
@@ -158,6 +162,58 @@ async fn session(
     proven: &mut bool,
     tidy: &mut HashSet<String>,
 ) -> Result<SessionEnd, PipelineError> {
+    let Some(mut prepared) = prepare(config, shutdown).await? else {
+        return Ok(SessionEnd::Shutdown);
+    };
+    let mut replication = ReplicationClient::connect(&prepared.params).await?;
+    let slot = prepare_slot(config, &prepared.client, &mut replication).await?;
+    *proven = true;
+    let start = match load(config, &mut prepared, slot, shutdown).await? {
+        ControlFlow::Continue(start) => start,
+        ControlFlow::Break(end) => return Ok(end),
+    };
+    let mut stream = replication
+        .start_logical_replication(
+            &config.source.slot,
+            Lsn::ZERO,
+            &prepared.streaming.publications,
+            true,
+        )
+        .await?;
+    *streaming_since = Some(Instant::now());
+    let end = stream_tables(config, prepared, &mut stream, start, tidy, shutdown).await?;
+    if end == SessionEnd::TablesChanged {
+        // Ends START_REPLICATION, so the server releases the slot for the next session
+        // at once instead of when it notices the closed connection.
+        stream.finish().await?;
+    }
+    Ok(end)
+}
+
+/// What a session has prepared before it touches the slot.
+struct Prepared {
+    /// How to connect (replication, the copy).
+    params: ConnectParams,
+    /// The session's catalog connection.
+    client: Client,
+    /// The publications and the tables they stream.
+    streaming: Streaming,
+    /// The tables opened in the lake, reconciled with their source.
+    replicated: Vec<ReplicatedTable>,
+    /// The types of the tables' columns.
+    types: TypeCatalog,
+    /// The tables to copy before streaming (sorted indices into `replicated`).
+    copied: Vec<usize>,
+    /// Those of `copied` already in the lake, loaded again (see [`slot_loss`]).
+    reload: Vec<usize>,
+}
+
+/// Everything before the slot: preflight, waiting for the slot to be free, the lake, the
+/// publications, the tables, and which of them to copy (`None`: shutdown came first).
+async fn prepare(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<Option<Prepared>, PipelineError> {
     // Everything that can be checked without writing is checked first, so bad settings
     // leave no publication, slot or lake folder behind.
     let Preflight {
@@ -176,18 +232,23 @@ async fn session(
             catalog::resolve_tables(&client, &config.table_patterns()).await?,
             slot,
         ),
-        SlotWait::Shutdown => return Ok(SessionEnd::Shutdown),
+        SlotWait::Shutdown => return Ok(None),
     };
     let lake = bootstrap::open_lake(config).await?;
     // A lost slot is dropped below, or stops pg2lake: the publications are prepared for
     // the slot that streams next.
     let next_slot = slot_now.as_ref().filter(|s| !s.is_lost());
     let streaming = bootstrap::prepare_publications(config, &client, &tables, next_slot).await?;
-    let tables = streaming.tables.clone();
     let app_id = lake::app_id(&config.source.slot);
-    let (mut replicated, types) =
-        bootstrap::open_replicated(config, &client, &lake, &tables, Some(&streaming), &app_id)
-            .await?;
+    let (replicated, types) = bootstrap::open_replicated(
+        config,
+        &client,
+        &lake,
+        &streaming.tables,
+        Some(&streaming),
+        &app_id,
+    )
+    .await?;
     let unloaded = snapshot::unloaded(&replicated);
     let reload = slot_loss(config, slot_now.as_ref(), &replicated)?;
     let mut copied: Vec<usize> = unloaded.iter().chain(&reload).copied().collect();
@@ -199,25 +260,41 @@ async fn session(
     } else if !reload.is_empty() {
         tracing::warn!(slot = %config.source.slot, tables = reload.len(), "the replication slot is gone; creating it again and reloading the tables (source.on_slot_loss: resnapshot)");
     }
-    let load = Load {
-        copied: &copied,
-        reload: &reload,
-    };
+    Ok(Some(Prepared {
+        params,
+        client,
+        streaming,
+        replicated,
+        types,
+        copied,
+        reload,
+    }))
+}
 
-    let mut replication = ReplicationClient::connect(&params).await?;
-    let slot = prepare_slot(config, &client, &mut replication).await?;
-    *proven = true;
+/// Copies the tables that need it, at a point that fits `slot`, and says where streaming
+/// starts (`Break`: the session ends instead).
+async fn load(
+    config: &Config,
+    prepared: &mut Prepared,
+    slot: SlotReady,
+    shutdown: &CancellationToken,
+) -> Result<ControlFlow<SessionEnd, Lsn>, PipelineError> {
+    let load = Load {
+        copied: &prepared.copied,
+        reload: &prepared.reload,
+    };
+    let replicated = &mut prepared.replicated;
     let start = match slot {
-        SlotReady::Taken => return Ok(SessionEnd::SlotTaken),
-        // The slot's own exported snapshot is valid only while `replication` stays idle,
-        // so the copy happens here, before START_REPLICATION is sent on it.
+        SlotReady::Taken => return Ok(ControlFlow::Break(SessionEnd::SlotTaken)),
+        // The slot's own exported snapshot is valid only while the replication connection
+        // stays idle, so the copy happens here, before START_REPLICATION is sent on it.
         // A table already in the lake is among `copied` only when it is reloaded: see
         // [`slot_loss`]; never does a new slot silently skip what happened before it.
         SlotReady::Created(created) => {
-            if !copied.is_empty() {
+            if !load.copied.is_empty() {
                 let point = SnapshotPoint::of_slot(&created);
-                if !copy_unless_stopped(config, &point, &mut replicated, load, shutdown).await? {
-                    return Ok(SessionEnd::Shutdown);
+                if !copy_unless_stopped(config, &point, replicated, load, shutdown).await? {
+                    return Ok(ControlFlow::Break(SessionEnd::Shutdown));
                 }
             }
             created.consistent_point
@@ -226,11 +303,11 @@ async fn session(
         // temporary slot's consistent point and keep the slot, whose confirmed position is
         // before it, so the tables already loaded lose nothing they still have to stream.
         SlotReady::Existing(position) => {
-            if !copied.is_empty() {
-                let (exporter, created) = snapshot::temporary_export(&params).await?;
+            if !load.copied.is_empty() {
+                let (exporter, created) = snapshot::temporary_export(&prepared.params).await?;
                 let point = SnapshotPoint::of_slot(&created);
-                if !copy_unless_stopped(config, &point, &mut replicated, load, shutdown).await? {
-                    return Ok(SessionEnd::Shutdown);
+                if !copy_unless_stopped(config, &point, replicated, load, shutdown).await? {
+                    return Ok(ControlFlow::Break(SessionEnd::Shutdown));
                 }
                 // Closing the connection drops the temporary slot.
                 drop(exporter);
@@ -238,15 +315,26 @@ async fn session(
             position
         }
     };
-    let mut stream = replication
-        .start_logical_replication(
-            &config.source.slot,
-            Lsn::ZERO,
-            &streaming.publications,
-            true,
-        )
-        .await?;
-    *streaming_since = Some(Instant::now());
+    Ok(ControlFlow::Continue(start))
+}
+
+/// Streams the prepared tables from `start` until shutdown, an error or a change of
+/// tables; their writer tasks are gone when it returns.
+async fn stream_tables(
+    config: &Config,
+    prepared: Prepared,
+    stream: &mut ReplicationStream,
+    start: Lsn,
+    tidy: &mut HashSet<String>,
+    shutdown: &CancellationToken,
+) -> Result<SessionEnd, PipelineError> {
+    let Prepared {
+        client,
+        streaming,
+        replicated,
+        types,
+        ..
+    } = prepared;
     // The server accepted START_REPLICATION, so this process holds the slot: no other
     // pg2lake writes these tables now, and files none of their commits reference are
     // leftovers of a writer killed before its commit. A listing per table: once per
@@ -278,7 +366,7 @@ async fn session(
     for (table, committed) in applier.table_positions() {
         tracing::info!(table, committed_lsn = ?committed.map(|l| l.to_string()), "replicating table");
     }
-    tracing::info!(slot = %config.source.slot, start_lsn = %start, tables = tables.len(), "streaming changes");
+    tracing::info!(slot = %config.source.slot, start_lsn = %start, tables = streaming.tables.len(), "streaming changes");
     let session = Session {
         config,
         client: &client,
@@ -288,17 +376,11 @@ async fn session(
             .await?
             .unwrap_or(DEFAULT_SILENCE_LIMIT),
     };
-    let end = stream_changes(&session, &mut stream, &mut applier, start, shutdown).await;
+    let end = stream_changes(&session, stream, &mut applier, start, shutdown).await;
     // Whatever ended the session, its writer tasks are gone before the next one opens
     // the tables.
     applier.close().await;
-    let end = end?;
-    if end == SessionEnd::TablesChanged {
-        // Ends START_REPLICATION, so the server releases the slot for the next session
-        // at once instead of when it notices the closed connection.
-        stream.finish().await?;
-    }
-    Ok(end)
+    end
 }
 
 /// The tables a session copies: `copied` (sorted indices), of which `reload` are tables

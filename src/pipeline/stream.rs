@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Interval, MissedTickBehavior};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -85,38 +85,11 @@ pub(super) async fn stream_changes(
     // for the whole limit means the connection is gone. Postgres's own standbys do the
     // same with wal_receiver_timeout.
     let mut last_received = tokio::time::Instant::now();
-    // Knows whether a stream block (a transaction sent before its commit) is open.
-    let mut decoder = Decoder::new();
-    let mut status_tick = tokio::time::interval(config.source.status_interval);
-    status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let flush_period =
-        (config.flush.max_interval / 4).clamp(Duration::from_millis(50), FLUSH_CHECK_MAX_PERIOD);
-    let mut flush_tick = tokio::time::interval(flush_period);
-    flush_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut heartbeat_tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + config.source.heartbeat_interval,
-        config.source.heartbeat_interval,
-    );
-    heartbeat_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let wildcards: Vec<TablePattern> = config
-        .table_patterns()
-        .into_iter()
-        .filter(|p| matches!(p, TablePattern::AllInSchema(_)))
-        .collect();
-    let mut discovery_tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + config.source.table_discovery_interval,
-        config.source.table_discovery_interval,
-    );
-    discovery_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut identity_tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + IDENTITY_CHECK_INTERVAL,
-        IDENTITY_CHECK_INTERVAL,
-    );
-    identity_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut timers = Timers::new(config);
+    let wildcards = wildcards(config);
     // The tables changed; the session ends at the next transaction boundary.
     let mut changed = false;
-    // Whether the last transaction begun is old: a backlog is being read.
-    let mut catching_up = false;
+    let mut reader = Reader::new(client);
     // Positions first: the lag is measured against them.
     record_loop(&progress, applier);
     refresh_server_metrics(config, client, silence_limit).await;
@@ -132,7 +105,7 @@ pub(super) async fn stream_changes(
             // Status updates before the stream: under a steady stream the stream arm is
             // always ready, and a walsender that hears nothing for wal_sender_timeout
             // drops the connection.
-            _ = status_tick.tick() => {
+            _ = timers.status.tick() => {
                 // When idle, ask for a keepalive: its position is confirmable, so the slot
                 // keeps up with WAL written by other databases and unpublished tables.
                 // After a long silence, ask too: the answer proves the connection alive.
@@ -149,60 +122,33 @@ pub(super) async fn stream_changes(
                 }
             }
             // The age rule of the flush policy; cheap when nothing is due.
-            _ = flush_tick.tick() => {
+            _ = timers.flush.tick() => {
                 metrics::global().health.tick();
                 if applier.flush_due(Instant::now()) {
                     flush(applier).await?;
                 }
             }
             // Heartbeats keep the slot moving when the only WAL is from other databases.
-            _ = heartbeat_tick.tick() => {
-                let lsn = within(silence_limit, "emitting a heartbeat", catalog::emit_heartbeat(client)).await??;
-                tracing::debug!(lsn = %lsn, "emitted heartbeat");
-                refresh_server_metrics(config, client, silence_limit).await;
-            }
+            _ = timers.heartbeat.tick() => heartbeat(session).await?,
             // Tables created since the session began that `schema.*` entries match, and
             // replicated tables dropped and created again.
-            _ = discovery_tick.tick(), if !changed => {
+            _ = timers.discovery.tick(), if !changed => {
                 changed = within(silence_limit, "looking for new tables", tables_changed(client, &wildcards, sources)).await?;
             }
             // A table that lost its replica identity breaks the application's UPDATE and
             // DELETE while the main publication holds it: moved out at once, here.
-            _ = identity_tick.tick(), if !changed => {
+            _ = timers.identity.tick(), if !changed => {
                 changed = within(silence_limit, "checking replica identities", publications_changed(session)).await??;
             }
             // Bounded by the silence limit (see `last_received`); a message already in
             // the socket is taken first, so a loop busy elsewhere never trips it.
             message = tokio::time::timeout_at(last_received + silence_limit, stream.next()) => {
                 let Ok(message) = message else {
-                    return Err(ReplicationError::Timeout(format!(
-                        "nothing from the walsender for {}s (wal_sender_timeout), although a reply was asked for: the connection is cut or stalled",
-                        silence_limit.as_secs()
-                    )).into());
+                    return Err(silence(silence_limit));
                 };
                 last_received = tokio::time::Instant::now();
-                let mut reader = Reader {
-                    client,
-                    decoder: &mut decoder,
-                    progress: &mut progress,
-                    behind: catching_up,
-                };
-                reader.take(stream, applier, message?).await?;
-                // Catching up: the messages already received are taken before the loop
-                // turns again, and when none is waiting, more are let to arrive for a
-                // moment. Waking for every message of a backlog of small transactions
-                // costs pg2lake more CPU in scheduling than in work, CPU the walsender's
-                // decoding (the real limit) needs on a small machine.
+                reader.take_ready(stream, applier, &mut progress, message?).await?;
                 if reader.behind {
-                    for _ in 0..DRAIN_AT_ONCE {
-                        match stream.next().now_or_never() {
-                            Some(message) => reader.take(stream, applier, message?).await?,
-                            None => break,
-                        }
-                    }
-                }
-                catching_up = reader.behind;
-                if catching_up {
                     tokio::time::sleep(COALESCE).await;
                 }
             }
@@ -216,16 +162,130 @@ pub(super) async fn stream_changes(
     }
 }
 
+/// Emits a heartbeat and reads the server's position and the slot's health.
+async fn heartbeat(session: &Session<'_>) -> Result<(), PipelineError> {
+    let Session {
+        config,
+        client,
+        silence_limit,
+        ..
+    } = *session;
+    let lsn = within(
+        silence_limit,
+        "emitting a heartbeat",
+        catalog::emit_heartbeat(client),
+    )
+    .await??;
+    tracing::debug!(lsn = %lsn, "emitted heartbeat");
+    refresh_server_metrics(config, client, silence_limit).await;
+    Ok(())
+}
+
+/// The `schema.*` entries of `tables`, which new tables can match while streaming.
+fn wildcards(config: &Config) -> Vec<TablePattern> {
+    config
+        .table_patterns()
+        .into_iter()
+        .filter(|p| matches!(p, TablePattern::AllInSchema(_)))
+        .collect()
+}
+
+/// The select loop's timers.
+struct Timers {
+    /// Standby status updates to the walsender.
+    status: Interval,
+    /// The flush policy's age rule.
+    flush: Interval,
+    /// Heartbeats that move the slot when only other databases write WAL.
+    heartbeat: Interval,
+    /// Looking for new and re-created tables.
+    discovery: Interval,
+    /// Checking the replica identities.
+    identity: Interval,
+}
+
+impl Timers {
+    /// The timers for `config`: status and flush checks tick at once, the others first
+    /// after their period. A late tick is delayed, never made up in a burst.
+    fn new(config: &Config) -> Self {
+        let flush_period = (config.flush.max_interval / 4)
+            .clamp(Duration::from_millis(50), FLUSH_CHECK_MAX_PERIOD);
+        let now = tokio::time::Instant::now();
+        let every = |first: tokio::time::Instant, period: Duration| {
+            let mut tick = tokio::time::interval_at(first, period);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            tick
+        };
+        Timers {
+            status: every(now, config.source.status_interval),
+            flush: every(now, flush_period),
+            heartbeat: every(
+                now + config.source.heartbeat_interval,
+                config.source.heartbeat_interval,
+            ),
+            discovery: every(
+                now + config.source.table_discovery_interval,
+                config.source.table_discovery_interval,
+            ),
+            identity: every(now + IDENTITY_CHECK_INTERVAL, IDENTITY_CHECK_INTERVAL),
+        }
+    }
+}
+
+/// The error of a connection silent for the whole `limit` although a reply was asked
+/// for (see `last_received` in [`stream_changes`]).
+fn silence(limit: Duration) -> PipelineError {
+    ReplicationError::Timeout(format!(
+        "nothing from the walsender for {}s (wal_sender_timeout), although a reply was asked for: the connection is cut or stalled",
+        limit.as_secs()
+    ))
+    .into()
+}
+
 /// Takes the walsender's messages: decodes, applies, flushes when due, confirms.
 struct Reader<'a> {
+    /// The session's catalog connection, for the types of new relations' columns.
     client: &'a Client,
-    decoder: &'a mut Decoder,
-    progress: &'a mut Progress,
+    /// Knows whether a stream block (a transaction sent before its commit) is open.
+    decoder: Decoder,
     /// Whether the last transaction begun committed more than [`BEHIND`] ago.
     behind: bool,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    /// A reader at the start of a session: no stream block open, not behind.
+    fn new(client: &'a Client) -> Self {
+        Reader {
+            client,
+            decoder: Decoder::new(),
+            behind: false,
+        }
+    }
+
+    /// Takes `message` and, while catching up, the messages already received after it:
+    /// waking for every message of a backlog of small transactions costs pg2lake more
+    /// CPU in scheduling than in work, CPU the walsender's decoding (the real limit)
+    /// needs on a small machine. The caller then lets more arrive for a moment (see
+    /// [`COALESCE`]).
+    async fn take_ready(
+        &mut self,
+        stream: &mut ReplicationStream,
+        applier: &mut Applier,
+        progress: &mut Progress,
+        message: Option<ReplicationMessage>,
+    ) -> Result<(), PipelineError> {
+        self.take(stream, applier, progress, message).await?;
+        if self.behind {
+            for _ in 0..DRAIN_AT_ONCE {
+                match stream.next().now_or_never() {
+                    Some(message) => self.take(stream, applier, progress, message?).await?,
+                    None => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Takes one message (`None`: the server ended the stream), and notes whether the
     /// stream is catching up: the last transaction begun committed more than [`BEHIND`]
     /// ago (by this host's clock; a skewed clock costs at most [`COALESCE`] per wait).
@@ -233,6 +293,7 @@ impl Reader<'_> {
         &mut self,
         stream: &mut ReplicationStream,
         applier: &mut Applier,
+        progress: &mut Progress,
         message: Option<ReplicationMessage>,
     ) -> Result<(), PipelineError> {
         match message {
@@ -240,7 +301,7 @@ impl Reader<'_> {
             Some(ReplicationMessage::XLogData {
                 wal_start, data, ..
             }) => {
-                self.progress.receive(wal_start);
+                progress.receive(wal_start);
                 let message = self.decoder.decode(data)?;
                 if let LogicalMessage::Begin(begin) = &message.message {
                     let committed = pgoutput::pg_epoch_micros_to_unix_micros(begin.commit_ts);
@@ -258,7 +319,7 @@ impl Reader<'_> {
                     if applier.flush_due(Instant::now()) {
                         flush(applier).await?;
                     }
-                    self.progress.confirm(applier.confirmable());
+                    progress.confirm(applier.confirmable());
                 }
                 Ok(())
             }
@@ -267,7 +328,7 @@ impl Reader<'_> {
                 reply_requested,
                 ..
             }) => {
-                self.progress.receive(wal_end);
+                progress.receive(wal_end);
                 applier.idle_position(wal_end);
                 if !applier.in_transaction() && !applier.has_pending() {
                     // Everything the server sent is in the lake: a change lost with an
@@ -275,10 +336,10 @@ impl Reader<'_> {
                     // already.
                     metrics::global().caught_up();
                 }
-                self.progress.confirm(applier.confirmable());
+                progress.confirm(applier.confirmable());
                 if reply_requested {
                     // The walsender asks because wal_sender_timeout is near.
-                    send_status(stream, self.progress, false).await?;
+                    send_status(stream, progress, false).await?;
                 }
                 Ok(())
             }
