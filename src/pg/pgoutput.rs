@@ -385,6 +385,27 @@ pub enum MessageKind {
 }
 
 impl MessageKind {
+    /// The kind a message tag byte names, or `None` for a tag this decoder does not know.
+    fn from_tag(tag: u8) -> Option<MessageKind> {
+        match tag {
+            b'B' => Some(MessageKind::Begin),
+            b'C' => Some(MessageKind::Commit),
+            b'O' => Some(MessageKind::Origin),
+            b'R' => Some(MessageKind::Relation),
+            b'Y' => Some(MessageKind::Type),
+            b'I' => Some(MessageKind::Insert),
+            b'U' => Some(MessageKind::Update),
+            b'D' => Some(MessageKind::Delete),
+            b'T' => Some(MessageKind::Truncate),
+            b'M' => Some(MessageKind::Message),
+            b'S' => Some(MessageKind::StreamStart),
+            b'E' => Some(MessageKind::StreamStop),
+            b'c' => Some(MessageKind::StreamCommit),
+            b'A' => Some(MessageKind::StreamAbort),
+            _ => None,
+        }
+    }
+
     /// The phrase used in error messages, e.g. "Update message".
     fn describe(self) -> &'static str {
         match self {
@@ -576,48 +597,10 @@ fn decode_in(buf: Bytes, in_stream: bool) -> Result<Decoded, DecodeError> {
         kind: MessageKind::Unknown,
     };
     let tag = r.u8()?;
-    r.kind = match tag {
-        b'B' => MessageKind::Begin,
-        b'C' => MessageKind::Commit,
-        b'O' => MessageKind::Origin,
-        b'R' => MessageKind::Relation,
-        b'Y' => MessageKind::Type,
-        b'I' => MessageKind::Insert,
-        b'U' => MessageKind::Update,
-        b'D' => MessageKind::Delete,
-        b'T' => MessageKind::Truncate,
-        b'M' => MessageKind::Message,
-        b'S' => MessageKind::StreamStart,
-        b'E' => MessageKind::StreamStop,
-        b'c' => MessageKind::StreamCommit,
-        b'A' => MessageKind::StreamAbort,
-        other => return Err(r.error_at(0, DecodeProblem::UnknownTag(other))),
-    };
-    let (allowed, carries_xid) = match r.kind {
-        // Only between stream blocks.
-        MessageKind::Begin
-        | MessageKind::Commit
-        | MessageKind::StreamStart
-        | MessageKind::StreamCommit
-        | MessageKind::StreamAbort => (!in_stream, false),
-        // Only inside a stream block.
-        MessageKind::StreamStop => (in_stream, false),
-        // Anywhere, and with no xid: pgoutput sends it after a first Stream Start.
-        MessageKind::Origin => (true, false),
-        // Anywhere, with the (sub)transaction's xid inside a block.
-        MessageKind::Relation
-        | MessageKind::Type
-        | MessageKind::Insert
-        | MessageKind::Update
-        | MessageKind::Delete
-        | MessageKind::Truncate
-        | MessageKind::Message => (true, in_stream),
-        // Unknown tags returned above; kept as an error rather than a panic.
-        MessageKind::Unknown => return Err(r.error_at(0, DecodeProblem::UnknownTag(tag))),
-    };
-    if !allowed {
-        return Err(r.error_at(0, DecodeProblem::UnexpectedStreamState { in_stream }));
-    }
+    r.kind =
+        MessageKind::from_tag(tag).ok_or_else(|| r.error_at(0, DecodeProblem::UnknownTag(tag)))?;
+    let carries_xid =
+        carries_xid(r.kind, tag, in_stream).map_err(|problem| r.error_at(0, problem))?;
     let xid = if carries_xid { Some(r.u32()?) } else { None };
     let message = match r.kind {
         MessageKind::Begin => LogicalMessage::Begin(Begin {
@@ -641,66 +624,11 @@ fn decode_in(buf: Bytes, in_stream: bool) -> Result<Decoded, DecodeError> {
             namespace: r.string()?,
             name: r.string()?,
         }),
-        MessageKind::Insert => {
-            let relation_id = r.u32()?;
-            r.marker(b"N", "'N'")?;
-            LogicalMessage::Insert(Insert {
-                relation_id,
-                new: r.tuple()?,
-            })
-        }
-        MessageKind::Update => {
-            let relation_id = r.u32()?;
-            let old = match r.marker(b"KON", "'K', 'O' or 'N'")? {
-                b'K' => Some(OldTuple::Key(r.tuple()?)),
-                b'O' => Some(OldTuple::Full(r.tuple()?)),
-                _ => None,
-            };
-            if old.is_some() {
-                r.marker(b"N", "'N'")?;
-            }
-            LogicalMessage::Update(Update {
-                relation_id,
-                old,
-                new: r.tuple()?,
-            })
-        }
-        MessageKind::Delete => {
-            let relation_id = r.u32()?;
-            let old = match r.marker(b"KO", "'K' or 'O'")? {
-                b'K' => OldTuple::Key(r.tuple()?),
-                _ => OldTuple::Full(r.tuple()?),
-            };
-            LogicalMessage::Delete(Delete { relation_id, old })
-        }
-        MessageKind::Truncate => {
-            let count_at = r.pos;
-            let count = usize_from(r.u32()?);
-            let options = r.u8()?;
-            // Each relation id takes four bytes.
-            r.check_count(count_at, count, 4)?;
-            let mut relation_ids = Vec::with_capacity(count);
-            for _ in 0..count {
-                relation_ids.push(r.u32()?);
-            }
-            LogicalMessage::Truncate(Truncate {
-                cascade: options & 1 != 0,
-                restart_identity: options & 2 != 0,
-                relation_ids,
-            })
-        }
-        MessageKind::Message => {
-            let flags = r.u8()?;
-            let lsn = r.lsn()?;
-            let prefix = r.string()?;
-            let len = r.length()?;
-            LogicalMessage::Message(LogicalDecodingMessage {
-                transactional: flags & 1 != 0,
-                lsn,
-                prefix,
-                content: r.bytes(len)?,
-            })
-        }
+        MessageKind::Insert => LogicalMessage::Insert(insert(&mut r)?),
+        MessageKind::Update => LogicalMessage::Update(update(&mut r)?),
+        MessageKind::Delete => LogicalMessage::Delete(delete(&mut r)?),
+        MessageKind::Truncate => LogicalMessage::Truncate(truncate(&mut r)?),
+        MessageKind::Message => LogicalMessage::Message(logical_decoding_message(&mut r)?),
         MessageKind::StreamStart => LogicalMessage::StreamStart(StreamStart {
             xid: r.u32()?,
             first_segment: r.u8()? != 0,
@@ -722,6 +650,107 @@ fn decode_in(buf: Bytes, in_stream: bool) -> Result<Decoded, DecodeError> {
     };
     r.finish()?;
     Ok(Decoded { message, xid })
+}
+
+/// Whether a message of `kind` carries an xid after its tag, or the problem if it may
+/// not arrive in this stream-block state.
+fn carries_xid(kind: MessageKind, tag: u8, in_stream: bool) -> Result<bool, DecodeProblem> {
+    let (allowed, carries_xid) = match kind {
+        // Only between stream blocks.
+        MessageKind::Begin
+        | MessageKind::Commit
+        | MessageKind::StreamStart
+        | MessageKind::StreamCommit
+        | MessageKind::StreamAbort => (!in_stream, false),
+        // Only inside a stream block.
+        MessageKind::StreamStop => (in_stream, false),
+        // Anywhere, and with no xid: pgoutput sends it after a first Stream Start.
+        MessageKind::Origin => (true, false),
+        // Anywhere, with the (sub)transaction's xid inside a block.
+        MessageKind::Relation
+        | MessageKind::Type
+        | MessageKind::Insert
+        | MessageKind::Update
+        | MessageKind::Delete
+        | MessageKind::Truncate
+        | MessageKind::Message => (true, in_stream),
+        // `decode_in` rejects unknown tags before asking; kept as an error, not a panic.
+        MessageKind::Unknown => return Err(DecodeProblem::UnknownTag(tag)),
+    };
+    if !allowed {
+        return Err(DecodeProblem::UnexpectedStreamState { in_stream });
+    }
+    Ok(carries_xid)
+}
+
+/// The body of an Insert message, after the tag (and xid).
+fn insert(r: &mut Reader) -> Result<Insert, DecodeError> {
+    let relation_id = r.u32()?;
+    r.marker(b"N", "'N'")?;
+    Ok(Insert {
+        relation_id,
+        new: r.tuple()?,
+    })
+}
+
+/// The body of an Update message, after the tag (and xid).
+fn update(r: &mut Reader) -> Result<Update, DecodeError> {
+    let relation_id = r.u32()?;
+    let old = match r.marker(b"KON", "'K', 'O' or 'N'")? {
+        b'K' => Some(OldTuple::Key(r.tuple()?)),
+        b'O' => Some(OldTuple::Full(r.tuple()?)),
+        _ => None,
+    };
+    if old.is_some() {
+        r.marker(b"N", "'N'")?;
+    }
+    Ok(Update {
+        relation_id,
+        old,
+        new: r.tuple()?,
+    })
+}
+
+/// The body of a Delete message, after the tag (and xid).
+fn delete(r: &mut Reader) -> Result<Delete, DecodeError> {
+    let relation_id = r.u32()?;
+    let old = match r.marker(b"KO", "'K' or 'O'")? {
+        b'K' => OldTuple::Key(r.tuple()?),
+        _ => OldTuple::Full(r.tuple()?),
+    };
+    Ok(Delete { relation_id, old })
+}
+
+/// The body of a Truncate message, after the tag (and xid).
+fn truncate(r: &mut Reader) -> Result<Truncate, DecodeError> {
+    let count_at = r.pos;
+    let count = usize_from(r.u32()?);
+    let options = r.u8()?;
+    // Each relation id takes four bytes.
+    r.check_count(count_at, count, 4)?;
+    let mut relation_ids = Vec::with_capacity(count);
+    for _ in 0..count {
+        relation_ids.push(r.u32()?);
+    }
+    Ok(Truncate {
+        cascade: options & 1 != 0,
+        restart_identity: options & 2 != 0,
+        relation_ids,
+    })
+}
+
+/// The body of a logical decoding message, after the tag (and xid).
+fn logical_decoding_message(r: &mut Reader) -> Result<LogicalDecodingMessage, DecodeError> {
+    let flags = r.u8()?;
+    let lsn = r.lsn()?;
+    let prefix = r.string()?;
+    let len = r.length()?;
+    Ok(LogicalDecodingMessage {
+        transactional: flags & 1 != 0,
+        lsn,
+        prefix,
+        content: r.bytes(len)?,
+    })
 }
 
 /// The body of a Relation message, after the tag.
