@@ -306,6 +306,70 @@ fn plan(
     plan
 }
 
+impl Plan {
+    /// The SQL that carries out this plan: `main` is the main publication as it is
+    /// (`None`: it is created), `main_name` and `inserts_name` the two publications.
+    fn statements(
+        &self,
+        main: Option<&Publication>,
+        main_name: &str,
+        inserts_name: &str,
+    ) -> Vec<String> {
+        let (main_q, inserts_q) = (quote_ident(main_name), quote_ident(inserts_name));
+        let mut statements = Vec::new();
+        match main {
+            None if self.main_add.is_empty() => statements.push(format!(
+                "CREATE PUBLICATION {main_q} WITH (publish_via_partition_root = true)"
+            )),
+            None => statements.push(format!(
+                "CREATE PUBLICATION {main_q} FOR TABLE {} WITH (publish_via_partition_root = true)",
+                table_list(&self.main_add)
+            )),
+            Some(existing) => {
+                if !self.main_add.is_empty() {
+                    statements.push(format!(
+                        "ALTER PUBLICATION {main_q} ADD TABLE {}",
+                        table_list(&self.main_add)
+                    ));
+                }
+                if !self.main_drop.is_empty() {
+                    statements.push(format!(
+                        "ALTER PUBLICATION {main_q} DROP TABLE {}",
+                        table_list(&self.main_drop)
+                    ));
+                }
+                if !existing.via_root && !existing.all_tables {
+                    statements.push(format!(
+                        "ALTER PUBLICATION {main_q} SET (publish_via_partition_root = true)"
+                    ));
+                }
+            }
+        }
+        if !self.inserts_add.is_empty() {
+            statements.push(format!(
+                "ALTER PUBLICATION {inserts_q} ADD TABLE {}",
+                table_list(&self.inserts_add)
+            ));
+        }
+        if !self.inserts_drop.is_empty() {
+            statements.push(format!(
+                "ALTER PUBLICATION {inserts_q} DROP TABLE {}",
+                table_list(&self.inserts_drop)
+            ));
+        }
+        statements
+    }
+}
+
+/// The tables quoted and comma-separated, as a publication's table list.
+fn table_list(tables: &[TableName]) -> String {
+    tables
+        .iter()
+        .map(TableName::quoted)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Arranges both publications for `tables` at the start of a session (see the module
 /// docs) and says what the session streams. `slot` is the slot as it is now (`None`: it
 /// is created after this, so both publications predate it).
@@ -468,55 +532,7 @@ async fn arrange(
         main.as_ref(),
         inserts_streamed.then_some(inserts.as_slice()),
     );
-    let (main_q, inserts_q) = (quote_ident(publication_name), quote_ident(&inserts_name));
-    let list = |tables: &[TableName]| {
-        tables
-            .iter()
-            .map(TableName::quoted)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let mut statements = Vec::new();
-    match &main {
-        None if plan.main_add.is_empty() => statements.push(format!(
-            "CREATE PUBLICATION {main_q} WITH (publish_via_partition_root = true)"
-        )),
-        None => statements.push(format!(
-            "CREATE PUBLICATION {main_q} FOR TABLE {} WITH (publish_via_partition_root = true)",
-            list(&plan.main_add)
-        )),
-        Some(existing) => {
-            if !plan.main_add.is_empty() {
-                statements.push(format!(
-                    "ALTER PUBLICATION {main_q} ADD TABLE {}",
-                    list(&plan.main_add)
-                ));
-            }
-            if !plan.main_drop.is_empty() {
-                statements.push(format!(
-                    "ALTER PUBLICATION {main_q} DROP TABLE {}",
-                    list(&plan.main_drop)
-                ));
-            }
-            if !existing.via_root && !existing.all_tables {
-                statements.push(format!(
-                    "ALTER PUBLICATION {main_q} SET (publish_via_partition_root = true)"
-                ));
-            }
-        }
-    }
-    if !plan.inserts_add.is_empty() {
-        statements.push(format!(
-            "ALTER PUBLICATION {inserts_q} ADD TABLE {}",
-            list(&plan.inserts_add)
-        ));
-    }
-    if !plan.inserts_drop.is_empty() {
-        statements.push(format!(
-            "ALTER PUBLICATION {inserts_q} DROP TABLE {}",
-            list(&plan.inserts_drop)
-        ));
-    }
+    let statements = plan.statements(main.as_ref(), publication_name, &inserts_name);
     if statements.is_empty() {
         return Ok(plan);
     }
