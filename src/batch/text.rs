@@ -506,24 +506,7 @@ pub(super) fn parse_array(
 ) -> Result<ArrayShape, ValueError> {
     out.clear();
     spans.clear();
-    let mut rest = text;
-    let mut custom_bounds = false;
-    if let Some(equals) = text.iter().position(|&b| b == b'=')
-        && text.first() == Some(&b'[')
-    {
-        let bounds = text.get(..equals).unwrap_or_default();
-        for dimension in bounds.split(|&b| b == b']').filter(|d| !d.is_empty()) {
-            let dimension = dimension.strip_prefix(b"[").ok_or(ValueError::Malformed)?;
-            let colon = dimension
-                .iter()
-                .position(|&b| b == b':')
-                .ok_or(ValueError::Malformed)?;
-            let lower = parse_int::<i32>(dimension.get(..colon).unwrap_or_default())?;
-            parse_int::<i32>(dimension.get(colon + 1..).unwrap_or_default())?;
-            custom_bounds |= lower != 1;
-        }
-        rest = text.get(equals + 1..).unwrap_or_default();
-    }
+    let (rest, custom_bounds) = strip_array_bounds(text)?;
     let mut depth = 0usize;
     let mut max_depth = 0usize;
     let mut i = 0;
@@ -564,22 +547,7 @@ pub(super) fn parse_array(
                 if !expect_element || depth == 0 {
                     return Err(ValueError::Malformed);
                 }
-                let start = out.len();
-                i = if byte == b'"' {
-                    read_quoted(rest, i + 1, out)?
-                } else {
-                    let end = read_unquoted(rest, i, out)?;
-                    let element = out.get(start..).unwrap_or_default();
-                    if element.eq_ignore_ascii_case(b"NULL") {
-                        out.truncate(start);
-                        spans.push(None);
-                        expect_element = false;
-                        i = end;
-                        continue;
-                    }
-                    end
-                };
-                spans.push(Some(start..out.len()));
+                i = read_element(rest, i, out, spans)?;
                 expect_element = false;
             }
         }
@@ -591,6 +559,54 @@ pub(super) fn parse_array(
         dimensions: if spans.is_empty() { 0 } else { max_depth },
         custom_bounds,
     })
+}
+
+/// Splits a leading `[lower:upper]…=` off an array's text form: the rest, and whether
+/// a lower bound other than 1 was given. Text without one is returned whole.
+fn strip_array_bounds(text: &[u8]) -> Result<(&[u8], bool), ValueError> {
+    let mut custom_bounds = false;
+    if let Some(equals) = text.iter().position(|&b| b == b'=')
+        && text.first() == Some(&b'[')
+    {
+        let bounds = text.get(..equals).unwrap_or_default();
+        for dimension in bounds.split(|&b| b == b']').filter(|d| !d.is_empty()) {
+            let dimension = dimension.strip_prefix(b"[").ok_or(ValueError::Malformed)?;
+            let colon = dimension
+                .iter()
+                .position(|&b| b == b':')
+                .ok_or(ValueError::Malformed)?;
+            let lower = parse_int::<i32>(dimension.get(..colon).unwrap_or_default())?;
+            parse_int::<i32>(dimension.get(colon + 1..).unwrap_or_default())?;
+            custom_bounds |= lower != 1;
+        }
+        return Ok((text.get(equals + 1..).unwrap_or_default(), custom_bounds));
+    }
+    Ok((text, custom_bounds))
+}
+
+/// Reads the element at `i` (quoted, unquoted, or an unquoted `NULL`) into `out` and its
+/// span into `spans`; returns the index after it.
+fn read_element(
+    text: &[u8],
+    i: usize,
+    out: &mut Vec<u8>,
+    spans: &mut Vec<Option<Range<usize>>>,
+) -> Result<usize, ValueError> {
+    let start = out.len();
+    if text.get(i) == Some(&b'"') {
+        let end = read_quoted(text, i + 1, out)?;
+        spans.push(Some(start..out.len()));
+        return Ok(end);
+    }
+    let end = read_unquoted(text, i, out)?;
+    let element = out.get(start..).unwrap_or_default();
+    if element.eq_ignore_ascii_case(b"NULL") {
+        out.truncate(start);
+        spans.push(None);
+    } else {
+        spans.push(Some(start..out.len()));
+    }
+    Ok(end)
 }
 
 /// Copies a quoted element starting after its `"` into `out`; returns the index after
