@@ -142,6 +142,22 @@ pub(super) struct RangeColumn {
 }
 
 impl RangeColumn {
+    /// An empty range column whose bounds convert as `bound`.
+    fn new(bound: Conversion) -> RangeColumn {
+        RangeColumn {
+            fields: range_fields(bound.data_type()),
+            lower: Column::new(bound),
+            upper: Column::new(bound),
+            lower_inc: BooleanBuilder::new(),
+            upper_inc: BooleanBuilder::new(),
+            empty: BooleanBuilder::new(),
+            nulls: NullBufferBuilder::new(0),
+            staged: None,
+            scratch: Vec::new(),
+            bounds: [None, None],
+        }
+    }
+
     fn stage(&mut self, text: Option<&[u8]>) -> Result<usize, ValueError> {
         self.staged = None;
         let Some(text) = text else {
@@ -206,6 +222,21 @@ pub(super) struct ListColumn {
 }
 
 impl ListColumn {
+    /// An empty list column whose elements convert as `element`.
+    fn new(element: Conversion) -> ListColumn {
+        ListColumn {
+            elements: Column::new(element),
+            element_field: Arc::new(list_element(element.data_type())),
+            offsets: vec![0],
+            nulls: NullBufferBuilder::new(0),
+            staged: false,
+            scratch: Vec::new(),
+            spans: Vec::new(),
+            reshaped: false,
+            reported: false,
+        }
+    }
+
     fn stage(&mut self, text: Option<&[u8]>) -> Result<usize, ValueError> {
         self.staged = false;
         let Some(text) = text else {
@@ -317,36 +348,14 @@ impl Column {
                 nulls: NullBufferBuilder::new(0),
                 staged: None,
             },
-            Conversion::Hstore => {
-                let names = MapFieldNames {
-                    entry: MAP_ENTRIES[0].into(),
-                    key: MAP_ENTRIES[1].into(),
-                    value: MAP_ENTRIES[2].into(),
-                };
-                let builder =
-                    MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new())
-                        .with_values_field(Field::new(MAP_ENTRIES[2], DataType::Utf8, true));
-                Column::Hstore {
-                    builder,
-                    staged: false,
-                    scratch: Vec::new(),
-                    pairs: Vec::new(),
-                }
-            }
+            Conversion::Hstore => Column::Hstore {
+                builder: hstore_builder(),
+                staged: false,
+                scratch: Vec::new(),
+                pairs: Vec::new(),
+            },
             Conversion::Range(element) => {
-                let bound = element.conversion();
-                Column::Range(Box::new(RangeColumn {
-                    fields: range_fields(bound.data_type()),
-                    lower: Column::new(bound),
-                    upper: Column::new(bound),
-                    lower_inc: BooleanBuilder::new(),
-                    upper_inc: BooleanBuilder::new(),
-                    empty: BooleanBuilder::new(),
-                    nulls: NullBufferBuilder::new(0),
-                    staged: None,
-                    scratch: Vec::new(),
-                    bounds: [None, None],
-                }))
+                Column::Range(Box::new(RangeColumn::new(element.conversion())))
             }
             Conversion::HexBinary => Column::Bytea {
                 builder: BinaryBuilder::new(),
@@ -355,18 +364,7 @@ impl Column {
                 prefixed: false,
             },
             Conversion::Array(element) => {
-                let element = element.conversion();
-                Column::Array(Box::new(ListColumn {
-                    elements: Column::new(element),
-                    element_field: Arc::new(list_element(element.data_type())),
-                    offsets: vec![0],
-                    nulls: NullBufferBuilder::new(0),
-                    staged: false,
-                    scratch: Vec::new(),
-                    spans: Vec::new(),
-                    reshaped: false,
-                    reported: false,
-                }))
+                Column::Array(Box::new(ListColumn::new(element.conversion())))
             }
         }
     }
@@ -388,10 +386,7 @@ impl Column {
     pub(super) fn stage(&mut self, text: Option<&[u8]>) -> Result<usize, ValueError> {
         match self {
             Column::Bool { staged, .. } => {
-                *staged = None;
-                if let Some(text) = text {
-                    *staged = Some(parse_bool(text)?);
-                }
+                stage_parsed(staged, text, parse_bool)?;
                 Ok(1)
             }
             Column::Int16(values) => values.stage(text, parse_int::<i16>),
@@ -423,12 +418,7 @@ impl Column {
                 *staged = false;
                 match text {
                     Some(text) => {
-                        let hex = if *prefixed {
-                            text.strip_prefix(b"\\x").ok_or(ValueError::ByteaNotHex)?
-                        } else {
-                            text
-                        };
-                        decode_hex(hex, scratch)?;
+                        decode_hex(hex_digits(text, *prefixed)?, scratch)?;
                         *staged = true;
                         Ok(scratch.len() + OFFSET_BYTES)
                     }
@@ -446,17 +436,11 @@ impl Column {
             Column::Money(values) => values.stage(text, parse_money),
             Column::Time(values) => values.stage(text, parse_time),
             Column::TimeTz { staged, .. } => {
-                *staged = None;
-                if let Some(text) = text {
-                    *staged = Some(parse_timetz(text)?);
-                }
+                stage_parsed(staged, text, parse_timetz)?;
                 Ok(8 + 4)
             }
             Column::Interval { staged, .. } => {
-                *staged = None;
-                if let Some(text) = text {
-                    *staged = Some(parse_interval(text)?);
-                }
+                stage_parsed(staged, text, parse_interval)?;
                 Ok(4 + 4 + 8)
             }
             Column::Hstore {
@@ -469,15 +453,7 @@ impl Column {
                 let Some(text) = text else {
                     return Ok(OFFSET_BYTES);
                 };
-                parse_hstore(text, scratch, pairs)?;
-                std::str::from_utf8(scratch).map_err(|_| ValueError::InvalidUtf8)?;
-                // Each part must be UTF-8 on its own (a split inside a character is not).
-                for (key, value) in pairs.iter() {
-                    for range in std::iter::once(key).chain(value) {
-                        let part = scratch.get(range.clone()).unwrap_or_default();
-                        std::str::from_utf8(part).map_err(|_| ValueError::InvalidUtf8)?;
-                    }
-                }
+                parse_utf8_hstore(text, scratch, pairs)?;
                 *staged = true;
                 Ok(scratch.len() + OFFSET_BYTES * (1 + 2 * pairs.len()))
             }
@@ -664,4 +640,57 @@ impl Column {
             Column::Range(range) => range.finish(),
         }
     }
+}
+
+/// The map builder of an `hstore` column, with the lake schema's field names.
+fn hstore_builder() -> MapBuilder<StringBuilder, StringBuilder> {
+    let names = MapFieldNames {
+        entry: MAP_ENTRIES[0].into(),
+        key: MAP_ENTRIES[1].into(),
+        value: MAP_ENTRIES[2].into(),
+    };
+    MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new())
+        .with_values_field(Field::new(MAP_ENTRIES[2], DataType::Utf8, true))
+}
+
+/// The hex digits of a hex-printed value: those after bytea's `\x` when `prefixed`.
+fn hex_digits(text: &[u8], prefixed: bool) -> Result<&[u8], ValueError> {
+    if prefixed {
+        text.strip_prefix(b"\\x").ok_or(ValueError::ByteaNotHex)
+    } else {
+        Ok(text)
+    }
+}
+
+/// Parses `text` (None = null) into `staged`, which is cleared first so that a failed
+/// push leaves no value for the next one.
+fn stage_parsed<T>(
+    staged: &mut Option<T>,
+    text: Option<&[u8]>,
+    parse: impl FnOnce(&[u8]) -> Result<T, ValueError>,
+) -> Result<(), ValueError> {
+    *staged = None;
+    if let Some(text) = text {
+        *staged = Some(parse(text)?);
+    }
+    Ok(())
+}
+
+/// Parses an `hstore`'s text form like [`parse_hstore`] and checks that its keys and
+/// values are UTF-8, as the map's string columns need.
+fn parse_utf8_hstore(
+    text: &[u8],
+    scratch: &mut Vec<u8>,
+    pairs: &mut Vec<(Range<usize>, Option<Range<usize>>)>,
+) -> Result<(), ValueError> {
+    parse_hstore(text, scratch, pairs)?;
+    std::str::from_utf8(scratch).map_err(|_| ValueError::InvalidUtf8)?;
+    // Each part must be UTF-8 on its own (a split inside a character is not).
+    for (key, value) in pairs.iter() {
+        for range in std::iter::once(key).chain(value) {
+            let part = scratch.get(range.clone()).unwrap_or_default();
+            std::str::from_utf8(part).map_err(|_| ValueError::InvalidUtf8)?;
+        }
+    }
+    Ok(())
 }
