@@ -123,22 +123,7 @@ pub async fn copy_tables(
         1
     };
     let first = begin(params, point).await?;
-    let err = |what| SnapshotError::query("*", what);
-    let row = first
-        .query_one(
-            "SELECT (extract(epoch FROM now()) * 1000000)::int8, \
-                    current_setting('server_version_num')::int, \
-                    current_setting('block_size')::int8",
-            &[],
-        )
-        .await
-        .map_err(err("reading the snapshot time and server settings"))?;
-    let commit_ts_micros: i64 = row.get(0);
-    let version_num: i32 = row.get(1);
-    let block_size: i64 = row.get(2);
-    let range_pages =
-        (i64::try_from(options.range_size.as_u64()).unwrap_or(i64::MAX) / block_size.max(1)).max(1);
-    let split = parallelism > 1 && version_num >= TID_RANGE_SCAN_VERSION;
+    let (commit_ts_micros, splitting) = snapshot_settings(&first, parallelism, options).await?;
     tracing::info!(lsn = %point.lsn, tables = indices.len(), parallelism, "snapshot started");
 
     let mut slots: Vec<Option<ReplicatedTable>> =
@@ -146,57 +131,21 @@ pub async fn copy_tables(
     let mut queue = VecDeque::new();
     let mut writers = JoinSet::new();
     let progress = Progress::new(crate::terminal::status_lines_enabled());
-    // A retried load starts its gauges over (they are sums when table labels are off).
-    let metrics = metrics::global();
-    metrics
-        .snapshot_tables_pending
-        .set(i64::try_from(indices.len()).unwrap_or(i64::MAX));
-    for table in indices
-        .iter()
-        .filter_map(|&i| slots.get(i).and_then(Option::as_ref))
-    {
-        let label = metrics
-            .table_label(&table.schema().qualified_name())
-            .to_owned();
-        metrics.snapshot_rows.with_label_values(&[&label]).set(0);
-        metrics
-            .snapshot_rows_estimated
-            .with_label_values(&[&label])
-            .set(0);
-    }
+    reset_gauges(&slots, indices);
     for &i in indices {
         let Some(table) = slots.get_mut(i).and_then(Option::take) else {
             continue;
         };
-        let schema = table.schema().clone();
-        let size = table_size(&first, &schema).await?;
-        let ranges = plan_ranges(&size, split, parallelism, range_pages);
-        let state = progress.add(schema.qualified_name(), size.estimated_rows);
-        let (sender, receiver) = mpsc::channel(CHANNEL_CHUNKS);
-        for (index, (from, to)) in ranges.iter().copied().enumerate() {
-            queue.push_back(Range {
-                table: state.clone(),
-                schema: schema.clone(),
-                index: index as u64,
-                from,
-                to,
-                chunks: sender.clone(),
-            });
-        }
-        tracing::info!(
-            table = %schema.qualified_name(),
-            estimated_rows = size.estimated_rows,
-            pages = size.pages,
-            ranges = ranges.len(),
-            "snapshot of table planned"
-        );
+        let plan = plan_table(&first, table.schema(), splitting, &progress).await?;
+        let ranges = plan.ranges.len();
+        queue.extend(plan.ranges);
         writers.spawn(write_table(
             i,
             table,
-            receiver,
-            ranges.len(),
+            plan.chunks,
+            ranges,
             point.lsn,
-            state,
+            plan.progress,
         ));
     }
 
@@ -223,8 +172,146 @@ pub async fn copy_tables(
     let _reporter = AbortOnDropHandle::new(progress.report_every(super::PROGRESS_INTERVAL));
 
     let mut reports = Vec::with_capacity(indices.len());
-    // An error that only reflects another task's failure (a writer whose senders went
-    // away, a worker whose writer went away) is kept in case no cause shows up.
+    let consequence = join_tasks(&mut workers, &mut writers, &mut slots, &mut reports).await?;
+    progress.finish();
+    if let Some(error) = consequence {
+        return Err(error);
+    }
+    *tables = slots.into_iter().flatten().collect();
+    // Report in the order the tables were asked for.
+    reports.sort_by_key(|(slot, _)| indices.iter().position(|i| i == slot));
+    Ok(reports.into_iter().map(|(_, report)| report).collect())
+}
+
+/// How the tables of one load are split into page ranges (see [`plan_ranges`]).
+#[derive(Debug, Clone, Copy)]
+struct Splitting {
+    /// Whether tables may be split at all: several connections and TID range scans.
+    split: bool,
+    /// Connections that copy at once.
+    parallelism: usize,
+    /// Pages per range, from `snapshot.range_size`.
+    range_pages: i64,
+}
+
+/// Reads, on the first connection, the snapshot's time (µs since the Unix epoch) and the
+/// server settings that decide how tables are split.
+async fn snapshot_settings(
+    first: &Client,
+    parallelism: usize,
+    options: &SnapshotConfig,
+) -> Result<(i64, Splitting), SnapshotError> {
+    let err = |what| SnapshotError::query("*", what);
+    let row = first
+        .query_one(
+            "SELECT (extract(epoch FROM now()) * 1000000)::int8, \
+                    current_setting('server_version_num')::int, \
+                    current_setting('block_size')::int8",
+            &[],
+        )
+        .await
+        .map_err(err("reading the snapshot time and server settings"))?;
+    let commit_ts_micros: i64 = row.get(0);
+    let version_num: i32 = row.get(1);
+    let block_size: i64 = row.get(2);
+    let range_pages =
+        (i64::try_from(options.range_size.as_u64()).unwrap_or(i64::MAX) / block_size.max(1)).max(1);
+    let split = parallelism > 1 && version_num >= TID_RANGE_SCAN_VERSION;
+    Ok((
+        commit_ts_micros,
+        Splitting {
+            split,
+            parallelism,
+            range_pages,
+        },
+    ))
+}
+
+/// Starts the snapshot gauges of `slots[indices]` over.
+fn reset_gauges(slots: &[Option<ReplicatedTable>], indices: &[usize]) {
+    // A retried load starts its gauges over (they are sums when table labels are off).
+    let metrics = metrics::global();
+    metrics
+        .snapshot_tables_pending
+        .set(i64::try_from(indices.len()).unwrap_or(i64::MAX));
+    for table in indices
+        .iter()
+        .filter_map(|&i| slots.get(i).and_then(Option::as_ref))
+    {
+        let label = metrics
+            .table_label(&table.schema().qualified_name())
+            .to_owned();
+        metrics.snapshot_rows.with_label_values(&[&label]).set(0);
+        metrics
+            .snapshot_rows_estimated
+            .with_label_values(&[&label])
+            .set(0);
+    }
+}
+
+/// One table's planned copy: its ranges for the workers, the rest for its writer.
+struct TablePlan {
+    ranges: Vec<Range>,
+    chunks: mpsc::Receiver<Chunk>,
+    progress: Arc<TableProgress>,
+}
+
+/// Plans the page ranges of one table and the channel that carries their chunks.
+async fn plan_table(
+    first: &Client,
+    schema: &Arc<TableSchema>,
+    splitting: Splitting,
+    progress: &Progress,
+) -> Result<TablePlan, SnapshotError> {
+    let size = table_size(first, schema).await?;
+    let pages = plan_ranges(
+        &size,
+        splitting.split,
+        splitting.parallelism,
+        splitting.range_pages,
+    );
+    let state = progress.add(schema.qualified_name(), size.estimated_rows);
+    let (sender, receiver) = mpsc::channel(CHANNEL_CHUNKS);
+    let ranges: Vec<Range> = pages
+        .iter()
+        .copied()
+        .enumerate()
+        .map(|(index, (from, to))| Range {
+            table: state.clone(),
+            schema: schema.clone(),
+            index: index as u64,
+            from,
+            to,
+            chunks: sender.clone(),
+        })
+        .collect();
+    tracing::info!(
+        table = %schema.qualified_name(),
+        estimated_rows = size.estimated_rows,
+        pages = size.pages,
+        ranges = ranges.len(),
+        "snapshot of table planned"
+    );
+    Ok(TablePlan {
+        ranges,
+        chunks: receiver,
+        progress: state,
+    })
+}
+
+/// What a table's writer hands back: its slot, the table, and its report or error.
+type Written = (usize, ReplicatedTable, Result<TableReport, SnapshotError>);
+
+/// Waits for the copying connections and the writers, handing finished tables back to
+/// `slots` and their reports to `reports`. Returns the first cause of a failure as the
+/// error, and an error that only reflects another task's failure (a writer whose senders
+/// went away, a worker whose writer went away) as `Ok(Some)`, in case no cause shows up.
+async fn join_tasks(
+    workers: &mut JoinSet<Result<(), SnapshotError>>,
+    writers: &mut JoinSet<Written>,
+    slots: &mut [Option<ReplicatedTable>],
+    reports: &mut Vec<(usize, TableReport)>,
+) -> Result<Option<SnapshotError>, SnapshotError> {
     let mut consequence = None;
     while !(workers.is_empty() && writers.is_empty()) {
         tokio::select! {
@@ -254,14 +341,7 @@ pub async fn copy_tables(
             },
         }
     }
-    progress.finish();
-    if let Some(error) = consequence {
-        return Err(error);
-    }
-    *tables = slots.into_iter().flatten().collect();
-    // Report in the order the tables were asked for.
-    reports.sort_by_key(|(slot, _)| indices.iter().position(|i| i == slot));
-    Ok(reports.into_iter().map(|(_, report)| report).collect())
+    Ok(consequence)
 }
 
 /// A connection inside the snapshot: a read-only repeatable-read transaction that
