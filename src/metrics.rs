@@ -293,30 +293,24 @@ fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registr
     metric
 }
 
-impl Metrics {
-    fn new() -> Metrics {
-        let r = Registry::new();
-        let lag_seconds = register(
-            &r,
-            Gauge::new(
-                "pg2lake_replication_lag_seconds",
-                "Age of the oldest source change not yet committed to the lake (0 when caught up)",
-            )
-            .unwrap_or_else(|e| panic!("{e}")),
-        );
-        let flush_duration = register(
-            &r,
-            Histogram::with_opts(
-                HistogramOpts::new(
-                    "pg2lake_flush_duration_seconds",
-                    "Time to write and commit one flush to the lake",
-                )
-                .buckets(FLUSH_BUCKETS.to_vec()),
-            )
-            .unwrap_or_else(|e| panic!("{e}")),
-        );
+/// The replication positions, the lag and the slot's state.
+struct ReplicationMetrics {
+    lag_bytes: IntGauge,
+    lag_seconds: Gauge,
+    received_lsn: IntGauge,
+    committed_lsn: IntGauge,
+    confirmed_lsn: IntGauge,
+    slot_retained_wal_bytes: IntGauge,
+    slot_active: IntGauge,
+    slot_wal_status: IntGaugeVec,
+    slot_safe_wal_size_bytes: IntGauge,
+}
+
+impl ReplicationMetrics {
+    /// Registers the position, lag and slot metrics, every WAL status at 0.
+    fn new(r: &Registry) -> ReplicationMetrics {
         let slot_wal_status = register(
-            &r,
+            r,
             IntGaugeVec::new(
                 Opts::new(
                     "pg2lake_slot_wal_status",
@@ -329,8 +323,135 @@ impl Metrics {
         for status in WAL_STATUSES {
             slot_wal_status.with_label_values(&[status]).set(0);
         }
+        ReplicationMetrics {
+            lag_bytes: gauge(
+                r,
+                "pg2lake_replication_lag_bytes",
+                "Server WAL position minus the position durable in the lake",
+            ),
+            lag_seconds: register(
+                r,
+                Gauge::new(
+                    "pg2lake_replication_lag_seconds",
+                    "Age of the oldest source change not yet committed to the lake (0 when caught up)",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            received_lsn: gauge(
+                r,
+                "pg2lake_received_lsn",
+                "Highest WAL position received from the server",
+            ),
+            committed_lsn: gauge(
+                r,
+                "pg2lake_committed_lsn",
+                "Commit LSN of the last source transaction committed to the lake",
+            ),
+            confirmed_lsn: gauge(
+                r,
+                "pg2lake_confirmed_lsn",
+                "Position confirmed to the server (slot confirmed_flush_lsn)",
+            ),
+            slot_retained_wal_bytes: gauge(
+                r,
+                "pg2lake_slot_retained_wal_bytes",
+                "WAL the slot holds back: server WAL position minus the slot's restart_lsn",
+            ),
+            slot_active: gauge(
+                r,
+                "pg2lake_slot_active",
+                "1 when a walsender streams from the slot",
+            ),
+            slot_wal_status,
+            slot_safe_wal_size_bytes: gauge(
+                r,
+                "pg2lake_slot_safe_wal_size_bytes",
+                "WAL that can still be written before the slot is lost (-1 when unlimited)",
+            ),
+        }
+    }
+}
+
+/// What the lake commits: changes, rows, files, versions, schema changes, flush time.
+struct LakeWriteMetrics {
+    changes: IntCounterVec,
+    rows_written: IntCounterVec,
+    parquet_files: IntCounterVec,
+    parquet_bytes: IntCounterVec,
+    delta_commits: IntCounterVec,
+    schema_changes: IntCounterVec,
+    flush_duration: Histogram,
+}
+
+impl LakeWriteMetrics {
+    /// Registers the per-table commit counters and the flush-duration histogram.
+    fn new(r: &Registry) -> LakeWriteMetrics {
+        LakeWriteMetrics {
+            changes: counter_vec(
+                r,
+                "pg2lake_changes_total",
+                "Source changes committed to the lake",
+                &["table", "op"],
+            ),
+            rows_written: counter_vec(
+                r,
+                "pg2lake_rows_written_total",
+                "Rows committed to the lake",
+                &["table"],
+            ),
+            parquet_files: counter_vec(
+                r,
+                "pg2lake_parquet_files_total",
+                "Parquet files committed to the lake",
+                &["table"],
+            ),
+            parquet_bytes: counter_vec(
+                r,
+                "pg2lake_parquet_bytes_total",
+                "Bytes of Parquet files committed to the lake",
+                &["table"],
+            ),
+            delta_commits: counter_vec(
+                r,
+                "pg2lake_delta_commits_total",
+                "Delta versions committed",
+                &["table"],
+            ),
+            schema_changes: counter_vec(
+                r,
+                "pg2lake_schema_changes_total",
+                "Source schema changes followed in the lake, by kind",
+                &["table", "kind"],
+            ),
+            flush_duration: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "pg2lake_flush_duration_seconds",
+                        "Time to write and commit one flush to the lake",
+                    )
+                    .buckets(FLUSH_BUCKETS.to_vec()),
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+        }
+    }
+}
+
+/// The sessions' failures and restarts, and what the pipeline holds in memory.
+struct PipelineMetrics {
+    errors: IntCounterVec,
+    reconnects: IntCounter,
+    memory_buffered_bytes: IntGauge,
+    memory_budget_bytes: IntGauge,
+    streamed_transactions: IntGauge,
+}
+
+impl PipelineMetrics {
+    /// Registers the error, reconnect and memory metrics, every error kind at 0.
+    fn new(r: &Registry) -> PipelineMetrics {
         let errors = counter_vec(
-            &r,
+            r,
             "pg2lake_errors_total",
             "Failed replication sessions and failed side queries, by cause",
             &["kind"],
@@ -338,38 +459,132 @@ impl Metrics {
         for kind in ERROR_KINDS {
             errors.with_label_values(&[kind]).inc_by(0);
         }
-        let object_store_requests = counter_vec(
-            &r,
+        PipelineMetrics {
+            errors,
+            reconnects: register(
+                r,
+                IntCounter::new(
+                    "pg2lake_reconnects_total",
+                    "Replication sessions restarted after a transient failure",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            memory_buffered_bytes: gauge(
+                r,
+                "pg2lake_memory_buffered_bytes",
+                "Change data buffered and not yet committed",
+            ),
+            memory_budget_bytes: gauge(
+                r,
+                "pg2lake_memory_budget_bytes",
+                "The configured memory_budget",
+            ),
+            streamed_transactions: gauge(
+                r,
+                "pg2lake_streamed_transactions",
+                "Source transactions being received before their commit, their rows spooled to the lake's store",
+            ),
+        }
+    }
+}
+
+/// Requests to the lake's object store, their failures and their retries.
+struct ObjectStoreMetrics {
+    requests: IntCounterVec,
+    errors: IntCounterVec,
+    retries: IntCounterVec,
+}
+
+impl ObjectStoreMetrics {
+    /// Registers the object-store counters, every operation at 0.
+    fn new(r: &Registry) -> ObjectStoreMetrics {
+        let requests = counter_vec(
+            r,
             "pg2lake_object_store_requests_total",
             "Requests to the lake's object store, by operation",
             &["op"],
         );
-        let object_store_errors = counter_vec(
-            &r,
+        let errors = counter_vec(
+            r,
             "pg2lake_object_store_errors_total",
             "Object-store requests that failed after the store's own retries, by operation",
             &["op"],
         );
-        let object_store_retries = counter_vec(
-            &r,
+        let retries = counter_vec(
+            r,
             "pg2lake_object_store_retries_total",
             "S3 request attempts that failed in a way the S3 client retries with backoff \
              (5xx such as 503 Slow Down, 429, 408, connection and timeout errors), by operation",
             &["op"],
         );
         for op in OBJECT_STORE_OPS {
-            object_store_requests.with_label_values(&[op]).inc_by(0);
-            object_store_errors.with_label_values(&[op]).inc_by(0);
-            object_store_retries.with_label_values(&[op]).inc_by(0);
+            requests.with_label_values(&[op]).inc_by(0);
+            errors.with_label_values(&[op]).inc_by(0);
+            retries.with_label_values(&[op]).inc_by(0);
         }
-        let maintenance_last_success = gauge_vec(
-            &r,
+        ObjectStoreMetrics {
+            requests,
+            errors,
+            retries,
+        }
+    }
+}
+
+/// The initial load's progress.
+struct SnapshotMetrics {
+    rows: IntGaugeVec,
+    rows_estimated: IntGaugeVec,
+    tables_pending: IntGauge,
+}
+
+impl SnapshotMetrics {
+    /// Registers the initial load's row and table gauges.
+    fn new(r: &Registry) -> SnapshotMetrics {
+        SnapshotMetrics {
+            rows: gauge_vec(
+                r,
+                "pg2lake_snapshot_rows",
+                "Rows the initial load has copied so far",
+                &["table"],
+            ),
+            rows_estimated: gauge_vec(
+                r,
+                "pg2lake_snapshot_rows_estimated",
+                "Rows the initial load expects to copy (pg_class.reltuples)",
+                &["table"],
+            ),
+            tables_pending: gauge(
+                r,
+                "pg2lake_snapshot_tables_pending",
+                "Tables whose initial load is not committed yet",
+            ),
+        }
+    }
+}
+
+/// The tables' files as maintenance finds them, and what compaction and VACUUM do.
+struct MaintenanceMetrics {
+    lake_files: IntGaugeVec,
+    lake_bytes: IntGaugeVec,
+    lake_small_files: IntGaugeVec,
+    compaction_bytes_rewritten: IntCounterVec,
+    compaction_files_removed: IntCounterVec,
+    vacuum_files_deleted: IntCounterVec,
+    last_success: IntGaugeVec,
+    duration: prometheus::GaugeVec,
+}
+
+impl MaintenanceMetrics {
+    /// Registers the file, compaction and VACUUM metrics, every maintenance task at 0.
+    fn new(r: &Registry) -> MaintenanceMetrics {
+        let last_success = gauge_vec(
+            r,
             "pg2lake_maintenance_last_success_timestamp_seconds",
             "When a maintenance pass last finished the task for every table (Unix seconds)",
             &["task"],
         );
-        let maintenance_duration = register(
-            &r,
+        let duration = register(
+            r,
             prometheus::GaugeVec::new(
                 Opts::new(
                     "pg2lake_maintenance_duration_seconds",
@@ -380,178 +595,65 @@ impl Metrics {
             .unwrap_or_else(|e| panic!("{e}")),
         );
         for task in MAINTENANCE_TASKS {
-            maintenance_last_success.with_label_values(&[task]).set(0);
-            maintenance_duration.with_label_values(&[task]).set(0.0);
+            last_success.with_label_values(&[task]).set(0);
+            duration.with_label_values(&[task]).set(0.0);
         }
-        #[cfg(target_os = "linux")]
-        {
-            let process = prometheus::process_collector::ProcessCollector::for_self();
-            if let Err(err) = r.register(Box::new(process)) {
-                tracing::warn!(error = %err, "process metrics unavailable");
-            }
-        }
-        Metrics {
-            lag_bytes: gauge(
-                &r,
-                "pg2lake_replication_lag_bytes",
-                "Server WAL position minus the position durable in the lake",
-            ),
-            lag_seconds,
-            oldest_uncommitted_micros: AtomicI64::new(i64::MIN),
-            received_lsn: gauge(
-                &r,
-                "pg2lake_received_lsn",
-                "Highest WAL position received from the server",
-            ),
-            committed_lsn: gauge(
-                &r,
-                "pg2lake_committed_lsn",
-                "Commit LSN of the last source transaction committed to the lake",
-            ),
-            confirmed_lsn: gauge(
-                &r,
-                "pg2lake_confirmed_lsn",
-                "Position confirmed to the server (slot confirmed_flush_lsn)",
-            ),
-            slot_retained_wal_bytes: gauge(
-                &r,
-                "pg2lake_slot_retained_wal_bytes",
-                "WAL the slot holds back: server WAL position minus the slot's restart_lsn",
-            ),
-            slot_active: gauge(
-                &r,
-                "pg2lake_slot_active",
-                "1 when a walsender streams from the slot",
-            ),
-            slot_wal_status,
-            slot_safe_wal_size_bytes: gauge(
-                &r,
-                "pg2lake_slot_safe_wal_size_bytes",
-                "WAL that can still be written before the slot is lost (-1 when unlimited)",
-            ),
-            changes: counter_vec(
-                &r,
-                "pg2lake_changes_total",
-                "Source changes committed to the lake",
-                &["table", "op"],
-            ),
-            rows_written: counter_vec(
-                &r,
-                "pg2lake_rows_written_total",
-                "Rows committed to the lake",
-                &["table"],
-            ),
-            parquet_files: counter_vec(
-                &r,
-                "pg2lake_parquet_files_total",
-                "Parquet files committed to the lake",
-                &["table"],
-            ),
-            parquet_bytes: counter_vec(
-                &r,
-                "pg2lake_parquet_bytes_total",
-                "Bytes of Parquet files committed to the lake",
-                &["table"],
-            ),
-            delta_commits: counter_vec(
-                &r,
-                "pg2lake_delta_commits_total",
-                "Delta versions committed",
-                &["table"],
-            ),
-            schema_changes: counter_vec(
-                &r,
-                "pg2lake_schema_changes_total",
-                "Source schema changes followed in the lake, by kind",
-                &["table", "kind"],
-            ),
-            flush_duration,
-            errors,
-            reconnects: register(
-                &r,
-                IntCounter::new(
-                    "pg2lake_reconnects_total",
-                    "Replication sessions restarted after a transient failure",
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
-            ),
-            memory_buffered_bytes: gauge(
-                &r,
-                "pg2lake_memory_buffered_bytes",
-                "Change data buffered and not yet committed",
-            ),
-            memory_budget_bytes: gauge(
-                &r,
-                "pg2lake_memory_budget_bytes",
-                "The configured memory_budget",
-            ),
-            streamed_transactions: gauge(
-                &r,
-                "pg2lake_streamed_transactions",
-                "Source transactions being received before their commit, their rows spooled to the lake's store",
-            ),
-            per_table_labels: AtomicBool::new(true),
-            health: Health::new(),
-            object_store_requests,
-            object_store_errors,
-            object_store_retries,
-            snapshot_rows: gauge_vec(
-                &r,
-                "pg2lake_snapshot_rows",
-                "Rows the initial load has copied so far",
-                &["table"],
-            ),
-            snapshot_rows_estimated: gauge_vec(
-                &r,
-                "pg2lake_snapshot_rows_estimated",
-                "Rows the initial load expects to copy (pg_class.reltuples)",
-                &["table"],
-            ),
-            snapshot_tables_pending: gauge(
-                &r,
-                "pg2lake_snapshot_tables_pending",
-                "Tables whose initial load is not committed yet",
-            ),
+        MaintenanceMetrics {
             lake_files: gauge_vec(
-                &r,
+                r,
                 "pg2lake_lake_files",
                 "Data files of the table's current Delta version (as of the last maintenance pass)",
                 &["table"],
             ),
             lake_bytes: gauge_vec(
-                &r,
+                r,
                 "pg2lake_lake_bytes",
                 "Bytes of the data files of the table's current Delta version",
                 &["table"],
             ),
             lake_small_files: gauge_vec(
-                &r,
+                r,
                 "pg2lake_lake_small_files",
                 "Data files below three quarters of lake.compaction.target_file_size in the table's current version",
                 &["table"],
             ),
             compaction_bytes_rewritten: counter_vec(
-                &r,
+                r,
                 "pg2lake_compaction_bytes_rewritten_total",
                 "Bytes of small files compaction rewrote into larger ones",
                 &["table"],
             ),
             compaction_files_removed: counter_vec(
-                &r,
+                r,
                 "pg2lake_compaction_files_removed_total",
                 "Small files compaction replaced",
                 &["table"],
             ),
             vacuum_files_deleted: counter_vec(
-                &r,
+                r,
                 "pg2lake_vacuum_files_deleted_total",
                 "Data files VACUUM deleted (replaced longer ago than lake.retention, or never committed)",
                 &["table"],
             ),
-            maintenance_last_success,
-            maintenance_duration,
-            mirror_lag: register(
-                &r,
+            last_success,
+            duration,
+        }
+    }
+}
+
+/// The mirrors' lag, version and rewrites.
+struct MirrorMetrics {
+    lag: prometheus::GaugeVec,
+    version: IntGaugeVec,
+    bytes_rewritten: IntCounterVec,
+}
+
+impl MirrorMetrics {
+    /// Registers the per-table mirror metrics.
+    fn new(r: &Registry) -> MirrorMetrics {
+        MirrorMetrics {
+            lag: register(
+                r,
                 prometheus::GaugeVec::new(
                     Opts::new(
                         "pg2lake_mirror_lag_seconds",
@@ -561,18 +663,88 @@ impl Metrics {
                 )
                 .unwrap_or_else(|e| panic!("{e}")),
             ),
-            mirror_version: gauge_vec(
-                &r,
+            version: gauge_vec(
+                r,
                 "pg2lake_mirror_version",
                 "The change-log version the table's mirror reflects",
                 &["table"],
             ),
-            mirror_bytes_rewritten: counter_vec(
-                &r,
+            bytes_rewritten: counter_vec(
+                r,
                 "pg2lake_mirror_bytes_rewritten_total",
                 "Bytes of mirror files refreshes replaced",
                 &["table"],
             ),
+        }
+    }
+}
+
+/// Registers the `process_*` metrics where the crate can read them (Linux); a failure
+/// only loses those.
+fn register_process(r: &Registry) {
+    #[cfg(target_os = "linux")]
+    {
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        if let Err(err) = r.register(Box::new(process)) {
+            tracing::warn!(error = %err, "process metrics unavailable");
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers every metric in one new registry and assembles the handles.
+    fn new() -> Metrics {
+        let r = Registry::new();
+        let replication = ReplicationMetrics::new(&r);
+        let lake = LakeWriteMetrics::new(&r);
+        let pipeline = PipelineMetrics::new(&r);
+        let object_store = ObjectStoreMetrics::new(&r);
+        let snapshot = SnapshotMetrics::new(&r);
+        let maintenance = MaintenanceMetrics::new(&r);
+        let mirror = MirrorMetrics::new(&r);
+        register_process(&r);
+        Metrics {
+            lag_bytes: replication.lag_bytes,
+            lag_seconds: replication.lag_seconds,
+            oldest_uncommitted_micros: AtomicI64::new(i64::MIN),
+            received_lsn: replication.received_lsn,
+            committed_lsn: replication.committed_lsn,
+            confirmed_lsn: replication.confirmed_lsn,
+            slot_retained_wal_bytes: replication.slot_retained_wal_bytes,
+            slot_active: replication.slot_active,
+            slot_wal_status: replication.slot_wal_status,
+            slot_safe_wal_size_bytes: replication.slot_safe_wal_size_bytes,
+            changes: lake.changes,
+            rows_written: lake.rows_written,
+            parquet_files: lake.parquet_files,
+            parquet_bytes: lake.parquet_bytes,
+            delta_commits: lake.delta_commits,
+            schema_changes: lake.schema_changes,
+            flush_duration: lake.flush_duration,
+            errors: pipeline.errors,
+            reconnects: pipeline.reconnects,
+            memory_buffered_bytes: pipeline.memory_buffered_bytes,
+            memory_budget_bytes: pipeline.memory_budget_bytes,
+            streamed_transactions: pipeline.streamed_transactions,
+            per_table_labels: AtomicBool::new(true),
+            health: Health::new(),
+            object_store_requests: object_store.requests,
+            object_store_errors: object_store.errors,
+            object_store_retries: object_store.retries,
+            snapshot_rows: snapshot.rows,
+            snapshot_rows_estimated: snapshot.rows_estimated,
+            snapshot_tables_pending: snapshot.tables_pending,
+            lake_files: maintenance.lake_files,
+            lake_bytes: maintenance.lake_bytes,
+            lake_small_files: maintenance.lake_small_files,
+            compaction_bytes_rewritten: maintenance.compaction_bytes_rewritten,
+            compaction_files_removed: maintenance.compaction_files_removed,
+            vacuum_files_deleted: maintenance.vacuum_files_deleted,
+            maintenance_last_success: maintenance.last_success,
+            maintenance_duration: maintenance.duration,
+            mirror_lag: mirror.lag,
+            mirror_version: mirror.version,
+            mirror_bytes_rewritten: mirror.bytes_rewritten,
             registry: r,
         }
     }
