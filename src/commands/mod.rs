@@ -3,6 +3,7 @@
 
 pub mod snapshot;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -130,6 +131,7 @@ pub async fn check(config: &Config) -> Result<(), CommandError> {
     Ok(())
 }
 
+/// Connects and appends the lines of every check, in the order `check` prints them.
 async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), PipelineError> {
     let params = connect::params(config)?;
     let client = connect::sql(&params).await?;
@@ -138,7 +140,24 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
         what: format!("connected to postgres at {}", params.target()),
         fix: None,
     });
-    match catalog::check_server(&client).await {
+    server_lines(config, &client, lines).await?;
+    let tables = catalog::resolve_tables(&client, &config.table_patterns()).await?;
+    let keyless = publication::keyless_tables(&client, &tables).await?;
+    replica_identity_lines(config, &client, &tables, &keyless, lines).await?;
+    column_type_lines(config, &client, &tables, lines).await?;
+    select_lines(&client, &tables, lines).await?;
+    publication_lines(config, &client, &tables, &keyless, lines).await?;
+    lake_lines(config, &tables, lines).await
+}
+
+/// The server's version, `wal_level` and role, its replication headroom, and whether
+/// the slot was invalidated.
+async fn server_lines(
+    config: &Config,
+    client: &tokio_postgres::Client,
+    lines: &mut Vec<CheckLine>,
+) -> Result<(), PipelineError> {
+    match catalog::check_server(client).await {
         Ok(settings) => lines.push(CheckLine {
             mark: Mark::Ok,
             what: format!(
@@ -154,11 +173,11 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
         }),
     }
     capacity_lines(
-        &catalog::replication_capacity(&client, &config.source.slot).await?,
+        &catalog::replication_capacity(client, &config.source.slot).await?,
         &config.source.slot,
         lines,
     );
-    if catalog::slot_info(&client, &config.source.slot)
+    if catalog::slot_info(client, &config.source.slot)
         .await?
         .is_some_and(|slot| slot.is_lost())
     {
@@ -173,11 +192,21 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
             ),
         });
     }
-    let tables = catalog::resolve_tables(&client, &config.table_patterns()).await?;
-    let keyless = publication::keyless_tables(&client, &tables).await?;
+    Ok(())
+}
+
+/// Per table: its replica identity, or a warning that only its inserts and truncates
+/// are captured (through the insert-only publication) when it has none.
+async fn replica_identity_lines(
+    config: &Config,
+    client: &tokio_postgres::Client,
+    tables: &[TableName],
+    keyless: &BTreeSet<TableName>,
+    lines: &mut Vec<CheckLine>,
+) -> Result<(), PipelineError> {
     let inserts = publication::inserts_name(&config.source.publication);
-    for table in &tables {
-        let identity = catalog::replica_identity(&client, table).await?;
+    for table in tables {
+        let identity = catalog::replica_identity(client, table).await?;
         let captured = !keyless.contains(table);
         lines.push(CheckLine {
             mark: if captured { Mark::Ok } else { Mark::Warn },
@@ -197,20 +226,40 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
             }),
         });
     }
-    column_type_lines(config, &client, &tables, lines).await?;
-    for table in &tables {
-        let (readable, role) = catalog::can_select(&client, table).await?;
+    Ok(())
+}
+
+/// Per table: whether the role may SELECT it, which the initial load needs.
+async fn select_lines(
+    client: &tokio_postgres::Client,
+    tables: &[TableName],
+    lines: &mut Vec<CheckLine>,
+) -> Result<(), PipelineError> {
+    for table in tables {
+        let (readable, role) = catalog::can_select(client, table).await?;
         lines.push(CheckLine {
             mark: Mark::ok_if(readable),
             what: format!("table {table}: role {role} may SELECT it (initial load)"),
             fix: (!readable).then(|| format!("GRANT SELECT ON {} TO {role};", table.quoted())),
         });
     }
-    let existing = publication::publication(&client, &config.source.publication).await?;
+    Ok(())
+}
+
+/// The existing publication: the keyless tables whose updates it breaks, and whether it
+/// publishes the configured tables.
+async fn publication_lines(
+    config: &Config,
+    client: &tokio_postgres::Client,
+    tables: &[TableName],
+    keyless: &BTreeSet<TableName>,
+    lines: &mut Vec<CheckLine>,
+) -> Result<(), PipelineError> {
+    let existing = publication::publication(client, &config.source.publication).await?;
     lines.extend(breaking_lines(
         existing.as_ref(),
         &config.source.publication,
-        &keyless,
+        keyless,
     ));
     // The main publication is for the tables whose updates and deletes are captured.
     let keyed: Vec<TableName> = tables
@@ -223,6 +272,16 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
         &config.source.publication,
         &keyed,
     ));
+    Ok(())
+}
+
+/// Whether the lake takes atomic create-only puts, then, when mirrors are on, each
+/// table's mirror.
+async fn lake_lines(
+    config: &Config,
+    tables: &[TableName],
+    lines: &mut Vec<CheckLine>,
+) -> Result<(), PipelineError> {
     let lake = Lake::open(bootstrap::lake_options(config))?;
     match lake.check_writable().await {
         Ok(()) => lines.push(CheckLine {
@@ -240,7 +299,7 @@ async fn run_checks(config: &Config, lines: &mut Vec<CheckLine>) -> Result<(), P
         }),
     }
     if config.mirror.enabled {
-        mirror_lines(&lake, &tables, lines).await?;
+        mirror_lines(&lake, tables, lines).await?;
     }
     Ok(())
 }
