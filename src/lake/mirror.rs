@@ -39,7 +39,8 @@ use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake_core::kernel::{Action, Add, MetadataExt, Remove, StructType};
 use deltalake_core::operations::create::CreateBuilder;
 use deltalake_core::protocol::DeltaOperation;
-use deltalake_core::writer::DeltaWriter;
+use deltalake_core::table::state::DeltaTableState;
+use deltalake_core::writer::{DeltaWriter, RecordBatchWriter};
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
@@ -154,6 +155,8 @@ pub async fn refresh(
     }
 }
 
+/// One refresh: brings the mirror to the change log's latest version, from the whole
+/// change log when `rebuild` (or when the mirror cannot go on from where it is).
 async fn refresh_from(
     lake: &Lake,
     schema: &str,
@@ -166,140 +169,46 @@ async fn refresh_from(
         ..MirrorReport::default()
     };
     let log_location = table_location(lake.root(), schema, name);
-    let delta_err = |location: &Url| {
-        let location = location.clone();
-        move |e| LakeError::delta(&location, e)
-    };
     let log = lake.load_table(&log_location).await?;
-    let log_snapshot = log.snapshot().map_err(delta_err(&log_location))?;
-    let version = log_snapshot.version() as i64;
-    report.to_version = version;
-    let key: Vec<String> = log_snapshot
-        .metadata()
-        .configuration()
-        .get(SOURCE_KEY_PROPERTY)
-        .and_then(|key| serde_json::from_str(key).ok())
-        .unwrap_or_default();
-    if key.is_empty() {
-        report.skipped = Some("the source table has no primary key".into());
+    let Some(change_log) =
+        ChangeLog::read(&log_location, &log, &options.app_id, &mut report).await?
+    else {
         return Ok(report);
-    }
-    let log_layout = committed_schema(&log_location, &log)?;
-    let layout = mirror_layout(&log_layout);
-    if let Some(missing) = key.iter().find(|k| layout.field_with_name(k).is_err()) {
-        report.skipped = Some(format!("key column {missing} is not in the change log"));
-        return Ok(report);
-    }
-    report.lsn = commit::transaction_version(&log_location, &log, &options.app_id).await?;
+    };
+    let (key, layout) = (&change_log.key, &change_log.mirror_layout);
 
     // The mirror holds the change log's values, so it follows its policies and its
     // columns without statistics.
-    let privacy: Vec<(String, String)> = crate::privacy::TABLE_PROPERTIES
-        .iter()
-        .filter_map(|&k| {
-            let value = log_snapshot.metadata().configuration().get(k)?;
-            Some((k.to_owned(), value.clone()))
-        })
-        .collect();
+    let privacy = change_log.privacy();
     let location = mirror_location(lake.root(), schema, name);
-    let mut mirror = open_or_create(lake, &location, schema, name, &layout, &key, &privacy).await?;
+    let mut mirror = open_or_create(lake, &location, schema, name, layout, key, &privacy).await?;
     let reflected = commit::transaction_version(&location, &mirror, MIRROR_APP_ID).await?;
     report.from_version = reflected;
     let mirror_layout_now = committed_schema(&location, &mirror)?;
     let layout_changed = mirror_layout_now.fields() != layout.fields();
-    if reflected == Some(version) && !layout_changed && !rebuild {
+    if reflected == Some(change_log.version) && !layout_changed && !rebuild {
         return Ok(report);
     }
-    // What the change log added since the reflected version; everything on a rebuild.
-    let since = match reflected {
-        Some(reflected) if !rebuild && !layout_changed && reflected < version => {
-            added_since(&log, &log_location, reflected, version).await?
-        }
-        _ => None,
-    };
-    let (mut inputs, rebuild) = match since {
-        Some((added, oldest_ms)) => {
-            report.lag_seconds = lag_seconds(oldest_ms);
-            (added, false)
-        }
-        None => {
-            let all = log_snapshot
-                .log_data()
-                .iter()
-                .map(|file| Input {
-                    path: file.object_store_path(),
-                    partition_values: file.partition_values_map(),
-                    order: first_row_position(file.stats().as_deref()),
-                })
-                .collect();
-            (all, true)
-        }
-    };
-    report.rebuilt = rebuild;
-    // Change-log order: a file's rows follow those of the files before it.
-    inputs.sort_by_key(|input| input.order);
+    let (inputs, rebuild) = change_log
+        .inputs(reflected, rebuild || layout_changed, &mut report)
+        .await?;
 
-    let key_fields: Vec<SortField> = key
-        .iter()
-        .map(|k| {
-            layout
-                .field_with_name(k)
-                .map(|f| SortField::new(f.data_type().clone()))
-        })
-        .collect::<Result<_, _>>()
-        .map_err(arrow_err(&location))?;
-    let converter = RowConverter::new(key_fields).map_err(arrow_err(&location))?;
-    let mirror_snapshot = mirror.snapshot().map_err(delta_err(&location))?;
-    let mut files: Vec<MirrorFile> = mirror_snapshot
-        .log_data()
-        .iter()
-        .map(|file| MirrorFile::new(&file))
-        .collect();
-    files.sort_by(|a, b| a.first.cmp(&b.first));
-
+    let converter = key_converter(key, layout, &location)?;
+    let files = mirror_files(&location, &mirror)?;
     // A new layout (a column added or widened) is committed with the rows written in it.
-    let mut actions: Vec<Action> = Vec::new();
-    let writer = if layout_changed {
-        let delta_schema: StructType = layout
-            .as_ref()
-            .try_into_kernel()
-            .map_err(arrow_err(&location))?;
-        let snapshot = mirror.snapshot().map_err(delta_err(&location))?;
-        let mut metadata = snapshot
-            .metadata()
-            .clone()
-            .with_schema(&delta_schema)
-            .map_err(|e| LakeError::delta(&location, e.into()))?;
-        for (k, v) in &privacy {
-            metadata = metadata
-                .add_config_key(k.clone(), v.clone())
-                .map_err(|e| LakeError::delta(&location, e.into()))?;
-        }
-        if let Some(protocol) = upgraded_protocol(snapshot.protocol(), &delta_schema, &metadata)
-            .map_err(|e| LakeError::delta(&location, e.into()))?
-        {
-            actions.push(Action::Protocol(protocol));
-        }
-        let configuration = metadata.configuration().clone();
-        actions.push(Action::Metadata(metadata));
-        writer_for_layout(
-            &location,
-            &mirror,
-            &delta_schema,
-            &[],
-            configuration,
-            NO_BYTE_LIMIT,
-            false,
-        )
-        .await?
+    let (writer, mut actions) = if layout_changed {
+        writer_for_new_layout(&location, &mirror, layout, &privacy).await?
     } else {
-        new_writer(&location, &mirror, NO_BYTE_LIMIT, false)?
+        (
+            new_writer(&location, &mirror, NO_BYTE_LIMIT, false)?,
+            Vec::new(),
+        )
     };
     let mut step = Step {
         mirror: &mirror,
         location: &location,
-        layout: &layout,
-        key: &key,
+        layout,
+        key,
         converter: &converter,
         writer,
         target_file_rows: options.target_file_rows.max(1),
@@ -309,79 +218,256 @@ async fn refresh_from(
         adds: Vec::new(),
         report: &mut report,
     };
-    // In steps of at most `step_rows` change-log rows and about `step_bytes`, so memory
-    // holds one step's changes and one mirror file, whatever the backlog (a rebuild after an initial load reads
-    // the whole table). Files written by a step and replaced by a later one are deleted
-    // at once; one version commits the outcome.
-    let mut first = true;
-    let mut batches = Vec::new();
-    let (mut rows, mut bytes) = (0u64, 0u64);
-    for (i, input) in inputs.iter().enumerate() {
-        for batch in file_batches(
-            &log,
-            &log_location,
-            &input.path,
-            &input.partition_values,
-            &log_layout,
-        )
-        .await?
-        {
-            let batch = batch?;
-            rows += batch.num_rows() as u64;
-            bytes += batch.get_array_memory_size() as u64;
-            batches.push(batch);
-        }
-        let last = i + 1 == inputs.len();
-        if !last && rows < options.step_rows && bytes < options.step_bytes {
-            continue;
-        }
-        let changes = concat_batches(&log_layout, &batches).map_err(arrow_err(&log_location))?;
-        batches.clear();
-        (rows, bytes) = (0, 0);
-        step.apply(&changes, rebuild && first).await?;
-        first = false;
-    }
-    if rebuild && first {
-        // Nothing in the change log: an empty mirror.
-        step.replace_all().await;
-    }
+    step.fold_inputs(&change_log, &inputs, rebuild, options)
+        .await?;
     let Step { removes, adds, .. } = step;
 
     actions.extend(removes.into_iter().map(Action::Remove));
     actions.extend(adds.iter().cloned().map(Action::Add));
     // The rewritten files are uploaded; the version that swaps them in is not written.
     crate::crash_point!("mirror::before_commit");
-    let commit = Commit {
-        actions,
-        operation: DeltaOperation::Merge {
-            predicate: None,
-            merge_predicate: Some(format!("key ({})", key.join(", "))),
-            matched_predicates: Vec::new(),
-            not_matched_predicates: Vec::new(),
-            not_matched_by_source_predicates: Vec::new(),
-        },
-        txn: Some((MIRROR_APP_ID.to_owned(), version)),
-        info: vec![
-            (
-                "pg2lake.changeLogVersion".to_owned(),
-                serde_json::json!(version),
-            ),
-            ("pg2lake.lsn".to_owned(), serde_json::json!(report.lsn)),
-        ],
-        checkpoint_interval: lake.options().checkpoint_interval,
-    };
-    match commit::commit(&location, &mut mirror, commit).await {
-        Ok(Committed::Version(_) | Committed::Landed) => {}
-        Err(err) => {
-            if matches!(err, LakeError::Conflict { .. }) {
-                delete_files(&mirror, &adds).await;
+    let commit = change_log.mirror_commit(actions, lake.options().checkpoint_interval);
+    commit_refresh(&location, &mut mirror, commit, &adds).await?;
+    crate::crash_point!("mirror::after_commit");
+    tracing::debug!(table = report.table, from = ?reflected, to = change_log.version, keys = report.keys_changed, files = report.files_rewritten, "refreshed the mirror");
+    Ok(report)
+}
+
+/// The change log a refresh reads, at its latest version.
+struct ChangeLog<'a> {
+    location: &'a Url,
+    table: &'a DeltaTable,
+    snapshot: &'a DeltaTableState,
+    /// The version the refresh brings the mirror to.
+    version: i64,
+    /// The source table's key columns.
+    key: Vec<String>,
+    /// The change log's own layout, which its files are read with.
+    layout: SchemaRef,
+    /// The mirror's layout for it.
+    mirror_layout: SchemaRef,
+    /// The LSN the change log recorded for the slot's app id at `version`.
+    lsn: Option<i64>,
+}
+
+impl<'a> ChangeLog<'a> {
+    /// What a refresh needs of the change log `table`; `None` when it can have no mirror,
+    /// with the reason in `report.skipped`.
+    async fn read(
+        location: &'a Url,
+        table: &'a DeltaTable,
+        app_id: &str,
+        report: &mut MirrorReport,
+    ) -> Result<Option<ChangeLog<'a>>, LakeError> {
+        let snapshot = table
+            .snapshot()
+            .map_err(|e| LakeError::delta(location, e))?;
+        let version = snapshot.version() as i64;
+        report.to_version = version;
+        let key: Vec<String> = snapshot
+            .metadata()
+            .configuration()
+            .get(SOURCE_KEY_PROPERTY)
+            .and_then(|key| serde_json::from_str(key).ok())
+            .unwrap_or_default();
+        if key.is_empty() {
+            report.skipped = Some("the source table has no primary key".into());
+            return Ok(None);
+        }
+        let layout = committed_schema(location, table)?;
+        let mirror_layout = mirror_layout(&layout);
+        if let Some(missing) = key
+            .iter()
+            .find(|k| mirror_layout.field_with_name(k).is_err())
+        {
+            report.skipped = Some(format!("key column {missing} is not in the change log"));
+            return Ok(None);
+        }
+        let lsn = commit::transaction_version(location, table, app_id).await?;
+        report.lsn = lsn;
+        Ok(Some(ChangeLog {
+            location,
+            table,
+            snapshot,
+            version,
+            key,
+            layout,
+            mirror_layout,
+            lsn,
+        }))
+    }
+
+    /// The change log's privacy table properties, which its mirror takes.
+    fn privacy(&self) -> Vec<(String, String)> {
+        crate::privacy::TABLE_PROPERTIES
+            .iter()
+            .filter_map(|&k| {
+                let value = self.snapshot.metadata().configuration().get(k)?;
+                Some((k.to_owned(), value.clone()))
+            })
+            .collect()
+    }
+
+    /// The files to fold, in change-log order: what the change log added since the
+    /// `reflected` version, or every file when `whole` or when that is not known; and
+    /// whether they are every file (a rebuild).
+    async fn inputs(
+        &self,
+        reflected: Option<i64>,
+        whole: bool,
+        report: &mut MirrorReport,
+    ) -> Result<(Vec<Input>, bool), LakeError> {
+        let since = match reflected {
+            Some(reflected) if !whole && reflected < self.version => {
+                added_since(self.table, self.location, reflected, self.version).await?
             }
-            return Err(err);
+            _ => None,
+        };
+        let (mut inputs, rebuild) = match since {
+            Some((added, oldest_ms)) => {
+                report.lag_seconds = lag_seconds(oldest_ms);
+                (added, false)
+            }
+            None => {
+                let all = self
+                    .snapshot
+                    .log_data()
+                    .iter()
+                    .map(|file| Input {
+                        path: file.object_store_path(),
+                        partition_values: file.partition_values_map(),
+                        order: first_row_position(file.stats().as_deref()),
+                    })
+                    .collect();
+                (all, true)
+            }
+        };
+        report.rebuilt = rebuild;
+        // Change-log order: a file's rows follow those of the files before it.
+        inputs.sort_by_key(|input| input.order);
+        Ok((inputs, rebuild))
+    }
+
+    /// The mirror version that swaps in a refresh's `actions` and records, in its `txn`,
+    /// the change-log version it reflects.
+    fn mirror_commit(&self, actions: Vec<Action>, checkpoint_interval: u64) -> Commit {
+        Commit {
+            actions,
+            operation: DeltaOperation::Merge {
+                predicate: None,
+                merge_predicate: Some(format!("key ({})", self.key.join(", "))),
+                matched_predicates: Vec::new(),
+                not_matched_predicates: Vec::new(),
+                not_matched_by_source_predicates: Vec::new(),
+            },
+            txn: Some((MIRROR_APP_ID.to_owned(), self.version)),
+            info: vec![
+                (
+                    "pg2lake.changeLogVersion".to_owned(),
+                    serde_json::json!(self.version),
+                ),
+                ("pg2lake.lsn".to_owned(), serde_json::json!(self.lsn)),
+            ],
+            checkpoint_interval,
         }
     }
-    crate::crash_point!("mirror::after_commit");
-    tracing::debug!(table = report.table, from = ?reflected, to = version, keys = report.keys_changed, files = report.files_rewritten, "refreshed the mirror");
-    Ok(report)
+}
+
+/// The converter of the key columns to rows that sort as the mirror's files do.
+fn key_converter(
+    key: &[String],
+    layout: &SchemaRef,
+    location: &Url,
+) -> Result<RowConverter, LakeError> {
+    let key_fields: Vec<SortField> = key
+        .iter()
+        .map(|k| {
+            layout
+                .field_with_name(k)
+                .map(|f| SortField::new(f.data_type().clone()))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(arrow_err(location))?;
+    RowConverter::new(key_fields).map_err(arrow_err(location))
+}
+
+/// The mirror's committed files, sorted by their first key.
+fn mirror_files(location: &Url, mirror: &DeltaTable) -> Result<Vec<MirrorFile>, LakeError> {
+    let mirror_snapshot = mirror
+        .snapshot()
+        .map_err(|e| LakeError::delta(location, e))?;
+    let mut files: Vec<MirrorFile> = mirror_snapshot
+        .log_data()
+        .iter()
+        .map(|file| MirrorFile::new(&file))
+        .collect();
+    files.sort_by(|a, b| a.first.cmp(&b.first));
+    Ok(files)
+}
+
+/// A writer for the mirror's new `layout`, and the `metaData` (and `protocol`) actions
+/// that commit the layout with the rows written in it.
+async fn writer_for_new_layout(
+    location: &Url,
+    mirror: &DeltaTable,
+    layout: &SchemaRef,
+    privacy: &[(String, String)],
+) -> Result<(RecordBatchWriter, Vec<Action>), LakeError> {
+    let mut actions: Vec<Action> = Vec::new();
+    let delta_schema: StructType = layout
+        .as_ref()
+        .try_into_kernel()
+        .map_err(arrow_err(location))?;
+    let snapshot = mirror
+        .snapshot()
+        .map_err(|e| LakeError::delta(location, e))?;
+    let mut metadata = snapshot
+        .metadata()
+        .clone()
+        .with_schema(&delta_schema)
+        .map_err(|e| LakeError::delta(location, e.into()))?;
+    for (k, v) in privacy {
+        metadata = metadata
+            .add_config_key(k.clone(), v.clone())
+            .map_err(|e| LakeError::delta(location, e.into()))?;
+    }
+    if let Some(protocol) = upgraded_protocol(snapshot.protocol(), &delta_schema, &metadata)
+        .map_err(|e| LakeError::delta(location, e.into()))?
+    {
+        actions.push(Action::Protocol(protocol));
+    }
+    let configuration = metadata.configuration().clone();
+    actions.push(Action::Metadata(metadata));
+    let writer = writer_for_layout(
+        location,
+        mirror,
+        &delta_schema,
+        &[],
+        configuration,
+        NO_BYTE_LIMIT,
+        false,
+    )
+    .await?;
+    Ok((writer, actions))
+}
+
+/// Commits a refresh's version to the mirror. On a conflict the files the refresh wrote
+/// are deleted: no version will reference them.
+async fn commit_refresh(
+    location: &Url,
+    mirror: &mut DeltaTable,
+    commit: Commit,
+    adds: &[Add],
+) -> Result<(), LakeError> {
+    match commit::commit(location, mirror, commit).await {
+        Ok(Committed::Version(_) | Committed::Landed) => Ok(()),
+        Err(err) => {
+            if matches!(err, LakeError::Conflict { .. }) {
+                delete_files(mirror, adds).await;
+            }
+            Err(err)
+        }
+    }
 }
 
 /// One change-log file to fold.
@@ -400,7 +486,7 @@ struct Step<'a> {
     layout: &'a SchemaRef,
     key: &'a [String],
     converter: &'a RowConverter,
-    writer: deltalake_core::writer::RecordBatchWriter,
+    writer: RecordBatchWriter,
     target_file_rows: usize,
     file_bytes: usize,
     files: Vec<MirrorFile>,
@@ -410,6 +496,55 @@ struct Step<'a> {
 }
 
 impl Step<'_> {
+    /// Folds the change-log files `inputs` into the mirror's files, in steps; the first
+    /// step of a `rebuild` replaces every file.
+    async fn fold_inputs(
+        &mut self,
+        change_log: &ChangeLog<'_>,
+        inputs: &[Input],
+        rebuild: bool,
+        options: &MirrorOptions,
+    ) -> Result<(), LakeError> {
+        // In steps of at most `step_rows` change-log rows and about `step_bytes`, so memory
+        // holds one step's changes and one mirror file, whatever the backlog (a rebuild after an initial load reads
+        // the whole table). Files written by a step and replaced by a later one are deleted
+        // at once; one version commits the outcome.
+        let mut first = true;
+        let mut batches = Vec::new();
+        let (mut rows, mut bytes) = (0u64, 0u64);
+        for (i, input) in inputs.iter().enumerate() {
+            for batch in file_batches(
+                change_log.table,
+                change_log.location,
+                &input.path,
+                &input.partition_values,
+                &change_log.layout,
+            )
+            .await?
+            {
+                let batch = batch?;
+                rows += batch.num_rows() as u64;
+                bytes += batch.get_array_memory_size() as u64;
+                batches.push(batch);
+            }
+            let last = i + 1 == inputs.len();
+            if !last && rows < options.step_rows && bytes < options.step_bytes {
+                continue;
+            }
+            let changes = concat_batches(&change_log.layout, &batches)
+                .map_err(arrow_err(change_log.location))?;
+            batches.clear();
+            (rows, bytes) = (0, 0);
+            self.apply(&changes, rebuild && first).await?;
+            first = false;
+        }
+        if rebuild && first {
+            // Nothing in the change log: an empty mirror.
+            self.replace_all().await;
+        }
+        Ok(())
+    }
+
     /// Folds `changes` into the mirror's files: rewrites the files whose key range takes
     /// a changed key (all of them with `replace_all`, or after a truncate).
     async fn apply(&mut self, changes: &RecordBatch, replace_all: bool) -> Result<(), LakeError> {
