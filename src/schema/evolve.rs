@@ -231,42 +231,13 @@ impl TableSchema {
         types: &TypeCatalog,
         policy: TypeChangePolicy,
     ) -> Result<Evolution, SchemaError> {
-        let table = || self.qualified_name();
-        let mut lake = self.columns.clone();
-        let mut tuple_columns = Vec::with_capacity(columns.len());
-        let mut excluded = Vec::new();
-        let mut added = Vec::new();
-        let mut retyped = Vec::new();
-        let mut type_changes = Vec::new();
-        // Delta resolves column names case-insensitively, so collisions are checked that way.
-        let mut seen: HashSet<String> = HashSet::with_capacity(columns.len());
+        let mut evolving = Evolving::new(self, columns);
         for column in columns {
-            if META_COLUMNS
-                .iter()
-                .any(|meta| meta.eq_ignore_ascii_case(&column.name))
-            {
-                return Err(SchemaError::ReservedColumn {
-                    table: table(),
-                    column: column.name.clone(),
-                    reserved: META_COLUMNS.join(", "),
-                });
-            }
-            let duplicate = |first: &str| SchemaError::DuplicateColumn {
-                table: table(),
-                first: first.to_owned(),
-                second: column.name.clone(),
-            };
-            if !seen.insert(column.name.to_ascii_lowercase()) {
-                let first = columns
-                    .iter()
-                    .find(|c| c.name.eq_ignore_ascii_case(&column.name))
-                    .map_or("", |c| c.name.as_str());
-                return Err(duplicate(first));
-            }
+            evolving.check_name(column)?;
             let privacy = types.policy(&self.namespace, &self.name, column)?;
             if privacy == Policy::Exclude {
-                excluded.push(column.name.clone());
-                tuple_columns.push(None);
+                evolving.excluded.push(column.name.clone());
+                evolving.tuple_columns.push(None);
                 continue;
             }
             let incoming = SourceColumn::typed(
@@ -282,140 +253,9 @@ impl TableSchema {
                     .policies()
                     .statistics(&self.namespace, &self.name, &column.name),
             );
-            let Some(index) = position(&lake, &column.name) else {
-                added.push(column.name.clone());
-                lake.push(incoming);
-                tuple_columns.push(Some(lake.len() - 1));
-                continue;
-            };
-            let known = &lake[index];
-            if known.name != column.name {
-                return Err(duplicate(&known.name));
-            }
-            if holds(known, &incoming) {
-                if known.type_oid != UNKNOWN_TYPE
-                    && (known.type_oid, known.type_modifier)
-                        != (incoming.type_oid, incoming.type_modifier)
-                {
-                    retyped.push(column.name.clone());
-                }
-                lake[index] = SourceColumn {
-                    data_type: known.data_type.clone(),
-                    ..incoming
-                };
-                tuple_columns.push(Some(index));
-            } else if known.lake_conversion().widens_to(incoming.conversion) {
-                type_changes.push(TypeChange {
-                    column: column.name.clone(),
-                    lake_column: column.name.clone(),
-                    old: known.type_description(),
-                    new: incoming.type_description(),
-                    kind: TypeChangeKind::Widened,
-                });
-                lake[index] = incoming;
-                tuple_columns.push(Some(index));
-            } else if policy == TypeChangePolicy::Fail {
-                return Err(SchemaError::IncompatibleType {
-                    table: table(),
-                    column: column.name.clone(),
-                    old: known.type_description(),
-                    new: incoming.type_description(),
-                    old_pg: if known.type_oid == UNKNOWN_TYPE {
-                        "its previous type".to_owned()
-                    } else {
-                        known.pg_type()
-                    },
-                });
-            } else {
-                let target = format!("{}__{}", column.name, incoming.conversion.column_suffix());
-                if let Some(other) = columns
-                    .iter()
-                    .find(|c| c.name.eq_ignore_ascii_case(&target))
-                {
-                    return Err(SchemaError::NewColumnTaken {
-                        table: table(),
-                        column: column.name.clone(),
-                        target,
-                        taken_by: other.name.clone(),
-                    });
-                }
-                let old = known.type_description();
-                let change = |lake_column: &str| TypeChange {
-                    column: column.name.clone(),
-                    lake_column: lake_column.to_owned(),
-                    old: old.clone(),
-                    new: incoming.type_description(),
-                    kind: TypeChangeKind::NewColumn,
-                };
-                match position(&lake, &target) {
-                    Some(existing) => {
-                        let held = &lake[existing];
-                        if held.name != target || !holds(held, &incoming) {
-                            return Err(SchemaError::NewColumnTaken {
-                                table: table(),
-                                column: column.name.clone(),
-                                taken_by: format!("{} ({})", held.name, held.type_description()),
-                                target,
-                            });
-                        }
-                        // Already the target in this session, or known only from the lake
-                        // (a restart): the change was reported when it happened.
-                        let ongoing = self.tuple_columns.contains(&Some(existing))
-                            || self
-                                .columns
-                                .get(existing)
-                                .is_some_and(|c| c.type_oid == UNKNOWN_TYPE);
-                        if !ongoing {
-                            type_changes.push(change(&target));
-                        }
-                        lake[existing] = SourceColumn {
-                            name: target,
-                            data_type: held.data_type.clone(),
-                            ..incoming
-                        };
-                        tuple_columns.push(Some(existing));
-                    }
-                    None => {
-                        type_changes.push(change(&target));
-                        added.push(target.clone());
-                        lake.push(SourceColumn {
-                            name: target,
-                            ..incoming
-                        });
-                        tuple_columns.push(Some(lake.len() - 1));
-                    }
-                }
-            }
+            evolving.map(column, incoming, policy)?;
         }
-        let dropped = self
-            .tuple_columns
-            .iter()
-            .flatten()
-            .filter(|&&index| !tuple_columns.contains(&Some(index)))
-            .map(|&index| self.columns[index].name.clone())
-            .collect();
-        let widened = type_changes
-            .iter()
-            .any(|c| c.kind == TypeChangeKind::Widened);
-        let arrow = if added.is_empty() && !widened {
-            self.arrow.clone()
-        } else {
-            lake_arrow_schema(&lake)
-        };
-        Ok(Evolution {
-            schema: TableSchema {
-                namespace: self.namespace.clone(),
-                name: self.name.clone(),
-                columns: lake,
-                tuple_columns,
-                excluded,
-                arrow,
-            },
-            added,
-            dropped,
-            retyped,
-            type_changes,
-        })
+        Ok(evolving.finish())
     }
 
     /// Whether `other` maps change tuples the same way: same columns with the same
@@ -425,6 +265,245 @@ impl TableSchema {
         self.tuple_columns == other.tuple_columns
             && self.columns == other.columns
             && self.excluded == other.excluded
+    }
+}
+
+/// A [`TableSchema::evolve_with`] under way: the lake columns so far, where the source
+/// columns seen so far map onto them, and what changed.
+struct Evolving<'a> {
+    /// The schema evolved from.
+    before: &'a TableSchema,
+    /// The source table's columns now.
+    columns: &'a [RelationColumn],
+    /// The names seen so far, lower-cased: Delta resolves column names
+    /// case-insensitively, so collisions are checked that way.
+    seen: HashSet<String>,
+    lake: Vec<SourceColumn>,
+    tuple_columns: Vec<Option<usize>>,
+    excluded: Vec<String>,
+    added: Vec<String>,
+    retyped: Vec<String>,
+    type_changes: Vec<TypeChange>,
+}
+
+impl<'a> Evolving<'a> {
+    /// Nothing evolved yet: the lake columns of `before`, no source column mapped.
+    fn new(before: &'a TableSchema, columns: &'a [RelationColumn]) -> Evolving<'a> {
+        Evolving {
+            before,
+            columns,
+            seen: HashSet::with_capacity(columns.len()),
+            lake: before.columns.clone(),
+            tuple_columns: Vec::with_capacity(columns.len()),
+            excluded: Vec::new(),
+            added: Vec::new(),
+            retyped: Vec::new(),
+            type_changes: Vec::new(),
+        }
+    }
+
+    /// `schema.name` of the table, for errors.
+    fn table(&self) -> String {
+        self.before.qualified_name()
+    }
+
+    /// Errors on a name Delta cannot hold beside the others: a metadata column's, or one
+    /// seen before (ignoring case).
+    fn check_name(&mut self, column: &RelationColumn) -> Result<(), SchemaError> {
+        if META_COLUMNS
+            .iter()
+            .any(|meta| meta.eq_ignore_ascii_case(&column.name))
+        {
+            return Err(SchemaError::ReservedColumn {
+                table: self.table(),
+                column: column.name.clone(),
+                reserved: META_COLUMNS.join(", "),
+            });
+        }
+        if !self.seen.insert(column.name.to_ascii_lowercase()) {
+            let first = self
+                .columns
+                .iter()
+                .find(|c| c.name.eq_ignore_ascii_case(&column.name))
+                .map_or("", |c| c.name.as_str());
+            return Err(self.duplicate(first, column));
+        }
+        Ok(())
+    }
+
+    /// The error for `column`, whose name collides with the column named `first`.
+    fn duplicate(&self, first: &str, column: &RelationColumn) -> SchemaError {
+        SchemaError::DuplicateColumn {
+            table: self.table(),
+            first: first.to_owned(),
+            second: column.name.clone(),
+        }
+    }
+
+    /// Maps `column`, typed as `incoming`, onto a lake column: a new one, or the known one
+    /// of its name when it holds the type or widens to it; otherwise `policy` decides.
+    fn map(
+        &mut self,
+        column: &RelationColumn,
+        incoming: SourceColumn,
+        policy: TypeChangePolicy,
+    ) -> Result<(), SchemaError> {
+        let Some(index) = position(&self.lake, &column.name) else {
+            self.added.push(column.name.clone());
+            self.lake.push(incoming);
+            self.tuple_columns.push(Some(self.lake.len() - 1));
+            return Ok(());
+        };
+        let known = &self.lake[index];
+        if known.name != column.name {
+            return Err(self.duplicate(&known.name, column));
+        }
+        if holds(known, &incoming) {
+            if known.type_oid != UNKNOWN_TYPE
+                && (known.type_oid, known.type_modifier)
+                    != (incoming.type_oid, incoming.type_modifier)
+            {
+                self.retyped.push(column.name.clone());
+            }
+            self.lake[index] = SourceColumn {
+                data_type: known.data_type.clone(),
+                ..incoming
+            };
+            self.tuple_columns.push(Some(index));
+        } else if known.lake_conversion().widens_to(incoming.conversion) {
+            self.type_changes.push(TypeChange {
+                column: column.name.clone(),
+                lake_column: column.name.clone(),
+                old: known.type_description(),
+                new: incoming.type_description(),
+                kind: TypeChangeKind::Widened,
+            });
+            self.lake[index] = incoming;
+            self.tuple_columns.push(Some(index));
+        } else if policy == TypeChangePolicy::Fail {
+            return Err(SchemaError::IncompatibleType {
+                table: self.table(),
+                column: column.name.clone(),
+                old: known.type_description(),
+                new: incoming.type_description(),
+                old_pg: if known.type_oid == UNKNOWN_TYPE {
+                    "its previous type".to_owned()
+                } else {
+                    known.pg_type()
+                },
+            });
+        } else {
+            self.map_to_new_column(column, index, incoming)?;
+        }
+        Ok(())
+    }
+
+    /// Maps `column`, whose type `incoming` the lake column at `known` cannot hold, onto
+    /// the lake column `<column>__<lake type>`, created when missing
+    /// ([`TypeChangePolicy::NewColumn`]).
+    fn map_to_new_column(
+        &mut self,
+        column: &RelationColumn,
+        known: usize,
+        incoming: SourceColumn,
+    ) -> Result<(), SchemaError> {
+        let target = format!("{}__{}", column.name, incoming.conversion.column_suffix());
+        if let Some(other) = self
+            .columns
+            .iter()
+            .find(|c| c.name.eq_ignore_ascii_case(&target))
+        {
+            return Err(SchemaError::NewColumnTaken {
+                table: self.table(),
+                column: column.name.clone(),
+                target,
+                taken_by: other.name.clone(),
+            });
+        }
+        let old = self.lake[known].type_description();
+        let change = |lake_column: &str| TypeChange {
+            column: column.name.clone(),
+            lake_column: lake_column.to_owned(),
+            old: old.clone(),
+            new: incoming.type_description(),
+            kind: TypeChangeKind::NewColumn,
+        };
+        match position(&self.lake, &target) {
+            Some(existing) => {
+                let held = &self.lake[existing];
+                if held.name != target || !holds(held, &incoming) {
+                    return Err(SchemaError::NewColumnTaken {
+                        table: self.table(),
+                        column: column.name.clone(),
+                        taken_by: format!("{} ({})", held.name, held.type_description()),
+                        target,
+                    });
+                }
+                // Already the target in this session, or known only from the lake
+                // (a restart): the change was reported when it happened.
+                let ongoing = self.before.tuple_columns.contains(&Some(existing))
+                    || self
+                        .before
+                        .columns
+                        .get(existing)
+                        .is_some_and(|c| c.type_oid == UNKNOWN_TYPE);
+                if !ongoing {
+                    self.type_changes.push(change(&target));
+                }
+                self.lake[existing] = SourceColumn {
+                    name: target,
+                    data_type: held.data_type.clone(),
+                    ..incoming
+                };
+                self.tuple_columns.push(Some(existing));
+            }
+            None => {
+                self.type_changes.push(change(&target));
+                self.added.push(target.clone());
+                self.lake.push(SourceColumn {
+                    name: target,
+                    ..incoming
+                });
+                self.tuple_columns.push(Some(self.lake.len() - 1));
+            }
+        }
+        Ok(())
+    }
+
+    /// The evolved schema, and what changed: columns mapped before and not now are
+    /// dropped.
+    fn finish(self) -> Evolution {
+        let before = self.before;
+        let dropped = before
+            .tuple_columns
+            .iter()
+            .flatten()
+            .filter(|&&index| !self.tuple_columns.contains(&Some(index)))
+            .map(|&index| before.columns[index].name.clone())
+            .collect();
+        let widened = self
+            .type_changes
+            .iter()
+            .any(|c| c.kind == TypeChangeKind::Widened);
+        let arrow = if self.added.is_empty() && !widened {
+            before.arrow.clone()
+        } else {
+            lake_arrow_schema(&self.lake)
+        };
+        Evolution {
+            schema: TableSchema {
+                namespace: before.namespace.clone(),
+                name: before.name.clone(),
+                columns: self.lake,
+                tuple_columns: self.tuple_columns,
+                excluded: self.excluded,
+                arrow,
+            },
+            added: self.added,
+            dropped,
+            retyped: self.retyped,
+            type_changes: self.type_changes,
+        }
     }
 }
 
