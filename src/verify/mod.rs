@@ -491,6 +491,16 @@ async fn target(
     }))
 }
 
+impl Target {
+    /// The error of an Arrow failure on this table.
+    fn arrow_error(&self, source: ArrowError) -> VerifyError {
+        VerifyError::Arrow {
+            table: self.name.clone(),
+            source,
+        }
+    }
+}
+
 impl TableReport {
     fn unverified(table: String, status: Outcome, reason: &str) -> TableReport {
         TableReport {
@@ -515,44 +525,8 @@ async fn compare(
     position: Lsn,
     options: &VerifyOptions,
 ) -> Result<TableReport, VerifyError> {
-    let layout = target.schema.arrow.clone();
-    let arrow_err = |source| VerifyError::Arrow {
-        table: target.name.clone(),
-        source,
-    };
-    // Excluded columns are in neither the lake nor the comparison.
-    let written: Vec<usize> = target
-        .schema
-        .tuple_columns
-        .iter()
-        .flatten()
-        .copied()
-        .collect();
-    let digester = Digester::new(&layout, &target.key_columns, &written).map_err(arrow_err)?;
-    let compared: Vec<String> = written
-        .iter()
-        .map(|&i| layout.field(i).name().clone())
-        .collect();
-
-    let mut source_buckets = Buckets::default();
-    read_source(source, target, &digester, options, |_, key_hash, row| {
-        source_buckets.add(key_hash, row);
-    })
-    .await?;
-    let mut lake_buckets = Buckets::default();
-    let mut lake_rows = 0;
-    fold_lake(
-        target,
-        &digester,
-        &compared,
-        position,
-        |_| true,
-        |folded| {
-            lake_rows += u64::from(folded.row.is_some());
-            lake_buckets.add(folded.key_hash, lake_digest(&folded));
-        },
-    )
-    .await?;
+    let comparison = Comparison::new(source, target, position, options)?;
+    let (source_buckets, lake_buckets, lake_rows) = comparison.buckets().await?;
     let differing = source_buckets.differing(&lake_buckets);
     let mut report = TableReport {
         table: target.name.clone(),
@@ -575,27 +549,142 @@ async fn compare(
     }
     // Key by key, in the buckets that differ.
     let examined: HashSet<usize> = differing.into_iter().take(MAX_BUCKETS_EXAMINED).collect();
-    let mut source_rows: HashMap<OwnedRow, u64> = HashMap::new();
-    read_source(source, target, &digester, options, |key, key_hash, row| {
-        if examined.contains(&bucket_of(key_hash)) {
-            source_rows.insert(key.clone(), row);
-        }
-    })
-    .await?;
-    let mut lake_keys: HashMap<OwnedRow, (Option<u64>, bool)> = HashMap::new();
-    fold_lake(
-        target,
-        &digester,
-        &compared,
-        position,
-        |key_hash| examined.contains(&bucket_of(key_hash)),
-        |folded| {
-            lake_keys.insert(folded.key, (folded.row, folded.duplicated));
-        },
-    )
-    .await?;
+    let differences = comparison.differing_keys(&examined).await?;
+    report.mismatched_keys = differences.len() as u64;
+    report.keys_truncated |= differences.len() > MAX_KEYS_LISTED;
+    for (key, difference) in differences.into_iter().take(MAX_KEYS_LISTED) {
+        let key = comparison
+            .digester
+            .describe_key(&key, &target.schema.arrow)
+            .map_err(|source| target.arrow_error(source))?;
+        report.keys.push(KeyDifference {
+            key: key.into_iter().collect(),
+            difference,
+        });
+    }
+    Ok(report)
+}
+
+/// One table's comparison: the source snapshot and the lake at a position, both read
+/// through the same digester.
+struct Comparison<'a> {
+    source: &'a Client,
+    target: &'a Target,
+    position: Lsn,
+    options: &'a VerifyOptions,
+    digester: Digester,
+    /// The names of the compared lake columns.
+    compared: Vec<String>,
+}
+
+impl<'a> Comparison<'a> {
+    /// The comparison of `target` in the snapshot `source` reads with the lake at
+    /// `position`.
+    fn new(
+        source: &'a Client,
+        target: &'a Target,
+        position: Lsn,
+        options: &'a VerifyOptions,
+    ) -> Result<Comparison<'a>, VerifyError> {
+        let layout = &target.schema.arrow;
+        // Excluded columns are in neither the lake nor the comparison.
+        let written: Vec<usize> = target
+            .schema
+            .tuple_columns
+            .iter()
+            .flatten()
+            .copied()
+            .collect();
+        let digester = Digester::new(layout, &target.key_columns, &written)
+            .map_err(|source| target.arrow_error(source))?;
+        let compared: Vec<String> = written
+            .iter()
+            .map(|&i| layout.field(i).name().clone())
+            .collect();
+        Ok(Comparison {
+            source,
+            target,
+            position,
+            options,
+            digester,
+            compared,
+        })
+    }
+
+    /// The row hashes of the source and of the lake, each in buckets by key hash, and the
+    /// number of keys the lake holds.
+    async fn buckets(&self) -> Result<(Buckets, Buckets, u64), VerifyError> {
+        let mut source_buckets = Buckets::default();
+        read_source(
+            self.source,
+            self.target,
+            &self.digester,
+            self.options,
+            |_, key_hash, row| {
+                source_buckets.add(key_hash, row);
+            },
+        )
+        .await?;
+        let mut lake_buckets = Buckets::default();
+        let mut lake_rows = 0;
+        fold_lake(
+            self.target,
+            &self.digester,
+            &self.compared,
+            self.position,
+            |_| true,
+            |folded| {
+                lake_rows += u64::from(folded.row.is_some());
+                lake_buckets.add(folded.key_hash, lake_digest(&folded));
+            },
+        )
+        .await?;
+        Ok((source_buckets, lake_buckets, lake_rows))
+    }
+
+    /// The keys in the `examined` buckets that differ, read again on both sides.
+    async fn differing_keys(
+        &self,
+        examined: &HashSet<usize>,
+    ) -> Result<Vec<(OwnedRow, &'static str)>, VerifyError> {
+        let mut source_rows: HashMap<OwnedRow, u64> = HashMap::new();
+        read_source(
+            self.source,
+            self.target,
+            &self.digester,
+            self.options,
+            |key, key_hash, row| {
+                if examined.contains(&bucket_of(key_hash)) {
+                    source_rows.insert(key.clone(), row);
+                }
+            },
+        )
+        .await?;
+        let mut lake_keys: HashMap<OwnedRow, (Option<u64>, bool)> = HashMap::new();
+        fold_lake(
+            self.target,
+            &self.digester,
+            &self.compared,
+            self.position,
+            |key_hash| examined.contains(&bucket_of(key_hash)),
+            |folded| {
+                lake_keys.insert(folded.key, (folded.row, folded.duplicated));
+            },
+        )
+        .await?;
+        Ok(key_differences(&source_rows, &lake_keys))
+    }
+}
+
+/// How the keys of the source (row hash by key) and of the lake (row hash, if the key
+/// exists, and whether its change log holds a change twice, by key) differ, sorted by
+/// key.
+fn key_differences(
+    source_rows: &HashMap<OwnedRow, u64>,
+    lake_keys: &HashMap<OwnedRow, (Option<u64>, bool)>,
+) -> Vec<(OwnedRow, &'static str)> {
     let mut differences: Vec<(OwnedRow, &'static str)> = Vec::new();
-    for (key, (lake, duplicated)) in &lake_keys {
+    for (key, (lake, duplicated)) in lake_keys {
         let source = source_rows.get(key);
         let difference = match (source, lake) {
             _ if *duplicated => Some("duplicated_change"),
@@ -614,16 +703,7 @@ async fn compare(
         }
     }
     differences.sort_by(|a, b| a.0.cmp(&b.0));
-    report.mismatched_keys = differences.len() as u64;
-    report.keys_truncated |= differences.len() > MAX_KEYS_LISTED;
-    for (key, difference) in differences.into_iter().take(MAX_KEYS_LISTED) {
-        let key = digester.describe_key(&key, &layout).map_err(arrow_err)?;
-        report.keys.push(KeyDifference {
-            key: key.into_iter().collect(),
-            difference,
-        });
-    }
-    Ok(report)
+    differences
 }
 
 /// Reads the table in the source snapshot and hands every row's key, key hash and row
