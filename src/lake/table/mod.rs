@@ -42,6 +42,7 @@ use std::sync::Arc;
 use arrow::datatypes::{Schema, SchemaRef};
 use deltalake_core::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
 use deltalake_core::kernel::{Action, Add, StructType};
+use deltalake_core::logstore::LogStore;
 use deltalake_core::operations::create::CreateBuilder;
 use deltalake_core::protocol::{DeltaOperation, SaveMode};
 use deltalake_core::writer::RecordBatchWriter;
@@ -170,64 +171,20 @@ impl LakeTable {
             .is_delta_table_location()
             .await
             .map_err(delta_err)?;
+        let qualified = format!("{namespace}.{name}");
         if exists {
             table.load().await.map_err(delta_err)?;
-            let snapshot = table.snapshot().map_err(delta_err)?;
-            let recorded = snapshot
-                .metadata()
-                .configuration()
-                .get(SOURCE_OID_PROPERTY)
-                .and_then(|oid| oid.parse::<u32>().ok());
-            // Tables created before the property existed have none: nothing to compare.
-            if let Some(recorded) = recorded
-                && recorded != source_oid
-            {
-                return Err(LakeError::SourceReplaced {
-                    table: format!("{namespace}.{name}"),
-                    location: location.to_string(),
-                    recorded,
-                    current: source_oid,
-                });
-            }
+            check_source_oid(&location, &table, &qualified, source_oid)?;
         } else {
-            let delta_schema: StructType = arrow_schema.as_ref().try_into_kernel().map_err(
-                |e: arrow::error::ArrowError| LakeError::SchemaMismatch {
-                    table: location.to_string(),
-                    reason: e.to_string(),
-                },
-            )?;
-            let options = lake.options();
-            table = CreateBuilder::new()
-                .with_log_store(log_store.clone())
-                .with_table_name(format!("{namespace}.{name}"))
-                .with_comment(format!(
-                    "change log of postgres table {namespace}.{name}, written by pg2lake"
-                ))
-                .with_columns(delta_schema.fields().cloned())
-                .with_partition_columns([PARTITION_COLUMN])
-                .with_configuration_property(
-                    TableProperty::CheckpointInterval,
-                    Some(options.checkpoint_interval.to_string()),
-                )
-                .with_configuration_property(
-                    TableProperty::LogRetentionDuration,
-                    Some(format!(
-                        "interval {} seconds",
-                        options.log_retention.as_secs()
-                    )),
-                )
-                // Files compaction (or a widening rewrite) removes stay this long for
-                // time travel, then VACUUM deletes them (`lake.retention`).
-                .with_configuration_property(
-                    TableProperty::DeletedFileRetentionDuration,
-                    Some(format!("interval {} seconds", options.retention.as_secs())),
-                )
-                .with_configuration_property(TableProperty::AppendOnly, Some("true"))
-                .with_configuration([(SOURCE_OID_PROPERTY, Some(source_oid.to_string()))])
-                // The source property is pg2lake's own, not a Delta table property.
-                .with_raise_if_key_not_exists(false)
-                .await
-                .map_err(delta_err)?;
+            table = create_change_log(
+                lake,
+                &location,
+                log_store.clone(),
+                &qualified,
+                &arrow_schema,
+                source_oid,
+            )
+            .await?;
             tracing::info!(table = %location, "created delta table");
         }
         let committed = read_committed_lsn(&location, &table, app_id).await?;
@@ -443,6 +400,89 @@ pub(super) fn committed_schema(location: &Url, table: &DeltaTable) -> Result<Sch
                 reason: e.to_string(),
             })?;
     Ok(Arc::new(schema))
+}
+
+/// Errors when the loaded `table` recorded a source relation OID other than
+/// `source_oid`: it was written from a table that has since been dropped and created
+/// again.
+fn check_source_oid(
+    location: &Url,
+    table: &DeltaTable,
+    qualified: &str,
+    source_oid: u32,
+) -> Result<(), LakeError> {
+    let snapshot = table
+        .snapshot()
+        .map_err(|e| LakeError::delta(location, e))?;
+    let recorded = snapshot
+        .metadata()
+        .configuration()
+        .get(SOURCE_OID_PROPERTY)
+        .and_then(|oid| oid.parse::<u32>().ok());
+    // Tables created before the property existed have none: nothing to compare.
+    if let Some(recorded) = recorded
+        && recorded != source_oid
+    {
+        return Err(LakeError::SourceReplaced {
+            table: qualified.to_owned(),
+            location: location.to_string(),
+            recorded,
+            current: source_oid,
+        });
+    }
+    Ok(())
+}
+
+/// Creates the change-log table of the source table `qualified` (`schema.name`) with
+/// the layout `arrow_schema`, recording `source_oid`.
+async fn create_change_log(
+    lake: &Lake,
+    location: &Url,
+    log_store: Arc<dyn LogStore>,
+    qualified: &str,
+    arrow_schema: &SchemaRef,
+    source_oid: u32,
+) -> Result<DeltaTable, LakeError> {
+    let delta_schema: StructType =
+        arrow_schema
+            .as_ref()
+            .try_into_kernel()
+            .map_err(|e: arrow::error::ArrowError| LakeError::SchemaMismatch {
+                table: location.to_string(),
+                reason: e.to_string(),
+            })?;
+    let options = lake.options();
+    CreateBuilder::new()
+        .with_log_store(log_store)
+        .with_table_name(qualified)
+        .with_comment(format!(
+            "change log of postgres table {qualified}, written by pg2lake"
+        ))
+        .with_columns(delta_schema.fields().cloned())
+        .with_partition_columns([PARTITION_COLUMN])
+        .with_configuration_property(
+            TableProperty::CheckpointInterval,
+            Some(options.checkpoint_interval.to_string()),
+        )
+        .with_configuration_property(
+            TableProperty::LogRetentionDuration,
+            Some(format!(
+                "interval {} seconds",
+                options.log_retention.as_secs()
+            )),
+        )
+        // Files compaction (or a widening rewrite) removes stay this long for
+        // time travel, then VACUUM deletes them (`lake.retention`).
+        .with_configuration_property(
+            TableProperty::DeletedFileRetentionDuration,
+            Some(format!("interval {} seconds", options.retention.as_secs())),
+        )
+        .with_configuration_property(TableProperty::AppendOnly, Some("true"))
+        .with_configuration([(SOURCE_OID_PROPERTY, Some(source_oid.to_string()))])
+        // The source property is pg2lake's own, not a Delta table property.
+        .with_raise_if_key_not_exists(false)
+        .await
+        .map_err(|e| LakeError::delta(location, e))
 }
 
 async fn read_committed_lsn(
